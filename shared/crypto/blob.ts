@@ -52,12 +52,16 @@ export function parseEscrowBlob(value: unknown): EscrowBlob {
       if (typeof ek !== 'string' || !/^[A-Za-z0-9_-]+$/.test(ek)) throw new UnlockdError('protocol_invalid', 'blob recipient needs encrypted_key')
       if (typeof header !== 'object' || header === null) throw new UnlockdError('protocol_invalid', 'blob recipient needs a header')
       const h = header as Record<string, unknown>
-      if (h['alg'] !== SEALING_ALG || typeof h['kid'] !== 'string' || typeof h['epk'] !== 'object' || h['epk'] === null) {
-        throw new UnlockdError('protocol_invalid', `blob recipient must use ${SEALING_ALG} with kid and epk`)
+      if (h['alg'] !== SEALING_ALG || typeof h['kid'] !== 'string' || !/^[A-Za-z0-9_-]{43}$/.test(h['kid'])) {
+        throw new UnlockdError('protocol_invalid', `blob recipient must use ${SEALING_ALG} with a kid`)
       }
-      const epk = h['epk'] as Record<string, unknown>
-      if (epk['kty'] !== 'OKP' || typeof epk['crv'] !== 'string' || typeof epk['x'] !== 'string') throw new UnlockdError('protocol_invalid', 'blob epk must be an OKP key')
-      return { encrypted_key: ek, header: { alg: SEALING_ALG, kid: h['kid'], epk: { kty: 'OKP', crv: epk['crv'], x: epk['x'] } } }
+      // jose puts `epk` in the shared protected header for one recipient, per recipient for several.
+      const epk = h['epk']
+      if (epk === undefined) return { encrypted_key: ek, header: { alg: SEALING_ALG, kid: h['kid'] } }
+      if (typeof epk !== 'object' || epk === null) throw new UnlockdError('protocol_invalid', 'blob epk must be an object')
+      const e = epk as Record<string, unknown>
+      if (e['kty'] !== 'OKP' || typeof e['crv'] !== 'string' || typeof e['x'] !== 'string') throw new UnlockdError('protocol_invalid', 'blob epk must be an OKP key')
+      return { encrypted_key: ek, header: { alg: SEALING_ALG, kid: h['kid'], epk: { kty: 'OKP', crv: e['crv'], x: e['x'] } } }
     }),
   }
   if (JSON.stringify(out).length > MAX_BLOB_JSON) throw new UnlockdError('protocol_invalid', 'blob is too large')

@@ -1,0 +1,48 @@
+/**
+ * What the server's use cases need, injected so tests can freeze time and swap stores.
+ */
+import type { Keystore } from './keys/keystore.ts'
+import type { Logger } from './log.ts'
+import type { Store } from './store/store.ts'
+
+export interface ServerSettings {
+  /** Nonce lifetime, seconds. */
+  nonceTtl: number
+  /** Allowed |now - iat| for signed requests, seconds. */
+  iatSkew: number
+  /** Approval request lifetime, seconds. */
+  approvalTtl: number
+  /** Long-poll hold time for approval waits and watch connections, seconds. */
+  pollHold: number
+  /** TOTP failures allowed per window before an operator is locked out. */
+  totpMaxFailures: number
+  totpFailureWindow: number
+  /** Scheduled KEK rotation period, seconds (0 disables). */
+  kekRotationPeriod: number
+  /** Public base URL used in notification links (e.g. https://escrow.example:8443). */
+  publicUrl: string | null
+  webhook: { url: string; secret: string | null } | null
+}
+
+export const DEFAULT_SETTINGS: ServerSettings = {
+  nonceTtl: 60,
+  iatSkew: 120,
+  approvalTtl: 15 * 60,
+  pollHold: 25,
+  totpMaxFailures: 5,
+  totpFailureWindow: 15 * 60,
+  kekRotationPeriod: 30 * 86400,
+  publicUrl: null,
+  webhook: null,
+}
+
+export interface ServerDeps {
+  store: Store
+  keystore: Keystore
+  log: Logger
+  /** Current time in whole seconds since the epoch. */
+  now: () => number
+  settings: ServerSettings
+  /** Wakes long-polls when an approval or a shred order changes (in-process fast path). */
+  events: import('node:events').EventEmitter
+}

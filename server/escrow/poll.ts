@@ -1,0 +1,74 @@
+/**
+ * The agent's wait for an approval (POST /v1/approval/poll): signed like unlock, with a fresh
+ * nonce each time. The server holds the request up to `pollHold` seconds and answers the moment
+ * the approval is decided. An approved request releases exactly once, to the boot that asked.
+ * The wait state lives in the database, so it survives server restarts and works across
+ * instances; the in-process event only shortens the wait.
+ */
+import { once } from 'node:events'
+import { UnlockdError } from '../../shared/errors.ts'
+import { parsePollPayload, type UnlockResponse } from '../../shared/protocol/messages.ts'
+import type { ServerDeps } from '../context.ts'
+import type { HostRow } from '../store/store.ts'
+import { audit } from './audit-log.ts'
+import { authenticateHost, checkIat, consumeNonceOrThrow } from './host-auth.ts'
+import { PolicyDenied, releaseBlobs } from './release.ts'
+
+async function settle(deps: ServerDeps, hostId: string, approvalId: string, bootId: string, source: string): Promise<UnlockResponse | PolicyDenied | 'wait'> {
+  const now = deps.now()
+  return deps.store.tx(async (t) => {
+    const a = await t.getApproval(approvalId)
+    if (!a || a.hostId !== hostId) throw new UnlockdError('approval_unknown', 'no such approval request for this host')
+    if (a.bootId !== bootId) throw new UnlockdError('forbidden', 'this approval was requested by another boot')
+    const host = (await t.getHost(hostId)) as HostRow
+    if (host.state === 'shredded') return new PolicyDenied('host_shredded', 'this host was shredded', 'state')
+    if (host.state === 'suspended') return new PolicyDenied('host_suspended', 'this host is suspended', 'state')
+    if (a.state === 'denied') return new PolicyDenied('approval_denied', `an operator denied this request${a.reason ? `: ${a.reason}` : ''}`, a.rule)
+    if (a.state === 'used') return new PolicyDenied('approval_used', 'this approval was already used', a.rule)
+    if (a.state === 'expired' || (a.state === 'pending' && a.expiresAt <= now)) {
+      if (a.state === 'pending') {
+        await t.updateApproval(a.id, { state: 'expired', decidedAt: now })
+        await audit(t, now, 'system', 'approval.expire', host.name, { approval: a.id })
+      }
+      return new PolicyDenied('approval_expired', 'the approval request expired before an operator approved it', a.rule)
+    }
+    if (a.state === 'pending') return 'wait'
+    // approved: release once, to this boot
+    const volumes = await releaseBlobs(deps, t, host, a.volumes)
+    await t.updateApproval(a.id, { state: 'used' })
+    await t.recordUnlock({ hostId, at: now, bootId, source, outcome: 'released', code: null })
+    await t.updateHost(hostId, { lastSeenAt: now, lastUnlockAt: now, lastBootId: bootId, lastSource: source })
+    await audit(t, now, `host:${host.name}`, 'unlock.release', host.name, { rule: a.rule, approval: a.id, source, bootId, volumes: volumes.map((v) => v.name) })
+    return { status: 'released', host: hostId, volumes }
+  })
+}
+
+export async function pollApproval(deps: ServerDeps, jws: unknown, source: string, signal?: AbortSignal): Promise<UnlockResponse> {
+  const { host: signer, payload: raw } = await authenticateHost(deps, jws, 'poll')
+  const p = parsePollPayload(raw)
+  if (p.host !== signer.id) throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
+  checkIat(deps, p.iat)
+  await deps.store.tx(async (t) => {
+    await consumeNonceOrThrow(t, p.nonce, deps.now())
+    await t.updateHost(signer.id, { lastSeenAt: deps.now() })
+  })
+  const deadline = Date.now() + deps.settings.pollHold * 1000
+  for (;;) {
+    const r = await settle(deps, signer.id, p.approval, p.bootId, source)
+    if (r instanceof PolicyDenied) throw r
+    if (r !== 'wait') return r
+    const left = deadline - Date.now()
+    const a = await deps.store.tx((t) => t.getApproval(p.approval))
+    if (left <= 0 || signal?.aborted) return { status: 'pending', host: signer.id, approval: { id: p.approval, expiresAt: a?.expiresAt ?? 0, rule: a?.rule ?? '' } }
+    // Wake on a decision in this process, or re-check the database every 2 s (other instances).
+    const ac = new AbortController()
+    const timer = setTimeout(() => ac.abort(), Math.min(left, 2000))
+    try {
+      await once(deps.events, `approval:${p.approval}`, { signal: ac.signal })
+    } catch {
+      /* timeout: re-check */
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+}

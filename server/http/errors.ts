@@ -1,0 +1,58 @@
+/**
+ * The HTTP edge of errors: map a stable code to a status, render `{ error, message[, rule] }`,
+ * and log the cause with the request id. Unknown errors are 500 "see server logs" and nothing
+ * more: no stack trace or internal message ever reaches a client.
+ */
+import type { Context } from 'hono'
+import type { ContentfulStatusCode } from 'hono/utils/http-status'
+import { UnlockdError, type UnlockdErrorCode } from '../../shared/errors.ts'
+import type { ErrorBody } from '../../shared/protocol/messages.ts'
+import type { Logger } from '../log.ts'
+
+const STATUS: Partial<Record<UnlockdErrorCode, ContentfulStatusCode>> = {
+  bad_request: 400,
+  protocol_invalid: 400,
+  iat_skew: 400,
+  payload_too_large: 413,
+  unauthorized: 401,
+  not_found: 404,
+  approval_unknown: 404,
+  method_not_allowed: 405,
+  host_exists: 409,
+  operator_exists: 409,
+  conflict: 409,
+  already_approved: 409,
+  approval_used: 409,
+  totp_locked: 429,
+  keystore_locked: 503,
+  store_failed: 500,
+  kek_missing: 500,
+  integrity_failed: 500,
+  internal: 500,
+}
+
+export function statusFor(code: UnlockdErrorCode): ContentfulStatusCode {
+  return STATUS[code] ?? 403
+}
+
+export function errorBody(err: UnlockdError): ErrorBody {
+  const body: ErrorBody = { error: err.code, message: err.message }
+  const rule = (err as UnlockdError & { rule?: unknown }).rule
+  if (typeof rule === 'string') body.rule = rule
+  return body
+}
+
+export function renderError(c: Context, err: unknown, log: Logger): Response {
+  const reqId = c.get('reqId' as never) as string | undefined
+  if (err instanceof UnlockdError) {
+    const status = statusFor(err.code)
+    if (status >= 500) {
+      log.log('error', 'request failed', { reqId, code: err.code, err: err.message, cause: err.cause instanceof Error ? err.cause.message : undefined })
+      return c.json({ error: err.code, message: 'internal error: see server logs' } satisfies ErrorBody, status)
+    }
+    c.set('errCode' as never, err.code as never)
+    return c.json(errorBody(err), status)
+  }
+  log.log('error', 'unhandled error', { reqId, err: err instanceof Error ? `${err.name}: ${err.message}` : String(err), stack: err instanceof Error ? err.stack?.split('\n').slice(0, 6).join(' | ') : undefined })
+  return c.json({ error: 'internal', message: 'internal error: see server logs' } satisfies ErrorBody, 500)
+}

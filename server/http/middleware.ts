@@ -1,0 +1,94 @@
+/**
+ * Cross-cutting HTTP concerns: request ids and access logs, the source address, JSON bodies
+ * with a size bound, operator bearer authentication, and a per-address limiter on the public
+ * host routes (nonce flooding would otherwise cost a database write each).
+ */
+import type { Context, MiddlewareHandler } from 'hono'
+import type { IncomingMessage } from 'node:http'
+import { UnlockdError } from '../../shared/errors.ts'
+import type { ServerDeps } from '../context.ts'
+import type { OperatorRow } from '../store/store.ts'
+import { hashToken, hashesEqual, newId, tokenFormatOk } from '../escrow/secrets.ts'
+
+export type AppEnv = {
+  Bindings: { incoming?: IncomingMessage }
+  Variables: { reqId: string; operator: OperatorRow; errCode: string }
+}
+
+export function sourceAddress(c: Context<AppEnv>): string {
+  const addr = c.env?.incoming?.socket?.remoteAddress
+  if (!addr) return '127.0.0.1' // app.request() in unit tests has no socket
+  return addr.startsWith('::ffff:') ? addr.slice(7) : addr
+}
+
+export function accessLog(deps: ServerDeps): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const reqId = newId('req', 9)
+    c.set('reqId', reqId)
+    const t0 = performance.now()
+    await next()
+    c.header('X-Request-Id', reqId)
+    deps.log.log('info', 'request', {
+      reqId, method: c.req.method, path: new URL(c.req.url).pathname.replace(/\/(ue|uo)_[A-Za-z0-9_-]+/g, '/$1_…'),
+      status: c.res.status, ms: Math.round((performance.now() - t0) * 10) / 10, ip: sourceAddress(c), code: c.get('errCode'),
+    })
+  }
+}
+
+export const MAX_BODY = 256 * 1024
+
+/** Parse a JSON body with a hard size limit; malformed JSON is a 400 with a code. */
+export async function jsonBody(c: Context<AppEnv>, max = MAX_BODY): Promise<unknown> {
+  const len = Number(c.req.header('content-length') ?? '0')
+  if (len > max) throw new UnlockdError('payload_too_large', `request body exceeds ${max} bytes`)
+  const ct = c.req.header('content-type') ?? ''
+  if (!/^application\/json(\s*;.*)?$/i.test(ct)) throw new UnlockdError('bad_request', 'content-type must be application/json')
+  const buf = await c.req.arrayBuffer()
+  if (buf.byteLength > max) throw new UnlockdError('payload_too_large', `request body exceeds ${max} bytes`)
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(buf)) as unknown
+  } catch (cause) {
+    throw new UnlockdError('bad_request', 'request body is not valid JSON', { cause })
+  }
+}
+
+export function bearer(c: Context<AppEnv>): string | undefined {
+  const h = c.req.header('authorization')
+  if (!h) return undefined
+  const m = /^Bearer ([A-Za-z0-9_-]{1,128})$/.exec(h)
+  return m ? m[1] : ''
+}
+
+export function operatorAuth(deps: ServerDeps): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const token = bearer(c)
+    if (token === undefined) throw new UnlockdError('unauthorized', 'operator API token required (Authorization: Bearer uo_…)')
+    if (!tokenFormatOk('uo', token)) throw new UnlockdError('unauthorized', 'malformed operator token')
+    const hash = await hashToken(token)
+    const op = await deps.store.tx((t) => t.getOperatorByTokenHash(hash))
+    if (!op || !hashesEqual(op.tokenHash, hash)) throw new UnlockdError('unauthorized', 'operator token is not valid')
+    c.set('operator', op)
+    await next()
+  }
+}
+
+/** Token bucket per source address, in process memory: a DoS guard, not a policy. */
+export function perAddressLimit(ratePerSec: number, burst: number): MiddlewareHandler<AppEnv> {
+  const buckets = new Map<string, { tokens: number; at: number }>()
+  return async (c, next) => {
+    const ip = sourceAddress(c)
+    const now = performance.now() / 1000
+    const b = buckets.get(ip) ?? { tokens: burst, at: now }
+    b.tokens = Math.min(burst, b.tokens + (now - b.at) * ratePerSec)
+    b.at = now
+    if (b.tokens < 1) {
+      c.header('Retry-After', '1')
+      return c.json({ error: 'rate_limited', message: 'too many requests from this address; slow down' }, 429)
+    }
+    b.tokens -= 1
+    buckets.set(ip, b)
+    if (buckets.size > 100_000) buckets.clear() // bounded memory under address spraying
+    await next()
+    return undefined
+  }
+}

@@ -1,0 +1,35 @@
+/**
+ * Background maintenance while the server runs: purge spent nonces. Scheduled KEK rotation
+ * hooks in here too (server/keys/rotation.ts). Every job is bounded and never throws out.
+ */
+import type { ServerDeps } from './context.ts'
+
+export type MaintenanceJob = (deps: ServerDeps) => Promise<void>
+
+const jobs: MaintenanceJob[] = [
+  async (deps) => {
+    const n = await deps.store.tx((t) => t.purgeNonces(deps.now() - 60))
+    if (n > 0) deps.log.log('debug', 'purged nonces', { count: n })
+  },
+]
+
+/** Run every job now and then every `intervalMs`; returns a stop function. */
+export function runMaintenance(deps: ServerDeps, intervalMs = 60_000, extra: MaintenanceJob[] = []): () => void {
+  let running = false
+  const tick = async (): Promise<void> => {
+    if (running) return
+    running = true
+    for (const job of [...jobs, ...extra]) {
+      try {
+        await job(deps)
+      } catch (err) {
+        deps.log.log('error', 'maintenance job failed', { err: err instanceof Error ? err.message : String(err) })
+      }
+    }
+    running = false
+  }
+  const timer = setInterval(() => void tick(), intervalMs)
+  timer.unref()
+  void tick()
+  return () => clearInterval(timer)
+}

@@ -1,0 +1,248 @@
+/**
+ * The KEK keystore: a JSON file holding the server's key-encryption keys, sealed with a key
+ * derived from the operator passphrase (scrypt) and AES-256-GCM, plus a backup copy beside it
+ * (`keystore.json.bak`). Both are rewritten atomically on every change, main first; on open a
+ * backup that lags behind the main file is brought level, and a missing or torn main file is
+ * recovered from the backup.
+ *
+ * Destroying a KEK means rewriting both files without it: once the blobs it wrapped were
+ * re-wrapped (or deleted by shred), no copy that unlockd controls can unwrap them again.
+ */
+import { scryptSync, randomBytes as nodeRandom, createCipheriv, createDecipheriv } from 'node:crypto'
+import { existsSync, statSync } from 'node:fs'
+import { UnlockdError } from '../../shared/errors.ts'
+import { b64uDecode, b64uEncode, zeroize } from '../../shared/crypto/bytes.ts'
+import { readFileIfExists, writeFileAtomic } from '../../platform/atomic-file.ts'
+
+export interface KekEntry {
+  version: number
+  key: Uint8Array
+  createdAt: number
+}
+
+interface SealedFile {
+  v: 1
+  kdf: { name: 'scrypt'; N: number; r: number; p: number; salt: string }
+  iv: string
+  ct: string
+  tag: string
+}
+
+interface Plain {
+  current: number
+  keks: { version: number; key: string; createdAt: number }[]
+}
+
+const SCRYPT = { N: 1 << 15, r: 8, p: 1 }
+const AAD = Buffer.from('unlockd/keystore/v1')
+
+export function backupPathOf(path: string): string {
+  return `${path}.bak`
+}
+
+function derive(passphrase: string, salt: Uint8Array, p: { N: number; r: number; p: number }): Buffer {
+  if (passphrase.length < 8) throw new UnlockdError('keystore_locked', 'the keystore passphrase must be at least 8 characters')
+  return scryptSync(passphrase.normalize('NFC'), salt, 32, { N: p.N, r: p.r, p: p.p, maxmem: 256 * 1024 * 1024 })
+}
+
+function parseSealed(raw: Buffer, where: string): SealedFile {
+  let o: unknown
+  try {
+    o = JSON.parse(raw.toString('utf8'))
+  } catch (cause) {
+    throw new UnlockdError('keystore_invalid', `${where} is not valid JSON`, { cause })
+  }
+  const f = o as Partial<SealedFile>
+  const k = f.kdf
+  if (
+    f.v !== 1 || !k || k.name !== 'scrypt' || !Number.isInteger(k.N) || !Number.isInteger(k.r) || !Number.isInteger(k.p) ||
+    typeof k.salt !== 'string' || typeof f.iv !== 'string' || typeof f.ct !== 'string' || typeof f.tag !== 'string' ||
+    k.N < 1024 || k.N > 1 << 22 || k.r < 1 || k.r > 32 || k.p < 1 || k.p > 16
+  ) {
+    throw new UnlockdError('keystore_invalid', `${where} is not an unlockd keystore (v1)`)
+  }
+  return f as SealedFile
+}
+
+export class Keystore {
+  readonly path: string
+  #derived: Buffer
+  #salt: Uint8Array
+  #kdf: { N: number; r: number; p: number }
+  #keks: KekEntry[]
+  #current: number
+
+  private constructor(path: string, derived: Buffer, salt: Uint8Array, kdf: { N: number; r: number; p: number }, plain: Plain) {
+    this.path = path
+    this.#derived = derived
+    this.#salt = salt
+    this.#kdf = kdf
+    this.#current = plain.current
+    this.#keks = plain.keks.map((k) => {
+      const key = b64uDecode(k.key)
+      if (!key || key.byteLength !== 32) throw new UnlockdError('keystore_invalid', `KEK v${k.version} is malformed`)
+      return { version: k.version, key, createdAt: k.createdAt }
+    })
+    if (!this.#keks.some((k) => k.version === this.#current)) throw new UnlockdError('keystore_invalid', 'keystore has no current KEK')
+  }
+
+  /** Create a new keystore with KEK v1. Refuses to overwrite an existing one. */
+  static create(path: string, passphrase: string, now: number): Keystore {
+    if (existsSync(path) || existsSync(backupPathOf(path))) throw new UnlockdError('conflict', `a keystore already exists at ${path}`)
+    const salt = new Uint8Array(nodeRandom(16))
+    const derived = derive(passphrase, salt, SCRYPT)
+    const ks = new Keystore(path, derived, salt, SCRYPT, {
+      current: 1,
+      keks: [{ version: 1, key: b64uEncode(new Uint8Array(nodeRandom(32))), createdAt: now }],
+    })
+    ks.#save()
+    return ks
+  }
+
+  /**
+   * Open with the passphrase. A wrong passphrase gives `keystore_locked`; a torn or missing main
+   * file falls back to the backup copy (and repairs the main file).
+   */
+  static open(path: string, passphrase: string): Keystore {
+    const main = readFileIfExists(path)
+    const backup = readFileIfExists(backupPathOf(path))
+    if (!main && !backup) throw new UnlockdError('keystore_invalid', `no keystore at ${path}: run \`unlockd server init\` first`)
+    let ks: Keystore | undefined
+    let firstErr: unknown
+    for (const [raw, where] of [[main, path], [backup, backupPathOf(path)]] as const) {
+      if (!raw) continue
+      try {
+        ks = Keystore.#unseal(path, raw, where, passphrase)
+        break
+      } catch (err) {
+        if (err instanceof UnlockdError && err.code === 'keystore_locked') throw err
+        firstErr ??= err
+      }
+    }
+    if (!ks) throw firstErr instanceof UnlockdError ? firstErr : new UnlockdError('keystore_invalid', 'keystore cannot be read', { cause: firstErr })
+    // Bring both copies level with what we loaded (a crash may have left one behind).
+    const canonical = ks.#serialize()
+    if (!main || !main.equals(canonical) || !backup || !backup.equals(canonical)) ks.#save()
+    return ks
+  }
+
+  static #unseal(path: string, raw: Buffer, where: string, passphrase: string): Keystore {
+    const f = parseSealed(raw, where)
+    const salt = b64uDecode(f.kdf.salt)
+    const iv = b64uDecode(f.iv)
+    const ct = b64uDecode(f.ct)
+    const tag = b64uDecode(f.tag)
+    if (!salt || !iv || !ct || !tag || iv.byteLength !== 12 || tag.byteLength !== 16) throw new UnlockdError('keystore_invalid', `${where} is malformed`)
+    const kdf = { N: f.kdf.N, r: f.kdf.r, p: f.kdf.p }
+    const derived = derive(passphrase, salt, kdf)
+    let plainBytes: Buffer
+    try {
+      const d = createDecipheriv('aes-256-gcm', derived, iv)
+      d.setAAD(AAD)
+      d.setAuthTag(tag)
+      plainBytes = Buffer.concat([d.update(ct), d.final()])
+    } catch (cause) {
+      throw new UnlockdError('keystore_locked', 'wrong keystore passphrase (or the keystore was altered)', { cause })
+    }
+    let plain: Plain
+    try {
+      plain = JSON.parse(plainBytes.toString('utf8')) as Plain
+    } finally {
+      plainBytes.fill(0)
+    }
+    if (!Number.isInteger(plain.current) || !Array.isArray(plain.keks)) throw new UnlockdError('keystore_invalid', `${where} content is malformed`)
+    const ks = new Keystore(path, derived, salt, kdf, plain)
+    return ks
+  }
+
+  #serialize(): Buffer {
+    const plain: Plain = { current: this.#current, keks: this.#keks.map((k) => ({ version: k.version, key: b64uEncode(k.key), createdAt: k.createdAt })) }
+    const pt = Buffer.from(JSON.stringify(plain))
+    // Deterministic IV per content would leak equality; a random IV per save is fine here
+    // because open() compares files only to decide whether to rewrite them.
+    const iv = this.#lastIv && this.#lastPlain?.equals(pt) ? this.#lastIv : nodeRandom(12)
+    const c = createCipheriv('aes-256-gcm', this.#derived, iv)
+    c.setAAD(AAD)
+    const ct = Buffer.concat([c.update(pt), c.final()])
+    this.#lastPlain?.fill(0)
+    this.#lastPlain = pt
+    this.#lastIv = iv
+    const file: SealedFile = {
+      v: 1,
+      kdf: { name: 'scrypt', ...this.#kdf, salt: b64uEncode(this.#salt) },
+      iv: b64uEncode(iv),
+      ct: b64uEncode(ct),
+      tag: b64uEncode(c.getAuthTag()),
+    }
+    return Buffer.from(JSON.stringify(file, null, 2) + '\n')
+  }
+  #lastPlain: Buffer | undefined
+  #lastIv: Buffer | undefined
+
+  #save(): void {
+    const data = this.#serialize()
+    writeFileAtomic(this.path, data, 0o600)
+    if (process.env['UNLOCKD_FAULT'] === 'keystore-between-copies') process.kill(process.pid, 'SIGKILL')
+    writeFileAtomic(backupPathOf(this.path), data, 0o600)
+  }
+
+  get currentVersion(): number {
+    return this.#current
+  }
+
+  get versions(): number[] {
+    return this.#keks.map((k) => k.version).sort((a, b) => a - b)
+  }
+
+  /** Raw KEK bytes for a version (caller must not keep them). */
+  kek(version: number): Uint8Array {
+    const k = this.#keks.find((e) => e.version === version)
+    if (!k) throw new UnlockdError('kek_missing', `KEK v${version} is not in the keystore (destroyed by rotation or shred)`)
+    return k.key
+  }
+
+  createdAt(version: number): number | undefined {
+    return this.#keks.find((e) => e.version === version)?.createdAt
+  }
+
+  /** Add a fresh KEK and make it current. Old ones stay until `destroyBelow`. */
+  addKek(now: number): number {
+    const version = Math.max(...this.#keks.map((k) => k.version)) + 1
+    this.#keks.push({ version, key: new Uint8Array(nodeRandom(32)), createdAt: now })
+    this.#current = version
+    this.#save()
+    return version
+  }
+
+  /** Destroy every KEK older than `version` in the main file and the backup. */
+  destroyBelow(version: number): number[] {
+    const gone = this.#keks.filter((k) => k.version < version)
+    if (gone.length === 0) return []
+    this.#keks = this.#keks.filter((k) => k.version >= version)
+    this.#save()
+    for (const k of gone) zeroize(k.key)
+    return gone.map((k) => k.version)
+  }
+
+  /** Re-seal under a new passphrase; KEKs are untouched. */
+  changePassphrase(newPassphrase: string): void {
+    const salt = new Uint8Array(nodeRandom(16))
+    const derived = derive(newPassphrase, salt, SCRYPT)
+    this.#derived.fill(0)
+    this.#derived = derived
+    this.#salt = salt
+    this.#kdf = SCRYPT
+    this.#lastIv = undefined
+    this.#save()
+  }
+
+  fileMode(): number {
+    return statSync(this.path).mode & 0o777
+  }
+
+  close(): void {
+    this.#derived.fill(0)
+    this.#lastPlain?.fill(0)
+    for (const k of this.#keks) zeroize(k.key)
+  }
+}

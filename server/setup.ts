@@ -1,0 +1,83 @@
+/**
+ * Server data directory: create it (`server init`) and open it (`server start` and the offline
+ * admin commands). Layout: keystore.json (+ .bak), unlockd.db (SQLite, default) and
+ * server.json (settings). Files 0600, directory 0700.
+ */
+import { EventEmitter } from 'node:events'
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { UnlockdError } from '../shared/errors.ts'
+import { ensurePrivateDir, writeFileAtomic } from '../platform/atomic-file.ts'
+import { parseServerConfig, type ServerConfig } from '../shared/config/server.ts'
+import { DEFAULT_SETTINGS, type ServerDeps } from './context.ts'
+import { audit } from './escrow/audit-log.ts'
+import { hashToken, newId, newToken } from './escrow/secrets.ts'
+import { Keystore } from './keys/keystore.ts'
+import type { Logger } from './log.ts'
+import { openStore } from './store/open.ts'
+
+export const KEYSTORE_FILE = 'keystore.json'
+export const DB_FILE = 'unlockd.db'
+export const CONFIG_FILE = 'server.json'
+
+export function nowSeconds(): number {
+  return Math.floor(Date.now() / 1000)
+}
+
+export interface InitResult {
+  operator: string
+  token: string
+  dataDir: string
+  store: string
+}
+
+export async function initDataDir(dataDir: string, passphrase: string, opts: { operator: string; db?: string | undefined; log: Logger }): Promise<InitResult> {
+  ensurePrivateDir(dataDir)
+  const ksPath = join(dataDir, KEYSTORE_FILE)
+  if (existsSync(ksPath)) throw new UnlockdError('conflict', `${dataDir} is already initialized (keystore.json exists)`)
+  const cfgPath = join(dataDir, CONFIG_FILE)
+  const config: ServerConfig = parseServerConfig(JSON.stringify(opts.db ? { db: opts.db } : {}))
+  const store = await openStore(config.db ?? join(dataDir, DB_FILE))
+  try {
+    const now = nowSeconds()
+    const ks = Keystore.create(ksPath, passphrase, now)
+    ks.close()
+    if (!existsSync(cfgPath)) writeFileAtomic(cfgPath, JSON.stringify(opts.db ? { db: opts.db } : {}, null, 2) + '\n', 0o600)
+    const token = newToken('uo')
+    const tokenHash = await hashToken(token)
+    await store.tx(async (t) => {
+      if ((await t.listOperators()).length > 0) throw new UnlockdError('conflict', 'this database already has operators')
+      await t.insertOperator({ id: newId('op', 9), name: opts.operator, tokenHash, totpKekVersion: null, totpIv: null, totpCt: null, totpLastStep: null, createdAt: now, removedAt: null })
+      await t.setMeta('kek_rotated_at', String(now))
+      await audit(t, now, 'system', 'server.init', null, { operator: opts.operator })
+    })
+    return { operator: opts.operator, token, dataDir, store: store.kind }
+  } finally {
+    await store.close()
+  }
+}
+
+export function loadServerConfig(dataDir: string): ServerConfig {
+  const cfgPath = join(dataDir, CONFIG_FILE)
+  const text = existsSync(cfgPath) ? readFileSync(cfgPath, 'utf8') : '{}'
+  return parseServerConfig(text, cfgPath)
+}
+
+export async function openDeps(dataDir: string, passphrase: string, log: Logger, overrides: { db?: string | undefined } = {}): Promise<ServerDeps> {
+  const config = loadServerConfig(dataDir)
+  const keystore = Keystore.open(join(dataDir, KEYSTORE_FILE), passphrase)
+  const store = await openStore(overrides.db ?? config.db ?? join(dataDir, DB_FILE))
+  return {
+    store,
+    keystore,
+    log,
+    now: nowSeconds,
+    settings: { ...DEFAULT_SETTINGS, ...config.settings },
+    events: new EventEmitter().setMaxListeners(0),
+  }
+}
+
+export async function closeDeps(deps: ServerDeps): Promise<void> {
+  await deps.store.close()
+  deps.keystore.close()
+}

@@ -1,0 +1,72 @@
+/**
+ * server.json: parse, then defaults, then validate. Pure: the entry point reads the file.
+ */
+import * as v from 'valibot'
+import { UnlockdError } from '../errors.ts'
+import { parseWith } from '../protocol/validate.ts'
+import { parseDuration } from '../util/duration.ts'
+
+const dur = v.pipe(v.string(), v.check((s) => parseDuration(s) !== undefined, 'must be a duration such as 90s, 15m, 1h, 30d'), v.transform((s) => parseDuration(s) as number))
+
+const Schema = v.strictObject({
+  db: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(1000))),
+  listen: v.optional(v.pipe(v.string(), v.regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT'))),
+  tlsCert: v.optional(v.string()),
+  tlsKey: v.optional(v.string()),
+  publicUrl: v.optional(v.pipe(v.string(), v.url('must be a URL'))),
+  nonceTtl: v.optional(dur),
+  iatSkew: v.optional(dur),
+  approvalTtl: v.optional(dur),
+  pollHold: v.optional(dur),
+  kekRotation: v.optional(v.union([dur, v.literal('off')])),
+  totpMaxFailures: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100))),
+  totpFailureWindow: v.optional(dur),
+  webhook: v.optional(v.strictObject({
+    url: v.pipe(v.string(), v.url('must be a URL'), v.regex(/^https?:\/\//, 'must be http(s)')),
+    secretFile: v.optional(v.string()),
+  })),
+})
+
+export interface ServerConfig {
+  db?: string
+  listen?: string
+  tlsCert?: string
+  tlsKey?: string
+  webhook?: { url: string; secretFile?: string }
+  settings: {
+    nonceTtl?: number
+    iatSkew?: number
+    approvalTtl?: number
+    pollHold?: number
+    kekRotationPeriod?: number
+    totpMaxFailures?: number
+    totpFailureWindow?: number
+    publicUrl?: string
+  }
+}
+
+export function parseServerConfig(text: string, where = 'server.json'): ServerConfig {
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch (cause) {
+    throw new UnlockdError('config_invalid', `${where} is not valid JSON`, { cause })
+  }
+  const c = parseWith(Schema, raw, where, 'config_invalid')
+  const out: ServerConfig = { settings: {} }
+  if (c.db !== undefined) out.db = c.db
+  if (c.listen !== undefined) out.listen = c.listen
+  if (c.tlsCert !== undefined) out.tlsCert = c.tlsCert
+  if (c.tlsKey !== undefined) out.tlsKey = c.tlsKey
+  if (c.webhook !== undefined) out.webhook = c.webhook.secretFile === undefined ? { url: c.webhook.url } : { url: c.webhook.url, secretFile: c.webhook.secretFile }
+  const s = out.settings
+  if (c.nonceTtl !== undefined) s.nonceTtl = c.nonceTtl
+  if (c.iatSkew !== undefined) s.iatSkew = c.iatSkew
+  if (c.approvalTtl !== undefined) s.approvalTtl = c.approvalTtl
+  if (c.pollHold !== undefined) s.pollHold = Math.min(c.pollHold, 120)
+  if (c.kekRotation !== undefined) s.kekRotationPeriod = c.kekRotation === 'off' ? 0 : c.kekRotation
+  if (c.totpMaxFailures !== undefined) s.totpMaxFailures = c.totpMaxFailures
+  if (c.totpFailureWindow !== undefined) s.totpFailureWindow = c.totpFailureWindow
+  if (c.publicUrl !== undefined) s.publicUrl = c.publicUrl
+  return out
+}

@@ -1,0 +1,75 @@
+/**
+ * A real escrow server for a test: a fresh data dir with a real keystore and SQLite file,
+ * listening on 127.0.0.1 port 0, closed in teardown.
+ */
+import type { ExecutionContext } from 'ava'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { initDataDir, openDeps } from '../../server/setup.ts'
+import { startServer, type RunningServer } from '../../server/main.ts'
+import { memoryLogger } from '../../server/log.ts'
+import type { ServerDeps, ServerSettings } from '../../server/context.ts'
+import { fetchTransport, type Transport } from '../../shared/client/transport.ts'
+
+export const TEST_PASSPHRASE = 'correct horse battery staple'
+
+export interface TestServer {
+  url: string
+  dataDir: string
+  token: string
+  deps: ServerDeps
+  server: RunningServer
+  transport: Transport
+  logs: string[]
+  /** Stop and start again on the same data dir (state must survive). */
+  restart(): Promise<TestServer>
+  close(): Promise<void>
+  admin(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<{ status: number; body: any }>
+}
+
+export async function startTestServer(
+  t: ExecutionContext,
+  opts: { settings?: Partial<ServerSettings>; dataDir?: string; token?: string; db?: string; now?: () => number } = {},
+): Promise<TestServer> {
+  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'unlockd-srv-'))
+  const log = memoryLogger()
+  let token = opts.token
+  if (!opts.dataDir) {
+    const init = await initDataDir(dataDir, TEST_PASSPHRASE, { operator: 'admin', db: opts.db, log })
+    token = init.token
+  }
+  const deps = await openDeps(dataDir, TEST_PASSPHRASE, log, { db: opts.db })
+  deps.settings = { ...deps.settings, pollHold: 2, ...opts.settings }
+  if (opts.now) deps.now = opts.now
+  const server = await startServer(deps, { listen: '127.0.0.1:0' })
+  const transport = fetchTransport(server.url)
+  let closed = false
+  const ts: TestServer = {
+    url: server.url,
+    dataDir,
+    token: token as string,
+    deps,
+    server,
+    transport,
+    logs: log.lines,
+    async restart() {
+      await ts.close()
+      return startTestServer(t, { ...opts, dataDir, token: token as string })
+    },
+    async close() {
+      if (closed) return
+      closed = true
+      await server.close()
+    },
+    async admin(method, path, body) {
+      const res = await transport({ method, path: `/v1/admin${path}`, bearer: token as string, ...(body === undefined ? {} : { body }) })
+      return res as { status: number; body: any }
+    },
+  }
+  t.teardown(async () => {
+    await ts.close()
+    if (!opts.dataDir) rmSync(dataDir, { recursive: true, force: true })
+  })
+  return ts
+}
