@@ -72,11 +72,15 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
-/** Decode one base64url big-endian integer of at most 66 bytes (shorter spellings accepted). */
+/**
+ * Decode one base64url big-endian integer of exactly 66 bytes (RFC 7518 §6.2.1.2 and §6.2.2.1
+ * require full-length coordinates and `d`; libjose always writes them so). Being strict keeps
+ * one spelling per key, so thumbprints computed here match libjose's.
+ */
 function decodeInt(value: unknown, name: string, code: UnlockdErrorCode): bigint {
   const bytes = typeof value === 'string' ? b64uDecode(value) : undefined
-  if (bytes === undefined || bytes.length === 0 || bytes.length > P521_BYTES) {
-    fail(code, `EC JWK "${name}" must be base64url of at most ${P521_BYTES} bytes`)
+  if (bytes === undefined || bytes.length !== P521_BYTES) {
+    fail(code, `EC JWK "${name}" must be base64url of ${P521_BYTES} bytes`)
   }
   return bytesToNumberBE(bytes)
 }

@@ -1,0 +1,65 @@
+/**
+ * How operator commands reach the server: URL and API token from flags, the environment
+ * (UNLOCKD_URL, UNLOCKD_TOKEN or UNLOCKD_TOKEN_FILE, UNLOCKD_CA) or a config file
+ * (`--config`, UNLOCKD_CONFIG, default ~/.config/unlockd/cli.json: {"url","tokenFile","ca"}).
+ */
+import { readFileSync, existsSync } from 'node:fs'
+import { homedir } from 'node:os'
+import { join } from 'node:path'
+import * as v from 'valibot'
+import { UnlockdError } from '../../shared/errors.ts'
+import { parseWith } from '../../shared/protocol/validate.ts'
+import { errorFromResponse, type Transport } from '../../shared/client/transport.ts'
+import { nodeTransport } from '../../platform/node-transport.ts'
+import type { CliIo, Options, Values } from '../../platform/cli.ts'
+
+export const CLIENT_OPTIONS: Options = {
+  url: { type: 'string' },
+  'token-file': { type: 'string' },
+  ca: { type: 'string' },
+  config: { type: 'string' },
+}
+
+const ConfigSchema = v.strictObject({
+  url: v.optional(v.pipe(v.string(), v.url())),
+  tokenFile: v.optional(v.string()),
+  ca: v.optional(v.string()),
+})
+
+export interface OperatorClient {
+  url: string
+  call(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, timeoutMs?: number): Promise<any>
+}
+
+function readText(path: string, what: string): string {
+  try {
+    return readFileSync(path, 'utf8')
+  } catch (cause) {
+    throw new UnlockdError('config_invalid', `cannot read ${what} ${path}`, { cause })
+  }
+}
+
+export function operatorClient(values: Values, io: CliIo): OperatorClient {
+  const cfgPath = (values['config'] as string | undefined) ?? io.env['UNLOCKD_CONFIG'] ?? join(io.env['HOME'] ?? homedir(), '.config/unlockd/cli.json')
+  let cfg: v.InferOutput<typeof ConfigSchema> = {}
+  if (existsSync(cfgPath)) {
+    let raw: unknown
+    try { raw = JSON.parse(readText(cfgPath, 'config')) } catch (cause) { if (cause instanceof UnlockdError) throw cause; throw new UnlockdError('config_invalid', `${cfgPath} is not valid JSON`, { cause }) }
+    cfg = parseWith(ConfigSchema, raw, cfgPath, 'config_invalid')
+  }
+  const url = (values['url'] as string | undefined) ?? io.env['UNLOCKD_URL'] ?? cfg.url
+  if (!url) throw new UnlockdError('usage', 'no server URL: pass --url, set UNLOCKD_URL, or write "url" in ~/.config/unlockd/cli.json')
+  const tokenFile = (values['token-file'] as string | undefined) ?? io.env['UNLOCKD_TOKEN_FILE'] ?? cfg.tokenFile
+  const token = tokenFile ? readText(tokenFile, 'token file').trim() : io.env['UNLOCKD_TOKEN']
+  if (!token) throw new UnlockdError('unauthorized', 'no operator token: set UNLOCKD_TOKEN or UNLOCKD_TOKEN_FILE (never pass tokens as arguments)')
+  const caPath = (values['ca'] as string | undefined) ?? io.env['UNLOCKD_CA'] ?? cfg.ca
+  const t: Transport = nodeTransport(url, { ca: caPath ? readText(caPath, 'CA file') : undefined })
+  return {
+    url,
+    async call(method, path, body, timeoutMs) {
+      const res = await t({ method, path: `/v1/admin${path}`, bearer: token, ...(body === undefined ? {} : { body }), ...(timeoutMs ? { timeoutMs } : {}) })
+      if (res.status < 200 || res.status >= 300) throw errorFromResponse(res, `${method} ${path}`)
+      return res.body
+    },
+  }
+}
