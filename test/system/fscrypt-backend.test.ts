@@ -1,0 +1,227 @@
+/**
+ * agent/volumes/fscrypt.ts on real ext4 images, loop-mounted (root only). Each test makes and
+ * mounts its own image; teardown unmounts it (lazily if something is still busy) and detaches
+ * its loop device, even when the test fails.
+ */
+import test, { type ExecutionContext } from 'ava'
+import { randomBytes } from 'node:crypto'
+import { mkdir, mkdtemp, open, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import {
+  addKey,
+  checkFilesystem,
+  findMount,
+  findMountpoint,
+  getPolicy,
+  keyStatus,
+  removeKey,
+  setPolicy,
+} from '../../agent/volumes/fscrypt.ts'
+import { isUnlockdError } from '../../shared/errors.ts'
+import { mustRun, rootTest, tool } from '../helpers/root.ts'
+import { tempDir } from '../helpers/tmp.ts'
+
+const NEEDS = { bins: ['mkfs.ext4', 'mount', 'umount', 'losetup'] }
+
+interface Fs {
+  img: string
+  mnt: string
+  /** The loop device, as /proc/self/mountinfo shows it. */
+  dev: string
+}
+
+async function detach(img: string): Promise<void> {
+  const r = await tool('losetup', ['-j', img])
+  for (const line of r.stdout.split('\n')) {
+    const dev = line.split(':')[0]
+    if (dev !== undefined && dev.startsWith('/dev/loop')) await tool('losetup', ['-d', dev])
+  }
+}
+
+/** A 64 MiB ext4 image (with the 'encrypt' feature unless told otherwise), loop-mounted. */
+async function mountExt4(
+  t: ExecutionContext,
+  opts: { encrypt: boolean } = { encrypt: true },
+): Promise<Fs> {
+  const dir = await tempDir(t)
+  const img = join(dir, 'fs.img')
+  const mnt = join(dir, 'mnt')
+  await writeFile(img, '', { mode: 0o600 })
+  await truncate(img, 64 * 1024 * 1024)
+  await mustRun('mkfs.ext4', ['-q', '-F', ...(opts.encrypt ? ['-O', 'encrypt'] : []), img])
+  await mkdir(mnt)
+  await mustRun('mount', ['-o', 'loop', img, mnt])
+  t.teardown(async () => {
+    if ((await tool('umount', [mnt])).code !== 0) await tool('umount', ['-l', mnt])
+    await detach(img) // mount -o loop autoclears, this is for a failed or lazy unmount
+  })
+  return { img, mnt, dev: (await findMount(mnt)).source }
+}
+
+function key64(): Uint8Array {
+  return new Uint8Array(randomBytes(64))
+}
+
+rootTest(
+  'checkFilesystem accepts an empty directory on ext4 with encrypt',
+  async (t) => {
+    const fs = await mountExt4(t)
+    const dir = join(fs.mnt, 'vault')
+    await mkdir(dir)
+    const target = await checkFilesystem(dir)
+    t.deepEqual(target, {
+      dir,
+      mountpoint: fs.mnt,
+      fstype: 'ext4',
+      source: fs.dev,
+      policy: undefined,
+    })
+    t.regex(fs.dev, /^\/dev\/loop\d+$/)
+    t.is(await findMountpoint(join(dir, '.')), fs.mnt)
+    t.is(await getPolicy(dir), undefined)
+  },
+  NEEDS,
+)
+
+rootTest(
+  'a directory locks when its key is removed and reads back byte for byte when re-added',
+  async (t) => {
+    const fs = await mountExt4(t)
+    const dir = join(fs.mnt, 'vault')
+    await mkdir(dir)
+    const key = key64()
+    const keyCopy = Uint8Array.from(key)
+    const id = await addKey(fs.mnt, key)
+    t.regex(id, /^[0-9a-f]{32}$/)
+    t.deepEqual(key, keyCopy, 'the caller keeps its key; only the internal copy is zeroed')
+    t.is(await keyStatus(fs.mnt, id), 'present')
+    await setPolicy(dir, id)
+    t.is(await getPolicy(dir), id)
+
+    const content = randomBytes(100_000)
+    await writeFile(join(dir, 'secret.bin'), content)
+    await mkdir(join(dir, 'sub'))
+    t.is((await checkFilesystem(dir)).policy, id, 'an encrypted, non-empty directory is fine')
+
+    t.is(await removeKey(fs.mnt, id), 'removed')
+    t.is(await keyStatus(fs.mnt, id), 'absent')
+    const names = await readdir(dir)
+    t.is(names.length, 2)
+    t.false(names.includes('secret.bin'), `names are ciphertext when locked: ${names.join(', ')}`)
+    await t.throwsAsync(readFile(join(dir, 'secret.bin')), { code: 'ENOENT' })
+    const create = await t.throwsAsync<NodeJS.ErrnoException>(writeFile(join(dir, 'new.txt'), 'x'))
+    t.is(create?.errno, -126, 'ENOKEY: "Required key not available" (Node has no name for it)')
+
+    // A wrong key has another identifier and opens nothing.
+    const wrongId = await addKey(fs.mnt, key64())
+    t.not(wrongId, id)
+    await t.throwsAsync(readFile(join(dir, 'secret.bin')))
+    t.is(await removeKey(fs.mnt, wrongId), 'removed')
+
+    t.is(await addKey(fs.mnt, key), id, 'same key, same identifier')
+    t.deepEqual((await readdir(dir)).sort(), ['secret.bin', 'sub'])
+    t.true(content.equals(await readFile(join(dir, 'secret.bin'))))
+    t.is(await removeKey(fs.mnt, id, { allUsers: true }), 'removed')
+    t.is(await removeKey(fs.mnt, id), 'absent', 'removing twice is harmless')
+  },
+  NEEDS,
+)
+
+rootTest(
+  'removing the key while a file is open is busy until it is closed',
+  async (t) => {
+    const fs = await mountExt4(t)
+    const dir = join(fs.mnt, 'vault')
+    await mkdir(dir)
+    const id = await addKey(fs.mnt, key64())
+    await setPolicy(dir, id)
+    await writeFile(join(dir, 'held.txt'), 'held open')
+    const fh = await open(join(dir, 'held.txt'), 'r')
+    let closed = false
+    t.teardown(async () => {
+      if (!closed) await fh.close() // before the unmount, which runs after this (teardowns are LIFO)
+    })
+    t.is(await removeKey(fs.mnt, id), 'busy')
+    t.is(await keyStatus(fs.mnt, id), 'incompletely_removed')
+    t.is((await fh.readFile()).toString(), 'held open', 'an open file stays readable')
+    await fh.close()
+    closed = true
+    t.is(await removeKey(fs.mnt, id), 'removed')
+    t.is(await keyStatus(fs.mnt, id), 'absent')
+  },
+  NEEDS,
+)
+
+rootTest(
+  'a non-empty directory cannot be encrypted, with a sentence that says what to do',
+  async (t) => {
+    const fs = await mountExt4(t)
+    const dir = join(fs.mnt, 'full')
+    await mkdir(dir)
+    await writeFile(join(dir, 'a.txt'), 'a')
+    const expected = `directory ${dir} is not empty; fscrypt can only encrypt an empty directory: move its files out, enroll, move them back`
+    const check = await t.throwsAsync(checkFilesystem(dir))
+    t.true(isUnlockdError(check, 'volume_invalid'), String(check))
+    t.is(check?.message, expected)
+    const id = await addKey(fs.mnt, key64())
+    const set = await t.throwsAsync(setPolicy(dir, id))
+    t.true(isUnlockdError(set, 'volume_invalid'), String(set))
+    t.is(set?.message, expected)
+  },
+  NEEDS,
+)
+
+rootTest(
+  'ext4 without the encrypt feature is fscrypt_unsupported with the tune2fs command',
+  async (t) => {
+    const fs = await mountExt4(t, { encrypt: false })
+    const dir = join(fs.mnt, 'vault')
+    await mkdir(dir)
+    const err = await t.throwsAsync(checkFilesystem(dir))
+    t.true(isUnlockdError(err, 'fscrypt_unsupported'), String(err))
+    t.is(
+      err?.message,
+      `${fs.mnt} (ext4 on ${fs.dev}) has no 'encrypt' feature; enable it with: tune2fs -O encrypt ${fs.dev} (unmounted)`,
+    )
+    const add = await t.throwsAsync(addKey(fs.mnt, key64()))
+    t.true(isUnlockdError(add, 'fscrypt_unsupported'), String(add))
+  },
+  NEEDS,
+)
+
+rootTest(
+  'tmpfs is fscrypt_unsupported',
+  async (t) => {
+    const dir = await mkdtemp('/dev/shm/unlockd-test-')
+    t.teardown(() => rm(dir, { recursive: true, force: true }))
+    const mount = await findMount(dir)
+    t.is(mount.fstype, 'tmpfs')
+    const err = await t.throwsAsync(checkFilesystem(dir))
+    t.true(isUnlockdError(err, 'fscrypt_unsupported'), String(err))
+    t.regex(err?.message ?? '', /does not support fscrypt/)
+  },
+  NEEDS,
+)
+
+rootTest(
+  'bad inputs: short key, bad identifier, missing directory',
+  async (t) => {
+    const fs = await mountExt4(t)
+    const short = await t.throwsAsync(addKey(fs.mnt, new Uint8Array(32)))
+    t.true(isUnlockdError(short, 'fscrypt_failed'), String(short))
+    await t.throwsAsync(keyStatus(fs.mnt, 'xyz'), { instanceOf: TypeError })
+    await t.throwsAsync(setPolicy(fs.mnt, 'ABCDEF'), { instanceOf: TypeError })
+    const missing = await t.throwsAsync(checkFilesystem(join(fs.mnt, 'nope')))
+    t.true(isUnlockdError(missing, 'volume_invalid'), String(missing))
+    const id = await addKey(fs.mnt, key64())
+    const noDir = await t.throwsAsync(setPolicy(join(fs.mnt, 'nope'), id))
+    t.true(isUnlockdError(noDir, 'volume_invalid'), String(noDir))
+  },
+  NEEDS,
+)
+
+test('findMount picks the longest mount point prefix', async (t) => {
+  t.is(await findMountpoint('/'), '/')
+  t.is(await findMountpoint('/proc/self'), '/proc')
+  t.is((await findMount('/proc/self')).fstype, 'proc')
+})
