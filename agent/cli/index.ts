@@ -1,0 +1,7 @@
+/** Host-side verbs of `unlockd` (also the whole of the initramfs bundle). */
+import type { Command } from '../../platform/cli.ts'
+import { enrollCommand } from './enroll.ts'
+import { statusCommand, unlockCommand } from './unlock.ts'
+import { agentCommand } from './agent.ts'
+
+export const agentCommands: Command[] = [enrollCommand, unlockCommand, statusCommand, agentCommand]

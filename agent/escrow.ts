@@ -1,0 +1,122 @@
+/**
+ * Talking to the escrow servers: ask every configured server at once, take the first good
+ * answer, and cancel the rest, so one dead server never delays a boot. A denial from any server
+ * is final only if no other server releases. Approval waits continue on the server that asked.
+ */
+import { UnlockdError } from '../shared/errors.ts'
+import type { AgentConfig, ServerEntry } from '../shared/config/agent.ts'
+import type { HostKeys } from '../shared/crypto/keys.ts'
+import { pollApproval, requestUnlock, watch, report } from '../shared/client/host-client.ts'
+import type { ReleasedVolume, UnlockResponse, WatchResponse } from '../shared/protocol/messages.ts'
+import type { Transport } from '../shared/client/transport.ts'
+import { transportFor, type ConfigDir } from './config-dir.ts'
+import { bootId } from './boot-id.ts'
+
+export interface Progress {
+  (event: { kind: 'approval'; approvalId: string; server: string; rule: string } | { kind: 'attempt'; server: string; error: UnlockdError }): void
+}
+
+function rank(e: UnlockdError): number {
+  // Report the most informative failure: a policy decision beats a network error.
+  if (e.code === 'server_unreachable') return 0
+  if (e.code === 'tls_pin_mismatch') return 1
+  if (e.code === 'protocol_invalid') return 2
+  return 3
+}
+
+export function bestError(errors: UnlockdError[]): UnlockdError {
+  return [...errors].sort((a, b) => rank(b) - rank(a))[0] ?? new UnlockdError('server_unreachable', 'no escrow server configured')
+}
+
+interface Answer {
+  server: ServerEntry
+  transport: Transport
+  res: UnlockResponse
+}
+
+/** One round over all servers. Resolves the first released/approval answer; throws the best error. */
+export async function askOnce(c: ConfigDir, config: AgentConfig, keys: HostKeys, volumes: string[], progress?: Progress): Promise<Answer> {
+  const ac = new AbortController()
+  const errors: UnlockdError[] = []
+  const attempts = config.servers.map(async (server): Promise<Answer> => {
+    try {
+      const transport = transportFor(c, server, config.requestTimeoutMs)
+      const res = await requestUnlock(transport, { keys, hostId: config.hostId, bootId: bootId(), volumes, signal: ac.signal, timeoutMs: config.requestTimeoutMs })
+      return { server, transport, res }
+    } catch (err) {
+      const e = err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', `${server.url}: ${err instanceof Error ? err.message : String(err)}`)
+      if (!ac.signal.aborted) {
+        errors.push(e)
+        progress?.({ kind: 'attempt', server: server.url, error: e })
+      }
+      throw e
+    }
+  })
+  try {
+    const first = await Promise.any(attempts)
+    ac.abort()
+    return first
+  } catch {
+    throw bestError(errors)
+  }
+}
+
+/**
+ * Ask until released, following an approval with long-polls for up to `waitSeconds`.
+ * Throws `approval_pending` when the wait runs out, or the server's denial.
+ */
+export async function obtainRelease(
+  c: ConfigDir, config: AgentConfig, keys: HostKeys, volumes: string[], waitSeconds: number, progress?: Progress, signal?: AbortSignal,
+): Promise<ReleasedVolume[]> {
+  const first = await askOnce(c, config, keys, volumes, progress)
+  if (first.res.status === 'released') return first.res.volumes
+  const approval = first.res.approval
+  progress?.({ kind: 'approval', approvalId: approval.id, server: first.server.url, rule: approval.rule })
+  const deadline = Date.now() + waitSeconds * 1000
+  let failures = 0
+  while (Date.now() < deadline && !signal?.aborted) {
+    try {
+      const res = await pollApproval(first.transport, { keys, hostId: config.hostId, bootId: bootId(), approvalId: approval.id, holdMs: Math.min(25_000, deadline - Date.now()), ...(signal ? { signal } : {}) })
+      failures = 0
+      if (res.status === 'released') return res.volumes
+    } catch (err) {
+      const e = err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', String(err))
+      // A restarting server is normal: keep waiting with capped backoff. Denials are final.
+      if (e.code !== 'server_unreachable' && e.code !== 'protocol_invalid' && e.code !== 'internal') throw e
+      progress?.({ kind: 'attempt', server: first.server.url, error: e })
+      failures++
+      await sleep(Math.min(10_000, 500 * 2 ** Math.min(failures, 5)), signal)
+    }
+  }
+  throw new UnlockdError('approval_pending', `still waiting for approval ${approval.id} after ${waitSeconds}s (rule ${approval.rule})`, { details: { approval: approval.id } })
+}
+
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms)
+    signal?.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true })
+  })
+}
+
+/** Long-poll the first reachable server for orders (the kill-switch channel). */
+export async function watchOnce(c: ConfigDir, config: AgentConfig, keys: HostKeys, signal?: AbortSignal): Promise<{ server: ServerEntry; res: WatchResponse }> {
+  const errors: UnlockdError[] = []
+  for (const server of config.servers) {
+    try {
+      const res = await watch(transportFor(c, server, config.requestTimeoutMs), { keys, hostId: config.hostId, bootId: bootId(), ...(signal ? { signal } : {}) })
+      return { server, res }
+    } catch (err) {
+      errors.push(err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', String(err)))
+    }
+  }
+  throw bestError(errors)
+}
+
+export async function reportTo(c: ConfigDir, config: AgentConfig, keys: HostKeys, event: 'shred_done' | 'shred_failed', actions: string[]): Promise<void> {
+  for (const server of config.servers) {
+    try {
+      await report(transportFor(c, server, config.requestTimeoutMs), { keys, hostId: config.hostId, event, actions })
+      return
+    } catch { /* try the next server */ }
+  }
+}
