@@ -30,7 +30,7 @@ export interface TestServer {
 
 export async function startTestServer(
   t: ExecutionContext,
-  opts: { settings?: Partial<ServerSettings>; dataDir?: string; token?: string; db?: string; now?: () => number } = {},
+  opts: { settings?: Partial<ServerSettings>; dataDir?: string; token?: string; db?: string; now?: () => number; listen?: string } = {},
 ): Promise<TestServer> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'unlockd-srv-'))
   const log = memoryLogger()
@@ -42,7 +42,7 @@ export async function startTestServer(
   const deps = await openDeps(dataDir, TEST_PASSPHRASE, log, { db: opts.db })
   deps.settings = { ...deps.settings, pollHold: 2, ...opts.settings }
   if (opts.now) deps.now = opts.now
-  const server = await startServer(deps, { listen: '127.0.0.1:0' })
+  const server = await startServer(deps, { listen: opts.listen ?? '127.0.0.1:0' })
   const transport = fetchTransport(server.url)
   let closed = false
   const ts: TestServer = {
