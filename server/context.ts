@@ -22,6 +22,11 @@ export interface ServerSettings {
   /** Public base URL used in notification links (e.g. https://escrow.example:8443). */
   publicUrl: string | null
   webhook: { url: string; secret: string | null } | null
+  /**
+   * Per-source-address token bucket on the public host and Tang routes (a DoS guard, not a
+   * policy); null disables it. Raise it when many hosts share one address (NAT) or for load tests.
+   */
+  hostRateLimit: { perSecond: number; burst: number } | null
 }
 
 export const DEFAULT_SETTINGS: ServerSettings = {
@@ -34,6 +39,7 @@ export const DEFAULT_SETTINGS: ServerSettings = {
   kekRotationPeriod: 30 * 86400,
   publicUrl: null,
   webhook: null,
+  hostRateLimit: { perSecond: 200, burst: 400 },
 }
 
 export interface ServerDeps {

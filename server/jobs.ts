@@ -3,6 +3,8 @@
  * hooks in here too (server/keys/rotation.ts). Every job is bounded and never throws out.
  */
 import type { ServerDeps } from './context.ts'
+import { livenessJob } from './approvals/liveness.ts'
+import { rotateIfDue } from './keys/rotation.ts'
 
 export type MaintenanceJob = (deps: ServerDeps) => Promise<void>
 
@@ -10,6 +12,13 @@ const jobs: MaintenanceJob[] = [
   async (deps) => {
     const n = await deps.store.tx((t) => t.purgeNonces(deps.now() - 60))
     if (n > 0) deps.log.log('debug', 'purged nonces', { count: n })
+  },
+  // Liveness: suspend hosts unseen past policy.idleSuspendSeconds; expire stale approvals.
+  livenessJob,
+  // KEK rotation: finish a pending one (after a crash or a failed shred rotation), then rotate
+  // every settings.kekRotationPeriod.
+  async (deps) => {
+    await rotateIfDue(deps)
   },
 ]
 

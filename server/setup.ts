@@ -13,6 +13,7 @@ import { DEFAULT_SETTINGS, type ServerDeps } from './context.ts'
 import { audit } from './escrow/audit-log.ts'
 import { hashToken, newId, newToken } from './escrow/secrets.ts'
 import { Keystore } from './keys/keystore.ts'
+import { completeRotation } from './keys/rotation.ts'
 import type { Logger } from './log.ts'
 import { openStore } from './store/open.ts'
 
@@ -40,6 +41,8 @@ export async function initDataDir(dataDir: string, passphrase: string, opts: { o
   const store = await openStore(config.db ?? join(dataDir, DB_FILE))
   try {
     const now = nowSeconds()
+    // Check the database before writing anything, so a refused init leaves no half-made data dir.
+    if ((await store.tx((t) => t.listOperators())).length > 0) throw new UnlockdError('conflict', 'this database already has operators (it belongs to another unlockd data dir)')
     const ks = Keystore.create(ksPath, passphrase, now)
     ks.close()
     if (!existsSync(cfgPath)) writeFileAtomic(cfgPath, JSON.stringify(opts.db ? { db: opts.db } : {}, null, 2) + '\n', 0o600)
@@ -67,13 +70,29 @@ export async function openDeps(dataDir: string, passphrase: string, log: Logger,
   const config = loadServerConfig(dataDir)
   const keystore = Keystore.open(join(dataDir, KEYSTORE_FILE), passphrase)
   const store = await openStore(overrides.db ?? config.db ?? join(dataDir, DB_FILE))
-  return {
+  const deps: ServerDeps = {
     store,
     keystore,
     log,
     now: nowSeconds,
     settings: { ...DEFAULT_SETTINGS, ...config.settings },
     events: new EventEmitter().setMaxListeners(0),
+  }
+  await resumeRotation(deps)
+  return deps
+}
+
+/**
+ * Before anything serves: finish a KEK rotation a crash interrupted (after a shred, the old KEK
+ * must not outlive a restart). A failure is logged and left pending for the maintenance job,
+ * rather than keeping the server down: the shredded blobs themselves are already gone.
+ */
+async function resumeRotation(deps: ServerDeps): Promise<void> {
+  try {
+    const r = await completeRotation(deps)
+    if (r) deps.log.log('warn', 'finished an interrupted KEK rotation', { kek: r.current, destroyed: r.destroyed.join(','), reasons: r.reasons.join(',') })
+  } catch (err) {
+    deps.log.log('error', 'cannot finish the pending KEK rotation; retrying in the background', { err: err instanceof Error ? err.message : String(err) })
   }
 }
 

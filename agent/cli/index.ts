@@ -5,3 +5,9 @@ import { statusCommand, unlockCommand } from './unlock.ts'
 import { agentCommand } from './agent.ts'
 
 export const agentCommands: Command[] = [enrollCommand, unlockCommand, statusCommand, agentCommand]
+
+import { initramfsCheck } from './initramfs-check.ts'
+agentCommands.push(initramfsCheck)
+
+import { recoverCommand, recoveryKeyCreateCommand } from './recover.ts'
+agentCommands.push(recoverCommand, recoveryKeyCreateCommand)

@@ -13,6 +13,7 @@ import type { HostRow } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { authenticateHost, checkIat, consumeNonceOrThrow } from './host-auth.ts'
 import { PolicyDenied, releaseBlobs } from './release.ts'
+import { isIdleSuspended } from '../policy/idle.ts'
 
 async function settle(deps: ServerDeps, hostId: string, approvalId: string, bootId: string, source: string): Promise<UnlockResponse | PolicyDenied | 'wait'> {
   const now = deps.now()
@@ -22,7 +23,8 @@ async function settle(deps: ServerDeps, hostId: string, approvalId: string, boot
     if (a.bootId !== bootId) throw new UnlockdError('forbidden', 'this approval was requested by another boot')
     const host = (await t.getHost(hostId)) as HostRow
     if (host.state === 'shredded') return new PolicyDenied('host_shredded', 'this host was shredded', 'state')
-    if (host.state === 'suspended') return new PolicyDenied('host_suspended', 'this host is suspended', 'state')
+    // An idle suspension is what this approval is for; an operator's suspension ends the wait.
+    if (host.state === 'suspended' && !isIdleSuspended(host)) return new PolicyDenied('host_suspended', 'this host is suspended', 'state')
     if (a.state === 'denied') return new PolicyDenied('approval_denied', `an operator denied this request${a.reason ? `: ${a.reason}` : ''}`, a.rule)
     if (a.state === 'used') return new PolicyDenied('approval_used', 'this approval was already used', a.rule)
     if (a.state === 'expired' || (a.state === 'pending' && a.expiresAt <= now)) {
@@ -48,10 +50,8 @@ export async function pollApproval(deps: ServerDeps, jws: unknown, source: strin
   const p = parsePollPayload(raw)
   if (p.host !== signer.id) throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
   checkIat(deps, p.iat)
-  await deps.store.tx(async (t) => {
-    await consumeNonceOrThrow(t, p.nonce, deps.now())
-    await t.updateHost(signer.id, { lastSeenAt: deps.now() })
-  })
+  // Waiting is not being seen (see release.ts): lastSeenAt moves only when keys are released.
+  await deps.store.tx((t) => consumeNonceOrThrow(t, p.nonce, deps.now()))
   const deadline = Date.now() + deps.settings.pollHold * 1000
   for (;;) {
     const r = await settle(deps, signer.id, p.approval, p.bootId, source)

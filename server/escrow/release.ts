@@ -15,6 +15,8 @@ import type { HostRow, StoreTx } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { authenticateHost, checkIat, consumeNonceOrThrow } from './host-auth.ts'
 import { openApproval } from './approval-seam.ts'
+import { IDLE_SUSPEND_RULE } from '../policy/idle.ts'
+import { suspendIdle } from '../approvals/liveness.ts'
 
 /** Denial carrying the rule that decided, for the 403 body and the agent's diagnostics. */
 export class PolicyDenied extends UnlockdError {
@@ -63,15 +65,19 @@ export async function unlock(deps: ServerDeps, jws: unknown, source: string): Pr
       // Returned, not thrown: the nonce and the audit entry must commit.
       return new PolicyDenied(decision.code, decision.message, decision.rule)
     }
-    await t.updateHost(host.id, { lastSeenAt: now, lastSource: source })
     if (decision.kind === 'approval') {
+      // Asking is not being seen: bumping lastSeenAt here would let a second request slip past
+      // after-idle and idle suspension. An idle host is suspended now, so it stays so until an
+      // operator approves (or resumes it), whether or not the maintenance job got there first.
+      await t.updateHost(host.id, { lastSource: source })
+      if (decision.rule === IDLE_SUSPEND_RULE && host.state === 'active') await suspendIdle(t, host, now)
       const ticket = await openApproval(deps, t, host, payload, source, decision.rule, now)
       await t.recordUnlock({ hostId: host.id, at: now, bootId: payload.bootId, source, outcome: 'approval', code: null })
       return { status: 'approval_required', host: host.id, approval: ticket }
     }
     const volumes = await releaseBlobs(deps, t, host, payload.volumes)
     await t.recordUnlock({ hostId: host.id, at: now, bootId: payload.bootId, source, outcome: 'released', code: null })
-    await t.updateHost(host.id, { lastUnlockAt: now, lastBootId: payload.bootId })
+    await t.updateHost(host.id, { lastSeenAt: now, lastSource: source, lastUnlockAt: now, lastBootId: payload.bootId })
     await audit(t, now, actor, 'unlock.release', host.name, { rule: decision.rule, source, bootId: payload.bootId, volumes: volumes.map((v) => v.name) })
     return { status: 'released', host: host.id, volumes }
   })

@@ -17,6 +17,7 @@ const STATUS: Partial<Record<UnlockdErrorCode, ContentfulStatusCode>> = {
   unauthorized: 401,
   not_found: 404,
   approval_unknown: 404,
+  operator_unknown: 404,
   method_not_allowed: 405,
   host_exists: 409,
   operator_exists: 409,

@@ -92,3 +92,19 @@ export function perAddressLimit(ratePerSec: number, burst: number): MiddlewareHa
     return undefined
   }
 }
+
+const hostLimiters = new WeakMap<ServerDeps, MiddlewareHandler<AppEnv>>()
+
+/**
+ * The limiter of the public host and Tang routes, from `settings.hostRateLimit` (one bucket
+ * table per server, shared by both route groups); a pass-through when the setting is null.
+ */
+export function hostRateLimiter(deps: ServerDeps): MiddlewareHandler<AppEnv> {
+  let m = hostLimiters.get(deps)
+  if (m === undefined) {
+    const lim = deps.settings.hostRateLimit
+    m = lim === null ? async (_c, next) => { await next() } : perAddressLimit(lim.perSecond, lim.burst)
+    hostLimiters.set(deps, m)
+  }
+  return m
+}

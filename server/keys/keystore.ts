@@ -120,9 +120,11 @@ export class Keystore {
       }
     }
     if (!ks) throw firstErr instanceof UnlockdError ? firstErr : new UnlockdError('keystore_invalid', 'keystore cannot be read', { cause: firstErr })
-    // Bring both copies level with what we loaded (a crash may have left one behind).
+    // Bring both copies level with what we loaded (a crash may have left one behind). Unchanged
+    // content re-serializes to the same bytes (same IV), so a level pair is not rewritten.
     const canonical = ks.#serialize()
     if (!main || !main.equals(canonical) || !backup || !backup.equals(canonical)) ks.#save()
+    else ks.#onDisk = canonical
     return ks
   }
 
@@ -152,6 +154,9 @@ export class Keystore {
     }
     if (!Number.isInteger(plain.current) || !Array.isArray(plain.keks)) throw new UnlockdError('keystore_invalid', `${where} content is malformed`)
     const ks = new Keystore(path, derived, salt, kdf, plain)
+    // Remember what was sealed so that re-serializing the same content reproduces this file.
+    ks.#lastPlain = Buffer.from(JSON.stringify(plain))
+    ks.#lastIv = Buffer.from(iv)
     return ks
   }
 
@@ -178,10 +183,19 @@ export class Keystore {
   }
   #lastPlain: Buffer | undefined
   #lastIv: Buffer | undefined
+  /** The bytes this process last saw in (or wrote to) the main file. */
+  #onDisk: Buffer | undefined
 
   #save(): void {
+    // Another process (`unlockd keystore passwd`, a restore, a second server) may have rewritten
+    // the file since we opened it; saving our copy would silently undo that change.
+    const current = readFileIfExists(this.path)
+    if (this.#onDisk && current && !current.equals(this.#onDisk)) {
+      throw new UnlockdError('keystore_invalid', `${this.path} was changed by another process since it was opened (keystore passwd or a restore?); restart the server`)
+    }
     const data = this.#serialize()
     writeFileAtomic(this.path, data, 0o600)
+    this.#onDisk = data
     if (process.env['UNLOCKD_FAULT'] === 'keystore-between-copies') process.kill(process.pid, 'SIGKILL')
     writeFileAtomic(backupPathOf(this.path), data, 0o600)
   }

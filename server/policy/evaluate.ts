@@ -7,12 +7,13 @@ import type { Policy } from '../../shared/protocol/policy.ts'
 import type { HostState } from '../../shared/protocol/messages.ts'
 import { ipInAny } from '../../shared/util/cidr.ts'
 import { parseDuration } from '../../shared/util/duration.ts'
+import { IDLE_SUSPEND_RULE, idleExpired, isIdleSuspended } from './idle.ts'
 
 export interface PolicyInput {
   now: number
   source: string
   bootId: string
-  host: { state: HostState; lastSeenAt: number | null; createdAt: number }
+  host: { state: HostState; stateReason?: string | null; lastSeenAt: number | null; createdAt: number }
   policy: Policy
   history: {
     /** Released unlocks inside the rate window (only read when maxUnlocks is set). */
@@ -30,7 +31,9 @@ export type Decision =
 export function evaluatePolicy(i: PolicyInput): Decision {
   const p = i.policy
   if (i.host.state === 'shredded') return { kind: 'deny', code: 'host_shredded', rule: 'state', message: 'this host was shredded; its keys no longer exist' }
-  if (i.host.state === 'suspended') return { kind: 'deny', code: 'host_suspended', rule: 'state', message: 'this host is suspended; an operator must run `unlockd host resume`' }
+  // A host suspended for idleness may still be let in by an operator (approval below).
+  const idle = isIdleSuspended(i.host) || idleExpired(i.host, p, i.now)
+  if (i.host.state === 'suspended' && !idle) return { kind: 'deny', code: 'host_suspended', rule: 'state', message: 'this host is suspended; an operator must run `unlockd host resume`' }
   if (p.notBefore !== null && i.now < p.notBefore) return { kind: 'deny', code: 'not_yet_valid', rule: 'notBefore', message: 'the host policy is not valid yet' }
   if (p.notAfter !== null && i.now >= p.notAfter) return { kind: 'deny', code: 'expired', rule: 'notAfter', message: 'the host policy has expired' }
 
@@ -43,6 +46,7 @@ export function evaluatePolicy(i: PolicyInput): Decision {
   }
 
   // Approval rules: the first that fires names itself.
+  if (idle) return { kind: 'approval', rule: IDLE_SUSPEND_RULE }
   if (p.approval === 'always') return { kind: 'approval', rule: 'approval:always' }
   if (p.approval === 'outside-cidrs' && !inCidrs) return { kind: 'approval', rule: 'approval:outside-cidrs' }
   if (p.approval.startsWith('after-idle(')) {

@@ -6,6 +6,7 @@ import { NAME_RE } from '../../shared/protocol/validate.ts'
 import type { ServerDeps } from '../context.ts'
 import { createEnrollToken, listAudit, listHosts, listTokens, revokeToken, setHostPolicy, setHostState, showHost } from '../escrow/admin.ts'
 import { jsonBody, operatorAuth, type AppEnv } from '../http/middleware.ts'
+import { approvalAdminRoutes } from './approval-api.ts'
 
 function hostName(v: string): string {
   if (!NAME_RE.test(v)) throw new UnlockdError('bad_request', 'host name must be 1-64 chars of a-z 0-9 _ . -')
@@ -43,5 +44,7 @@ export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
     if (!Number.isSafeInteger(limit) || limit < 1 || limit > 10000) throw new UnlockdError('bad_request', 'limit must be 1..10000')
     return c.json({ entries: await listAudit(deps, after, limit) })
   })
+  // Human approval and operators (issue 4); behind the bearer check above.
+  r.route('/', approvalAdminRoutes(deps))
   return r
 }

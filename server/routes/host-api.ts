@@ -8,11 +8,11 @@ import { issueNonce } from '../escrow/host-auth.ts'
 import { pollApproval } from '../escrow/poll.ts'
 import { unlock } from '../escrow/release.ts'
 import { addVolumes } from '../escrow/volumes.ts'
-import { bearer, jsonBody, perAddressLimit, sourceAddress, type AppEnv } from '../http/middleware.ts'
+import { bearer, hostRateLimiter, jsonBody, sourceAddress, type AppEnv } from '../http/middleware.ts'
 
 export function hostRoutes(deps: ServerDeps): Hono<AppEnv> {
   const r = new Hono<AppEnv>()
-  r.use('*', perAddressLimit(200, 400))
+  r.use('*', hostRateLimiter(deps))
   r.get('/nonce', async (c) => {
     c.header('Cache-Control', 'no-store')
     return c.json(await issueNonce(deps))

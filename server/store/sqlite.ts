@@ -204,6 +204,8 @@ export class SqliteStore implements Store {
         return out
       } catch (err) {
         if (this.#db.inTransaction) this.#db.exec('ROLLBACK')
+        // Database failures become one typed error (like the PostgreSQL store); ours pass through.
+        if (err instanceof Database.SqliteError) throw new UnlockdError('store_failed', `database error (${err.code})`, { cause: err })
         throw err
       }
     })

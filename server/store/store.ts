@@ -2,8 +2,8 @@
  * The one storage interface. SQLite (embedded default) and PostgreSQL implement it; the same
  * store test suite runs against both. Every multi-step change runs inside `tx`, which is
  * serializable with respect to other transactions on the same database (SQLite: one writer;
- * PostgreSQL: row locks and an advisory lock for the audit chain), so single-use checks
- * (nonces, tokens, TOTP steps) hold across server instances.
+ * PostgreSQL: one advisory lock per transaction, see postgres.ts), and single-use checks
+ * (nonces, tokens, TOTP steps) are conditional updates, so they hold across server instances.
  */
 import type { Policy } from '../../shared/protocol/policy.ts'
 import type { AuditEntry, HostState, VolumeKind } from '../../shared/protocol/messages.ts'

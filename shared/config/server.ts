@@ -21,6 +21,14 @@ const Schema = v.strictObject({
   kekRotation: v.optional(v.union([dur, v.literal('off')])),
   totpMaxFailures: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100))),
   totpFailureWindow: v.optional(dur),
+  /** Per-source-address limit on the public host and Tang routes, or "off". */
+  hostRateLimit: v.optional(v.union([
+    v.literal('off'),
+    v.strictObject({
+      perSecond: v.pipe(v.number(), v.minValue(1), v.maxValue(1_000_000)),
+      burst: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(10_000_000)),
+    }),
+  ], 'must be "off" or { "perSecond": N, "burst": N }')),
   webhook: v.optional(v.strictObject({
     url: v.pipe(v.string(), v.url('must be a URL'), v.regex(/^https?:\/\//, 'must be http(s)')),
     secretFile: v.optional(v.string()),
@@ -42,6 +50,7 @@ export interface ServerConfig {
     totpMaxFailures?: number
     totpFailureWindow?: number
     publicUrl?: string
+    hostRateLimit?: { perSecond: number; burst: number } | null
   }
 }
 
@@ -68,5 +77,6 @@ export function parseServerConfig(text: string, where = 'server.json'): ServerCo
   if (c.totpMaxFailures !== undefined) s.totpMaxFailures = c.totpMaxFailures
   if (c.totpFailureWindow !== undefined) s.totpFailureWindow = c.totpFailureWindow
   if (c.publicUrl !== undefined) s.publicUrl = c.publicUrl
+  if (c.hostRateLimit !== undefined) s.hostRateLimit = c.hostRateLimit === 'off' ? null : c.hostRateLimit
   return out
 }

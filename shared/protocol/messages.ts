@@ -241,3 +241,78 @@ export interface AuditEntry {
   prevHash: string
   hash: string
 }
+
+// --- human approval and operators (issue 4) ---------------------------------------------------
+
+export const APPROVAL_ID_RE = /^ap_[A-Za-z0-9_-]{22}$/
+/** A TOTP code (RFC 6238, 6 digits). One-time and short-lived: not a long-lived secret. */
+export const TOTP_CODE_RE = /^\d{6}$/
+const totpCode = v.pipe(v.string('must be a string'), v.regex(TOTP_CODE_RE, 'must be a 6-digit TOTP code'))
+const reasonText = v.pipe(v.string('must be a string'), v.maxLength(200, 'must be at most 200 characters'), v.regex(/^[^\p{Cc}]*$/u, 'must not contain control characters'))
+
+/** POST /v1/admin/approvals/:id/approve */
+export const ApproveBodySchema = v.strictObject({ code: totpCode })
+export type ApproveBody = v.InferOutput<typeof ApproveBodySchema>
+export const parseApproveBody = (x: unknown): ApproveBody => parseWith(ApproveBodySchema, x, 'body')
+
+/** POST /v1/admin/approvals/:id/deny (a code is optional: denying only fails closed). */
+export const DenyBodySchema = v.strictObject({ reason: v.optional(reasonText), code: v.optional(totpCode) })
+export type DenyBody = v.InferOutput<typeof DenyBodySchema>
+export const parseDenyBody = (x: unknown): DenyBody => parseWith(DenyBodySchema, x, 'body')
+
+/** POST /v1/admin/operators; `code` is the caller's own TOTP code (needed once the caller has TOTP). */
+export const AddOperatorSchema = v.strictObject({ name, code: v.optional(totpCode) })
+export type AddOperatorRequest = v.InferOutput<typeof AddOperatorSchema>
+export const parseAddOperator = (x: unknown): AddOperatorRequest => parseWith(AddOperatorSchema, x, 'body')
+
+/** Body of operator changes that only need the caller's TOTP code (remove, TOTP enrollment). */
+export const OperatorCodeSchema = v.strictObject({ code: v.optional(totpCode) })
+export type OperatorCodeBody = v.InferOutput<typeof OperatorCodeSchema>
+export const parseOperatorCode = (x: unknown): OperatorCodeBody => parseWith(OperatorCodeSchema, x, 'body')
+
+export const APPROVAL_STATES = ['pending', 'approved', 'denied', 'expired', 'used'] as const
+
+/** An approval request as operators see it (CLI, admin API, the /approve page). */
+export const ApprovalViewSchema = v.object({
+  id: v.pipe(v.string(), v.regex(APPROVAL_ID_RE)),
+  host: name,
+  hostId,
+  volumes: v.array(name),
+  source: v.pipe(v.string(), v.maxLength(64)),
+  bootId,
+  rule: v.pipe(v.string(), v.maxLength(100)),
+  required: v.pipe(v.number(), v.integer(), v.minValue(1)),
+  approvedBy: v.array(name),
+  /** `pending` past its expiry is shown as `expired`. */
+  state: v.picklist(APPROVAL_STATES),
+  createdAt: epochSeconds,
+  expiresAt: epochSeconds,
+  ageSeconds: v.pipe(v.number(), v.integer()),
+  decidedAt: v.nullable(epochSeconds),
+  reason: v.nullable(v.string()),
+  /** Link to the phone page when the server knows its public URL. */
+  url: v.nullable(v.string()),
+})
+export type ApprovalView = v.InferOutput<typeof ApprovalViewSchema>
+export const parseApprovalView = (x: unknown): ApprovalView => parseWith(ApprovalViewSchema, x, 'approval', 'protocol_invalid')
+export const parseApprovalList = (x: unknown): { approvals: ApprovalView[] } =>
+  parseWith(v.object({ approvals: v.array(ApprovalViewSchema) }), x, 'approval list', 'protocol_invalid')
+
+export const OperatorViewSchema = v.object({
+  id: v.string(),
+  name,
+  createdAt: epochSeconds,
+  totp: v.boolean(),
+})
+export type OperatorView = v.InferOutput<typeof OperatorViewSchema>
+export const parseOperatorList = (x: unknown): { operators: OperatorView[] } =>
+  parseWith(v.object({ operators: v.array(OperatorViewSchema) }), x, 'operator list', 'protocol_invalid')
+
+/** Answer to operator add / TOTP enrollment: secrets shown once (token only on add). */
+export const OperatorSecretsSchema = v.object({
+  operator: OperatorViewSchema,
+  token: v.optional(v.pipe(v.string(), v.regex(/^uo_[A-Za-z0-9_-]{43}$/))),
+  otpauthUri: v.pipe(v.string(), v.startsWith('otpauth://totp/')),
+})
+export type OperatorSecrets = v.InferOutput<typeof OperatorSecretsSchema>
+export const parseOperatorSecrets = (x: unknown): OperatorSecrets => parseWith(OperatorSecretsSchema, x, 'operator', 'protocol_invalid')
