@@ -13,6 +13,8 @@ export interface CliResult {
   stdout: string
   stderr: string
   json: any
+  /** stdout bytes as received (keys are binary-safe here). */
+  raw: Buffer
 }
 
 export function runCli(args: string[], env: Record<string, string> = {}, opts: { bundle?: string; stdin?: string | Uint8Array; timeoutMs?: number } = {}): Promise<CliResult> {
@@ -22,8 +24,9 @@ export function runCli(args: string[], env: Record<string, string> = {}, opts: {
       stdio: ['pipe', 'pipe', 'pipe'],
     })
     let stdout = ''
+    const chunks: Buffer[] = []
     let stderr = ''
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
+    child.stdout.on('data', (d: Buffer) => { chunks.push(d); stdout += d.toString() })
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000)
     child.on('error', reject)
@@ -31,7 +34,7 @@ export function runCli(args: string[], env: Record<string, string> = {}, opts: {
       clearTimeout(timer)
       let json: unknown
       try { json = JSON.parse(stdout) } catch { json = undefined }
-      resolve({ code: code ?? -1, stdout, stderr, json })
+      resolve({ code: code ?? -1, stdout, stderr, json, raw: Buffer.concat(chunks) })
     })
     child.stdin.end(opts.stdin)
   })

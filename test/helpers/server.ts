@@ -3,7 +3,8 @@
  * listening on 127.0.0.1 port 0, closed in teardown.
  */
 import type { ExecutionContext } from 'ava'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { nodeTransport } from '../../platform/node-transport.ts'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { initDataDir, openDeps } from '../../server/setup.ts'
@@ -30,7 +31,7 @@ export interface TestServer {
 
 export async function startTestServer(
   t: ExecutionContext,
-  opts: { settings?: Partial<ServerSettings>; dataDir?: string; token?: string; db?: string; now?: () => number; listen?: string } = {},
+  opts: { settings?: Partial<ServerSettings>; dataDir?: string; token?: string; db?: string; now?: () => number; listen?: string; tls?: { cert: string; key: string } } = {},
 ): Promise<TestServer> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'unlockd-srv-'))
   const log = memoryLogger()
@@ -42,8 +43,8 @@ export async function startTestServer(
   const deps = await openDeps(dataDir, TEST_PASSPHRASE, log, { db: opts.db })
   deps.settings = { ...deps.settings, pollHold: 2, ...opts.settings }
   if (opts.now) deps.now = opts.now
-  const server = await startServer(deps, { listen: opts.listen ?? '127.0.0.1:0' })
-  const transport = fetchTransport(server.url)
+  const server = await startServer(deps, { listen: opts.listen ?? '127.0.0.1:0', ...(opts.tls ? { tlsCert: opts.tls.cert, tlsKey: opts.tls.key } : {}) })
+  const transport = opts.tls ? nodeTransport(server.url, { ca: readFileSync(opts.tls.cert, 'utf8') }) : fetchTransport(server.url)
   let closed = false
   const ts: TestServer = {
     url: server.url,
