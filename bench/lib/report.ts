@@ -78,3 +78,16 @@ export function formatReport(rows: readonly ReportRow[], opts: ReportOptions = {
 export function printReport(rows: readonly ReportRow[], opts: ReportOptions = {}): void {
   process.stdout.write(`${formatReport(rows, opts)}\n`)
 }
+
+/** A plain fixed-width table (first column left-aligned, the rest right-aligned). */
+export function formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  const fmt = (cells: readonly string[]): string =>
+    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ').trimEnd()
+  return [fmt(headers), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(fmt)].join('\n')
+}
+
+/** Format a number with `digits` decimals, or "-" when missing or not finite. */
+export function fmtNum(v: number | undefined, digits = 1): string {
+  return v === undefined || !Number.isFinite(v) ? '-' : v.toFixed(digits)
+}

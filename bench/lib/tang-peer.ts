@@ -41,6 +41,8 @@ export interface TangPeer {
   port: number
   keyDir: string
   launcher: TangLauncher
+  /** PID of the launcher; its reaped children are the per-connection tangd processes. */
+  pid: number
   /** Stop the listener (and remove the key directory if we created it). Idempotent. */
   stop(): Promise<void>
 }
@@ -197,7 +199,7 @@ export async function startTangPeer(opts: StartTangOptions = {}): Promise<TangPe
     await stop()
     throw e
   }
-  return { url, port, keyDir, launcher, stop }
+  return { url, port, keyDir, launcher, pid: child.pid as number, stop }
 }
 
 function exchangeKeyOf(adv: unknown): EcPublicJwk {

@@ -200,17 +200,81 @@ export class Keystore {
     writeFileAtomic(backupPathOf(this.path), data, 0o600)
   }
 
+  /**
+   * Follow a change another server instance made to the shared keystore file (a rotation on
+   * instance A must not leave instance B wrapping new blobs with a KEK that A destroys). Only a
+   * file sealed with the same passphrase-derived key is adopted; one re-sealed under another
+   * passphrase (`keystore passwd`) needs a restart, and saves are refused until then.
+   */
+  #refresh(): void {
+    let stamp: string
+    try {
+      const st = statSync(this.path)
+      stamp = `${st.ino}:${st.size}:${st.mtimeMs}`
+    } catch {
+      return
+    }
+    if (stamp === this.#stamp) return
+    const raw = readFileIfExists(this.path)
+    if (!raw) return
+    if (this.#onDisk && raw.equals(this.#onDisk)) {
+      this.#stamp = stamp
+      return
+    }
+    try {
+      const f = parseSealed(raw, this.path)
+      if (f.kdf.salt !== b64uEncode(this.#salt) || f.kdf.N !== this.#kdf.N || f.kdf.r !== this.#kdf.r || f.kdf.p !== this.#kdf.p) return
+      const iv = b64uDecode(f.iv)
+      const ct = b64uDecode(f.ct)
+      const tag = b64uDecode(f.tag)
+      if (!iv || !ct || !tag || iv.byteLength !== 12 || tag.byteLength !== 16) return
+      const d = createDecipheriv('aes-256-gcm', this.#derived, iv)
+      d.setAAD(AAD)
+      d.setAuthTag(tag)
+      const plainBytes = Buffer.concat([d.update(ct), d.final()])
+      let plain: Plain
+      try {
+        plain = JSON.parse(plainBytes.toString('utf8')) as Plain
+      } finally {
+        plainBytes.fill(0)
+      }
+      const keks = plain.keks.map((k) => {
+        const key = b64uDecode(k.key)
+        if (!key || key.byteLength !== 32) throw new Error('malformed KEK')
+        return { version: k.version, key, createdAt: k.createdAt }
+      })
+      if (!keks.some((k) => k.version === plain.current)) return
+      for (const k of this.#keks) zeroize(k.key)
+      this.#keks = keks
+      this.#current = plain.current
+      this.#lastPlain?.fill(0)
+      this.#lastPlain = Buffer.from(JSON.stringify(plain))
+      this.#lastIv = Buffer.from(iv)
+      this.#onDisk = raw
+      this.#stamp = stamp
+    } catch {
+      // Torn or foreign content: keep what we have; a save will refuse to overwrite it.
+    }
+  }
+  #stamp: string | undefined
+
   get currentVersion(): number {
+    this.#refresh()
     return this.#current
   }
 
   get versions(): number[] {
+    this.#refresh()
     return this.#keks.map((k) => k.version).sort((a, b) => a - b)
   }
 
   /** Raw KEK bytes for a version (caller must not keep them). */
   kek(version: number): Uint8Array {
-    const k = this.#keks.find((e) => e.version === version)
+    let k = this.#keks.find((e) => e.version === version)
+    if (!k) {
+      this.#refresh()
+      k = this.#keks.find((e) => e.version === version)
+    }
     if (!k) throw new UnlockdError('kek_missing', `KEK v${version} is not in the keystore (destroyed by rotation or shred)`)
     return k.key
   }
@@ -221,19 +285,37 @@ export class Keystore {
 
   /** Add a fresh KEK and make it current. Old ones stay until `destroyBelow`. */
   addKek(now: number): number {
+    this.#refresh()
     const version = Math.max(...this.#keks.map((k) => k.version)) + 1
-    this.#keks.push({ version, key: new Uint8Array(nodeRandom(32)), createdAt: now })
+    const entry = { version, key: new Uint8Array(nodeRandom(32)), createdAt: now }
+    const previous = this.#current
+    this.#keks.push(entry)
     this.#current = version
-    this.#save()
+    try {
+      this.#save()
+    } catch (err) {
+      // Never hand out a KEK that is not on disk: whatever it wrapped would be lost at restart.
+      this.#keks = this.#keks.filter((k) => k !== entry)
+      this.#current = previous
+      zeroize(entry.key)
+      throw err
+    }
     return version
   }
 
   /** Destroy every KEK older than `version` in the main file and the backup. */
   destroyBelow(version: number): number[] {
+    this.#refresh()
     const gone = this.#keks.filter((k) => k.version < version)
     if (gone.length === 0) return []
+    const before = this.#keks
     this.#keks = this.#keks.filter((k) => k.version >= version)
-    this.#save()
+    try {
+      this.#save()
+    } catch (err) {
+      this.#keks = before
+      throw err
+    }
     for (const k of gone) zeroize(k.key)
     return gone.map((k) => k.version)
   }
@@ -242,12 +324,22 @@ export class Keystore {
   changePassphrase(newPassphrase: string): void {
     const salt = new Uint8Array(nodeRandom(16))
     const derived = derive(newPassphrase, salt, SCRYPT)
-    this.#derived.fill(0)
+    const before = { derived: this.#derived, salt: this.#salt, kdf: this.#kdf, iv: this.#lastIv }
     this.#derived = derived
     this.#salt = salt
     this.#kdf = SCRYPT
     this.#lastIv = undefined
-    this.#save()
+    try {
+      this.#save()
+    } catch (err) {
+      derived.fill(0)
+      this.#derived = before.derived
+      this.#salt = before.salt
+      this.#kdf = before.kdf
+      this.#lastIv = before.iv
+      throw err
+    }
+    before.derived.fill(0)
   }
 
   fileMode(): number {

@@ -21,7 +21,7 @@ command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get instal
 [ ! -e "$root" ] || die "$root exists; remove it first"
 mkdir -p "$out"
 
-base=initramfs-tools,cryptsetup-initramfs,busybox,kmod,udev,libstdc++6,ca-certificates
+base=initramfs-tools,cryptsetup-initramfs,busybox,kmod,udev,zstd,libstdc++6
 if [ "$flavour" = --dracut ]; then
   # dracut's network-legacy module needs dhclient, arping, pgrep and gawk; the systemd initrd
   # needs netbase (/etc/services) and systemd-sysv (poweroff). Without them the postinst fails.

@@ -1,0 +1,2 @@
+import type { SuiteContext } from './context.ts'
+export async function stormSuite(_ctx: SuiteContext): Promise<void> { throw new Error('todo') }

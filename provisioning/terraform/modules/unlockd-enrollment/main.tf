@@ -1,0 +1,64 @@
+# One-time enrollment token from the escrow server's admin API, and cloud-init user-data that
+# installs the agent and spends the token at first boot.
+#
+# A data source is read at every plan: before the host enrolls, each plan mints a fresh token
+# (the unused ones expire after token_ttl_seconds); once the host is enrolled the server answers
+# 409 host_exists and the user-data is rendered without a token. Either way the instance must
+# ignore later changes of its user_data (lifecycle.ignore_changes), see the README.
+
+locals {
+  admin_url = coalesce(var.admin_url, var.server_url)
+
+  token_created    = data.http.enroll_token.status_code == 201
+  already_enrolled = data.http.enroll_token.status_code == 409 && try(jsondecode(data.http.enroll_token.response_body).error, "") == "host_exists"
+  token            = local.token_created ? jsondecode(data.http.enroll_token.response_body) : null
+
+  # Every path check above keeps quotes and spaces out of these values: the template puts each
+  # one inside single quotes in a shell script.
+  user_data = templatefile("${path.module}/user-data.yaml.tftpl", {
+    server_url                  = var.server_url
+    host_name                   = var.host_name
+    enroll_token                = local.token_created ? local.token.token : ""
+    ca_pem_b64                  = var.ca_pem == "" ? "" : base64encode(var.ca_pem)
+    agent_archive_url           = var.agent_archive_url
+    agent_archive_sha256        = var.agent_archive_sha256
+    luks_volumes                = join(" ", [for v in var.luks_volumes : "${v.device}:${v.name}"])
+    luks_existing_key_file      = var.luks_existing_key_file
+    fscrypt_dirs                = join(" ", [for d in var.fscrypt_dirs : "${d.path}:${d.name}"])
+    fscrypt_enable_ext4_encrypt = var.fscrypt_enable_ext4_encrypt
+    install_node                = var.install_node
+    node_bin                    = "/usr/bin/node"
+    install_dir                 = "/usr/lib/unlockd"
+    bin_dir                     = "/usr/local/bin"
+    config_dir                  = "/etc/unlockd"
+    systemd_dir                 = "/etc/systemd/system"
+    manage_service              = true
+  })
+}
+
+data "http" "enroll_token" {
+  url    = "${trimsuffix(local.admin_url, "/")}/v1/admin/tokens"
+  method = "POST"
+  request_headers = {
+    Authorization = "Bearer ${var.operator_token}"
+    Content-Type  = "application/json"
+    Accept        = "application/json"
+  }
+  request_body = jsonencode({
+    host       = var.host_name
+    ttlSeconds = var.token_ttl_seconds
+    cidrs      = var.enroll_cidrs
+  })
+  ca_cert_pem = var.ca_pem == "" ? null : var.ca_pem
+
+  lifecycle {
+    precondition {
+      condition     = length(var.luks_volumes) == 0 || var.luks_existing_key_file != ""
+      error_message = "luks_volumes need luks_existing_key_file: a file on the host with a key that already opens them."
+    }
+    postcondition {
+      condition     = self.status_code == 201 || (self.status_code == 409 && try(jsondecode(self.response_body).error, "") == "host_exists")
+      error_message = "The escrow server refused the enrollment token (HTTP ${self.status_code}): ${self.response_body}"
+    }
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * Operator API for human approval, mounted inside adminRoutes (/v1/admin, bearer-authenticated):
+ *   GET  /approvals[?all=1]            pending requests (or every request)
+ *   GET  /approvals/:id
+ *   POST /approvals/:id/approve        { code }            the caller's TOTP code
+ *   POST /approvals/:id/deny           { reason?, code? }
+ *   GET  /operators
+ *   POST /operators                    { name, code? }     → token and otpauth URI, shown once
+ *   POST /operators/:name/totp         { code? }           (re-)enroll TOTP → otpauth URI
+ *   POST /operators/:name/remove       { code? }
+ * `code` on operator changes is the caller's own, required once the caller has TOTP.
+ */
+import { Hono, type Context } from 'hono'
+import { UnlockdError } from '../../shared/errors.ts'
+import { APPROVAL_ID_RE, parseAddOperator, parseApproveBody, parseDenyBody, parseOperatorCode } from '../../shared/protocol/messages.ts'
+import { NAME_RE } from '../../shared/protocol/validate.ts'
+import type { ServerDeps } from '../context.ts'
+import { approveRequest, denyRequest, listApprovals, showApproval } from '../approvals/decide.ts'
+import { addOperator, enrollTotp, listOperators, removeOperator } from '../approvals/operators.ts'
+import { jsonBody, type AppEnv } from '../http/middleware.ts'
+import type { OperatorRow } from '../store/store.ts'
+
+function approvalId(v: string): string {
+  if (!APPROVAL_ID_RE.test(v)) throw new UnlockdError('bad_request', 'approval id must look like ap_ followed by 22 characters')
+  return v
+}
+function operatorName(v: string): string {
+  if (!NAME_RE.test(v)) throw new UnlockdError('bad_request', 'operator name must be 1-64 chars of a-z 0-9 _ . -')
+  return v
+}
+
+/** Empty bodies are allowed where every field is optional. */
+async function optionalBody(c: Context<AppEnv>): Promise<unknown> {
+  const len = c.req.header('content-length')
+  return len && len !== '0' ? jsonBody(c, 4096) : {}
+}
+
+export function approvalAdminRoutes(deps: ServerDeps): Hono<AppEnv> {
+  const r = new Hono<AppEnv>()
+  // Defence in depth: this router relies on adminRoutes' bearer check; refuse if it is missing.
+  const operator = (c: Context<AppEnv>): OperatorRow => {
+    const op = c.get('operator') as OperatorRow | undefined
+    if (!op) throw new UnlockdError('unauthorized', 'operator API token required')
+    return op
+  }
+
+  r.get('/approvals', async (c) => {
+    operator(c)
+    const all = c.req.query('all')
+    return c.json({ approvals: await listApprovals(deps, all === '1' || all === 'true') })
+  })
+  r.get('/approvals/:id', async (c) => {
+    operator(c)
+    return c.json(await showApproval(deps, approvalId(c.req.param('id'))))
+  })
+  r.post('/approvals/:id/approve', async (c) => {
+    const op = operator(c)
+    const { code } = parseApproveBody(await jsonBody(c, 4096))
+    return c.json(await approveRequest(deps, op, approvalId(c.req.param('id')), code, 'api'))
+  })
+  r.post('/approvals/:id/deny', async (c) => {
+    const op = operator(c)
+    const b = parseDenyBody(await optionalBody(c))
+    return c.json(await denyRequest(deps, op, approvalId(c.req.param('id')), b.reason ?? null, b.code, 'api'))
+  })
+
+  r.get('/operators', async (c) => {
+    operator(c)
+    return c.json({ operators: await listOperators(deps) })
+  })
+  r.post('/operators', async (c) => {
+    const op = operator(c)
+    const b = parseAddOperator(await jsonBody(c, 4096))
+    c.header('Cache-Control', 'no-store')
+    return c.json(await addOperator(deps, op, b.name, b.code), 201)
+  })
+  r.post('/operators/:name/totp', async (c) => {
+    const op = operator(c)
+    const b = parseOperatorCode(await optionalBody(c))
+    c.header('Cache-Control', 'no-store')
+    return c.json(await enrollTotp(deps, op, operatorName(c.req.param('name')), b.code))
+  })
+  r.post('/operators/:name/remove', async (c) => {
+    const op = operator(c)
+    const b = parseOperatorCode(await optionalBody(c))
+    return c.json(await removeOperator(deps, op, operatorName(c.req.param('name')), b.code))
+  })
+  return r
+}
