@@ -25,7 +25,7 @@ export const serverInit: Command = {
     const passphrase = await readSecret({ file: values['passphrase-file'] as string | undefined, envName: 'UNLOCKD_PASSPHRASE', io, prompt: 'New keystore passphrase: ', confirm: true })
     const r = await initDataDir(dataDir, passphrase, { operator, db: values['db'] as string | undefined, log: jsonLogger() })
     output(io, values, { operator: r.operator, token: r.token, dataDir: r.dataDir, store: r.store }, () =>
-      `Initialized ${r.dataDir} (${r.store} store).\nOperator: ${r.operator}\nAPI token (shown once, keep it in a 0600 file): ${r.token}\n`)
+      `Initialized ${r.dataDir} (${r.store} store).\nOperator: ${r.operator}\nAPI token (shown once, keep it in a 0600 file): ${r.token}\nNext: start the server, then enroll this operator's TOTP (needed to approve and shred): unlockd operator totp ${r.operator}\n`)
     return EXIT.ok
   },
 }
