@@ -139,11 +139,13 @@ async function completeUnlocked(deps: ServerDeps, actor: Actor): Promise<Rotatio
   for (let round = 0; round < 8; round++) {
     const journal = await deps.store.tx(async (t) => parseJournal(await t.getMeta(ROTATION_META)))
     if (!journal) return undefined
-    // Step 1: a KEK newer than everything that must go (skipped when a crashed run added it).
-    if (ks.currentVersion <= journal.upTo) {
-      ks.addKek(deps.now())
-      faultPoint('rotate-after-addkek')
-    }
+    // Step 1: a KEK newer than everything that must go (skipped when a crashed run, or another
+    // instance sharing the keystore, added it). Inside a transaction: the store's write lock
+    // (global across PostgreSQL instances) keeps two instances from adding one each.
+    await deps.store.tx(async () => {
+      if (ks.currentVersion <= journal.upTo) ks.addKek(deps.now())
+    })
+    faultPoint('rotate-after-addkek')
     const to = ks.currentVersion
     // Step 2: survivors move to the new KEK.
     const n = await rewrapBelow(deps, to)
@@ -166,7 +168,8 @@ async function completeUnlocked(deps: ServerDeps, actor: Actor): Promise<Rotatio
     const now = deps.now()
     const done = await deps.store.tx(async (t) => {
       const cur = parseJournal(await t.getMeta(ROTATION_META))
-      if (cur && cur.upTo >= to) return false
+      if (!cur) return true // another instance finished and audited it
+      if (cur.upTo >= to) return false
       await t.setMeta(ROTATION_META, undefined)
       await t.setMeta(ROTATED_AT_META, String(now))
       await audit(t, now, actor, 'kek.rotate', null, {
