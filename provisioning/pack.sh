@@ -12,7 +12,9 @@ unlockd_die() { echo "pack.sh: $*" >&2; exit 1; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(mkdir -p "${1:-$ROOT/dist}" && cd "${1:-$ROOT/dist}" && pwd)
 cd "$ROOT"
-[ -f dist/unlockd-agent.mjs ] && [ -f dist/unlockd.mjs ] || unlockd_die "dist/ is missing the bundles: run npm run build"
+if [ ! -f dist/unlockd-agent.mjs ] || [ ! -f dist/unlockd.mjs ]; then
+  unlockd_die "dist/ is missing the bundles: run npm run build"
+fi
 [ -d node_modules/koffi ] || unlockd_die "node_modules/koffi is missing: run npm ci"
 
 STAGE=$(mktemp -d)

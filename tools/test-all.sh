@@ -17,7 +17,7 @@ packages=(
   # boot tests: QEMU (TCG), debootstrap chroot with initramfs-tools, shellcheck
   qemu-system-x86 debootstrap cpio busybox-static shellcheck
   # provisioning tests
-  ansible cloud-init
+  ansible ansible-lint cloud-init openssl
 )
 if [[ "$(id -u)" == 0 ]]; then
   export DEBIAN_FRONTEND=noninteractive

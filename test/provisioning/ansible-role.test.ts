@@ -7,12 +7,12 @@
  *   LUKS2 image and an fscrypt directory with a one-time token, and `unlockd unlock --test`
  *   works. Check mode changes nothing, and a second run of each role reports changed=0.
  */
-import type { ExecutionContext } from 'ava'
+import test, { type ExecutionContext } from 'ava'
 import { existsSync, statSync } from 'node:fs'
 import { mkdir, readFile, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { FIXTURE_PBKDF } from '../helpers/luks.ts'
-import { mustRun, rootTest, tool } from '../helpers/root.ts'
+import { findBin, mustRun, rootTest, tool } from '../helpers/root.ts'
 import { tempDir } from '../helpers/tmp.ts'
 import { REPO, cli, requireBuild, run, startCliServer, type RunResult } from './support.ts'
 
@@ -206,13 +206,26 @@ rootTest('the server and agent roles install, enroll a LUKS2 image and an fscryp
   t.is(a3.recap.changed, 0, 'check mode on an enrolled host changes nothing')
   await verifyUnits(t, `${ap}/etc/systemd/system`, ['unlockd-agent.service', 'unlockd-agent.path'])
 
+  // A volume added to the list later enrolls alone, without a token (the host is enrolled).
+  const moreVars = join(w, 'agent-vars-more.json')
+  const more = JSON.parse(await readFile(agentVars, 'utf8')) as { unlockd_agent_volumes: unknown[] } & Record<string, unknown>
+  more['unlockd_agent_enroll_token'] = ''
+  more.unlockd_agent_volumes.push({ name: 'secrets2', kind: 'fscrypt', path: join(mnt, 'secrets2'), mode: '0750' })
+  await writeFile(moreVars, JSON.stringify(more), { mode: 0o600 })
+  const a4 = await playbook(t, w, 'unlockd_agent.yml', moreVars)
+  t.is(a4.r.code, 0, 'agent role, one more volume')
+  t.regex(a4.r.stdout, /TASK \[unlockd_agent : Enroll secrets2\][^\n]*\nchanged:/)
+  t.is(statSync(join(mnt, 'secrets2')).mode & 0o777, 0o750)
+  const a5 = await playbook(t, w, 'unlockd_agent.yml', moreVars)
+  t.is(a5.recap.changed, 0, 'and then nothing changes')
+
   // --- the installed command unlocks with keys from the escrow server ---
   const hostCli = `${ap}/usr/local/bin/unlockd`
   const unlock = await run(hostCli, ['unlock', '--test', '--json'])
   t.is(unlock.code, 0, unlock.stderr)
   const status = await run(hostCli, ['status', '--json'])
   t.is(status.code, 0, status.stderr)
-  t.deepEqual((JSON.parse(status.stdout) as { volumes: { name: string }[] }).volumes.map((v) => v.name).sort(), ['data', 'secrets'])
+  t.deepEqual((JSON.parse(status.stdout) as { volumes: { name: string }[] }).volumes.map((v) => v.name).sort(), ['data', 'secrets', 'secrets2'])
   const used = await run(operatorCli, ['token', 'list', '--json'], { env: { UNLOCKD_URL: srv.url } })
   t.like((JSON.parse(used.stdout) as { id: string }[]).find((x) => x.id === tokenId), { state: 'used' })
 
@@ -221,3 +234,37 @@ rootTest('the server and agent roles install, enroll a LUKS2 image and an fscryp
   t.is(replay.code, 3)
   t.like(JSON.parse(replay.stdout), { error: 'token_used' })
 }, NEEDS)
+
+const hasAnsible = findBin('ansible-playbook') !== undefined
+if (!hasAnsible && (process.env['CI'] ?? '') === '') {
+  console.warn(`\n${'!'.repeat(78)}\n!! SKIPPING example playbook check: needs ansible (apt-get install ansible)\n${'!'.repeat(78)}\n`)
+}
+
+;(hasAnsible || (process.env['CI'] ?? '') !== '' ? test : test.skip)('the example playbook and inventory parse (syntax check, group and host vars)', async (t) => {
+  t.truthy(findBin('ansible-playbook'), 'ansible is installed (apt-get install ansible); CI must run this test')
+  const examples = join(REPO, 'provisioning/ansible/examples')
+  // examples/ansible.cfg names the inventory and the roles path, as an operator would use it.
+  const env = { ANSIBLE_NOCOLOR: '1', ANSIBLE_CONFIG: join(examples, 'ansible.cfg') }
+  const syntax = await run('ansible-playbook', ['--syntax-check', 'site.yml'], { cwd: examples, env })
+  t.is(syntax.code, 0, syntax.stdout + syntax.stderr)
+  const inv = await run('ansible-inventory', ['--list'], { cwd: examples, env })
+  t.is(inv.code, 0, inv.stderr)
+  const hostvars = (JSON.parse(inv.stdout) as { _meta: { hostvars: Record<string, Record<string, unknown>> } })._meta.hostvars
+  t.deepEqual((hostvars['db-1']?.['unlockd_agent_volumes'] as { name: string }[]).map((v) => v.name), ['secrets', 'pgdata'])
+  t.deepEqual(hostvars['web-1']?.['unlockd_agent_servers'], ['{{ unlockd_escrow_url }}'])
+})
+
+const hasLint = findBin('ansible-lint') !== undefined
+if (!hasLint && (process.env['CI'] ?? '') === '') {
+  console.warn(`\n${'!'.repeat(78)}\n!! SKIPPING ansible-lint check: needs ansible-lint (apt-get install ansible-lint)\n${'!'.repeat(78)}\n`)
+}
+
+;(hasLint || (process.env['CI'] ?? '') !== '' ? test : test.skip)('the roles and the example playbook pass ansible-lint (production profile)', async (t) => {
+  t.truthy(findBin('ansible-lint'), 'ansible-lint is installed (apt-get install ansible-lint); CI must run this test')
+  const r = await run('ansible-lint', ['--offline', '--nocolor', '-p', 'roles/unlockd_agent', 'roles/unlockd_server', 'examples/site.yml'], {
+    cwd: join(REPO, 'provisioning/ansible'),
+    env: { ANSIBLE_CONFIG: join(REPO, 'provisioning/ansible/examples/ansible.cfg') },
+    timeoutMs: 5 * 60_000,
+  })
+  t.is(r.code, 0, r.stdout + r.stderr)
+})

@@ -9,16 +9,16 @@
 locals {
   admin_url = coalesce(var.admin_url, var.server_url)
 
+  response         = try(jsondecode(data.http.enroll_token.response_body), {})
   token_created    = data.http.enroll_token.status_code == 201
-  already_enrolled = data.http.enroll_token.status_code == 409 && try(jsondecode(data.http.enroll_token.response_body).error, "") == "host_exists"
-  token            = local.token_created ? jsondecode(data.http.enroll_token.response_body) : null
+  already_enrolled = data.http.enroll_token.status_code == 409 && try(local.response.error, "") == "host_exists"
 
-  # Every path check above keeps quotes and spaces out of these values: the template puts each
-  # one inside single quotes in a shell script.
+  # The variable validations keep quotes, spaces and newlines out of these values: the template
+  # puts each one inside single quotes in a shell script (the CA goes in base64).
   user_data = templatefile("${path.module}/user-data.yaml.tftpl", {
     server_url                  = var.server_url
     host_name                   = var.host_name
-    enroll_token                = local.token_created ? local.token.token : ""
+    enroll_token                = local.token_created ? try(local.response.token, "") : ""
     ca_pem_b64                  = var.ca_pem == "" ? "" : base64encode(var.ca_pem)
     agent_archive_url           = var.agent_archive_url
     agent_archive_sha256        = var.agent_archive_sha256

@@ -6,12 +6,12 @@ output "user_data" {
 
 output "token_id" {
   description = "Id of the enrollment token (for `unlockd token list` / `unlockd token revoke`); null when the host was already enrolled."
-  value       = local.token_created ? local.token.id : null
+  value       = local.token_created ? try(local.response.id, null) : null
 }
 
 output "token_expires_at" {
   description = "Unix time after which the token no longer enrolls; null when the host was already enrolled."
-  value       = local.token_created ? local.token.expiresAt : null
+  value       = local.token_created ? try(local.response.expiresAt, null) : null
 }
 
 output "already_enrolled" {

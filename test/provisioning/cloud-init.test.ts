@@ -1,0 +1,216 @@
+/**
+ * The Terraform module's cloud-init user-data. Terraform is not installable here, so the test
+ * renders the template itself (support.ts renderTemplate: the template is kept to plain
+ * placeholders, which makes this faithful), validates it with Debian's `cloud-init schema`, and
+ * runs its first-boot script with bash against a real escrow server on loopback, with every
+ * path pointed into a temporary prefix.
+ */
+import test, { type ExecutionContext } from 'ava'
+import { createHash } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { mkdir, readFile, truncate, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { FIXTURE_PBKDF } from '../helpers/luks.ts'
+import { findBin, mustRun, rootTest, tool } from '../helpers/root.ts'
+import { startTestServer } from '../helpers/server.ts'
+import { tempDir } from '../helpers/tmp.ts'
+import { REPO, renderTemplate, requireBuild, run, templateVariables } from './support.ts'
+
+const MODULE = join(REPO, 'provisioning/terraform/modules/unlockd-enrollment')
+const TEMPLATE = join(MODULE, 'user-data.yaml.tftpl')
+
+interface CloudConfig {
+  write_files: { path: string; owner: string; permissions: string; content: string }[]
+  runcmd: string[][]
+}
+
+/** Parse YAML with the python3-yaml that cloud-init itself uses. */
+async function parseYaml(path: string): Promise<CloudConfig> {
+  const r = await run('python3', ['-c', 'import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))', path])
+  if (r.code !== 0) throw new Error(`YAML parse failed: ${r.stderr}`)
+  return JSON.parse(r.stdout) as CloudConfig
+}
+
+/** Values as the module passes them (main.tf), with the paths overridable for a prefix. */
+function moduleVars(o: Partial<Record<string, string | boolean>> = {}): Record<string, string | boolean> {
+  return {
+    server_url: 'https://escrow.example.net:8443',
+    host_name: 'web-1',
+    enroll_token: 'ue_' + 'A'.repeat(43),
+    ca_pem_b64: Buffer.from('-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n').toString('base64'),
+    agent_archive_url: 'https://downloads.example.net/unlockd/unlockd-agent.tar.gz',
+    agent_archive_sha256: 'a'.repeat(64),
+    luks_volumes: '/dev/vdb:data UUID=0b5e7a2c-1111-2222-3333-444455556666:logs',
+    luks_existing_key_file: '/root/luks.key',
+    fscrypt_dirs: '/srv/secrets:secrets',
+    fscrypt_enable_ext4_encrypt: true,
+    install_node: true,
+    node_bin: '/usr/bin/node',
+    install_dir: '/usr/lib/unlockd',
+    bin_dir: '/usr/local/bin',
+    config_dir: '/etc/unlockd',
+    systemd_dir: '/etc/systemd/system',
+    manage_service: true,
+    ...o,
+  } as Record<string, string | boolean>
+}
+
+test('the module passes exactly the template variables, and the template uses only plain placeholders', async (t) => {
+  const template = await readFile(TEMPLATE, 'utf8')
+  const mainTf = await readFile(join(MODULE, 'main.tf'), 'utf8')
+  const call = /templatefile\("\$\{path\.module\}\/user-data\.yaml\.tftpl", \{([\s\S]*?)\n  \}\)/.exec(mainTf)
+  t.truthy(call, 'main.tf renders user-data.yaml.tftpl with templatefile')
+  const passed = [...(call?.[1] ?? '').matchAll(/^\s+([a-z_0-9]+)\s+=/gm)].map((m) => m[1] as string).sort()
+  t.deepEqual(passed, templateVariables(template))
+  t.deepEqual(Object.keys(moduleVars()).sort(), templateVariables(template))
+  t.notThrows(() => renderTemplate(template, moduleVars()))
+  t.throws(() => renderTemplate('x ${a.b}', {}), { message: /not a plain variable/ })
+  t.throws(() => renderTemplate('%{ if x }y%{ endif }', {}), { message: /directives/ })
+  t.throws(() => renderTemplate('${missing}', {}), { message: /does not contain key/ })
+})
+
+const schemaTest = findBin('cloud-init') !== undefined || (process.env['CI'] ?? '') !== '' ? test : test.skip
+if (findBin('cloud-init') === undefined && (process.env['CI'] ?? '') === '') {
+  console.warn(`\n${'!'.repeat(78)}\n!! SKIPPING cloud-init schema test: needs cloud-init (apt-get install cloud-init)\n${'!'.repeat(78)}\n`)
+}
+
+schemaTest('the rendered user-data passes cloud-init schema, with a script that runs once from runcmd', async (t) => {
+  t.truthy(findBin('cloud-init'), 'cloud-init is installed (apt-get install cloud-init); CI must run this test')
+  const dir = await tempDir(t)
+  for (const [label, vars] of [
+    ['all volume kinds', moduleVars()],
+    ['already enrolled: no token, no CA, no volumes', moduleVars({ enroll_token: '', ca_pem_b64: '', luks_volumes: '', luks_existing_key_file: '', fscrypt_dirs: '', fscrypt_enable_ext4_encrypt: false })],
+  ] as const) {
+    const file = join(dir, 'user-data.yaml')
+    await writeFile(file, renderTemplate(await readFile(TEMPLATE, 'utf8'), vars))
+    const r = await run('cloud-init', ['schema', '--config-file', file])
+    t.is(r.code, 0, `${label}: ${r.stdout}${r.stderr}`)
+    t.regex(r.stdout, /Valid cloud-config/, label)
+    t.false(/deprecat/i.test(r.stdout + r.stderr), `${label}: ${r.stdout}${r.stderr}`)
+
+    const cc = await parseYaml(file)
+    t.is(cc.write_files.length, 1)
+    const script = cc.write_files[0]!
+    t.like(script, { path: '/var/lib/unlockd-first-boot/enroll.sh', owner: 'root:root', permissions: '0700' })
+    t.deepEqual(cc.runcmd, [['bash', script.path]])
+    t.true(script.content.startsWith('#!/bin/bash\n'))
+    const sh = join(dir, 'enroll.sh')
+    await writeFile(sh, script.content)
+    const syntax = await run('bash', ['-n', sh])
+    t.is(syntax.code, 0, syntax.stderr)
+  }
+})
+
+const lintTest = findBin('shellcheck') !== undefined || (process.env['CI'] ?? '') !== '' ? test : test.skip
+if (findBin('shellcheck') === undefined && (process.env['CI'] ?? '') === '') {
+  console.warn(`\n${'!'.repeat(78)}\n!! SKIPPING shellcheck test: needs shellcheck (apt-get install shellcheck)\n${'!'.repeat(78)}\n`)
+}
+
+lintTest('the first-boot script and provisioning/pack.sh pass shellcheck', async (t) => {
+  t.truthy(findBin('shellcheck'), 'shellcheck is installed (apt-get install shellcheck); CI must run this test')
+  const dir = await tempDir(t)
+  const file = join(dir, 'user-data.yaml')
+  await writeFile(file, renderTemplate(await readFile(TEMPLATE, 'utf8'), moduleVars()))
+  const sh = join(dir, 'enroll.sh')
+  await writeFile(sh, (await parseYaml(file)).write_files[0]!.content)
+  for (const script of [sh, join(REPO, 'provisioning/pack.sh')]) {
+    const r = await run('shellcheck', ['-s', 'bash', script])
+    t.is(r.code, 0, `${script}:\n${r.stdout}${r.stderr}`)
+  }
+})
+
+async function fixtures(t: ExecutionContext, w: string): Promise<{ img: string; luksKey: string; mnt: string }> {
+  const luksKey = join(w, 'luks.key')
+  await writeFile(luksKey, 'existing passphrase of the data volume', { mode: 0o600 })
+  const img = join(w, 'data.img')
+  await writeFile(img, '', { mode: 0o600 })
+  await truncate(img, 32 * 1024 * 1024)
+  await mustRun('cryptsetup', ['luksFormat', '--type', 'luks2', '--batch-mode', ...FIXTURE_PBKDF, '--key-file', luksKey, img])
+  // Made WITHOUT the encrypt feature, like a stock cloud image: the script turns it on.
+  const fsImg = join(w, 'fs.img')
+  const mnt = join(w, 'mnt')
+  await writeFile(fsImg, '', { mode: 0o600 })
+  await truncate(fsImg, 64 * 1024 * 1024)
+  await mustRun('mkfs.ext4', ['-q', '-F', fsImg])
+  await mkdir(mnt)
+  await mustRun('mount', ['-o', 'loop', fsImg, mnt])
+  t.teardown(async () => {
+    if ((await tool('umount', [mnt])).code !== 0) await tool('umount', ['-l', mnt])
+  })
+  return { img, luksKey, mnt }
+}
+
+rootTest('the first-boot script installs the agent, enrolls a LUKS2 image and an fscrypt directory, and the token cannot be used again', async (t) => {
+  t.timeout(10 * 60_000)
+  if (!requireBuild(t)) return
+  const w = await tempDir(t, 'unlockd-cloudinit-')
+  const packed = await run('bash', [join(REPO, 'provisioning/pack.sh'), join(w, 'dist')])
+  t.is(packed.code, 0, packed.stderr)
+  const archive = join(w, 'dist/unlockd-agent.tar.gz')
+  const sha256 = createHash('sha256').update(await readFile(archive)).digest('hex')
+  t.is((await readFile(`${archive}.sha256`, 'utf8')).split(/\s+/)[0], sha256)
+
+  const srv = await startTestServer(t)
+  const tok = await srv.admin('POST', '/tokens', { host: 'web-1', ttlSeconds: 1800, cidrs: ['127.0.0.0/8'] })
+  t.is(tok.status, 201)
+  const { img, luksKey, mnt } = await fixtures(t, w)
+
+  async function firstBoot(prefix: string, o: Partial<Record<string, string | boolean>> = {}): Promise<{ code: number | null; stdout: string; stderr: string; script: string }> {
+    const vars = moduleVars({
+      server_url: srv.url,
+      enroll_token: tok.body.token,
+      ca_pem_b64: '',
+      agent_archive_url: `file://${archive}`,
+      agent_archive_sha256: sha256,
+      luks_volumes: `${img}:data`,
+      luks_existing_key_file: luksKey,
+      fscrypt_dirs: `${mnt}/secrets:secrets`,
+      fscrypt_enable_ext4_encrypt: true,
+      install_node: false,
+      node_bin: process.execPath,
+      install_dir: `${prefix}/usr/lib/unlockd`,
+      bin_dir: `${prefix}/usr/local/bin`,
+      config_dir: `${prefix}/etc/unlockd`,
+      systemd_dir: `${prefix}/etc/systemd/system`,
+      manage_service: false,
+      ...o,
+    })
+    await mkdir(prefix, { recursive: true })
+    const userData = join(prefix, 'user-data.yaml')
+    await writeFile(userData, renderTemplate(await readFile(TEMPLATE, 'utf8'), vars), { mode: 0o600 })
+    const script = join(prefix, 'enroll.sh')
+    await writeFile(script, (await parseYaml(userData)).write_files[0]!.content, { mode: 0o700 })
+    // Test-only: a fast PBKDF for the new keyslot (the fixture image uses one too).
+    const r = await run('bash', [script], { env: { UNLOCKD_LUKS_PBKDF: 'fast' }, timeoutMs: 5 * 60_000 })
+    return { ...r, script }
+  }
+
+  const p1 = join(w, 'host-1')
+  const boot = await firstBoot(p1)
+  t.is(boot.code, 0, boot.stderr)
+  t.false(existsSync(boot.script), 'the script deleted itself (it holds the token)')
+  t.like(JSON.parse(boot.stdout), { name: 'web-1', changed: true })
+  t.false(boot.stdout.includes(tok.body.token) || boot.stderr.includes(tok.body.token), 'the token leaked into the output')
+  const agentJson = JSON.parse(await readFile(`${p1}/etc/unlockd/agent.json`, 'utf8')) as { volumes: { name: string; kind: string }[] }
+  t.deepEqual(agentJson.volumes.map((v) => `${v.name}:${v.kind}`).sort(), ['data:luks', 'secrets:fscrypt'])
+  t.regex(await mustRun('dumpe2fs', ['-h', join(w, 'fs.img')]), /features:.*\bencrypt\b/)
+
+  const unlock = await run(`${p1}/usr/local/bin/unlockd`, ['unlock', '--test', '--json'])
+  t.is(unlock.code, 0, unlock.stderr)
+  const units = await run('systemd-analyze', ['verify', `${p1}/etc/systemd/system/unlockd-agent.service`, `${p1}/etc/systemd/system/unlockd-agent.path`], { env: { SYSTEMD_UNIT_PATH: `${p1}/etc/systemd/system:` } })
+  t.is(units.code, 0, units.stderr)
+  t.false(/first-boot\.conf/.test(units.stderr), units.stderr)
+  t.like((await srv.admin('GET', '/tokens')).body.tokens.find((x: { id: string }) => x.id === tok.body.id), { state: 'used', host: 'web-1' })
+
+  // Running the same script again (cloud-init re-run, an operator retry) changes nothing and
+  // needs no token.
+  const again = await firstBoot(p1, { enroll_token: '' })
+  t.is(again.code, 0, again.stderr)
+  t.like(JSON.parse(again.stdout), { changed: false })
+
+  // A copy of the user-data (leaked, or a clone booting) cannot enroll: the token is spent.
+  const clone = await firstBoot(join(w, 'host-2'), { luks_volumes: '', luks_existing_key_file: '', fscrypt_dirs: '' })
+  t.is(clone.code, 3, clone.stderr)
+  t.like(JSON.parse(clone.stdout), { error: 'token_used' })
+  t.false(existsSync(`${join(w, 'host-2')}/etc/unlockd/agent.json`))
+}, { bins: ['cryptsetup', 'mkfs.ext4', 'mount', 'umount', 'losetup', 'curl', 'findmnt', 'tune2fs', 'dumpe2fs', 'python3', 'systemd-analyze'], serial: true })
