@@ -53,8 +53,9 @@ function intOpt(name: string, v: string | undefined, min: number, max: number): 
 }
 
 const cleanups: (() => Promise<void>)[] = []
+const started = performance.now()
 const log = (line: string): void => {
-  process.stderr.write(`${line}\n`)
+  process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`)
 }
 const ctx: SuiteContext = { log, onCleanup: (fn) => cleanups.push(fn) }
 const duration = intOpt('duration', values.duration, 100, 600_000)
@@ -74,8 +75,10 @@ if (values.concurrency !== undefined) {
 async function cleanup(): Promise<void> {
   while (cleanups.length > 0) {
     const fn = cleanups.pop() as () => Promise<void>
+    const t0 = performance.now()
     try {
       await fn()
+      if (process.env['BENCH_DEBUG']) log(`cleanup took ${(performance.now() - t0).toFixed(0)} ms`)
     } catch (e) {
       log(`cleanup failed: ${e instanceof Error ? e.message : String(e)}`)
     }

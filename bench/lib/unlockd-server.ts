@@ -88,15 +88,16 @@ export async function initDataDir(opts: { db?: string } = {}): Promise<DataDir> 
 }
 
 /** Start `unlockd server start` on a free loopback port over `data`; resolves once /healthz answers. */
-export async function startUnlockdServer(data: DataDir, opts: { nodeArgs?: readonly string[] } = {}): Promise<UnlockdServer> {
+export async function startUnlockdServer(data: DataDir, opts: { nodeArgs?: readonly string[]; cli?: string; env?: Record<string, string> } = {}): Promise<UnlockdServer> {
   const port = await freePort()
   const logPath = path.join(data.dir, `server-${port}.log`)
   const fd = openSync(logPath, 'a')
   let child: ChildProcess
   try {
-    child = spawn(process.execPath, [...(opts.nodeArgs ?? []), CLI, 'server', 'start', '--data', data.dir, '--listen', `127.0.0.1:${port}`, '--passphrase-file', data.passFile], {
+    child = spawn(process.execPath, [...(opts.nodeArgs ?? []), opts.cli ?? CLI, 'server', 'start', '--data', data.dir, '--listen', `127.0.0.1:${port}`, '--passphrase-file', data.passFile], {
       stdio: ['ignore', fd, fd],
       cwd: data.dir,
+      env: { ...process.env, ...opts.env },
     })
   } finally {
     closeSync(fd)

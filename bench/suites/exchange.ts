@@ -19,6 +19,7 @@ import { cpuMs, memMiB } from '../lib/proc.ts'
 import { fmtNum, formatTable, printReport, ratio, type ReportRow } from '../lib/report.ts'
 import { fetchAdv, startTangPeer, tangRecExchange, TANG_PACKAGES, type TangPeer } from '../lib/tang-peer.ts'
 import { adminCall, initDataDir, startUnlockdServer, type DataDir, type UnlockdServer } from '../lib/unlockd-server.ts'
+import { ecmrBackend } from '../../server/tang/ecmr-libcrypto.ts'
 import type { SuiteContext } from './context.ts'
 
 interface Measured {
@@ -93,19 +94,20 @@ export async function exchangeSuite(ctx: SuiteContext): Promise<void> {
     )
   }
   const rss = memMiB(server.pid)
+  const backend = await ecmrBackend() // the server child inherits this process's environment
   printReport(rows, {
     title: `exchange: unlockd (child process, SQLite) vs Debian tangd, loopback, ${durationMs} ms per row`,
     oursLabel: 'unlockd',
     peerLabel: 'tangd',
     notes: [
-      'unlock exchange = GET /v1/nonce + signed POST /v1/unlock (2 HTTP requests, 2 commits); tang /rec = unlockd /tang/HOST/rec',
+      'unlock exchange = GET /v1/nonce + signed POST /v1/unlock (2 HTTP requests, 2 transactions, 1 fsync); tang /rec = unlockd /tang/HOST/rec',
       '  (policy, audit, McCallum-Relyea on P-521). Peer column: tangd /rec (one blinded exchange) in both row kinds.',
       'Fairness: closed loop; every request on a NEW TCP connection (node:http agent:false, Connection: close) for all',
       '  targets, as the agent does and as clevis does (one curl per request). tangd runs as Debian runs it: one tangd',
       '  process per connection (systemd-socket-activate --inetd -a). unlockd keeps its defaults (SQLite WAL,',
       '  synchronous=FULL, access log) except hostRateLimit "off" (one source address) and no scheduled KEK rotation.',
       `Client and servers share ${os.cpus().length} vCPUs (${os.cpus()[0]?.model ?? 'unknown'}); node ${process.version}.`,
-      `unlockd server peak RSS: ${fmtNum(rss, 1)} MiB.`,
+      `unlockd server peak RSS: ${fmtNum(rss, 1)} MiB; its /rec runs on ${backend === 'libcrypto' ? 'the system libcrypto (OpenSSL nistp521)' : `${backend} (no usable system libcrypto.so.3)`}.`,
     ],
   })
   process.stdout.write(`\n${formatTable(['CPU ms per request', 'unlockd srv', 'tangd srv', 'srv x', 'client (ours)', 'client (tangd)'], cpuRows)}\n`)

@@ -5,17 +5,18 @@
  */
 import { UnlockdError } from '../../shared/errors.ts'
 import { b64uEncode, randomBytes } from '../../shared/crypto/bytes.ts'
-import { parseSigningPublicKey } from '../../shared/crypto/keys.ts'
-import { peekJwsKid, verifyHostRequest } from '../../shared/crypto/jws.ts'
+import { peekJwsKid } from '../../shared/crypto/jws.ts'
 import type { JwsPurpose } from '../../shared/crypto/algorithms.ts'
 import type { ServerDeps } from '../context.ts'
 import type { HostRow, StoreTx } from '../store/store.ts'
+import { verifyHostJws } from './jws-verify.ts'
 
 export async function authenticateHost(deps: ServerDeps, jws: unknown, purpose: JwsPurpose): Promise<{ host: HostRow; payload: unknown }> {
   const kid = peekJwsKid(jws, purpose)
   const host = await deps.store.tx((t) => t.getHost(kid))
   if (!host) throw new UnlockdError('host_unknown', 'no host is enrolled with this key')
-  const payload = await verifyHostRequest(jws as string, purpose, parseSigningPublicKey(JSON.parse(host.signingJwk)))
+  // node:crypto with a per-host KeyObject (./jws-verify.ts); same checks as verifyHostRequest.
+  const payload = verifyHostJws(jws as string, host.signingJwk)
   return { host, payload }
 }
 
@@ -36,6 +37,8 @@ export async function consumeNonceOrThrow(t: StoreTx, nonce: string, now: number
 export async function issueNonce(deps: ServerDeps): Promise<{ nonce: string; expiresAt: number }> {
   const nonce = b64uEncode(randomBytes(32))
   const expiresAt = deps.now() + deps.settings.nonceTtl
-  await deps.store.tx((t) => t.insertNonce(nonce, expiresAt))
+  // Not durable: a nonce lost in a crash costs the host one more GET, and skipping this fsync
+  // leaves one per unlock exchange (the unlock commit, which spends the nonce durably).
+  await deps.store.tx((t) => t.insertNonce(nonce, expiresAt), { durable: false })
   return { nonce, expiresAt }
 }

@@ -9,7 +9,7 @@ import { UnlockdError } from '../../shared/errors.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import { ADV_CONTENT_TYPE, REC_CONTENT_TYPE } from '../../shared/tang/adv.ts'
 import type { ServerDeps } from '../context.ts'
-import { hostRateLimiter, MAX_BODY, sourceAddress, type AppEnv } from '../http/middleware.ts'
+import { hostRateLimiter, sourceAddress, type AppEnv } from '../http/middleware.ts'
 import { tangService } from '../tang/service.ts'
 
 /** A recovery request is one P-521 JWK (~250 bytes); anything much larger is not one. */
@@ -40,7 +40,7 @@ export function tangRoutes(deps: ServerDeps): Hono<AppEnv> {
     const len = Number(c.req.header('content-length') ?? '0')
     if (len > MAX_REC_BODY) throw new UnlockdError('payload_too_large', `request body exceeds ${MAX_REC_BODY} bytes`)
     const buf = await c.req.arrayBuffer()
-    if (buf.byteLength > Math.min(MAX_REC_BODY, MAX_BODY)) throw new UnlockdError('payload_too_large', `request body exceeds ${MAX_REC_BODY} bytes`)
+    if (buf.byteLength > MAX_REC_BODY) throw new UnlockdError('payload_too_large', `request body exceeds ${MAX_REC_BODY} bytes`)
     let text: string
     try {
       text = new TextDecoder('utf-8', { fatal: true }).decode(buf)

@@ -12,7 +12,7 @@ import { AUDIT_GENESIS, auditHash } from '../../shared/audit.ts'
 import { UnlockdError } from '../../shared/errors.ts'
 import { parsePolicy } from '../../shared/protocol/policy.ts'
 import type { AuditEntry } from '../../shared/protocol/messages.ts'
-import type { ApprovalRow, HostRow, NewAudit, NonceResult, OperatorRow, Store, StoreTx, TokenRow, UnlockEventRow, VolumeRow } from './store.ts'
+import type { ApprovalRow, HostRow, NewAudit, NonceResult, OperatorRow, Store, StoreTx, TokenRow, TxOptions, UnlockEventRow, VolumeRow } from './store.ts'
 import { MIGRATIONS } from './schema.ts'
 
 type Row = Record<string, unknown>
@@ -195,18 +195,26 @@ export class SqliteStore implements Store {
     return st
   }
 
-  tx<T>(fn: (t: StoreTx) => Promise<T>): Promise<T> {
+  tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
+    const volatile = opts.durable === false
     return this.#mutex.run(async () => {
-      this.#db.exec('BEGIN IMMEDIATE')
+      // In WAL mode NORMAL skips this commit's fsync; the next FULL commit syncs the WAL up to
+      // and including it, so order is kept and nothing is ever torn.
+      if (volatile) this.#db.pragma('synchronous = NORMAL')
       try {
-        const out = await fn(this.#txApi)
-        this.#db.exec('COMMIT')
-        return out
-      } catch (err) {
-        if (this.#db.inTransaction) this.#db.exec('ROLLBACK')
-        // Database failures become one typed error (like the PostgreSQL store); ours pass through.
-        if (err instanceof Database.SqliteError) throw new UnlockdError('store_failed', `database error (${err.code})`, { cause: err })
-        throw err
+        this.#db.exec('BEGIN IMMEDIATE')
+        try {
+          const out = await fn(this.#txApi)
+          this.#db.exec('COMMIT')
+          return out
+        } catch (err) {
+          if (this.#db.inTransaction) this.#db.exec('ROLLBACK')
+          // Database failures become one typed error (like the PostgreSQL store); ours pass through.
+          if (err instanceof Database.SqliteError) throw new UnlockdError('store_failed', `database error (${err.code})`, { cause: err })
+          throw err
+        }
+      } finally {
+        if (volatile) this.#db.pragma('synchronous = FULL')
       }
     })
   }

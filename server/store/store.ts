@@ -152,9 +152,18 @@ export interface StoreTx {
   setMeta(key: string, value: string | undefined): Promise<void>
 }
 
+export interface TxOptions {
+  /**
+   * false: the commit need not survive a power loss (it may be lost, never torn or reordered
+   * before a later durable commit). Only for rows whose loss is harmless, such as issued nonces
+   * (the host fetches another). Default true. SQLite: synchronous=NORMAL for this commit.
+   */
+  durable?: boolean
+}
+
 export interface Store {
   readonly kind: 'sqlite' | 'postgres'
-  tx<T>(fn: (t: StoreTx) => Promise<T>): Promise<T>
+  tx<T>(fn: (t: StoreTx) => Promise<T>, opts?: TxOptions): Promise<T>
   /** Make deleted rows unrecoverable from the database files (SQLite: checkpoint + vacuum). */
   scrub(): Promise<void>
   close(): Promise<void>

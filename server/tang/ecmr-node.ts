@@ -1,9 +1,10 @@
 /**
- * The server half of McCallum-Relyea (`POST /rec`) on node:crypto, for the Tang endpoints.
- * Same contract and byte-identical replies as shared/tang/mcr.ts `recover` /
- * `createEcmrServer`, at about half the CPU of the WebCrypto path (measured on Node 20 / OpenSSL
- * 3.0, P-521: `crypto.diffieHellman` 2.7 ms CPU per derivation, WebCrypto `deriveBits` 5.5 ms,
- * JWK public-key import 1 ms against 0.16 ms for SPKI DER; see bench/README or the bench output).
+ * The server half of McCallum-Relyea (`POST /rec`) on node:crypto, for the Tang endpoints when
+ * the system libcrypto cannot be used (./ecmr-libcrypto.ts). Same contract and byte-identical
+ * replies as shared/tang/mcr.ts `recover` / `createEcmrServer`, at about half the CPU of the
+ * WebCrypto path (measured on Node 20's bundled OpenSSL 3.0, P-521: `crypto.diffieHellman`
+ * 2.7 ms CPU per derivation, WebCrypto `deriveBits` 5.5 ms; a JWK public-key import 1 ms against
+ * 0.16 ms for SPKI DER).
  *
  * OpenSSL's ECDH yields only the x coordinate, so, as in createEcmrServer, each recovery derives
  * `x1 = x(s·X)` and `x2 = x((s+1)·X) = x(s·X + X)`. Instead of a square root and a sign test,
@@ -12,8 +13,8 @@
  * `y1 = (x1^3 + a·x1 + b + yX^2 - R·(x1 - xX)^2) / (2·yX)` (one field inversion). The result is
  * checked on the curve and against `x(P + X) = x2`; anything odd falls back to the pure-JS path.
  *
- * The derivations run synchronously on the calling thread: with the client and server sharing
- * two cores, total CPU per request is what bounds throughput, and this path uses the least.
+ * The derivations run synchronously on the calling thread: total CPU per request is what bounds
+ * throughput, and this needs half of what the WebCrypto path (off the event loop) needs.
  */
 import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, type KeyObject } from 'node:crypto'
 import { p521 } from '@noble/curves/nist.js'
@@ -28,7 +29,7 @@ const Fn = Point.Fn
 const BYTES = 66
 type P521Point = ReturnType<typeof Point.fromAffine>
 
-/** DER SubjectPublicKeyInfo prefix of an uncompressed P-521 point (everything before 04||x||y). */
+/** DER SubjectPublicKeyInfo prefix of an uncompressed P-521 point (everything before 04 || x || y). */
 const SPKI_PREFIX: Buffer = (() => {
   const der = generateKeyPairSync('ec', { namedCurve: 'secp521r1' }).publicKey.export({ format: 'der', type: 'spki' })
   return der.subarray(0, der.length - (1 + 2 * BYTES))
@@ -48,8 +49,21 @@ function replyOf(x: bigint, y: bigint): EcmrReplyJwk {
   return { alg: 'ECMR', crv: TANG_CRV, key_ops: ['deriveKey'], kty: 'EC', x: enc(x), y: enc(y) }
 }
 
-/** tangd's acceptance rules for a recovery request (the same as mcr.ts `recover`). */
-function checkRequest(value: unknown): { x: bigint; y: bigint; point: P521Point; der: Buffer } {
+/** A validated recovery request point. */
+export interface RecoveryPoint {
+  x: bigint
+  y: bigint
+  point: P521Point
+  /** `04 || x || y`, 133 bytes. */
+  uncompressed: Uint8Array
+}
+
+/**
+ * tangd's acceptance rules for a recovery request (the same as mcr.ts `recover`): a JWK object,
+ * `alg` ECMR if present, `key_ops` allowing deriveKey, `use` enc, a P-521 point with
+ * full-length coordinates, on the curve. Throws `bad_request`.
+ */
+export function checkRecoveryRequest(value: unknown): RecoveryPoint {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new UnlockdError('bad_request', 'recovery request must be a JWK object')
   const o = value as Record<string, unknown>
   if (o['alg'] !== undefined && o['alg'] !== 'ECMR') throw new UnlockdError('bad_request', 'recovery request alg must be ECMR')
@@ -59,8 +73,11 @@ function checkRequest(value: unknown): { x: bigint; y: bigint; point: P521Point;
   const jwk = parseEcPublicJwk(value, 'bad_request') // P-521, full length, on the curve, not infinity
   const x = int(jwk.x)
   const y = int(jwk.y)
-  const der = Buffer.concat([SPKI_PREFIX, Buffer.from([4]), Buffer.from(numberToBytesBE(x, BYTES)), Buffer.from(numberToBytesBE(y, BYTES))])
-  return { x, y, point: Point.fromAffine({ x, y }), der }
+  const uncompressed = new Uint8Array(1 + 2 * BYTES)
+  uncompressed[0] = 4
+  uncompressed.set(numberToBytesBE(x, BYTES), 1)
+  uncompressed.set(numberToBytesBE(y, BYTES), 1 + BYTES)
+  return { x, y, point: Point.fromAffine({ x, y }), uncompressed }
 }
 
 function privateKeyObject(d: bigint): KeyObject {
@@ -86,8 +103,8 @@ export function createNodeEcmrServer(serverExchangePrivateJwk: EcPrivateJwk): Ec
   const { a, b } = Point.CURVE()
 
   const recoverSync = (req: unknown): EcmrReplyJwk => {
-    const X = checkRequest(req)
-    const pub = createPublicKey({ key: X.der, format: 'der', type: 'spki' })
+    const X = checkRecoveryRequest(req)
+    const pub = createPublicKey({ key: Buffer.concat([SPKI_PREFIX, X.uncompressed]), format: 'der', type: 'spki' })
     const x1 = bytesToNumberBE(diffieHellman({ privateKey: k0, publicKey: pub }))
     const x2 = bytesToNumberBE(diffieHellman({ privateKey: k1, publicKey: pub }))
     const dx = Fp.sub(x1, X.x)

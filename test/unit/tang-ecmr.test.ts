@@ -1,14 +1,17 @@
 /**
- * server/tang/ecmr-node.ts (node:crypto McCallum-Relyea) against the reference in
- * shared/tang/mcr.ts: byte-identical replies, the same refusals, and the `hostRateLimit`
+ * The server-side McCallum-Relyea implementations of the Tang endpoints (server/tang/ecmr-node.ts
+ * on node:crypto, server/tang/ecmr-libcrypto.ts on the system OpenSSL) against the reference in
+ * shared/tang/mcr.ts: byte-identical replies, the same refusals. Also the `hostRateLimit`
  * setting of server.json.
  */
 import test from 'ava'
+import { existsSync } from 'node:fs'
 import { isUnlockdError } from '../../shared/errors.ts'
 import { generateExchangeKey, publicJwk } from '../../shared/tang/adv.ts'
 import { provision, recover, startRecovery } from '../../shared/tang/mcr.ts'
 import { parseServerConfig } from '../../shared/config/server.ts'
 import { createNodeEcmrServer } from '../../server/tang/ecmr-node.ts'
+import { createFastEcmrServer, ecmrBackend } from '../../server/tang/ecmr-libcrypto.ts'
 
 test('node:crypto ECMR replies equal the reference byte for byte and unblind to the ECDH point', async (t) => {
   for (let k = 0; k < 3; k++) {
@@ -23,6 +26,27 @@ test('node:crypto ECMR replies equal the reference byte for byte and unblind to 
       t.is(JSON.stringify(reply), JSON.stringify(recover(exch, r.request)))
       t.deepEqual(Buffer.from(r.unblind(reply)), Buffer.from(p.sharedX))
     }
+  }
+})
+
+test('system libcrypto ECMR (the default on Debian) replies equal the reference byte for byte', async (t) => {
+  const backend = await ecmrBackend()
+  if (existsSync('/usr/lib/x86_64-linux-gnu/libcrypto.so.3') || existsSync('/usr/lib/aarch64-linux-gnu/libcrypto.so.3')) t.is(backend, 'libcrypto')
+  else t.log(`no system libcrypto.so.3: the Tang endpoints use ${backend}`)
+  const exch = generateExchangeKey()
+  const pub = publicJwk(exch)
+  const srv = await createFastEcmrServer(exch)
+  for (let i = 0; i < 6; i++) {
+    const p = provision(pub)
+    const r = startRecovery(p.epk, pub)
+    const reply = await srv.recover(r.request)
+    t.is(JSON.stringify(reply), JSON.stringify(recover(exch, r.request)))
+    t.deepEqual(Buffer.from(r.unblind(reply)), Buffer.from(p.sharedX))
+  }
+  const good = startRecovery(provision(pub).epk, pub).request
+  for (const bad of [{ ...good, y: good.x }, { ...good, alg: 'ES512' }, null]) {
+    const e = await t.throwsAsync(srv.recover(bad))
+    t.true(isUnlockdError(e, 'bad_request'), String(e))
   }
 })
 
