@@ -35,7 +35,7 @@ import { MIGRATIONS } from './schema.ts'
 import {
   APPROVAL_COLS, HOST_COLS, OPERATOR_COLS, approvalFromRow, auditFromRow, hostFromRow, operatorFromRow, toDbValue, tokenFromRow, volumeFromRow,
 } from './sqlite.ts'
-import type { ApprovalRow, NewAudit, NonceResult, Store, StoreTx, UnlockEventRow } from './store.ts'
+import type { ApprovalRow, NewAudit, NonceResult, Store, StoreTx, TxOptions, UnlockEventRow } from './store.ts'
 
 type Row = Record<string, unknown>
 
@@ -128,7 +128,7 @@ export class PostgresStore implements Store {
     }
   }
 
-  async tx<T>(fn: (t: StoreTx) => Promise<T>): Promise<T> {
+  async tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
     let c: pg.PoolClient
     try {
       c = await this.#pool.connect()
@@ -141,7 +141,13 @@ export class PostgresStore implements Store {
     let broken = false
     try {
       await run(c, state, 'BEGIN ISOLATION LEVEL READ COMMITTED')
-      await run(c, state, `SELECT pg_advisory_xact_lock(${STORE_LOCK})`)
+      if (opts.durable === false) {
+        // Non-durable work (issuing a random nonce) is one independent insert: it needs neither
+        // the one-writer lock nor a synchronous commit, and taking them made storms lock-bound.
+        await run(c, state, 'SET LOCAL synchronous_commit = off')
+      } else {
+        await run(c, state, `SELECT pg_advisory_xact_lock(${STORE_LOCK})`)
+      }
       const out = await fn(txApi(c, state))
       const res = await run(c, state, 'COMMIT')
       // COMMIT of a transaction that already failed (fn swallowed an error) answers ROLLBACK.

@@ -30,7 +30,7 @@ export interface VolumeRow {
   name: string
   kind: VolumeKind
   ref: string | null
-  /** Version of the KEK that wraps `ct`; 0 for Tang keys (wrapped the same way). */
+  /** Version of the KEK that wraps `ct` (Tang key rows are wrapped the same way). */
   kekVersion: number
   iv: Uint8Array
   ct: Uint8Array
