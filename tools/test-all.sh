@@ -15,7 +15,7 @@ packages=(
   # browser test of the approval page
   chromium
   # boot tests: QEMU (TCG), debootstrap chroot with initramfs-tools, shellcheck
-  qemu-system-x86 debootstrap cpio busybox-static shellcheck
+  qemu-system-x86 debootstrap cpio busybox-static shellcheck xz-utils
   # provisioning tests
   ansible ansible-lint cloud-init openssl
 )

@@ -25,7 +25,7 @@ base=initramfs-tools,cryptsetup-initramfs,busybox,kmod,udev,zstd,libstdc++6
 if [ "$flavour" = --dracut ]; then
   # dracut's network-legacy module needs dhclient, arping, pgrep and gawk; the systemd initrd
   # needs netbase (/etc/services) and systemd-sysv (poweroff). Without them the postinst fails.
-  base=kmod,udev,libstdc++6,systemd,systemd-sysv,cryptsetup,procps,isc-dhcp-client,iproute2,iputils-arping,gawk,netbase
+  base=kmod,udev,zstd,libstdc++6,systemd,systemd-sysv,cryptsetup,procps,isc-dhcp-client,iproute2,iputils-arping,gawk,netbase
 fi
 
 t0=$(date +%s)

@@ -218,7 +218,10 @@ export async function buildInitramfs(chroot: Chroot, flavour: Flavour, work: str
   const t0 = Date.now()
   await runLogged('unshare', ['--mount', '--propagation', 'private', '/bin/sh', '-c', script, 'sh', chroot.rootfs, upper, ovlWork, merged, chroot.kver, out], log, { timeoutMs: 10 * 60_000 })
   const seconds = (Date.now() - t0) / 1000
-  const contents = (await readFile(`${out}.list`, 'utf8')).split('\n').map((l) => l.trim()).filter((l) => l !== '')
+  // lsinitramfs prints bare paths; lsinitrd prints `ls -l` lines (path last, maybe "-> target").
+  const contents = (await readFile(`${out}.list`, 'utf8')).split('\n')
+    .map((l) => l.trim().replace(/ -> .*$/, '').split(/\s+/).at(-1) ?? '')
+    .filter((l) => l !== '')
   return { initrd: out, seconds, log, contents }
 }
 
