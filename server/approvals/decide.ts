@@ -95,6 +95,11 @@ export async function approveRequest(deps: ServerDeps, op: OperatorRow, id: stri
     if ((await t.approvalVoters(a.id)).includes(op.name)) {
       return new UnlockdError('already_approved', `operator ${op.name} already approved this request; it needs ${a.required} distinct operators`)
     }
+    // k-of-n must mean k people: an operator minted after the request was opened (possibly by
+    // one of the approvers with a stolen token) does not count toward it.
+    if (a.required > 1 && op.createdAt > a.createdAt) {
+      return new UnlockdError('forbidden', `operator ${op.name} was added after this request was opened and cannot count toward its ${a.required} approvers`)
+    }
     const check = await checkOperatorCode(deps, t, op, code, now, { host: hostName, detail: { approval: a.id, via } })
     if (!check.ok) return check.error
     await t.addApprovalVote(a.id, op.id, now)

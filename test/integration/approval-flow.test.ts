@@ -498,3 +498,22 @@ test('host set / host show (CLI) end to end', async (t) => {
   t.regex(unknown.stderr, /no host named nope/)
   t.truthy((await auditActions(srv)).find((e) => e.action === 'host.policy' && e.actor === 'operator:admin'))
 })
+
+test('k-of-n: an operator added after the request was opened does not count', async (t) => {
+  const clock = testClock()
+  const srv = await server(t, clock)
+  const host = await enrollHost(t, srv, 'vault-2', { approval: 'always', approvers: 2 })
+  const alice = await addOperator(t, srv, 'alice')
+  clock.advance(5)
+  const r = await askUnlock(srv.transport, host, 'bootid-late')
+  if (r.status === 'released') return t.fail('expected 202')
+  clock.advance(5)
+  // alice (token + TOTP) mints a second operator and tries to complete the quorum alone.
+  const sock = await addOperator(t, srv, 'sock-puppet', codeNow(srv, alice))
+  t.is((await asOperator(srv, alice, 'POST', `/approvals/${r.approval.id}/approve`, { code: codeNow(srv, alice) })).status, 200)
+  const late = await asOperator(srv, sock, 'POST', `/approvals/${r.approval.id}/approve`, { code: codeNow(srv, sock) })
+  t.is(late.status, 403)
+  t.is(late.body.error, 'forbidden')
+  const still = await pollApproval(srv.transport, { keys: host.keys, hostId: host.hostId, bootId: 'bootid-late', approvalId: r.approval.id, holdMs: 1000 })
+  t.is(still.status, 'pending')
+})
