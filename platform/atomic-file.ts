@@ -12,7 +12,18 @@ import { randomBytes } from 'node:crypto'
 export function writeFileAtomic(path: string, data: Uint8Array | string, mode = 0o600): void {
   const dir = dirname(path)
   const tmp = join(dir, `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`)
-  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode)
+  writeExclusive(tmp, data, mode)
+  chmodSync(tmp, mode) // umask may have narrowed it; never widen beyond `mode`
+  renameSync(tmp, path)
+  fsyncDir(dir)
+}
+
+/**
+ * Create `path` (which must not exist: O_EXCL, plus `extraFlags`), write all of `data`, fsync.
+ * On a write failure the partial file is removed. The one place that writes file bytes.
+ */
+export function writeExclusive(path: string, data: Uint8Array | string, mode: number, extraFlags = 0): void {
+  const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | extraFlags, mode)
   try {
     const buf = typeof data === 'string' ? Buffer.from(data) : data
     let off = 0
@@ -20,13 +31,10 @@ export function writeFileAtomic(path: string, data: Uint8Array | string, mode = 
     fsyncSync(fd)
   } catch (err) {
     closeSync(fd)
-    unlinkSync(tmp)
+    unlinkSync(path)
     throw err
   }
   closeSync(fd)
-  chmodSync(tmp, mode) // umask may have narrowed it; never widen beyond `mode`
-  renameSync(tmp, path)
-  fsyncDir(dir)
 }
 
 export function fsyncDir(dir: string): void {
