@@ -49,7 +49,7 @@ if grep -q '"test:provisioning"' package.json; then run_suite npm run test:provi
 if grep -q '"test:boot"' package.json; then run_suite npm run test:boot; fi
 
 # Sum ava's summary lines ("12 tests passed", "1 test failed", "2 tests skipped", "1 uncaught exception").
-count() { grep -Eo "^ *[0-9]+ $1" "$log" | awk '{s+=$1} END {print s+0}'; }
+count() { { grep -Eo "^ *[0-9]+ $1" "$log" || true; } | awk '{s+=$1} END {print s+0}'; }
 passed=$(count 'tests? passed')
 failed=$(( $(count 'tests? failed') + $(count 'uncaught exceptions?') + $(count 'unhandled rejections?') ))
 skipped=$(count 'tests? skipped')
