@@ -19,7 +19,7 @@ __unlockd_pg() (
   local say='echo [pg.sh]'
 
   local pgbin
-  pgbin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+  pgbin="$(printf '%s\n' /usr/lib/postgresql/*/bin | grep -v '[*]' | sort -V | tail -n 1 || true)"
   if [[ -z "$pgbin" || ! -x "$pgbin/initdb" ]]; then
     if [[ "$(id -u)" != 0 ]]; then
       $say "PostgreSQL is not installed and this is not root: apt-get install postgresql" >&2
@@ -29,7 +29,7 @@ __unlockd_pg() (
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q --no-install-recommends postgresql postgresql-client >&2 \
       || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends postgresql postgresql-client >&2; }
-    pgbin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+    pgbin="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
   fi
 
   # initdb and postgres refuse to run as root: as root the cluster belongs to `postgres`.

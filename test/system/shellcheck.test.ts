@@ -12,7 +12,7 @@ import { join, relative } from 'node:path'
 import { findBin } from '../helpers/root.ts'
 
 const REPO = join(import.meta.dirname, '../..')
-const ROOTS = ['initramfs-hooks', 'vagrant', 'systemd', 'test/boot']
+const ROOTS = ['initramfs-hooks', 'vagrant', 'systemd', 'test/boot', 'tools', '.ci', 'provisioning']
 
 function walk(dir: string): string[] {
   let out: string[] = []
@@ -41,7 +41,8 @@ function shellOf(path: string): 'sh' | 'bash' | undefined {
   return undefined
 }
 
-const scripts = ROOTS.flatMap((r) => walk(join(REPO, r))).filter((p) => shellOf(p) !== undefined)
+// Jinja templates (.j2) are not shell until rendered; the rendered forms are checked by their own tests.
+const scripts = ROOTS.flatMap((r) => walk(join(REPO, r))).filter((p) => !p.endsWith('.j2') && shellOf(p) !== undefined)
 const shellcheck = findBin('shellcheck')
 
 if (shellcheck === undefined && (process.env['CI'] ?? '') === '') {
