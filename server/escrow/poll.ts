@@ -42,7 +42,7 @@ async function settle(deps: ServerDeps, hostId: string, approvalId: string, boot
     await t.updateHost(hostId, { lastSeenAt: now, lastUnlockAt: now, lastBootId: bootId, lastSource: source })
     await audit(t, now, `host:${host.name}`, 'unlock.release', host.name, { rule: a.rule, approval: a.id, source, bootId, volumes: volumes.map((v) => v.name) })
     return { status: 'released', host: hostId, volumes }
-  })
+  }, { host: hostId })
 }
 
 export async function pollApproval(deps: ServerDeps, jws: unknown, source: string, signal?: AbortSignal): Promise<UnlockResponse> {
@@ -51,14 +51,14 @@ export async function pollApproval(deps: ServerDeps, jws: unknown, source: strin
   if (p.host !== signer.id) throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
   checkIat(deps, p.iat)
   // Waiting is not being seen (see release.ts): lastSeenAt moves only when keys are released.
-  await deps.store.tx((t) => consumeNonceOrThrow(t, p.nonce, deps.now()))
+  await deps.store.tx((t) => consumeNonceOrThrow(t, p.nonce, deps.now()), { host: signer.id })
   const deadline = Date.now() + deps.settings.pollHold * 1000
   for (;;) {
     const r = await settle(deps, signer.id, p.approval, p.bootId, source)
     if (r instanceof PolicyDenied) throw r
     if (r !== 'wait') return r
     const left = deadline - Date.now()
-    const a = await deps.store.tx((t) => t.getApproval(p.approval))
+    const a = await deps.store.tx((t) => t.getApproval(p.approval), { host: signer.id })
     if (left <= 0 || signal?.aborted) return { status: 'pending', host: signer.id, approval: { id: p.approval, expiresAt: a?.expiresAt ?? 0, rule: a?.rule ?? '' } }
     // Wake on a decision in this process, or re-check the database every 2 s (other instances).
     const ac = new AbortController()

@@ -80,7 +80,7 @@ export async function unlock(deps: ServerDeps, jws: unknown, source: string): Pr
     await t.updateHost(host.id, { lastSeenAt: now, lastSource: source, lastUnlockAt: now, lastBootId: payload.bootId })
     await audit(t, now, actor, 'unlock.release', host.name, { rule: decision.rule, source, bootId: payload.bootId, volumes: volumes.map((v) => v.name) })
     return { status: 'released', host: host.id, volumes }
-  })
+  }, { host: signer.id })
   if (result instanceof PolicyDenied) throw result
   return result
 }

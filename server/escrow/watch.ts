@@ -32,7 +32,7 @@ async function currentOrder(deps: ServerDeps, hostId: string): Promise<WatchResp
       await audit(t, now, 'system', 'shred.order_sent', host.name, { hostId, volumes: order.volumes })
     }
     return { order: 'shred', volumes: order.volumes }
-  })
+  }, { host: hostId })
 }
 
 export async function watch(deps: ServerDeps, jws: unknown, signal?: AbortSignal): Promise<WatchResponse> {
@@ -45,7 +45,7 @@ export async function watch(deps: ServerDeps, jws: unknown, signal?: AbortSignal
     await consumeNonceOrThrow(t, p.nonce, now)
     const host = (await t.getHost(signer.id)) as HostRow
     if (host.state === 'active' && host.lastBootId !== null && host.lastBootId === p.bootId) await t.updateHost(host.id, { lastSeenAt: now })
-  })
+  }, { host: signer.id })
   const deadline = Date.now() + deps.settings.pollHold * 1000
   for (;;) {
     const r = await currentOrder(deps, signer.id)

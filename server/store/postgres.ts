@@ -13,8 +13,10 @@
  *    writers would collide there and one would abort and rerun, and a rerun repeats effects
  *    outside the database (approval-seam.ts emits an event inside the transaction);
  *  - waiting on a lock never reruns `fn`, never livelocks, and needs no retry bound.
- * The price is throughput (one transaction at a time across the cluster: a few ms each), which
- * fits a boot-time unlock service; several instances are for availability. The lock waits at
+ * The hot path is narrowed: a transaction that declares `{ host }` (unlock, approval poll,
+ * watch) takes STORE_LOCK shared plus an exclusive lock for that host, so the checks above stay
+ * race-free per host while instances serve different hosts in parallel; only the audit append
+ * (AUDIT_LOCK, held from the append to commit) is then cluster-wide. The lock waits at
  * most `lock_timeout`, and a stalled instance cannot keep it past
  * `idle_in_transaction_session_timeout`.
  *
@@ -27,6 +29,7 @@
  * Number(); every value we store is a Unix time, counter or step, far below 2^53), BYTEA as
  * Buffer (copied into Uint8Array by the mappers).
  */
+import { createHash } from 'node:crypto'
 import pg from 'pg'
 import { AUDIT_GENESIS, auditHash } from '../../shared/audit.ts'
 import { UnlockdError } from '../../shared/errors.ts'
@@ -44,6 +47,12 @@ type Row = Record<string, unknown>
 const MIGRATE_LOCK = '8461819956693041153'
 const STORE_LOCK = '8461819956693041154'
 const AUDIT_LOCK = '8461819956693041155'
+
+/** A stable 63-bit advisory lock key per host id (SHA-256 prefix; collisions only over-serialize). */
+function hostLockKey(hostId: string): string {
+  const h = createHash('sha256').update(`unlockd-host:${hostId}`).digest()
+  return (h.readBigUInt64BE(0) & 0x7fffffffffffffffn).toString()
+}
 
 const LOCK_TIMEOUT_MS = 30_000
 const IDLE_IN_TX_TIMEOUT_MS = 60_000
@@ -145,6 +154,12 @@ export class PostgresStore implements Store {
         // Non-durable work (issuing a random nonce) is one independent insert: it needs neither
         // the one-writer lock nor a synchronous commit, and taking them made storms lock-bound.
         await run(c, state, 'SET LOCAL synchronous_commit = off')
+      } else if (opts.host !== undefined) {
+        // Reader-writer scheme: host transactions share STORE_LOCK (whole-store transactions
+        // such as shred or KEK rotation hold it exclusively) and exclude each other per host.
+        // Lock order is always STORE_LOCK → host → AUDIT_LOCK, so no deadlock is possible.
+        await run(c, state, `SELECT pg_advisory_xact_lock_shared(${STORE_LOCK})`)
+        await c.query('SELECT pg_advisory_xact_lock($1::bigint)', [hostLockKey(opts.host)])
       } else {
         await run(c, state, `SELECT pg_advisory_xact_lock(${STORE_LOCK})`)
       }

@@ -159,6 +159,13 @@ export interface TxOptions {
    * (the host fetches another). Default true. SQLite: synchronous=NORMAL for this commit.
    */
   durable?: boolean
+  /**
+   * The transaction touches only this host's rows (plus the single-use tables, whose operations
+   * are atomic on their own). PostgreSQL then serializes it only against transactions of the
+   * same host and against whole-store transactions, so instances unlock different hosts in
+   * parallel. SQLite has one writer anyway and ignores it.
+   */
+  host?: string
 }
 
 export interface Store {

@@ -98,3 +98,24 @@ pgOnly('two instances on one PostgreSQL: a nonce from A works once at B, and its
   t.deepEqual(both.map((r) => r.status).sort(), [200, 403])
   t.is(both.find((r) => r.status === 403)?.body.error, 'nonce_reused')
 })
+
+pgOnly('a rate limit holds across instances under concurrent unlocks of one host; other hosts proceed', async (t) => {
+  const { a, b } = await twoInstances(t)
+  const h = await enrolledHost(a, 'rl-1')
+  const other = await enrolledHost(a, 'rl-2')
+  t.is((await a.admin('PATCH', '/hosts/rl-1/policy', { maxUnlocks: { count: 3, periodSeconds: 3600 } })).status, 200)
+  const attempts = Array.from({ length: 12 }, (_, i) =>
+    requestUnlock((i % 2 ? a : b).transport, { keys: h.keys, hostId: h.hostId, bootId: 'boot-rl01', volumes: [] })
+      .then((r) => r.status)
+      .catch((e: { code?: string }) => e.code ?? 'error'))
+  const others = Array.from({ length: 6 }, (_, i) =>
+    requestUnlock((i % 2 ? a : b).transport, { keys: other.keys, hostId: other.hostId, bootId: 'boot-rl02', volumes: [] }).then((r) => r.status))
+  const results = await Promise.all(attempts)
+  t.is(results.filter((r) => r === 'released').length, 3, JSON.stringify(results))
+  t.is(results.filter((r) => r === 'rate_limited').length, 9, JSON.stringify(results))
+  t.deepEqual(await Promise.all(others), Array(6).fill('released'))
+  // The audit chain stayed linear under concurrent appends from both instances.
+  const { verifyAuditChain } = await import('../../shared/audit.ts')
+  const { body } = await a.admin('GET', '/audit?limit=10000')
+  t.true((await verifyAuditChain(body.entries)).ok)
+})
