@@ -1,5 +1,6 @@
 /**
- * PostgreSQL for tests: `UNLOCKD_TEST_PG_URL` (set by `source .ci/pg.sh`) names a role that may
+ * PostgreSQL for tests: `UNLOCKD_TEST_PG_URL` (set by `source .ci/pg.sh`), or else the URL that
+ * tools/test-deps.sh wrote to .tmp/pg-url, names a role that may
  * create databases. Each test gets a database of its own, dropped at teardown.
  *
  * `pgUnavailable()` says why PostgreSQL tests cannot run; callers skip them loudly, except under
@@ -12,18 +13,23 @@
  */
 import type { ExecutionContext } from 'ava'
 import { randomBytes } from 'node:crypto'
+import { existsSync, readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 
 export const PG_URL_ENV = 'UNLOCKD_TEST_PG_URL'
 
+/** Where tools/test-deps.sh leaves the URL of the PostgreSQL it started (0600). */
+const PG_URL_FILE = fileURLToPath(new URL('../../.tmp/pg-url', import.meta.url))
+
 export function pgUrl(): string | undefined {
-  const url = process.env[PG_URL_ENV] ?? ''
+  const url = process.env[PG_URL_ENV] || (existsSync(PG_URL_FILE) ? readFileSync(PG_URL_FILE, 'utf8').trim() : '')
   return url === '' ? undefined : url
 }
 
 /** Why PostgreSQL tests cannot run here, or undefined when they can. */
 export function pgUnavailable(): string | undefined {
-  return pgUrl() === undefined ? `${PG_URL_ENV} is not set (run \`source .ci/pg.sh\` first)` : undefined
+  return pgUrl() === undefined ? `${PG_URL_ENV} is not set and .tmp/pg-url is missing (run \`bash tools/test-deps.sh\` or \`source .ci/pg.sh\` first)` : undefined
 }
 
 export const inCi = (): boolean => (process.env['CI'] ?? '') !== ''
