@@ -10,11 +10,11 @@
  * connection, which never hits that. So {@link tangRecExchange} opens a new connection per
  * request (node:http with `agent: false`).
  */
+import { freePort } from '../../test/helpers/net.ts'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import http from 'node:http'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { b64uDecode, fromUtf8 } from '../../shared/crypto/bytes.ts'
@@ -66,17 +66,6 @@ export function checkTang(): { ok: boolean; missing: string[]; launchers: TangLa
   return { ok: missing.length === 0, missing, launchers }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address()
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0
-      srv.close(() => resolve(port))
-    })
-  })
-}
 
 function runQuiet(cmd: string, args: readonly string[], timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {

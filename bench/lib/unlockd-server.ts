@@ -10,11 +10,11 @@
  * Everything else is the default (SQLite WAL with synchronous=FULL, access log on stdout, here
  * redirected to a file in the data directory).
  */
+import { freePort } from '../../test/helpers/net.ts'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import http from 'node:http'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -62,17 +62,6 @@ function runCli(args: readonly string[], env: Record<string, string> = {}): Prom
   })
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address()
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0
-      srv.close(() => resolve(port))
-    })
-  })
-}
 
 /** `unlockd server init` in a fresh directory, with the load-test settings in server.json. */
 export async function initDataDir(opts: { db?: string } = {}): Promise<DataDir> {

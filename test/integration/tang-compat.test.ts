@@ -7,13 +7,13 @@
  * loudly, unless CI is set, in which case that is a failure.
  * All traffic goes to 127.0.0.1.
  */
+import { freePort } from '../helpers/net.ts'
 import test from 'ava'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { accessSync, constants as fsConstants } from 'node:fs'
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import http from 'node:http'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { serve } from '@hono/node-server'
@@ -116,17 +116,6 @@ async function mustRun(cmd: string, args: readonly string[], input?: string | Ui
   return r.stdout
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address()
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0
-      srv.close(() => resolve(port))
-    })
-  })
-}
 
 /**
  * A FetchLike over node:http with a fresh connection per request (`agent: false`), like clevis's

@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
+import { freePort } from '../helpers/net.ts'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { rootTest } from '../helpers/root.ts'
@@ -16,14 +16,6 @@ import { startTestServer } from '../helpers/server.ts'
 import { runCli, UNLOCKD } from '../helpers/cli.ts'
 import { listen } from '../helpers/notify-socket.ts'
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 rootTest('the agent waits for a server that comes up late, tells systemd, then unlocks', async (t) => {
   const dir = await tempDir(t)
