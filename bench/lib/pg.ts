@@ -5,12 +5,12 @@
  * apt-get when missing, creates the cluster once and starts it). A cluster this module started
  * is stopped again by `release()`.
  */
+import { adminQuery } from '../../test/helpers/pg.ts'
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import net from 'node:net'
 import path from 'node:path'
-import pg from 'pg'
 import { ROOT } from './unlockd-server.ts'
 
 const PG_SH = path.join(ROOT, '.ci/pg.sh')
@@ -31,20 +31,10 @@ function sh(args: readonly string[]): Promise<{ code: number | null; out: string
   })
 }
 
-async function query(url: string, sql: string): Promise<void> {
-  const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 })
-  c.on('error', () => {})
-  await c.connect()
-  try {
-    await c.query(sql)
-  } finally {
-    await c.end()
-  }
-}
 
 async function reachable(url: string): Promise<boolean> {
   try {
-    await query(url, 'SELECT 1')
+    await adminQuery(url, 'SELECT 1')
     return true
   } catch {
     return false
@@ -87,14 +77,14 @@ export async function benchPostgres(log: (line: string) => void): Promise<BenchP
   }
   if (!(await reachable(base))) return { unavailable: `PostgreSQL at ${source} is not reachable` }
   const name = `unlockd_bench_${randomBytes(6).toString('hex')}`
-  await query(base, `CREATE DATABASE ${name}`)
+  await adminQuery(base, `CREATE DATABASE ${name}`)
   const u = new URL(base)
   u.pathname = `/${name}`
   return {
     url: u.toString(),
     source,
     async release() {
-      await query(base, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch((e: unknown) => log(`drop ${name}: ${String(e)}`))
+      await adminQuery(base, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch((e: unknown) => log(`drop ${name}: ${String(e)}`))
       if (started) await sh(['stop'])
     },
   }

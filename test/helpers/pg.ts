@@ -58,7 +58,8 @@ export async function freshPgDatabase(t: Pick<ExecutionContext<unknown>, 'teardo
   return u.toString()
 }
 
-async function adminQuery(url: string, sql: string): Promise<void> {
+/** Run one statement on its own short-lived connection (CREATE/DROP DATABASE, probes). */
+export async function adminQuery(url: string, sql: string): Promise<void> {
   const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 })
   c.on('error', () => {})
   await c.connect()
