@@ -10,10 +10,8 @@ import { adminRoutes } from './routes/admin-api.ts'
 import { hostRoutes } from './routes/host-api.ts'
 import { approvePageRoutes } from './routes/approve-page.ts'
 import { installNotifier } from './approvals/notify.ts'
-import { shredRoutes } from './routes/shred-api.ts'
 import { watchRoutes } from './routes/watch-api.ts'
 import { tangRoutes } from './routes/tang-api.ts'
-import { tangAdminRoutes } from './routes/tang-admin-api.ts'
 
 export function createApp(deps: ServerDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>()
@@ -30,10 +28,8 @@ export function createApp(deps: ServerDeps): Hono<AppEnv> {
   app.route('/approve', approvePageRoutes(deps))
   installNotifier(deps) // webhook on every new approval request (listener only, no I/O here)
   app.route('/v1', watchRoutes(deps))
-  app.route('/v1/admin', shredRoutes(deps))
   // Tang hosts (issue 8): stock clevis against /tang/NAME, with per-host policy and shred.
   app.route('/tang', tangRoutes(deps))
-  app.route('/v1/admin', tangAdminRoutes(deps))
   app.notFound((c) => c.json({ error: 'not_found', message: 'no such route' }, 404))
   app.onError((err, c) => renderError(c, err, deps.log))
   return app

@@ -6,7 +6,7 @@ import type { ServerDeps } from './context.ts'
 import { livenessJob } from './approvals/liveness.ts'
 import { rotateIfDue } from './keys/rotation.ts'
 
-export type MaintenanceJob = (deps: ServerDeps) => Promise<void>
+type MaintenanceJob = (deps: ServerDeps) => Promise<void>
 
 const jobs: MaintenanceJob[] = [
   async (deps) => {
@@ -23,12 +23,12 @@ const jobs: MaintenanceJob[] = [
 ]
 
 /** Run every job now and then every `intervalMs`; returns a stop function. */
-export function runMaintenance(deps: ServerDeps, intervalMs = 60_000, extra: MaintenanceJob[] = []): () => void {
+export function runMaintenance(deps: ServerDeps, intervalMs = 60_000): () => void {
   let running = false
   const tick = async (): Promise<void> => {
     if (running) return
     running = true
-    for (const job of [...jobs, ...extra]) {
+    for (const job of jobs) {
       try {
         await job(deps)
       } catch (err) {

@@ -6,6 +6,7 @@
 import type { Context, MiddlewareHandler } from 'hono'
 import type { IncomingMessage } from 'node:http'
 import { UnlockdError } from '../../shared/errors.ts'
+import { NAME_RE } from '../../shared/protocol/validate.ts'
 import type { ServerDeps } from '../context.ts'
 import type { OperatorRow } from '../store/store.ts'
 import { hashToken, hashesEqual, newId, tokenFormatOk } from '../escrow/secrets.ts'
@@ -33,6 +34,12 @@ export function accessLog(deps: ServerDeps): MiddlewareHandler<AppEnv> {
       status: c.res.status, ms: Math.round((performance.now() - t0) * 10) / 10, ip: sourceAddress(c), code: c.get('errCode'),
     })
   }
+}
+
+/** A host name from a route parameter, checked before it reaches a use case. */
+export function hostNameParam(v: string): string {
+  if (!NAME_RE.test(v)) throw new UnlockdError('bad_request', 'host name must be 1-64 chars of a-z 0-9 _ . -')
+  return v
 }
 
 export const MAX_BODY = 256 * 1024

@@ -2,16 +2,13 @@
 import { Hono } from 'hono'
 import { UnlockdError } from '../../shared/errors.ts'
 import { parseCreateToken, parsePolicyPatch } from '../../shared/protocol/messages.ts'
-import { NAME_RE } from '../../shared/protocol/validate.ts'
 import type { ServerDeps } from '../context.ts'
 import { createEnrollToken, listAudit, listHosts, listTokens, revokeToken, setHostPolicy, setHostState, showHost } from '../escrow/admin.ts'
-import { jsonBody, operatorAuth, type AppEnv } from '../http/middleware.ts'
+import { hostNameParam, jsonBody, operatorAuth, type AppEnv } from '../http/middleware.ts'
 import { approvalAdminRoutes } from './approval-api.ts'
+import { shredRoutes } from './shred-api.ts'
+import { tangAdminRoutes } from './tang-admin-api.ts'
 
-function hostName(v: string): string {
-  if (!NAME_RE.test(v)) throw new UnlockdError('bad_request', 'host name must be 1-64 chars of a-z 0-9 _ . -')
-  return v
-}
 
 export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
   const r = new Hono<AppEnv>()
@@ -20,14 +17,14 @@ export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
 
   r.get('/whoami', (c) => c.json({ operator: c.get('operator').name }))
   r.get('/hosts', async (c) => c.json({ hosts: await listHosts(deps) }))
-  r.get('/hosts/:name', async (c) => c.json(await showHost(deps, hostName(c.req.param('name')))))
+  r.get('/hosts/:name', async (c) => c.json(await showHost(deps, hostNameParam(c.req.param('name')))))
   r.post('/hosts/:name/suspend', async (c) => {
     const body = c.req.header('content-length') && c.req.header('content-length') !== '0' ? await jsonBody(c) : {}
     const reason = typeof (body as { reason?: unknown }).reason === 'string' ? ((body as { reason: string }).reason).slice(0, 200) : null
-    return c.json(await setHostState(deps, actor(c), hostName(c.req.param('name')), 'suspended', reason))
+    return c.json(await setHostState(deps, actor(c), hostNameParam(c.req.param('name')), 'suspended', reason))
   })
-  r.post('/hosts/:name/resume', async (c) => c.json(await setHostState(deps, actor(c), hostName(c.req.param('name')), 'active', null)))
-  r.patch('/hosts/:name/policy', async (c) => c.json(await setHostPolicy(deps, actor(c), hostName(c.req.param('name')), parsePolicyPatch(await jsonBody(c)))))
+  r.post('/hosts/:name/resume', async (c) => c.json(await setHostState(deps, actor(c), hostNameParam(c.req.param('name')), 'active', null)))
+  r.patch('/hosts/:name/policy', async (c) => c.json(await setHostPolicy(deps, actor(c), hostNameParam(c.req.param('name')), parsePolicyPatch(await jsonBody(c)))))
 
   r.post('/tokens', async (c) => c.json(await createEnrollToken(deps, actor(c), parseCreateToken(await jsonBody(c))), 201))
   r.get('/tokens', async (c) => c.json({ tokens: await listTokens(deps) }))
@@ -46,5 +43,7 @@ export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
   })
   // Human approval and operators (issue 4); behind the bearer check above.
   r.route('/', approvalAdminRoutes(deps))
+  r.route('/', shredRoutes(deps))
+  r.route('/', tangAdminRoutes(deps))
   return r
 }

@@ -1,30 +1,19 @@
 /**
  * Operator routes of issue 5 under /v1/admin: crypto-shred, KEK rotation and status, escrow
- * export. Every route needs an operator bearer token; shred (not its dry run) also needs the
+ * export. Mounted inside adminRoutes, behind its one operator-token check; shred (not its dry run) also needs the
  * operator's TOTP code in the body.
  */
-import { Hono, type MiddlewareHandler } from 'hono'
-import { UnlockdError } from '../../shared/errors.ts'
-import { NAME_RE } from '../../shared/protocol/validate.ts'
+import { Hono } from 'hono'
 import { parseShredRequest } from '../../shared/protocol/shred.ts'
 import type { ServerDeps } from '../context.ts'
 import { exportEscrow } from '../escrow/escrow-export.ts'
 import { shred } from '../escrow/shred.ts'
 import { kekStatus, rotateKek } from '../keys/rotation.ts'
-import { jsonBody, operatorAuth, type AppEnv } from '../http/middleware.ts'
+import { hostNameParam, jsonBody, type AppEnv } from '../http/middleware.ts'
 
-/** Operator auth, unless a router mounted on the same prefix already did it for this request. */
-function requireOperator(deps: ServerDeps): MiddlewareHandler<AppEnv> {
-  const auth = operatorAuth(deps)
-  return async (c, next) => {
-    if (c.get('operator')) return next()
-    return auth(c, next)
-  }
-}
 
 export function shredRoutes(deps: ServerDeps): Hono<AppEnv> {
   const r = new Hono<AppEnv>()
-  r.use('*', requireOperator(deps))
 
   r.post('/shred', async (c) => c.json(await shred(deps, c.get('operator'), parseShredRequest(await jsonBody(c)))))
 
@@ -36,8 +25,7 @@ export function shredRoutes(deps: ServerDeps): Hono<AppEnv> {
   })
 
   r.post('/hosts/:name/escrow-export', async (c) => {
-    const name = c.req.param('name')
-    if (!NAME_RE.test(name)) throw new UnlockdError('bad_request', 'host name must be 1-64 chars of a-z 0-9 _ . -')
+    const name = hostNameParam(c.req.param('name'))
     c.header('Cache-Control', 'no-store')
     return c.json(await exportEscrow(deps, `operator:${c.get('operator').name}`, name))
   })
