@@ -4,10 +4,11 @@
  * image is built from (its copy of the config, with the guest-side server address).
  */
 import { randomBytes } from 'node:crypto'
-import { createServer } from 'node:net'
-import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, truncate, unlink, writeFile } from 'node:fs/promises'
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, unlink, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import type { ExecutionContext } from 'ava'
+import test, { type ExecutionContext } from 'ava'
+import { freePort } from '../helpers/net.ts'
 import { mustRun } from '../helpers/root.ts'
 import { REPO, bootUnavailable, stageFile } from './env.ts'
 import { GUEST_HOST, GUEST_PORT, cli, type Escrow } from './escrow.ts'
@@ -45,6 +46,43 @@ echo "NET: $(/bin/busybox ip -4 -o addr show 2>/dev/null | /bin/busybox grep -vc
 echo "ROOTFS: done"
 /bin/busybox poweroff -f
 `
+}
+
+export interface WorldScope {
+  /** A private scratch directory, removed after the file's last test. */
+  dir: string
+  /** Run `fn` after the file's last test (last registered, first run). */
+  teardown(fn: () => Promise<void> | void): void
+  log(line: string): void
+}
+
+/**
+ * One expensive world per test file (chroot, escrow server, enrolled disk, initramfs): built by
+ * the first test that asks, shared by the rest, torn down after the file. `label` prefixes the
+ * progress lines on the console.
+ */
+export function fileWorld<W>(label: string, make: (s: WorldScope) => Promise<W>): (t: ExecutionContext) => Promise<W> {
+  const cleanups: (() => Promise<void> | void)[] = []
+  test.after.always(async () => {
+    for (const fn of cleanups.reverse()) await fn()
+  })
+  let world: Promise<W> | undefined
+  return (t) => {
+    world ??= (async () => {
+      await checkPrerequisites()
+      const dir = await mkdtemp(join(tmpdir(), `unlockd-${label}-`))
+      cleanups.push(() => rm(dir, { recursive: true, force: true }))
+      return make({
+        dir,
+        teardown: (fn) => void cleanups.push(fn),
+        log: (line) => {
+          t.log(line)
+          console.log(`[${label}] ${line}`)
+        },
+      })
+    })()
+    return world
+  }
 }
 
 export async function checkPrerequisites(): Promise<void> {
@@ -145,7 +183,7 @@ export async function bootGuest(t: ExecutionContext, o: { kernel: string; initrd
   const logFile = join(await consoleLogDir(), `boot-${n}.log`)
   const vm = await bootVm(t, {
     kernel: o.kernel, initrd: o.initrd, disk, logFile, timeoutMs: BOOT_LIMIT_MS, append: o.append,
-    forwards: [{ guestPort: GUEST_PORT, hostPort: o.hostPort ?? (await closedPort()) }],
+    forwards: [{ guestPort: GUEST_PORT, hostPort: o.hostPort ?? (await freePort()) }],
     ...(o.memoryMiB ? { memoryMiB: o.memoryMiB } : {}),
   })
   t.teardown(() => unlink(disk).catch(() => {}))
@@ -153,14 +191,6 @@ export async function bootGuest(t: ExecutionContext, o: { kernel: string; initrd
   return vm
 }
 
-/** A loopback port nothing listens on. */
-async function closedPort(): Promise<number> {
-  const s = createServer()
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
-  const port = (s.address() as { port: number }).port
-  await new Promise((r) => s.close(r))
-  return port
-}
 
 /** Wait for the tiny OS to report and power off; check it left nothing of unlockd behind. */
 export async function finishGuest(t: ExecutionContext, vm: Vm, marker: string, o: { networkDown: boolean }): Promise<string> {

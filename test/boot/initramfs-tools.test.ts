@@ -13,14 +13,13 @@
  *
  * Boot-to-unlock time is printed, never asserted. Run with `npm run test:boot`.
  */
-import { mkdtemp, rm, stat, unlink } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
-import test, { type ExecutionContext } from 'ava'
+import type { ExecutionContext } from 'ava'
 import { mustRun, rootTest } from '../helpers/root.ts'
 import { BOOT_BINS, buildInitramfs, debianChroot, type Chroot } from './env.ts'
 import { GUEST_HOST, GUEST_PORT, startEscrow, type Escrow } from './escrow.ts'
-import { BOOT_LIMIT_MS, bootGuest, checkPrerequisites, enrolledRootDisk, finishGuest, report, stageGuest, type EnrolledDisk } from './host.ts'
+import { BOOT_LIMIT_MS, bootGuest, fileWorld, enrolledRootDisk, finishGuest, report, stageGuest, type EnrolledDisk } from './host.ts'
 import type { Vm } from './qemu.ts'
 
 const NEEDS = { bins: BOOT_BINS, serial: true }
@@ -39,28 +38,10 @@ interface World {
   stage: string
 }
 
-const cleanups: (() => Promise<void> | void)[] = []
-const shared = { teardown: (fn: () => Promise<void> | void) => void cleanups.push(fn) }
-test.after.always(async () => {
-  for (const fn of cleanups.reverse()) await fn()
-})
-
-let world: Promise<World> | undefined
-function setup(t: ExecutionContext): Promise<World> {
-  world ??= makeWorld((line) => {
-    t.log(line)
-    console.log(`[boot] ${line}`)
-  })
-  return world
-}
-
-async function makeWorld(log: (line: string) => void): Promise<World> {
-  await checkPrerequisites()
-  const dir = await mkdtemp(join(tmpdir(), 'unlockd-boot-'))
-  cleanups.push(() => rm(dir, { recursive: true, force: true }))
+const setup = fileWorld('boot', async ({ dir, teardown, log }): Promise<World> => {
   const t0 = Date.now()
   const chroot = await debianChroot('initramfs-tools', log)
-  const escrow = await startEscrow(shared, dir)
+  const escrow = await startEscrow({ teardown }, dir)
   log(`escrow server at ${escrow.url} (guest: https://${GUEST_HOST}:${GUEST_PORT})`)
   const disk = await enrolledRootDisk(dir, escrow, HOST)
   log(`enrolled ${HOST}: root volume UUID=${disk.uuid}`)
@@ -72,7 +53,7 @@ async function makeWorld(log: (line: string) => void): Promise<World> {
   const build = await buildInitramfs(chroot, 'initramfs-tools', join(dir, 'build'), stage)
   log(`update-initramfs with the unlockd hook took ${build.seconds.toFixed(1)} s; setup ${((Date.now() - t0) / 1000).toFixed(1)} s in all`)
   return { dir, chroot, escrow, disk, initrd: build.initrd, contents: build.contents, buildSeconds: build.seconds, stage }
-}
+})
 
 function boot(t: ExecutionContext, w: World, o: { append?: string; reachable?: boolean }): Promise<Vm> {
   return bootGuest(t, {

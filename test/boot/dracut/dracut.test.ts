@@ -6,14 +6,12 @@
  * for the LUKS2 root through the escrow server on host loopback (guestfwd only). A second boot
  * with unlockd=off takes the typed passphrase on the console instead.
  */
-import { mkdtemp, rm, stat } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import test, { type ExecutionContext } from 'ava'
 import { rootTest } from '../../helpers/root.ts'
 import { BOOT_BINS, buildInitramfs, debianChroot, type Chroot } from '../env.ts'
 import { startEscrow, type Escrow } from '../escrow.ts'
-import { BOOT_LIMIT_MS, bootGuest, checkPrerequisites, enrolledRootDisk, finishGuest, report, stageGuest, type EnrolledDisk } from '../host.ts'
+import { BOOT_LIMIT_MS, bootGuest, fileWorld, enrolledRootDisk, finishGuest, report, stageGuest, type EnrolledDisk } from '../host.ts'
 
 const NEEDS = { bins: BOOT_BINS, serial: true }
 const HOST = 'boot-dracut'
@@ -28,27 +26,9 @@ interface World {
   buildSeconds: number
 }
 
-const cleanups: (() => Promise<void> | void)[] = []
-const shared = { teardown: (fn: () => Promise<void> | void) => void cleanups.push(fn) }
-test.after.always(async () => {
-  for (const fn of cleanups.reverse()) await fn()
-})
-
-let world: Promise<World> | undefined
-function setup(t: ExecutionContext): Promise<World> {
-  world ??= makeWorld((line) => {
-    t.log(line)
-    console.log(`[dracut] ${line}`)
-  })
-  return world
-}
-
-async function makeWorld(log: (line: string) => void): Promise<World> {
-  await checkPrerequisites()
-  const dir = await mkdtemp(join(tmpdir(), 'unlockd-dracut-'))
-  cleanups.push(() => rm(dir, { recursive: true, force: true }))
+const setup = fileWorld('dracut', async ({ dir, teardown, log }): Promise<World> => {
   const chroot = await debianChroot('dracut', log)
-  const escrow = await startEscrow(shared, dir)
+  const escrow = await startEscrow({ teardown }, dir)
   const disk = await enrolledRootDisk(dir, escrow, HOST)
   log(`enrolled ${HOST}: root volume UUID=${disk.uuid}`)
   await stageGuest(join(dir, 'stage'), disk, {
@@ -66,7 +46,7 @@ async function makeWorld(log: (line: string) => void): Promise<World> {
   const build = await buildInitramfs(chroot, 'dracut', join(dir, 'build'), join(dir, 'stage'))
   log(`dracut with the unlockd module took ${build.seconds.toFixed(1)} s`)
   return { dir, chroot, escrow, disk, initrd: build.initrd, contents: build.contents, buildSeconds: build.seconds }
-}
+})
 
 function append(w: World, extra = ''): string {
   const u = w.disk.uuid
