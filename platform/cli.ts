@@ -180,12 +180,16 @@ async function promptHidden(question: string): Promise<string> {
   return new Promise((resolve) => rl.question('', (a) => { rl.close(); process.stderr.write('\n'); resolve(a) }))
 }
 
+/** Ask one question on the terminal (prompt on stderr) and return the trimmed answer. */
+export async function ask(question: string): Promise<string> {
+  const { createInterface } = await import('node:readline')
+  const rl = createInterface({ input: process.stdin, output: process.stderr })
+  return new Promise<string>((resolve) => rl.question(question, (x) => { rl.close(); resolve(x.trim()) }))
+}
+
 /** Default-no confirmation for destructive commands (fscrypt prompt.go). */
 export async function confirm(io: CliIo, question: string, yes: boolean): Promise<void> {
   if (yes) return
   if (!io.interactive) throw new UnlockdError('destructive_needs_force', 'refusing a destructive action without a terminal; add --yes to confirm')
-  const { createInterface } = await import('node:readline')
-  const rl = createInterface({ input: process.stdin, output: process.stderr })
-  const a = await new Promise<string>((resolve) => rl.question(`${question} [y/N] `, (x) => { rl.close(); resolve(x) }))
-  if (!/^y(es)?$/i.test(a.trim())) throw new UnlockdError('destructive_needs_force', 'cancelled')
+  if (!/^y(es)?$/i.test(await ask(`${question} [y/N] `))) throw new UnlockdError('destructive_needs_force', 'cancelled')
 }

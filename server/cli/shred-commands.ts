@@ -7,7 +7,7 @@ import { UnlockdError } from '../../shared/errors.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import { TOTP_CODE_RE } from '../../shared/protocol/messages.ts'
 import { parseEscrowExport, parseKekStatus, parseShredResult, type KekStatusView, type ShredResult } from '../../shared/protocol/shred.ts'
-import { EXIT, confirm, fmtTime, output, readSecret, usage, type CliIo, type Command, type Values } from '../../platform/cli.ts'
+import { EXIT, ask, confirm, fmtTime, output, readSecret, usage, type CliIo, type Command, type Values } from '../../platform/cli.ts'
 import { writeNewPrivateFile } from '../../platform/private-file.ts'
 import { Keystore, backupPathOf } from '../keys/keystore.ts'
 import { KEYSTORE_FILE } from '../setup.ts'
@@ -21,9 +21,7 @@ async function readCode(values: Values, io: CliIo): Promise<string> {
   let code = values['code'] as string | undefined
   if (code === undefined) {
     if (!io.interactive) usage('--code CODE is required (your current TOTP code)')
-    const { createInterface } = await import('node:readline')
-    const rl = createInterface({ input: process.stdin, output: process.stderr })
-    code = await new Promise<string>((res) => rl.question('TOTP code: ', (a) => { rl.close(); res(a.trim()) }))
+    code = await ask('TOTP code: ')
   }
   if (!TOTP_CODE_RE.test(code)) usage('--code must be a 6-digit TOTP code')
   return code
