@@ -13,9 +13,16 @@ import { openVolume } from './volumes/luks.ts'
 import { existsSync } from 'node:fs'
 
 /** Open the blob after checking it is byte-for-byte the one this host enrolled. */
-export async function volumeKeyFrom(rel: ReleasedVolume, vol: VolumeConfig, keys: HostKeys): Promise<Uint8Array> {
+export async function volumeKeyFrom(
+  rel: ReleasedVolume,
+  vol: VolumeConfig,
+  keys: HostKeys,
+): Promise<Uint8Array> {
   if ((await blobDigest(rel.blob)) !== vol.blobDigest) {
-    throw new UnlockdError('integrity_failed', `the blob released for ${vol.name} is not the one this host enrolled (altered in transit or at rest)`)
+    throw new UnlockdError(
+      'integrity_failed',
+      `the blob released for ${vol.name} is not the one this host enrolled (altered in transit or at rest)`,
+    )
   }
   return openEscrowBlob(rel.blob, keys.sealing)
 }
@@ -31,7 +38,11 @@ export function mapperName(vol: LuksVolumeConfig): string {
   return vol.name
 }
 
-export async function unlockLuks(vol: LuksVolumeConfig, key: Uint8Array, test: boolean): Promise<void> {
+export async function unlockLuks(
+  vol: LuksVolumeConfig,
+  key: Uint8Array,
+  test: boolean,
+): Promise<void> {
   try {
     await openVolume(luksDevice(vol), mapperName(vol), key, { test })
   } finally {
@@ -47,7 +58,10 @@ export async function unlockFscrypt(vol: FscryptVolumeConfig, key: Uint8Array): 
       // A wrong key yields another identifier; take it out again so nothing half-works.
       const { removeKey } = await import('./volumes/fscrypt.ts')
       await removeKey(vol.mountpoint, id).catch(() => undefined)
-      throw new UnlockdError('integrity_failed', `the key released for ${vol.name} has identifier ${id}, expected ${vol.keyId}`)
+      throw new UnlockdError(
+        'integrity_failed',
+        `the key released for ${vol.name} has identifier ${id}, expected ${vol.keyId}`,
+      )
     }
   } finally {
     zeroize(key)

@@ -23,11 +23,18 @@ export function askDir(env: Record<string, string | undefined> = process.env): s
 
 /** Parse one ask.* file (INI with an [Ask] section). Returns undefined for anything malformed. */
 export function parseAsk(file: string, text: string): AskRequest | undefined {
-  const get = (k: string): string | undefined => new RegExp(`^${k}=(.*)$`, 'm').exec(text)?.[1]?.trim()
+  const get = (k: string): string | undefined =>
+    new RegExp(`^${k}=(.*)$`, 'm').exec(text)?.[1]?.trim()
   if (!/^\[Ask\]/m.test(text)) return undefined
   const socket = get('Socket')
   if (!socket || !socket.startsWith('/')) return undefined
-  return { file, socket, id: get('Id') ?? '', message: get('Message') ?? '', notAfter: Number(get('NotAfter') ?? '0') }
+  return {
+    file,
+    socket,
+    id: get('Id') ?? '',
+    message: get('Message') ?? '',
+    notAfter: Number(get('NotAfter') ?? '0'),
+  }
 }
 
 export function pendingAsks(dir: string): AskRequest[] {
@@ -42,7 +49,9 @@ export function pendingAsks(dir: string): AskRequest[] {
     try {
       const a = parseAsk(join(dir, n), readFileSync(join(dir, n), 'utf8'))
       if (a) out.push(a)
-    } catch { /* the file went away while we read it */ }
+    } catch {
+      /* the file went away while we read it */
+    }
   }
   return out
 }
@@ -56,15 +65,33 @@ function canonical(p: string): string {
 }
 
 /** Which of our LUKS volumes an ask is for (Id=cryptsetup:DEVICE, or the UUID in the message). */
-export function matchVolume(ask: AskRequest, volumes: readonly LuksVolumeConfig[]): LuksVolumeConfig | undefined {
+export function matchVolume(
+  ask: AskRequest,
+  volumes: readonly LuksVolumeConfig[],
+): LuksVolumeConfig | undefined {
   if (!ask.id.startsWith('cryptsetup:')) return undefined
   const dev = ask.id.slice('cryptsetup:'.length)
-  return volumes.find((v) =>
-    canonical(luksDevice(v)) === canonical(dev) || dev === v.device || dev.includes(v.uuid) || ask.message.includes(v.uuid) || new RegExp(`\\b${v.name}\\b`).test(ask.message))
+  return volumes.find(
+    (v) =>
+      canonical(luksDevice(v)) === canonical(dev) ||
+      dev === v.device ||
+      dev.includes(v.uuid) ||
+      ask.message.includes(v.uuid) ||
+      new RegExp(`\\b${v.name}\\b`).test(ask.message),
+  )
 }
 
 export async function replyPassword(ask: AskRequest, key: Uint8Array): Promise<boolean> {
-  const bin = ['/lib/systemd/systemd-reply-password', '/usr/lib/systemd/systemd-reply-password'].find((p) => { try { return realpathSync(p) !== '' } catch { return false } })
+  const bin = [
+    '/lib/systemd/systemd-reply-password',
+    '/usr/lib/systemd/systemd-reply-password',
+  ].find((p) => {
+    try {
+      return realpathSync(p) !== ''
+    } catch {
+      return false
+    }
+  })
   if (!bin) return false
   const r = await run(bin, ['1', ask.socket], { stdin: key, timeoutMs: 10_000 })
   return r.code === 0

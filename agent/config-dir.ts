@@ -21,7 +21,12 @@ export interface ConfigDir {
 }
 
 export function configDir(dir = DEFAULT_CONFIG_DIR): ConfigDir {
-  return { dir, configPath: join(dir, 'agent.json'), signingPath: join(dir, 'signing.jwk'), sealingPath: join(dir, 'sealing.jwk') }
+  return {
+    dir,
+    configPath: join(dir, 'agent.json'),
+    signingPath: join(dir, 'signing.jwk'),
+    sealingPath: join(dir, 'sealing.jwk'),
+  }
 }
 
 function readJson(path: string, what: string): unknown {
@@ -35,16 +40,27 @@ function readJson(path: string, what: string): unknown {
 /** Refuse key files that others can read: they are the host's identity. */
 function checkPrivate(path: string): void {
   const mode = statSync(path).mode & 0o777
-  if (mode & 0o077) throw new UnlockdError('config_invalid', `${path} is readable by group/others (mode ${mode.toString(8)}); run: chmod 600 ${path}`)
+  if (mode & 0o077)
+    throw new UnlockdError(
+      'config_invalid',
+      `${path} is readable by group/others (mode ${mode.toString(8)}); run: chmod 600 ${path}`,
+    )
 }
 
 export function loadKeys(c: ConfigDir): HostKeys | undefined {
   if (!existsSync(c.signingPath) && !existsSync(c.sealingPath)) return undefined
   for (const p of [c.signingPath, c.sealingPath]) {
-    if (!existsSync(p)) throw new UnlockdError('config_invalid', `${p} is missing (the other host key exists): restore it from backup or re-enroll with a new config dir`)
+    if (!existsSync(p))
+      throw new UnlockdError(
+        'config_invalid',
+        `${p} is missing (the other host key exists): restore it from backup or re-enroll with a new config dir`,
+      )
     checkPrivate(p)
   }
-  return { signing: parsePrivateKey(readJson(c.signingPath, 'signing key'), 'signing'), sealing: parsePrivateKey(readJson(c.sealingPath, 'sealing key'), 'sealing') }
+  return {
+    signing: parsePrivateKey(readJson(c.signingPath, 'signing key'), 'signing'),
+    sealing: parsePrivateKey(readJson(c.sealingPath, 'sealing key'), 'sealing'),
+  }
 }
 
 export function saveKeys(c: ConfigDir, keys: HostKeys): void {
@@ -62,7 +78,11 @@ export function loadConfig(c: ConfigDir): AgentConfig | undefined {
 export function requireEnrolled(c: ConfigDir): { config: AgentConfig; keys: HostKeys } {
   const config = loadConfig(c)
   const keys = loadKeys(c)
-  if (!config || !keys) throw new UnlockdError('not_enrolled', `this host is not enrolled (no ${config ? 'host keys' : 'agent.json'} in ${c.dir})`)
+  if (!config || !keys)
+    throw new UnlockdError(
+      'not_enrolled',
+      `this host is not enrolled (no ${config ? 'host keys' : 'agent.json'} in ${c.dir})`,
+    )
   return { config, keys }
 }
 

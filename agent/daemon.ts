@@ -27,7 +27,12 @@ export interface AgentOptions {
   env?: Record<string, string | undefined>
 }
 
-export function backoffMs(attempt: number, baseMs: number, capMs: number, rand = Math.random): number {
+export function backoffMs(
+  attempt: number,
+  baseMs: number,
+  capMs: number,
+  rand = Math.random,
+): number {
   const exp = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 20))
   return Math.round(exp / 2 + rand() * (exp / 2)) // "equal jitter": never zero, never above the cap
 }
@@ -48,8 +53,13 @@ async function unlockUntilDone(o: AgentOptions): Promise<boolean> {
         waitSeconds: config.unlockWait,
         signal: o.signal,
         progress: (e) => {
-          if (e.kind === 'approval') void say(o.log, `waiting for approval ${e.approvalId} at ${e.server} (rule ${e.rule})`)
-          else if (e.error.code === 'server_unreachable') void say(o.log, `waiting for escrow at ${e.server} (attempt ${attempt}): ${e.error.message}`)
+          if (e.kind === 'approval')
+            void say(o.log, `waiting for approval ${e.approvalId} at ${e.server} (rule ${e.rule})`)
+          else if (e.error.code === 'server_unreachable')
+            void say(
+              o.log,
+              `waiting for escrow at ${e.server} (attempt ${attempt}): ${e.error.message}`,
+            )
         },
       })
       await say(o.log, `unlocked: ${[...r.unlocked, ...r.already].join(', ') || '(no volumes)'}`)
@@ -62,7 +72,10 @@ async function unlockUntilDone(o: AgentOptions): Promise<boolean> {
         return false
       }
       const wait = backoffMs(attempt, baseMs, capMs)
-      const why = e.code === 'server_unreachable' ? `waiting for escrow (attempt ${attempt}): ${e.message}` : `unlock failed: denied with code ${e.code}${rule ? ` by rule ${String(rule)}` : ''}: ${e.message} (attempt ${attempt})`
+      const why =
+        e.code === 'server_unreachable'
+          ? `waiting for escrow (attempt ${attempt}): ${e.message}`
+          : `unlock failed: denied with code ${e.code}${rule ? ` by rule ${String(rule)}` : ''}: ${e.message} (attempt ${attempt})`
       await say(o.log, `${why}; retrying in ${Math.round(wait / 1000)}s`)
       await sleep(wait, o.signal)
     }
@@ -85,12 +98,18 @@ async function answerAsks(o: AgentOptions): Promise<void> {
         const key = await fetchVolumeKey(o.configDir, config, keys, vol, { signal: o.signal })
         try {
           const ok = await replyPassword(ask, key)
-          o.log(ok ? `answered password request for ${vol.name}` : `could not answer password request for ${vol.name}`)
+          o.log(
+            ok
+              ? `answered password request for ${vol.name}`
+              : `could not answer password request for ${vol.name}`,
+          )
         } finally {
           zeroize(key)
         }
       } catch (err) {
-        o.log(`password request for ${vol.name}: ${err instanceof Error ? err.message : String(err)}`)
+        o.log(
+          `password request for ${vol.name}: ${err instanceof Error ? err.message : String(err)}`,
+        )
         answered.delete(ask.file) // try again on the next round
       }
     }
@@ -100,20 +119,27 @@ async function answerAsks(o: AgentOptions): Promise<void> {
 
 async function watchLoop(o: AgentOptions): Promise<void> {
   const { baseMs, capMs } = o.backoff ?? { baseMs: 1000, capMs: 60_000 }
-  for (let failures = 0; !o.signal.aborted; ) {
+  for (let failures = 0; !o.signal.aborted;) {
     const { config, keys } = requireEnrolled(o.configDir)
     try {
       const { res } = await watchOnce(o.configDir, config, keys, o.signal)
       failures = 0
       if (res.order === 'shred') {
-        await say(o.log, `shred order received for ${res.volumes.length ? res.volumes.join(', ') : 'all volumes'}`)
-        await executeShred(o.configDir, config, keys, res.volumes, o.log).catch((e: unknown) => o.log(e instanceof Error ? e.message : String(e)))
+        await say(
+          o.log,
+          `shred order received for ${res.volumes.length ? res.volumes.join(', ') : 'all volumes'}`,
+        )
+        await executeShred(o.configDir, config, keys, res.volumes, o.log).catch((e: unknown) =>
+          o.log(e instanceof Error ? e.message : String(e)),
+        )
         if (res.volumes.length === 0 || res.volumes.length === config.volumes.length) return
       }
     } catch (err) {
       const e = err instanceof UnlockdError ? err : new UnlockdError('internal', String(err))
       if (e.code === 'host_shredded') {
-        await executeShred(o.configDir, config, keys, [], o.log).catch((x: unknown) => o.log(x instanceof Error ? x.message : String(x)))
+        await executeShred(o.configDir, config, keys, [], o.log).catch((x: unknown) =>
+          o.log(x instanceof Error ? x.message : String(x)),
+        )
         return
       }
       failures++
@@ -130,7 +156,9 @@ export async function runAgent(o: AgentOptions): Promise<void> {
   if (ok) await sd.ready()
   else {
     const { config, keys } = requireEnrolled(o.configDir)
-    await executeShred(o.configDir, config, keys, [], o.log).catch((e: unknown) => o.log(e instanceof Error ? e.message : String(e)))
+    await executeShred(o.configDir, config, keys, [], o.log).catch((e: unknown) =>
+      o.log(e instanceof Error ? e.message : String(e)),
+    )
     await sd.ready()
     await say(o.log, 'shredded: volumes locked and erased, host keys deleted')
     return

@@ -13,7 +13,11 @@ import { transportFor, type ConfigDir } from './config-dir.ts'
 import { bootId } from './boot-id.ts'
 
 export interface Progress {
-  (event: { kind: 'approval'; approvalId: string; server: string; rule: string } | { kind: 'attempt'; server: string; error: UnlockdError }): void
+  (
+    event:
+      | { kind: 'approval'; approvalId: string; server: string; rule: string }
+      | { kind: 'attempt'; server: string; error: UnlockdError },
+  ): void
 }
 
 function rank(e: UnlockdError): number {
@@ -25,7 +29,10 @@ function rank(e: UnlockdError): number {
 }
 
 export function bestError(errors: UnlockdError[]): UnlockdError {
-  return [...errors].sort((a, b) => rank(b) - rank(a))[0] ?? new UnlockdError('server_unreachable', 'no escrow server configured')
+  return (
+    [...errors].sort((a, b) => rank(b) - rank(a))[0] ??
+    new UnlockdError('server_unreachable', 'no escrow server configured')
+  )
 }
 
 interface Answer {
@@ -35,16 +42,35 @@ interface Answer {
 }
 
 /** One round over all servers. Resolves the first released/approval answer; throws the best error. */
-export async function askOnce(c: ConfigDir, config: AgentConfig, keys: HostKeys, volumes: string[], progress?: Progress): Promise<Answer> {
+export async function askOnce(
+  c: ConfigDir,
+  config: AgentConfig,
+  keys: HostKeys,
+  volumes: string[],
+  progress?: Progress,
+): Promise<Answer> {
   const ac = new AbortController()
   const errors: UnlockdError[] = []
   const attempts = config.servers.map(async (server): Promise<Answer> => {
     try {
       const transport = transportFor(c, server, config.requestTimeoutMs)
-      const res = await requestUnlock(transport, { keys, hostId: config.hostId, bootId: bootId(), volumes, signal: ac.signal, timeoutMs: config.requestTimeoutMs })
+      const res = await requestUnlock(transport, {
+        keys,
+        hostId: config.hostId,
+        bootId: bootId(),
+        volumes,
+        signal: ac.signal,
+        timeoutMs: config.requestTimeoutMs,
+      })
       return { server, transport, res }
     } catch (err) {
-      const e = err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', `${server.url}: ${err instanceof Error ? err.message : String(err)}`)
+      const e =
+        err instanceof UnlockdError
+          ? err
+          : new UnlockdError(
+              'server_unreachable',
+              `${server.url}: ${err instanceof Error ? err.message : String(err)}`,
+            )
       if (!ac.signal.aborted) {
         errors.push(e)
         progress?.({ kind: 'attempt', server: server.url, error: e })
@@ -66,57 +92,113 @@ export async function askOnce(c: ConfigDir, config: AgentConfig, keys: HostKeys,
  * Throws `approval_pending` when the wait runs out, or the server's denial.
  */
 export async function obtainRelease(
-  c: ConfigDir, config: AgentConfig, keys: HostKeys, volumes: string[], waitSeconds: number, progress?: Progress, signal?: AbortSignal,
+  c: ConfigDir,
+  config: AgentConfig,
+  keys: HostKeys,
+  volumes: string[],
+  waitSeconds: number,
+  progress?: Progress,
+  signal?: AbortSignal,
 ): Promise<ReleasedVolume[]> {
   const first = await askOnce(c, config, keys, volumes, progress)
   if (first.res.status === 'released') return first.res.volumes
   const approval = first.res.approval
-  progress?.({ kind: 'approval', approvalId: approval.id, server: first.server.url, rule: approval.rule })
+  progress?.({
+    kind: 'approval',
+    approvalId: approval.id,
+    server: first.server.url,
+    rule: approval.rule,
+  })
   const deadline = Date.now() + waitSeconds * 1000
   let failures = 0
   while (Date.now() < deadline && !signal?.aborted) {
     try {
-      const res = await pollApproval(first.transport, { keys, hostId: config.hostId, bootId: bootId(), approvalId: approval.id, holdMs: Math.min(25_000, deadline - Date.now()), ...(signal ? { signal } : {}) })
+      const res = await pollApproval(first.transport, {
+        keys,
+        hostId: config.hostId,
+        bootId: bootId(),
+        approvalId: approval.id,
+        holdMs: Math.min(25_000, deadline - Date.now()),
+        ...(signal ? { signal } : {}),
+      })
       failures = 0
       if (res.status === 'released') return res.volumes
     } catch (err) {
-      const e = err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', String(err))
+      const e =
+        err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', String(err))
       // A restarting server is normal: keep waiting with capped backoff. Denials are final.
-      if (e.code !== 'server_unreachable' && e.code !== 'protocol_invalid' && e.code !== 'internal') throw e
+      if (e.code !== 'server_unreachable' && e.code !== 'protocol_invalid' && e.code !== 'internal')
+        throw e
       progress?.({ kind: 'attempt', server: first.server.url, error: e })
       failures++
       await sleep(Math.min(10_000, 500 * 2 ** Math.min(failures, 5)), signal)
     }
   }
-  throw new UnlockdError('approval_pending', `still waiting for approval ${approval.id} after ${waitSeconds}s (rule ${approval.rule})`, { details: { approval: approval.id } })
+  throw new UnlockdError(
+    'approval_pending',
+    `still waiting for approval ${approval.id} after ${waitSeconds}s (rule ${approval.rule})`,
+    { details: { approval: approval.id } },
+  )
 }
 
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const t = setTimeout(resolve, ms)
-    signal?.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true })
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(t)
+        resolve()
+      },
+      { once: true },
+    )
   })
 }
 
 /** Long-poll the first reachable server for orders (the kill-switch channel). */
-export async function watchOnce(c: ConfigDir, config: AgentConfig, keys: HostKeys, signal?: AbortSignal): Promise<{ server: ServerEntry; res: WatchResponse }> {
+export async function watchOnce(
+  c: ConfigDir,
+  config: AgentConfig,
+  keys: HostKeys,
+  signal?: AbortSignal,
+): Promise<{ server: ServerEntry; res: WatchResponse }> {
   const errors: UnlockdError[] = []
   for (const server of config.servers) {
     try {
-      const res = await watch(transportFor(c, server, config.requestTimeoutMs), { keys, hostId: config.hostId, bootId: bootId(), ...(signal ? { signal } : {}) })
+      const res = await watch(transportFor(c, server, config.requestTimeoutMs), {
+        keys,
+        hostId: config.hostId,
+        bootId: bootId(),
+        ...(signal ? { signal } : {}),
+      })
       return { server, res }
     } catch (err) {
-      errors.push(err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', String(err)))
+      errors.push(
+        err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', String(err)),
+      )
     }
   }
   throw bestError(errors)
 }
 
-export async function reportTo(c: ConfigDir, config: AgentConfig, keys: HostKeys, event: 'shred_done' | 'shred_failed', actions: string[]): Promise<void> {
+export async function reportTo(
+  c: ConfigDir,
+  config: AgentConfig,
+  keys: HostKeys,
+  event: 'shred_done' | 'shred_failed',
+  actions: string[],
+): Promise<void> {
   for (const server of config.servers) {
     try {
-      await report(transportFor(c, server, config.requestTimeoutMs), { keys, hostId: config.hostId, event, actions })
+      await report(transportFor(c, server, config.requestTimeoutMs), {
+        keys,
+        hostId: config.hostId,
+        event,
+        actions,
+      })
       return
-    } catch { /* try the next server */ }
+    } catch {
+      /* try the next server */
+    }
   }
 }

@@ -84,7 +84,13 @@ export function parseCrypttab(text: string): CrypttabEntry[] {
     if (line === '') return
     const [name, source, key, options] = line.split(/\s+/)
     if (name === undefined || source === undefined) return
-    out.push({ name, source, key: key ?? 'none', options: options ? options.split(',').filter((o) => o !== '') : [], line: i + 1 })
+    out.push({
+      name,
+      source,
+      key: key ?? 'none',
+      options: options ? options.split(',').filter((o) => o !== '') : [],
+      line: i + 1,
+    })
   })
   return out
 }
@@ -99,7 +105,11 @@ export function parseShellConf(text: string, where: string): Record<string, stri
     const line = raw.trim()
     if (line === '' || line.startsWith('#')) return
     const m = /^(UNLOCKD_[A-Z_]+)=(?:"([^"`$\\]*)"|'([^']*)'|([^\s"'`$\\;&|<>()]*))$/.exec(line)
-    if (!m) throw new UnlockdError('config_invalid', `${where}:${i + 1}: expected UNLOCKD_NAME=value (no spaces, quotes only around the whole value)`)
+    if (!m)
+      throw new UnlockdError(
+        'config_invalid',
+        `${where}:${i + 1}: expected UNLOCKD_NAME=value (no spaces, quotes only around the whole value)`,
+      )
     out[m[1] as string] = m[2] ?? m[3] ?? m[4] ?? ''
   })
   return out
@@ -114,7 +124,11 @@ export function settingsFrom(conf: Record<string, string>, where: string): Initr
     throw new UnlockdError('config_invalid', `${where}: ${key} must be yes or no (got ${v})`)
   }
   const t = conf['UNLOCKD_TIMEOUT'] ?? '300'
-  if (!/^[1-9][0-9]{0,4}$/.test(t)) throw new UnlockdError('config_invalid', `${where}: UNLOCKD_TIMEOUT must be a whole number of seconds, 1-99999 (got ${t})`)
+  if (!/^[1-9][0-9]{0,4}$/.test(t))
+    throw new UnlockdError(
+      'config_invalid',
+      `${where}: UNLOCKD_TIMEOUT must be a whole number of seconds, 1-99999 (got ${t})`,
+    )
   return {
     node: conf['UNLOCKD_NODE'] || '',
     bundle: conf['UNLOCKD_BUNDLE'] || '',
@@ -129,7 +143,10 @@ function sameUuid(a: string, b: string): boolean {
 }
 
 /** Does crypttab `source` name this volume? */
-export function sourceMatches(source: string, vol: Pick<LuksVolumeConfig, 'uuid' | 'device'>): boolean {
+export function sourceMatches(
+  source: string,
+  vol: Pick<LuksVolumeConfig, 'uuid' | 'device'>,
+): boolean {
   const m = /^UUID=(.+)$/i.exec(source) ?? /^\/dev\/disk\/by-uuid\/(.+)$/.exec(source)
   if (m && sameUuid(m[1] as string, vol.uuid)) return true
   return source === vol.device
@@ -166,7 +183,9 @@ function executable(path: string): boolean {
 
 /** Find `name` in PATH (plus the sbin directories a root shell has). */
 export function which(name: string, pathEnv: string | undefined): string | undefined {
-  const dirs = [...(pathEnv ?? '').split(':'), '/usr/local/bin', '/usr/bin', '/bin'].filter((d) => d !== '')
+  const dirs = [...(pathEnv ?? '').split(':'), '/usr/local/bin', '/usr/bin', '/bin'].filter(
+    (d) => d !== '',
+  )
   for (const d of dirs) {
     const p = join(d, name)
     if (executable(p)) return p
@@ -203,11 +222,22 @@ export async function planInitramfs(o: PlanOptions): Promise<InitramfsPlan> {
   const files: PlanFile[] = []
 
   const confPath = join(c.dir, INITRAMFS_CONF)
-  let settings: InitramfsSettings = { node: '', bundle: '', timeout: 300, ifdown: true, enabled: true }
+  let settings: InitramfsSettings = {
+    node: '',
+    bundle: '',
+    timeout: 300,
+    ifdown: true,
+    enabled: true,
+  }
   if (existsSync(confPath)) {
     try {
       settings = settingsFrom(parseShellConf(readFileSync(confPath, 'utf8'), confPath), confPath)
-      files.push({ kind: 'file', source: confPath, dest: join(IMAGE_CONFIG_DIR, INITRAMFS_CONF), why: 'boot-time settings (UNLOCKD_TIMEOUT, UNLOCKD_IFDOWN)' })
+      files.push({
+        kind: 'file',
+        source: confPath,
+        dest: join(IMAGE_CONFIG_DIR, INITRAMFS_CONF),
+        why: 'boot-time settings (UNLOCKD_TIMEOUT, UNLOCKD_IFDOWN)',
+      })
     } catch (e) {
       problems.push(describeError(e))
     }
@@ -216,23 +246,47 @@ export async function planInitramfs(o: PlanOptions): Promise<InitramfsPlan> {
   // Node: named on the command line, in initramfs.conf, or found in PATH.
   const node = o.node || settings.node || which('node', o.pathEnv) || ''
   if (node === '') {
-    problems.push('Node.js was not found: install nodejs (20.19 or newer) or set UNLOCKD_NODE=/path/to/node in ' + confPath)
+    problems.push(
+      'Node.js was not found: install nodejs (20.19 or newer) or set UNLOCKD_NODE=/path/to/node in ' +
+        confPath,
+    )
   } else if (!executable(node)) {
-    problems.push(`Node.js ${node} does not exist or is not executable: fix UNLOCKD_NODE in ${confPath}`)
+    problems.push(
+      `Node.js ${node} does not exist or is not executable: fix UNLOCKD_NODE in ${confPath}`,
+    )
   } else {
-    const version = resolve(node) === resolve(process.execPath) ? process.version : await nodeVersion(node)
+    const version =
+      resolve(node) === resolve(process.execPath) ? process.version : await nodeVersion(node)
     if (version === undefined || !versionOk(version)) {
-      problems.push(`${node} is Node.js ${version ?? '(unknown version)'}; the agent needs 20.19 or newer: install a newer nodejs or set UNLOCKD_NODE`)
+      problems.push(
+        `${node} is Node.js ${version ?? '(unknown version)'}; the agent needs 20.19 or newer: install a newer nodejs or set UNLOCKD_NODE`,
+      )
     } else {
-      files.push({ kind: 'exec', source: node, dest: IMAGE_NODE, why: `Node.js ${version} runs the agent (copied with its shared libraries)` })
+      files.push({
+        kind: 'exec',
+        source: node,
+        dest: IMAGE_NODE,
+        why: `Node.js ${version} runs the agent (copied with its shared libraries)`,
+      })
     }
   }
 
-  const bundle = o.bundle || settings.bundle || (o.selfBundle && /unlockd-agent\.mjs$/.test(o.selfBundle) ? o.selfBundle : '') || DEFAULT_BUNDLE
+  const bundle =
+    o.bundle ||
+    settings.bundle ||
+    (o.selfBundle && /unlockd-agent\.mjs$/.test(o.selfBundle) ? o.selfBundle : '') ||
+    DEFAULT_BUNDLE
   if (!readable(bundle)) {
-    problems.push(`the agent bundle ${bundle} is missing: install unlockd (npm run build makes dist/unlockd-agent.mjs) or set UNLOCKD_BUNDLE in ${confPath}`)
+    problems.push(
+      `the agent bundle ${bundle} is missing: install unlockd (npm run build makes dist/unlockd-agent.mjs) or set UNLOCKD_BUNDLE in ${confPath}`,
+    )
   } else {
-    files.push({ kind: 'file', source: bundle, dest: IMAGE_BUNDLE, why: 'the agent (host verbs only, one file, no npm packages needed)' })
+    files.push({
+      kind: 'file',
+      source: bundle,
+      dest: IMAGE_BUNDLE,
+      why: 'the agent (host verbs only, one file, no npm packages needed)',
+    })
   }
 
   // Enrollment: agent.json and both host keys (requireEnrolled checks they parse and are 0600).
@@ -241,59 +295,120 @@ export async function planInitramfs(o: PlanOptions): Promise<InitramfsPlan> {
     const enrolled = requireEnrolled(c)
     config = enrolled.config
     files.push(
-      { kind: 'secret', source: c.configPath, dest: join(IMAGE_CONFIG_DIR, 'agent.json'), why: `enrollment of host ${config.name}: servers and volumes` },
-      { kind: 'secret', source: c.signingPath, dest: join(IMAGE_CONFIG_DIR, 'signing.jwk'), why: 'host signing key: signs the unlock requests' },
-      { kind: 'secret', source: c.sealingPath, dest: join(IMAGE_CONFIG_DIR, 'sealing.jwk'), why: 'host sealing key: opens the released volume key' },
+      {
+        kind: 'secret',
+        source: c.configPath,
+        dest: join(IMAGE_CONFIG_DIR, 'agent.json'),
+        why: `enrollment of host ${config.name}: servers and volumes`,
+      },
+      {
+        kind: 'secret',
+        source: c.signingPath,
+        dest: join(IMAGE_CONFIG_DIR, 'signing.jwk'),
+        why: 'host signing key: signs the unlock requests',
+      },
+      {
+        kind: 'secret',
+        source: c.sealingPath,
+        dest: join(IMAGE_CONFIG_DIR, 'sealing.jwk'),
+        why: 'host sealing key: opens the released volume key',
+      },
     )
   } catch (e) {
-    problems.push(`${describeError(e)}${e instanceof UnlockdError && e.code === 'not_enrolled' ? ' (run unlockd enroll first)' : ''}`)
+    problems.push(
+      `${describeError(e)}${e instanceof UnlockdError && e.code === 'not_enrolled' ? ' (run unlockd enroll first)' : ''}`,
+    )
   }
 
   for (const s of config?.servers ?? []) {
     if (!s.ca) {
-      if (s.url.startsWith('https:')) warnings.push(`${s.url} has no pinned CA: the initramfs has no system CA store, so TLS to it will fail; enroll with --ca`)
+      if (s.url.startsWith('https:'))
+        warnings.push(
+          `${s.url} has no pinned CA: the initramfs has no system CA store, so TLS to it will fail; enroll with --ca`,
+        )
       continue
     }
     const source = isAbsolute(s.ca) ? s.ca : join(c.dir, s.ca)
-    if (!readable(source)) problems.push(`the pinned CA ${source} of ${s.url} is missing: copy the server's CA certificate there`)
-    else files.push({ kind: 'file', source, dest: isAbsolute(s.ca) ? s.ca : join(IMAGE_CONFIG_DIR, s.ca), why: `pinned CA of ${s.url}` })
+    if (!readable(source))
+      problems.push(
+        `the pinned CA ${source} of ${s.url} is missing: copy the server's CA certificate there`,
+      )
+    else
+      files.push({
+        kind: 'file',
+        source,
+        dest: isAbsolute(s.ca) ? s.ca : join(IMAGE_CONFIG_DIR, s.ca),
+        why: `pinned CA of ${s.url}`,
+      })
   }
 
   const volumes = planVolumes(o, config, problems, warnings)
   // The hooks read the plan as tab-separated lines.
-  for (const f of files) if (/[\t\n]/.test(f.source + f.dest)) problems.push(`path ${JSON.stringify(f.source)} contains a tab or newline: rename it`)
-  return { flavour: o.flavour, configDir: c.dir, files, volumes, settings: { ...settings, node, bundle }, warnings, problems }
+  for (const f of files)
+    if (/[\t\n]/.test(f.source + f.dest))
+      problems.push(`path ${JSON.stringify(f.source)} contains a tab or newline: rename it`)
+  return {
+    flavour: o.flavour,
+    configDir: c.dir,
+    files,
+    volumes,
+    settings: { ...settings, node, bundle },
+    warnings,
+    problems,
+  }
 }
 
-function planVolumes(o: PlanOptions, config: AgentConfig | undefined, problems: string[], warnings: string[]): PlanVolume[] {
+function planVolumes(
+  o: PlanOptions,
+  config: AgentConfig | undefined,
+  problems: string[],
+  warnings: string[],
+): PlanVolume[] {
   if (!config) return []
   const luks = config.volumes.filter((v): v is LuksVolumeConfig => v.kind === 'luks')
   if (luks.length === 0) {
-    problems.push('agent.json has no LUKS volume: nothing to unlock in the initramfs (enroll one with unlockd enroll --luks DEVICE)')
+    problems.push(
+      'agent.json has no LUKS volume: nothing to unlock in the initramfs (enroll one with unlockd enroll --luks DEVICE)',
+    )
     return []
   }
   let crypttab: CrypttabEntry[] = []
   if (existsSync(o.crypttabPath)) crypttab = parseCrypttab(readFileSync(o.crypttabPath, 'utf8'))
-  else if (o.flavour === 'initramfs-tools') problems.push(`${o.crypttabPath} does not exist: cryptsetup-initramfs only unlocks volumes listed there`)
+  else if (o.flavour === 'initramfs-tools')
+    problems.push(
+      `${o.crypttabPath} does not exist: cryptsetup-initramfs only unlocks volumes listed there`,
+    )
   const root = existsSync(o.fstabPath) ? rootMapping(readFileSync(o.fstabPath, 'utf8')) : undefined
 
   const out: PlanVolume[] = luks.map((v) => {
     const entry = crypttab.find((e) => sourceMatches(e.source, v))
-    const p: PlanVolume = { name: v.name, uuid: v.uuid, device: v.device, crypttab: entry ? { name: entry.name, options: entry.options } : null, atBoot: false }
+    const p: PlanVolume = {
+      name: v.name,
+      uuid: v.uuid,
+      device: v.device,
+      crypttab: entry ? { name: entry.name, options: entry.options } : null,
+      atBoot: false,
+    }
     if (!entry) return p
     const keyscript = entry.options.find((x) => x.startsWith('keyscript='))
     if (keyscript && keyscript !== 'keyscript=/lib/cryptsetup/askpass') {
-      problems.push(`${o.crypttabPath}:${entry.line}: ${entry.name} uses ${keyscript}, so no passphrase prompt is shown and the agent cannot answer it: remove the keyscript option`)
+      problems.push(
+        `${o.crypttabPath}:${entry.line}: ${entry.name} uses ${keyscript}, so no passphrase prompt is shown and the agent cannot answer it: remove the keyscript option`,
+      )
       return p
     }
     if (entry.key !== 'none' && entry.key !== '-') {
-      warnings.push(`${o.crypttabPath}:${entry.line}: ${entry.name} has key file ${entry.key}; cryptsetup asks for a passphrase only when that file fails`)
+      warnings.push(
+        `${o.crypttabPath}:${entry.line}: ${entry.name} has key file ${entry.key}; cryptsetup asks for a passphrase only when that file fails`,
+      )
     }
     // dracut asks for every LUKS device it unlocks (crypttab or rd.luks.uuid=); cryptsetup-initramfs
     // only for the root filesystem's device and entries marked `initramfs`.
     p.atBoot = o.flavour === 'dracut' || entry.options.includes('initramfs') || entry.name === root
     if (!p.atBoot) {
-      warnings.push(`${o.crypttabPath}:${entry.line}: ${entry.name} (volume ${v.name}) is not the root filesystem in fstab and has no initramfs option; it is unlocked after boot unless the root is on it through LVM (add the initramfs option to be sure)`)
+      warnings.push(
+        `${o.crypttabPath}:${entry.line}: ${entry.name} (volume ${v.name}) is not the root filesystem in fstab and has no initramfs option; it is unlocked after boot unless the root is on it through LVM (add the initramfs option to be sure)`,
+      )
     }
     return p
   })
@@ -301,12 +416,19 @@ function planVolumes(o: PlanOptions, config: AgentConfig | undefined, problems: 
   if (o.flavour === 'dracut') {
     // Without a crypttab entry, dracut still unlocks what rd.luks.uuid= on the kernel command line names.
     for (const v of out) v.atBoot = true
-    if (crypttab.length === 0) warnings.push(`${o.crypttabPath} lists no volume: dracut will unlock only what rd.luks.uuid= on the kernel command line names`)
+    if (crypttab.length === 0)
+      warnings.push(
+        `${o.crypttabPath} lists no volume: dracut will unlock only what rd.luks.uuid= on the kernel command line names`,
+      )
   } else if (!out.some((v) => v.crypttab)) {
     const first = luks[0] as LuksVolumeConfig
-    problems.push(`no ${o.crypttabPath} entry names a volume of agent.json; add one, e.g.: cryptroot UUID=${first.uuid} none luks,initramfs`)
+    problems.push(
+      `no ${o.crypttabPath} entry names a volume of agent.json; add one, e.g.: cryptroot UUID=${first.uuid} none luks,initramfs`,
+    )
   } else if (!out.some((v) => v.atBoot)) {
-    warnings.push('no crypttab entry of a volume the agent knows is marked for the initramfs: the image will not ask the agent for anything')
+    warnings.push(
+      'no crypttab entry of a volume the agent knows is marked for the initramfs: the image will not ask the agent for anything',
+    )
   }
   return out
 }

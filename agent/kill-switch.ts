@@ -14,10 +14,18 @@ import { reportTo } from './escrow.ts'
 import { updateRunState } from './run-state.ts'
 import { closeVolume, eraseLuks } from './volumes/luks.ts'
 
-export async function executeShred(c: ConfigDir, config: AgentConfig, keys: HostKeys, volumes: string[], log: (line: string) => void): Promise<string[]> {
+export async function executeShred(
+  c: ConfigDir,
+  config: AgentConfig,
+  keys: HostKeys,
+  volumes: string[],
+  log: (line: string) => void,
+): Promise<string[]> {
   const actions: string[] = []
   let failed = false
-  const targets = volumes.length ? config.volumes.filter((v) => volumes.includes(v.name)) : config.volumes
+  const targets = volumes.length
+    ? config.volumes.filter((v) => volumes.includes(v.name))
+    : config.volumes
   for (const v of targets) {
     try {
       if (v.kind === 'fscrypt') {
@@ -28,14 +36,18 @@ export async function executeShred(c: ConfigDir, config: AgentConfig, keys: Host
           await new Promise((res) => setTimeout(res, 1000))
           r = await removeKey(v.mountpoint, v.keyId, { allUsers: true })
         }
-        actions.push(`fscrypt ${v.name}: key ${r === 'busy' ? 'removed but files still open (incompletely removed until they close)' : r}`)
+        actions.push(
+          `fscrypt ${v.name}: key ${r === 'busy' ? 'removed but files still open (incompletely removed until they close)' : r}`,
+        )
       } else {
         if (config.onShred === 'close-then-erase') {
           try {
             await closeVolume(mapperName(v))
             actions.push(`luks ${v.name}: closed`)
           } catch (err) {
-            actions.push(`luks ${v.name}: close failed (${err instanceof Error ? err.message : String(err)}); erasing anyway`)
+            actions.push(
+              `luks ${v.name}: close failed (${err instanceof Error ? err.message : String(err)}); erasing anyway`,
+            )
           }
         }
         await eraseLuks(luksDevice(v))
@@ -43,17 +55,27 @@ export async function executeShred(c: ConfigDir, config: AgentConfig, keys: Host
       }
     } catch (err) {
       failed = true
-      actions.push(`${v.kind} ${v.name}: FAILED: ${err instanceof Error ? err.message : String(err)}`)
+      actions.push(
+        `${v.kind} ${v.name}: FAILED: ${err instanceof Error ? err.message : String(err)}`,
+      )
     }
   }
   const shredded = new Set(targets.map((v) => v.name))
   updateRunState((s) => {
-    for (const n of shredded) s.volumes[n] = { state: 'shredded', at: Math.floor(Date.now() / 1000), code: 'host_shredded', reason: 'shred order from the escrow server' }
+    for (const n of shredded)
+      s.volumes[n] = {
+        state: 'shredded',
+        at: Math.floor(Date.now() / 1000),
+        code: 'host_shredded',
+        reason: 'shred order from the escrow server',
+      }
   })
   const allVolumes = targets.length === config.volumes.length
   if (allVolumes) actions.push('host keys: deleted')
   for (const a of actions) log(`shred: ${a}`)
-  await reportTo(c, config, keys, failed ? 'shred_failed' : 'shred_done', actions).catch(() => log('shred: could not report to the server'))
+  await reportTo(c, config, keys, failed ? 'shred_failed' : 'shred_done', actions).catch(() =>
+    log('shred: could not report to the server'),
+  )
   if (allVolumes) {
     for (const p of [c.signingPath, c.sealingPath]) {
       try {
@@ -63,6 +85,10 @@ export async function executeShred(c: ConfigDir, config: AgentConfig, keys: Host
       }
     }
   }
-  if (failed) throw new UnlockdError('luks_failed', `shred finished with failures: ${actions.filter((a) => a.includes('FAILED')).join('; ')}`)
+  if (failed)
+    throw new UnlockdError(
+      'luks_failed',
+      `shred finished with failures: ${actions.filter((a) => a.includes('FAILED')).join('; ')}`,
+    )
   return actions
 }

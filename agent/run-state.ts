@@ -28,7 +28,9 @@ export function readRunState(dir = runDir()): RunState {
   try {
     const s = JSON.parse(raw.toString('utf8')) as RunState
     if (typeof s === 'object' && s && typeof s.volumes === 'object') return s
-  } catch { /* a torn or foreign file is just "no state" */ }
+  } catch {
+    /* a torn or foreign file is just "no state" */
+  }
   return { volumes: {}, lastError: null }
 }
 

@@ -29,7 +29,11 @@ export function selectVolumes(config: AgentConfig, names: string[] | undefined):
   if (!names || names.length === 0) return config.volumes
   return names.map((n) => {
     const v = config.volumes.find((x) => x.name === n)
-    if (!v) throw new UnlockdError('usage', `no volume named ${n} in agent.json (known: ${config.volumes.map((x) => x.name).join(', ') || 'none'})`)
+    if (!v)
+      throw new UnlockdError(
+        'usage',
+        `no volume named ${n} in agent.json (known: ${config.volumes.map((x) => x.name).join(', ') || 'none'})`,
+      )
     return v
   })
 }
@@ -37,14 +41,33 @@ export function selectVolumes(config: AgentConfig, names: string[] | undefined):
 const now = (): number => Math.floor(Date.now() / 1000)
 
 /** Fetch the key of exactly one volume and return it (for --key-stdout / askpass). Caller zeroes. */
-export async function fetchVolumeKey(c: ConfigDir, config: AgentConfig, keys: HostKeys, vol: VolumeConfig, o: UnlockOptions = {}): Promise<Uint8Array> {
-  const released = await obtainRelease(c, config, keys, [vol.name], o.waitSeconds ?? config.unlockWait, o.progress, o.signal)
+export async function fetchVolumeKey(
+  c: ConfigDir,
+  config: AgentConfig,
+  keys: HostKeys,
+  vol: VolumeConfig,
+  o: UnlockOptions = {},
+): Promise<Uint8Array> {
+  const released = await obtainRelease(
+    c,
+    config,
+    keys,
+    [vol.name],
+    o.waitSeconds ?? config.unlockWait,
+    o.progress,
+    o.signal,
+  )
   const rel = released.find((r) => r.name === vol.name)
   if (!rel) throw new UnlockdError('volume_unknown', `the server released no key for ${vol.name}`)
   return volumeKeyFrom(rel, vol, keys)
 }
 
-export async function unlockVolumes(c: ConfigDir, config: AgentConfig, keys: HostKeys, o: UnlockOptions = {}): Promise<UnlockOutcome> {
+export async function unlockVolumes(
+  c: ConfigDir,
+  config: AgentConfig,
+  keys: HostKeys,
+  o: UnlockOptions = {},
+): Promise<UnlockOutcome> {
   const wanted = selectVolumes(config, o.volumes)
   const already: VolumeConfig[] = []
   const todo: VolumeConfig[] = []
@@ -52,12 +75,26 @@ export async function unlockVolumes(c: ConfigDir, config: AgentConfig, keys: Hos
   if (todo.length === 0) return { unlocked: [], already: already.map((v) => v.name) }
   let released
   try {
-    released = await obtainRelease(c, config, keys, todo.map((v) => v.name), o.waitSeconds ?? config.unlockWait, o.progress, o.signal)
+    released = await obtainRelease(
+      c,
+      config,
+      keys,
+      todo.map((v) => v.name),
+      o.waitSeconds ?? config.unlockWait,
+      o.progress,
+      o.signal,
+    )
   } catch (err) {
     const e = err instanceof UnlockdError ? err : new UnlockdError('internal', String(err))
     const rule = e.details?.['rule']
     updateRunState((s) => {
-      for (const v of todo) s.volumes[v.name] = { state: e.code === 'approval_pending' ? 'waiting' : 'failed', at: now(), code: e.code, reason: `${e.message}${rule ? ` (rule ${String(rule)})` : ''}` }
+      for (const v of todo)
+        s.volumes[v.name] = {
+          state: e.code === 'approval_pending' ? 'waiting' : 'failed',
+          at: now(),
+          code: e.code,
+          reason: `${e.message}${rule ? ` (rule ${String(rule)})` : ''}`,
+        }
       s.lastError = { at: now(), code: e.code, message: e.message }
     })
     throw e
@@ -76,11 +113,16 @@ export async function unlockVolumes(c: ConfigDir, config: AgentConfig, keys: Hos
         zeroize(key)
       }
       unlocked.push(v.name)
-      updateRunState((s) => { s.volumes[v.name] = { state: 'unlocked', at: now(), code: null, reason: null } })
+      updateRunState((s) => {
+        s.volumes[v.name] = { state: 'unlocked', at: now(), code: null, reason: null }
+      })
     } catch (err) {
       const e = err instanceof UnlockdError ? err : new UnlockdError('internal', String(err))
       failures.push(e)
-      updateRunState((s) => { s.volumes[v.name] = { state: 'failed', at: now(), code: e.code, reason: e.message }; s.lastError = { at: now(), code: e.code, message: e.message } })
+      updateRunState((s) => {
+        s.volumes[v.name] = { state: 'failed', at: now(), code: e.code, reason: e.message }
+        s.lastError = { at: now(), code: e.code, message: e.message }
+      })
     }
   }
   if (failures.length) throw failures[0] as UnlockdError

@@ -39,23 +39,29 @@ const { values, positionals } = parseArgs({
   },
 })
 if (values.help) {
-  process.stdout.write('Usage: npm run bench -- [exchange|agent|storm|all] [--duration MS] [--concurrency 1,16,64] [--hosts N] [--inflight N] [--runs N]\n')
+  process.stdout.write(
+    'Usage: npm run bench -- [exchange|agent|storm|all] [--duration MS] [--concurrency 1,16,64] [--hosts N] [--inflight N] [--runs N]\n',
+  )
   process.exit(0)
 }
 const wanted = positionals[0] ?? 'exchange'
-if (positionals.length > 1 || (wanted !== 'all' && !SUITES.includes(wanted as Suite))) fail(`unknown suite ${positionals.join(' ')} (choose ${SUITES.join(', ')} or all)`)
+if (positionals.length > 1 || (wanted !== 'all' && !SUITES.includes(wanted as Suite)))
+  fail(`unknown suite ${positionals.join(' ')} (choose ${SUITES.join(', ')} or all)`)
 
 function intOpt(name: string, v: string | undefined, min: number, max: number): number | undefined {
   if (v === undefined) return undefined
   const n = Number(v)
-  if (!Number.isInteger(n) || n < min || n > max) fail(`--${name} must be an integer in ${min}..${max}`)
+  if (!Number.isInteger(n) || n < min || n > max)
+    fail(`--${name} must be an integer in ${min}..${max}`)
   return n
 }
 
 const cleanups: (() => Promise<void>)[] = []
 const started = performance.now()
 const log = (line: string): void => {
-  process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`)
+  process.stderr.write(
+    `[${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`,
+  )
 }
 const ctx: SuiteContext = { log, onCleanup: (fn) => cleanups.push(fn) }
 const duration = intOpt('duration', values.duration, 100, 600_000)
@@ -68,7 +74,8 @@ const runs = intOpt('runs', values.runs, 1, 1000)
 if (runs !== undefined) ctx.runs = runs
 if (values.concurrency !== undefined) {
   const list = values.concurrency.split(',').map((s) => Number(s.trim()))
-  if (list.some((n) => !Number.isInteger(n) || n < 1 || n > 1024)) fail('--concurrency must be integers in 1..1024')
+  if (list.some((n) => !Number.isInteger(n) || n < 1 || n > 1024))
+    fail('--concurrency must be integers in 1..1024')
   ctx.concurrencies = list
 }
 
@@ -96,7 +103,10 @@ process.once('SIGINT', onSignal)
 process.once('SIGTERM', onSignal)
 
 if (!values['no-build']) {
-  const b = spawnSync(process.execPath, ['tools/build.mjs'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] })
+  const b = spawnSync(process.execPath, ['tools/build.mjs'], {
+    cwd: ROOT,
+    stdio: ['ignore', 'ignore', 'inherit'],
+  })
   if (b.status !== 0) fail('npm run build failed')
 }
 

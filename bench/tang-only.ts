@@ -11,17 +11,25 @@
 import os from 'node:os'
 import { ensureDebianPackages } from './lib/apt.ts'
 import { printReport } from './lib/report.ts'
-import { benchTangRec, fetchAdv, startTangPeer, TANG_PACKAGES, type TangPeer } from './lib/tang-peer.ts'
+import {
+  benchTangRec,
+  fetchAdv,
+  startTangPeer,
+  TANG_PACKAGES,
+  type TangPeer,
+} from './lib/tang-peer.ts'
 
 function parseConcurrency(text: string | undefined): number[] {
   if (text === undefined || text === '') return [1, 16, 64]
   const list = text.split(',').map((s) => Number(s.trim()))
-  if (list.some((n) => !Number.isInteger(n) || n < 1 || n > 1024)) throw new RangeError('BENCH_CONCURRENCY must be integers in 1..1024')
+  if (list.some((n) => !Number.isInteger(n) || n < 1 || n > 1024))
+    throw new RangeError('BENCH_CONCURRENCY must be integers in 1..1024')
   return list
 }
 
 const durationMs = Number(process.env['BENCH_DURATION_MS'] ?? 5000)
-if (!(durationMs > 0 && durationMs <= 600_000)) throw new RangeError('BENCH_DURATION_MS must be in (0, 600000]')
+if (!(durationMs > 0 && durationMs <= 600_000))
+  throw new RangeError('BENCH_DURATION_MS must be in (0, 600000]')
 const concurrencies = parseConcurrency(process.env['BENCH_CONCURRENCY'])
 const log = (line: string): void => {
   process.stderr.write(`${line}\n`)

@@ -4,7 +4,12 @@
  */
 import { EXIT, helpText, processIo, runCommand, type CliIo, type Command } from '../platform/cli.ts'
 
-export async function dispatch(prog: string, commands: Command[], argv: string[], io: CliIo = processIo): Promise<number> {
+export async function dispatch(
+  prog: string,
+  commands: Command[],
+  argv: string[],
+  io: CliIo = processIo,
+): Promise<number> {
   const two = argv.slice(0, 2).join(' ')
   const cmd = commands.find((c) => c.name === two) ?? commands.find((c) => c.name === argv[0])
   if (!cmd) {
@@ -22,7 +27,9 @@ export async function dispatch(prog: string, commands: Command[], argv: string[]
       io.stdout(sub.map((c) => helpText(c)).join('\n'))
       return argv[1] === undefined ? EXIT.usage : EXIT.ok
     }
-    io.stderr(`[ERROR] ${prog}: unknown command "${argv.slice(0, 2).join(' ')}"\n\n${overview(prog, commands)}`)
+    io.stderr(
+      `[ERROR] ${prog}: unknown command "${argv.slice(0, 2).join(' ')}"\n\n${overview(prog, commands)}`,
+    )
     return EXIT.usage
   }
   const rest = argv.slice(cmd.name.split(' ').length)

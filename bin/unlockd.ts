@@ -3,4 +3,8 @@ import { dispatch } from './dispatch.ts'
 import { serverCommands } from '../server/cli/index.ts'
 import { agentCommands } from '../agent/cli/index.ts'
 
-process.exitCode = await dispatch('unlockd', [...serverCommands, ...agentCommands], process.argv.slice(2))
+process.exitCode = await dispatch(
+  'unlockd',
+  [...serverCommands, ...agentCommands],
+  process.argv.slice(2),
+)

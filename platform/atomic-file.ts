@@ -5,7 +5,20 @@
  * `platform/` holds the few Node-specific helpers that `server/` and `agent/` share; `shared/`
  * stays pure.
  */
-import { closeSync, constants, fsyncSync, openSync, renameSync, unlinkSync, writeSync, mkdirSync, statSync, chmodSync, readFileSync, existsSync } from 'node:fs'
+import {
+  closeSync,
+  constants,
+  fsyncSync,
+  openSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+  mkdirSync,
+  statSync,
+  chmodSync,
+  readFileSync,
+  existsSync,
+} from 'node:fs'
 import { dirname, basename, join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 
@@ -22,8 +35,17 @@ export function writeFileAtomic(path: string, data: Uint8Array | string, mode = 
  * Create `path` (which must not exist: O_EXCL, plus `extraFlags`), write all of `data`, fsync.
  * On a write failure the partial file is removed. The one place that writes file bytes.
  */
-export function writeExclusive(path: string, data: Uint8Array | string, mode: number, extraFlags = 0): void {
-  const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | extraFlags, mode)
+export function writeExclusive(
+  path: string,
+  data: Uint8Array | string,
+  mode: number,
+  extraFlags = 0,
+): void {
+  const fd = openSync(
+    path,
+    constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | extraFlags,
+    mode,
+  )
   try {
     const buf = typeof data === 'string' ? Buffer.from(data) : data
     let off = 0

@@ -50,7 +50,10 @@ export function helpText(cmd: Command): string {
   const opts = Object.entries(cmd.options)
   if (opts.length) {
     lines.push('', 'Options:')
-    for (const [k, o] of opts) lines.push(`  --${k}${o.type === 'string' ? ' VALUE' : ''}${o.multiple ? ' (repeatable)' : ''}`)
+    for (const [k, o] of opts)
+      lines.push(
+        `  --${k}${o.type === 'string' ? ' VALUE' : ''}${o.multiple ? ' (repeatable)' : ''}`,
+      )
     lines.push('  --json          machine-readable output', '  -h, --help      this help')
   }
   if (cmd.examples?.length) lines.push('', 'Examples:', ...cmd.examples.map((e) => `  ${e}`))
@@ -66,18 +69,33 @@ export function usage(message: string): never {
 /** Remedies for the errors users meet most (fscrypt-style suggestions). */
 export function suggestionFor(code: UnlockdErrorCode): string | undefined {
   switch (code) {
-    case 'server_unreachable': return 'Check the server URL, that `unlockd server start` is running, and the network path (firewall, ip= on the kernel command line).'
-    case 'tls_pin_mismatch': return 'The server certificate does not match the pinned CA/key: re-copy the CA with --ca, or re-enroll if the server key was replaced on purpose.'
-    case 'unauthorized': return 'Set UNLOCKD_TOKEN (or UNLOCKD_TOKEN_FILE) to an operator API token printed by `unlockd server init` or `unlockd operator add`.'
-    case 'token_used': case 'token_expired': case 'token_revoked': case 'token_invalid': return 'Create a fresh one-time token: `unlockd token create --host NAME`.'
-    case 'host_suspended': return 'An operator can run `unlockd host resume NAME` after checking why it was suspended.'
-    case 'host_shredded': return 'This host was crypto-shredded; its data cannot be unlocked. Re-provision it and enroll new keys.'
-    case 'keystore_locked': return 'Give the keystore passphrase with --passphrase-file, UNLOCKD_PASSPHRASE, or a systemd credential named unlockd-passphrase.'
-    case 'fscrypt_unsupported': return 'Enable the feature on the unmounted filesystem: tune2fs -O encrypt /dev/DEVICE'
-    case 'not_enrolled': return 'Run `unlockd enroll --server URL --token TOKEN ...` first.'
-    case 'iat_skew': return 'Fix the clock on this host (systemd-timesyncd or chrony).'
-    case 'destructive_needs_force': return 'Re-run interactively, or add --yes to confirm.'
-    default: return undefined
+    case 'server_unreachable':
+      return 'Check the server URL, that `unlockd server start` is running, and the network path (firewall, ip= on the kernel command line).'
+    case 'tls_pin_mismatch':
+      return 'The server certificate does not match the pinned CA/key: re-copy the CA with --ca, or re-enroll if the server key was replaced on purpose.'
+    case 'unauthorized':
+      return 'Set UNLOCKD_TOKEN (or UNLOCKD_TOKEN_FILE) to an operator API token printed by `unlockd server init` or `unlockd operator add`.'
+    case 'token_used':
+    case 'token_expired':
+    case 'token_revoked':
+    case 'token_invalid':
+      return 'Create a fresh one-time token: `unlockd token create --host NAME`.'
+    case 'host_suspended':
+      return 'An operator can run `unlockd host resume NAME` after checking why it was suspended.'
+    case 'host_shredded':
+      return 'This host was crypto-shredded; its data cannot be unlocked. Re-provision it and enroll new keys.'
+    case 'keystore_locked':
+      return 'Give the keystore passphrase with --passphrase-file, UNLOCKD_PASSPHRASE, or a systemd credential named unlockd-passphrase.'
+    case 'fscrypt_unsupported':
+      return 'Enable the feature on the unmounted filesystem: tune2fs -O encrypt /dev/DEVICE'
+    case 'not_enrolled':
+      return 'Run `unlockd enroll --server URL --token TOKEN ...` first.'
+    case 'iat_skew':
+      return 'Fix the clock on this host (systemd-timesyncd or chrony).'
+    case 'destructive_needs_force':
+      return 'Re-run interactively, or add --yes to confirm.'
+    default:
+      return undefined
   }
 }
 
@@ -86,19 +104,49 @@ export function exitCodeFor(code: UnlockdErrorCode): number {
   if (code === 'approval_pending') return EXIT.pending
   if (code === 'usage') return EXIT.usage
   const refused: UnlockdErrorCode[] = [
-    'unauthorized', 'forbidden', 'token_invalid', 'token_used', 'token_expired', 'token_revoked', 'host_unknown', 'bad_signature',
-    'nonce_reused', 'cidr_denied', 'rate_limited', 'not_yet_valid', 'expired', 'host_suspended', 'host_shredded', 'approval_denied',
-    'approval_expired', 'totp_invalid', 'totp_replayed', 'totp_locked', 'clone_suspected',
+    'unauthorized',
+    'forbidden',
+    'token_invalid',
+    'token_used',
+    'token_expired',
+    'token_revoked',
+    'host_unknown',
+    'bad_signature',
+    'nonce_reused',
+    'cidr_denied',
+    'rate_limited',
+    'not_yet_valid',
+    'expired',
+    'host_suspended',
+    'host_shredded',
+    'approval_denied',
+    'approval_expired',
+    'totp_invalid',
+    'totp_replayed',
+    'totp_locked',
+    'clone_suspected',
   ]
   return refused.includes(code) ? EXIT.refused : EXIT.error
 }
 
-export async function runCommand(prog: string, cmd: Command, argv: string[], io: CliIo): Promise<number> {
+export async function runCommand(
+  prog: string,
+  cmd: Command,
+  argv: string[],
+  io: CliIo,
+): Promise<number> {
   let parsed: { values: Values; positionals: string[] }
   try {
-    parsed = parseArgs({ args: argv, options: { ...COMMON, ...cmd.options }, strict: true, allowPositionals: cmd.positionals ?? false }) as { values: Values; positionals: string[] }
+    parsed = parseArgs({
+      args: argv,
+      options: { ...COMMON, ...cmd.options },
+      strict: true,
+      allowPositionals: cmd.positionals ?? false,
+    }) as { values: Values; positionals: string[] }
   } catch (e) {
-    io.stderr(`[ERROR] ${prog} ${cmd.name}: ${e instanceof Error ? e.message : String(e)}\n\n${helpText(cmd)}`)
+    io.stderr(
+      `[ERROR] ${prog} ${cmd.name}: ${e instanceof Error ? e.message : String(e)}\n\n${helpText(cmd)}`,
+    )
     return EXIT.usage
   }
   if (parsed.values['help']) {
@@ -106,13 +154,21 @@ export async function runCommand(prog: string, cmd: Command, argv: string[], io:
     return EXIT.ok
   }
   try {
-    return (await cmd.run({ values: parsed.values, positionals: parsed.positionals, io })) ?? EXIT.ok
+    return (
+      (await cmd.run({ values: parsed.values, positionals: parsed.positionals, io })) ?? EXIT.ok
+    )
   } catch (e) {
     return reportError(prog, cmd, e, io, Boolean(parsed.values['json']))
   }
 }
 
-export function reportError(prog: string, cmd: Command, e: unknown, io: CliIo, json: boolean): number {
+export function reportError(
+  prog: string,
+  cmd: Command,
+  e: unknown,
+  io: CliIo,
+  json: boolean,
+): number {
   if (e instanceof UsageError) {
     io.stderr(`[ERROR] ${prog} ${cmd.name}: ${e.message}\n\n${helpText(cmd)}`)
     return EXIT.usage
@@ -122,14 +178,19 @@ export function reportError(prog: string, cmd: Command, e: unknown, io: CliIo, j
       io.stderr(`[ERROR] ${prog} ${cmd.name}: ${e.message}\n`)
       return EXIT.usage
     }
-    if (json) io.stdout(JSON.stringify({ error: e.code, message: e.message, ...(e.details ?? {}) }) + '\n')
+    if (json)
+      io.stdout(JSON.stringify({ error: e.code, message: e.message, ...(e.details ?? {}) }) + '\n')
     const rule = e.details?.['rule']
-    io.stderr(`[ERROR] ${prog} ${cmd.name}: ${e.message} (${e.code}${rule ? `, rule ${String(rule)}` : ''})\n`)
+    io.stderr(
+      `[ERROR] ${prog} ${cmd.name}: ${e.message} (${e.code}${rule ? `, rule ${String(rule)}` : ''})\n`,
+    )
     const hint = suggestionFor(e.code)
     if (hint) io.stderr(`${hint}\n`)
     return exitCodeFor(e.code)
   }
-  io.stderr(`[ERROR] ${prog} ${cmd.name}: internal error: ${e instanceof Error ? e.message : String(e)}\n`)
+  io.stderr(
+    `[ERROR] ${prog} ${cmd.name}: internal error: ${e instanceof Error ? e.message : String(e)}\n`,
+  )
   return EXIT.error
 }
 
@@ -138,18 +199,40 @@ export function output(io: CliIo, values: Values, data: unknown, table: () => st
   io.stdout(values['json'] ? JSON.stringify(data, null, 2) + '\n' : table())
 }
 
-export function formatTable(headers: string[], rows: (string | number | null | undefined)[][]): string {
-  const cells = [headers, ...rows.map((r) => r.map((c) => (c === null || c === undefined ? '-' : String(c))))]
+export function formatTable(
+  headers: string[],
+  rows: (string | number | null | undefined)[][],
+): string {
+  const cells = [
+    headers,
+    ...rows.map((r) => r.map((c) => (c === null || c === undefined ? '-' : String(c)))),
+  ]
   const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)))
-  return cells.map((r) => r.map((c, i) => (i === r.length - 1 ? c : (c ?? '').padEnd(widths[i] as number))).join('  ')).join('\n') + '\n'
+  return (
+    cells
+      .map((r) =>
+        r
+          .map((c, i) => (i === r.length - 1 ? c : (c ?? '').padEnd(widths[i] as number)))
+          .join('  '),
+      )
+      .join('\n') + '\n'
+  )
 }
 
 export function fmtTime(sec: number | null | undefined): string {
-  return sec === null || sec === undefined ? '-' : new Date(sec * 1000).toISOString().replace('.000Z', 'Z')
+  return sec === null || sec === undefined
+    ? '-'
+    : new Date(sec * 1000).toISOString().replace('.000Z', 'Z')
 }
 
 /** Read a secret: from a file (trailing newline trimmed), an env var, or an interactive prompt. */
-export async function readSecret(o: { file?: string | undefined; envName?: string; io: CliIo; prompt?: string; confirm?: boolean }): Promise<string> {
+export async function readSecret(o: {
+  file?: string | undefined
+  envName?: string
+  io: CliIo
+  prompt?: string
+  confirm?: boolean
+}): Promise<string> {
   if (o.file) {
     try {
       return readFileSync(o.file, 'utf8').replace(/\r?\n$/, '')
@@ -161,13 +244,20 @@ export async function readSecret(o: { file?: string | undefined; envName?: strin
   if (credDir && o.envName === 'UNLOCKD_PASSPHRASE') {
     try {
       return readFileSync(`${credDir}/unlockd-passphrase`, 'utf8').replace(/\r?\n$/, '')
-    } catch { /* no credential: fall through */ }
+    } catch {
+      /* no credential: fall through */
+    }
   }
   const fromEnv = o.envName ? o.io.env[o.envName] : undefined
   if (fromEnv) return fromEnv
-  if (!o.io.interactive || !o.prompt) throw new UnlockdError('keystore_locked', `no ${o.prompt ?? 'secret'} given (use a file option${o.envName ? ` or ${o.envName}` : ''})`)
+  if (!o.io.interactive || !o.prompt)
+    throw new UnlockdError(
+      'keystore_locked',
+      `no ${o.prompt ?? 'secret'} given (use a file option${o.envName ? ` or ${o.envName}` : ''})`,
+    )
   const a = await promptHidden(o.prompt)
-  if (o.confirm && (await promptHidden('Repeat: ')) !== a) throw new UnlockdError('usage', 'the two entries differ')
+  if (o.confirm && (await promptHidden('Repeat: ')) !== a)
+    throw new UnlockdError('usage', 'the two entries differ')
   return a
 }
 
@@ -177,19 +267,35 @@ async function promptHidden(question: string): Promise<string> {
   const rl = createInterface({ input: process.stdin, terminal: true })
   const rlOut = rl as unknown as { _writeToOutput?: (s: string) => void }
   rlOut._writeToOutput = () => {} // no echo
-  return new Promise((resolve) => rl.question('', (a) => { rl.close(); process.stderr.write('\n'); resolve(a) }))
+  return new Promise((resolve) =>
+    rl.question('', (a) => {
+      rl.close()
+      process.stderr.write('\n')
+      resolve(a)
+    }),
+  )
 }
 
 /** Ask one question on the terminal (prompt on stderr) and return the trimmed answer. */
 export async function ask(question: string): Promise<string> {
   const { createInterface } = await import('node:readline')
   const rl = createInterface({ input: process.stdin, output: process.stderr })
-  return new Promise<string>((resolve) => rl.question(question, (x) => { rl.close(); resolve(x.trim()) }))
+  return new Promise<string>((resolve) =>
+    rl.question(question, (x) => {
+      rl.close()
+      resolve(x.trim())
+    }),
+  )
 }
 
 /** Default-no confirmation for destructive commands (fscrypt prompt.go). */
 export async function confirm(io: CliIo, question: string, yes: boolean): Promise<void> {
   if (yes) return
-  if (!io.interactive) throw new UnlockdError('destructive_needs_force', 'refusing a destructive action without a terminal; add --yes to confirm')
-  if (!/^y(es)?$/i.test(await ask(`${question} [y/N] `))) throw new UnlockdError('destructive_needs_force', 'cancelled')
+  if (!io.interactive)
+    throw new UnlockdError(
+      'destructive_needs_force',
+      'refusing a destructive action without a terminal; add --yes to confirm',
+    )
+  if (!/^y(es)?$/i.test(await ask(`${question} [y/N] `)))
+    throw new UnlockdError('destructive_needs_force', 'cancelled')
 }

@@ -23,7 +23,9 @@ const MAX_RESPONSE = 1024 * 1024
 function spkiOf(cert: PeerCertificate): string | undefined {
   try {
     const x = new X509Certificate(cert.raw)
-    return createHash('sha256').update(x.publicKey.export({ type: 'spki', format: 'der' })).digest('base64')
+    return createHash('sha256')
+      .update(x.publicKey.export({ type: 'spki', format: 'der' }))
+      .digest('base64')
   } catch {
     return undefined
   }
@@ -31,7 +33,8 @@ function spkiOf(cert: PeerCertificate): string | undefined {
 
 export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}): Transport {
   const base = new URL(baseUrl)
-  if (base.protocol !== 'http:' && base.protocol !== 'https:') throw new UnlockdError('config_invalid', `server URL must be http(s): ${baseUrl}`)
+  if (base.protocol !== 'http:' && base.protocol !== 'https:')
+    throw new UnlockdError('config_invalid', `server URL must be http(s): ${baseUrl}`)
   const prefix = base.pathname.replace(/\/+$/, '')
   return (req) =>
     new Promise<TransportResponse>((resolve, reject) => {
@@ -59,40 +62,70 @@ export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}):
           const want = opts.spkiSha256
           options.checkServerIdentity = (_host, cert) => {
             const got = spkiOf(cert)
-            if (got !== want) return new Error(`TLS pin mismatch: server key sha256 ${got ?? '?'} is not the pinned ${want}`)
+            if (got !== want)
+              return new Error(
+                `TLS pin mismatch: server key sha256 ${got ?? '?'} is not the pinned ${want}`,
+              )
             return undefined
           }
         }
       }
       const timeout = req.timeoutMs ?? opts.timeoutMs ?? 10_000
-      const r = (base.protocol === 'https:' ? httpsRequest : httpRequest)(options, (res: IncomingMessage) => {
-        const chunks: Buffer[] = []
-        let size = 0
-        res.on('data', (c: Buffer) => {
-          size += c.byteLength
-          if (size > MAX_RESPONSE) r.destroy(new Error('response too large'))
-          else chunks.push(c)
-        })
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8')
-          if (res.statusCode !== undefined && res.statusCode >= 300 && res.statusCode < 400) {
-            reject(new UnlockdError('protocol_invalid', `server answered a redirect (${res.statusCode}); redirects are not followed`))
-            return
-          }
-          try {
-            resolve({ status: res.statusCode ?? 0, body: text.length ? (JSON.parse(text) as unknown) : undefined })
-          } catch (cause) {
-            reject(new UnlockdError('protocol_invalid', `server answered ${res.statusCode} with a body that is not JSON`, { cause }))
-          }
-        })
-        res.on('error', (e) => reject(classify(e, baseUrl)))
-      })
-      const timer = setTimeout(() => r.destroy(Object.assign(new Error(`timed out after ${timeout} ms`), { code: 'ETIMEDOUT' })), timeout)
+      const r = (base.protocol === 'https:' ? httpsRequest : httpRequest)(
+        options,
+        (res: IncomingMessage) => {
+          const chunks: Buffer[] = []
+          let size = 0
+          res.on('data', (c: Buffer) => {
+            size += c.byteLength
+            if (size > MAX_RESPONSE) r.destroy(new Error('response too large'))
+            else chunks.push(c)
+          })
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8')
+            if (res.statusCode !== undefined && res.statusCode >= 300 && res.statusCode < 400) {
+              reject(
+                new UnlockdError(
+                  'protocol_invalid',
+                  `server answered a redirect (${res.statusCode}); redirects are not followed`,
+                ),
+              )
+              return
+            }
+            try {
+              resolve({
+                status: res.statusCode ?? 0,
+                body: text.length ? (JSON.parse(text) as unknown) : undefined,
+              })
+            } catch (cause) {
+              reject(
+                new UnlockdError(
+                  'protocol_invalid',
+                  `server answered ${res.statusCode} with a body that is not JSON`,
+                  { cause },
+                ),
+              )
+            }
+          })
+          res.on('error', (e) => reject(classify(e, baseUrl)))
+        },
+      )
+      const timer = setTimeout(
+        () =>
+          r.destroy(
+            Object.assign(new Error(`timed out after ${timeout} ms`), { code: 'ETIMEDOUT' }),
+          ),
+        timeout,
+      )
       r.on('close', () => clearTimeout(timer))
       r.on('error', (e) => reject(classify(e, baseUrl)))
       if (req.signal) {
         if (req.signal.aborted) r.destroy(new Error('aborted'))
-        req.signal.addEventListener('abort', () => r.destroy(Object.assign(new Error('aborted'), { code: 'ABORT_ERR' })), { once: true })
+        req.signal.addEventListener(
+          'abort',
+          () => r.destroy(Object.assign(new Error('aborted'), { code: 'ABORT_ERR' })),
+          { once: true },
+        )
       }
       r.end(body)
     })
@@ -100,10 +133,22 @@ export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}):
 
 function classify(e: Error & { code?: string }, url: string): UnlockdError {
   const msg = e.message
-  if (/pin mismatch/.test(msg)) return new UnlockdError('tls_pin_mismatch', `${url}: ${msg}`, { cause: e })
+  if (/pin mismatch/.test(msg))
+    return new UnlockdError('tls_pin_mismatch', `${url}: ${msg}`, { cause: e })
   if (e.code && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|HOSTNAME/.test(e.code)) {
-    return new UnlockdError('tls_pin_mismatch', `${url}: TLS verification failed (${e.code}); check the pinned CA file`, { cause: e })
+    return new UnlockdError(
+      'tls_pin_mismatch',
+      `${url}: TLS verification failed (${e.code}); check the pinned CA file`,
+      { cause: e },
+    )
   }
-  const why = e.code === 'ECONNREFUSED' ? 'connection refused' : e.code === 'ETIMEDOUT' ? msg : e.code === 'ABORT_ERR' ? 'aborted' : `${e.code ?? ''} ${msg}`.trim()
+  const why =
+    e.code === 'ECONNREFUSED'
+      ? 'connection refused'
+      : e.code === 'ETIMEDOUT'
+        ? msg
+        : e.code === 'ABORT_ERR'
+          ? 'aborted'
+          : `${e.code ?? ''} ${msg}`.trim()
   return new UnlockdError('server_unreachable', `cannot reach ${url}: ${why}`, { cause: e })
 }

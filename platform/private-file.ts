@@ -12,7 +12,12 @@ export function writeNewPrivateFile(path: string, data: Uint8Array | string): vo
     writeExclusive(path, data, 0o600, constants.O_NOFOLLOW)
   } catch (cause) {
     const code = (cause as NodeJS.ErrnoException).code
-    if (code === 'EEXIST') throw new UnlockdError('conflict', `${path} already exists; choose a new file name (it is never overwritten)`, { cause })
+    if (code === 'EEXIST')
+      throw new UnlockdError(
+        'conflict',
+        `${path} already exists; choose a new file name (it is never overwritten)`,
+        { cause },
+      )
     throw new UnlockdError('config_invalid', `cannot create ${path}: ${code ?? 'error'}`, { cause })
   }
 }

@@ -1,6 +1,7 @@
 /**
  * What the server's use cases need, injected so tests can freeze time and swap stores.
  */
+import type { EventEmitter } from 'node:events'
 import type { Keystore } from './keys/keystore.ts'
 import type { Logger } from './log.ts'
 import type { Store } from './store/store.ts'
@@ -50,5 +51,5 @@ export interface ServerDeps {
   now: () => number
   settings: ServerSettings
   /** Wakes long-polls when an approval or a shred order changes (in-process fast path). */
-  events: import('node:events').EventEmitter
+  events: EventEmitter
 }

@@ -32,7 +32,9 @@ export function runMaintenance(deps: ServerDeps, intervalMs = 60_000): () => voi
       try {
         await job(deps)
       } catch (err) {
-        deps.log.log('error', 'maintenance job failed', { err: err instanceof Error ? err.message : String(err) })
+        deps.log.log('error', 'maintenance job failed', {
+          err: err instanceof Error ? err.message : String(err),
+        })
       }
     }
     running = false

@@ -9,7 +9,10 @@ export interface Logger {
   log(level: LogLevel, msg: string, fields?: LogFields): void
 }
 
-export function jsonLogger(write: (line: string) => void = (l) => process.stdout.write(l), minLevel: LogLevel = 'info'): Logger {
+export function jsonLogger(
+  write: (line: string) => void = (l) => process.stdout.write(l),
+  minLevel: LogLevel = 'info',
+): Logger {
   const order: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 }
   return {
     log(level, msg, fields = {}) {
@@ -24,5 +27,10 @@ export const silentLogger: Logger = { log() {} }
 /** Collects entries in memory (tests assert that no secret was logged). */
 export function memoryLogger(): Logger & { lines: string[] } {
   const lines: string[] = []
-  return { lines, log(level, msg, fields = {}) { lines.push(JSON.stringify({ level, msg, ...fields })) } }
+  return {
+    lines,
+    log(level, msg, fields = {}) {
+      lines.push(JSON.stringify({ level, msg, ...fields }))
+    },
+  }
 }

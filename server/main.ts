@@ -7,6 +7,7 @@
 import { createAdaptorServer } from '@hono/node-server'
 import { createServer as createHttpsServer } from 'node:https'
 import { readFileSync } from 'node:fs'
+import type { Server as HttpServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { UnlockdError } from '../shared/errors.ts'
 import { isLoopback, parseIp } from '../shared/util/cidr.ts'
@@ -24,7 +25,8 @@ export interface ListenOptions {
 export function parseListen(text: string): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text)
   const port = Number(m?.[3])
-  if (!m || !Number.isInteger(port) || port > 65535) throw new UnlockdError('usage', `--listen must be HOST:PORT (got ${text})`)
+  if (!m || !Number.isInteger(port) || port > 65535)
+    throw new UnlockdError('usage', `--listen must be HOST:PORT (got ${text})`)
   return { host: (m[1] ?? m[2]) as string, port }
 }
 
@@ -37,22 +39,30 @@ export interface RunningServer {
 export async function startServer(deps: ServerDeps, opts: ListenOptions): Promise<RunningServer> {
   const { host, port } = parseListen(opts.listen)
   const tls = opts.tlsCert !== undefined || opts.tlsKey !== undefined
-  if (tls && (!opts.tlsCert || !opts.tlsKey)) throw new UnlockdError('usage', '--tls-cert and --tls-key go together')
+  if (tls && (!opts.tlsCert || !opts.tlsKey))
+    throw new UnlockdError('usage', '--tls-cert and --tls-key go together')
   const loopback = host === 'localhost' || (parseIp(host) !== undefined && isLoopback(host))
   if (!tls && !loopback) {
-    throw new UnlockdError('usage', `refusing plain HTTP on ${host}: give --tls-cert and --tls-key, or listen on 127.0.0.1`)
+    throw new UnlockdError(
+      'usage',
+      `refusing plain HTTP on ${host}: give --tls-cert and --tls-key, or listen on 127.0.0.1`,
+    )
   }
   const app = createApp(deps)
   const server = tls
     ? createAdaptorServer({
         fetch: app.fetch,
         createServer: createHttpsServer,
-        serverOptions: { cert: readFileSync(opts.tlsCert as string), key: readFileSync(opts.tlsKey as string), minVersion: 'TLSv1.2' },
+        serverOptions: {
+          cert: readFileSync(opts.tlsCert as string),
+          key: readFileSync(opts.tlsKey as string),
+          minVersion: 'TLSv1.2',
+        },
       })
     : createAdaptorServer({ fetch: app.fetch })
   // Long-polls hold requests for up to pollHold; keep sockets alive a little longer than that.
-  ;(server as import('node:http').Server).requestTimeout = (deps.settings.pollHold + 30) * 1000
-  ;(server as import('node:http').Server).keepAliveTimeout = 5000
+  ;(server as HttpServer).requestTimeout = (deps.settings.pollHold + 30) * 1000
+  ;(server as HttpServer).keepAliveTimeout = 5000
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(port, host, () => resolve())
@@ -61,7 +71,11 @@ export async function startServer(deps: ServerDeps, opts: ListenOptions): Promis
   const shownHost = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address
   const url = `${tls ? 'https' : 'http'}://${shownHost}:${addr.port}`
   const stopJobs = runMaintenance(deps)
-  deps.log.log('info', 'listening', { url, store: deps.store.kind, kek: deps.keystore.currentVersion })
+  deps.log.log('info', 'listening', {
+    url,
+    store: deps.store.kind,
+    kek: deps.keystore.currentVersion,
+  })
   let closing: Promise<void> | undefined
   return {
     url,
@@ -71,9 +85,9 @@ export async function startServer(deps: ServerDeps, opts: ListenOptions): Promis
         stopJobs()
         await new Promise<void>((resolve) => {
           server.close(() => resolve())
-          ;(server as import('node:http').Server).closeIdleConnections?.()
+          ;(server as HttpServer).closeIdleConnections?.()
           // In-flight long-polls get a bounded grace period.
-          setTimeout(() => (server as import('node:http').Server).closeAllConnections?.(), 3000).unref()
+          setTimeout(() => (server as HttpServer).closeAllConnections?.(), 3000).unref()
         })
         await closeDeps(deps)
         deps.log.log('info', 'stopped', {})

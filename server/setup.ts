@@ -32,25 +32,50 @@ export interface InitResult {
   store: string
 }
 
-export async function initDataDir(dataDir: string, passphrase: string, opts: { operator: string; db?: string | undefined; log: Logger }): Promise<InitResult> {
+export async function initDataDir(
+  dataDir: string,
+  passphrase: string,
+  opts: { operator: string; db?: string | undefined; log: Logger },
+): Promise<InitResult> {
   ensurePrivateDir(dataDir)
   const ksPath = join(dataDir, KEYSTORE_FILE)
-  if (existsSync(ksPath)) throw new UnlockdError('conflict', `${dataDir} is already initialized (keystore.json exists)`)
+  if (existsSync(ksPath))
+    throw new UnlockdError('conflict', `${dataDir} is already initialized (keystore.json exists)`)
   const cfgPath = join(dataDir, CONFIG_FILE)
   const config: ServerConfig = parseServerConfig(JSON.stringify(opts.db ? { db: opts.db } : {}))
   const store = await openStore(config.db ?? join(dataDir, DB_FILE))
   try {
     const now = nowSeconds()
     // Check the database before writing anything, so a refused init leaves no half-made data dir.
-    if ((await store.tx((t) => t.listOperators())).length > 0) throw new UnlockdError('conflict', 'this database already has operators (it belongs to another unlockd data dir)')
+    if ((await store.tx((t) => t.listOperators())).length > 0)
+      throw new UnlockdError(
+        'conflict',
+        'this database already has operators (it belongs to another unlockd data dir)',
+      )
     const ks = Keystore.create(ksPath, passphrase, now)
     ks.close()
-    if (!existsSync(cfgPath)) writeFileAtomic(cfgPath, JSON.stringify(opts.db ? { db: opts.db } : {}, null, 2) + '\n', 0o600)
+    if (!existsSync(cfgPath))
+      writeFileAtomic(
+        cfgPath,
+        JSON.stringify(opts.db ? { db: opts.db } : {}, null, 2) + '\n',
+        0o600,
+      )
     const token = newToken('uo')
     const tokenHash = await hashToken(token)
     await store.tx(async (t) => {
-      if ((await t.listOperators()).length > 0) throw new UnlockdError('conflict', 'this database already has operators')
-      await t.insertOperator({ id: newId('op', 9), name: opts.operator, tokenHash, totpKekVersion: null, totpIv: null, totpCt: null, totpLastStep: null, createdAt: now, removedAt: null })
+      if ((await t.listOperators()).length > 0)
+        throw new UnlockdError('conflict', 'this database already has operators')
+      await t.insertOperator({
+        id: newId('op', 9),
+        name: opts.operator,
+        tokenHash,
+        totpKekVersion: null,
+        totpIv: null,
+        totpCt: null,
+        totpLastStep: null,
+        createdAt: now,
+        removedAt: null,
+      })
       await t.setMeta('kek_rotated_at', String(now))
       await audit(t, now, 'system', 'server.init', null, { operator: opts.operator })
     })
@@ -66,7 +91,12 @@ export function loadServerConfig(dataDir: string): ServerConfig {
   return parseServerConfig(text, cfgPath)
 }
 
-export async function openDeps(dataDir: string, passphrase: string, log: Logger, overrides: { db?: string | undefined } = {}): Promise<ServerDeps> {
+export async function openDeps(
+  dataDir: string,
+  passphrase: string,
+  log: Logger,
+  overrides: { db?: string | undefined } = {},
+): Promise<ServerDeps> {
   const config = loadServerConfig(dataDir)
   const keystore = Keystore.open(join(dataDir, KEYSTORE_FILE), passphrase)
   const store = await openStore(overrides.db ?? config.db ?? join(dataDir, DB_FILE))
@@ -90,9 +120,16 @@ export async function openDeps(dataDir: string, passphrase: string, log: Logger,
 async function resumeRotation(deps: ServerDeps): Promise<void> {
   try {
     const r = await completeRotation(deps)
-    if (r) deps.log.log('warn', 'finished an interrupted KEK rotation', { kek: r.current, destroyed: r.destroyed.join(','), reasons: r.reasons.join(',') })
+    if (r)
+      deps.log.log('warn', 'finished an interrupted KEK rotation', {
+        kek: r.current,
+        destroyed: r.destroyed.join(','),
+        reasons: r.reasons.join(','),
+      })
   } catch (err) {
-    deps.log.log('error', 'cannot finish the pending KEK rotation; retrying in the background', { err: err instanceof Error ? err.message : String(err) })
+    deps.log.log('error', 'cannot finish the pending KEK rotation; retrying in the background', {
+      err: err instanceof Error ? err.message : String(err),
+    })
   }
 }
 

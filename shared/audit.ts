@@ -13,7 +13,9 @@ export function canonicalJson(value: unknown): string {
   if (value === null || typeof value !== 'object') return JSON.stringify(value) ?? 'null'
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
   const obj = value as Record<string, unknown>
-  const keys = Object.keys(obj).filter((k) => obj[k] !== undefined).sort()
+  const keys = Object.keys(obj)
+    .filter((k) => obj[k] !== undefined)
+    .sort()
   return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(obj[k])}`).join(',')}}`
 }
 
@@ -21,7 +23,15 @@ export type AuditFields = Omit<AuditEntry, 'hash'>
 
 export async function auditHash(e: AuditFields): Promise<string> {
   return sha256Hex(
-    canonicalJson({ seq: e.seq, at: e.at, actor: e.actor, action: e.action, host: e.host, detail: e.detail, prevHash: e.prevHash }),
+    canonicalJson({
+      seq: e.seq,
+      at: e.at,
+      actor: e.actor,
+      action: e.action,
+      host: e.host,
+      detail: e.detail,
+      prevHash: e.prevHash,
+    }),
   )
 }
 
@@ -33,14 +43,35 @@ export type AuditVerdict =
  * Recompute the chain over entries in sequence order. Names the first bad entry.
  * @example const v = await verifyAuditChain(entries); if (!v.ok) console.log(v.badSeq)
  */
-export async function verifyAuditChain(entries: readonly AuditEntry[], startPrev = AUDIT_GENESIS): Promise<AuditVerdict> {
+export async function verifyAuditChain(
+  entries: readonly AuditEntry[],
+  startPrev = AUDIT_GENESIS,
+): Promise<AuditVerdict> {
   let prev = startPrev
   let expectedSeq = entries[0]?.seq ?? 1
   for (const e of entries) {
-    if (e.seq !== expectedSeq) return { ok: false, count: entries.length, badSeq: e.seq, reason: `sequence gap: expected ${expectedSeq}` }
-    if (e.prevHash !== prev) return { ok: false, count: entries.length, badSeq: e.seq, reason: 'prevHash does not match the previous entry' }
+    if (e.seq !== expectedSeq)
+      return {
+        ok: false,
+        count: entries.length,
+        badSeq: e.seq,
+        reason: `sequence gap: expected ${expectedSeq}`,
+      }
+    if (e.prevHash !== prev)
+      return {
+        ok: false,
+        count: entries.length,
+        badSeq: e.seq,
+        reason: 'prevHash does not match the previous entry',
+      }
     const h = await auditHash(e)
-    if (h !== e.hash) return { ok: false, count: entries.length, badSeq: e.seq, reason: 'hash does not match the entry contents' }
+    if (h !== e.hash)
+      return {
+        ok: false,
+        count: entries.length,
+        badSeq: e.seq,
+        reason: 'hash does not match the entry contents',
+      }
     prev = e.hash
     expectedSeq++
   }

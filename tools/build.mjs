@@ -4,16 +4,39 @@
 import { build } from 'esbuild'
 import { statSync, readFileSync } from 'node:fs'
 
-const common = { bundle: true, platform: 'node', format: 'esm', target: 'node20', sourcemap: false, legalComments: 'none', logLevel: 'warning' }
-const banner = { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" }
+const common = {
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  sourcemap: false,
+  legalComments: 'none',
+  logLevel: 'warning',
+}
+const banner = {
+  js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
+}
 
-await build({ ...common, entryPoints: ['bin/unlockd.ts'], outfile: 'dist/unlockd.mjs', packages: 'external' })
-await build({ ...common, entryPoints: ['bin/unlockd-agent.ts'], outfile: 'dist/unlockd-agent.mjs', external: ['koffi'], banner, minify: true })
+await build({
+  ...common,
+  entryPoints: ['bin/unlockd.ts'],
+  outfile: 'dist/unlockd.mjs',
+  packages: 'external',
+})
+await build({
+  ...common,
+  entryPoints: ['bin/unlockd-agent.ts'],
+  outfile: 'dist/unlockd-agent.mjs',
+  external: ['koffi'],
+  banner,
+  minify: true,
+})
 
 // The agent bundle must never carry server code: it goes into every host's initramfs.
 const agent = readFileSync('dist/unlockd-agent.mjs', 'utf8')
 for (const banned of ['better-sqlite3', 'hono', 'createAdaptorServer', 'pg-pool']) {
-  if (agent.includes(banned)) throw new Error(`agent bundle contains ${banned}: an agent module imports server code`)
+  if (agent.includes(banned))
+    throw new Error(`agent bundle contains ${banned}: an agent module imports server code`)
 }
 const size = statSync('dist/unlockd-agent.mjs').size
 const BUDGET = 1024 * 1024

@@ -12,7 +12,13 @@ export function cfgDir(values: Values, env: Record<string, string | undefined>):
 }
 
 export function defaultHostName(): string {
-  return hostname().toLowerCase().split('.')[0]?.replace(/[^a-z0-9_.-]/g, '-').slice(0, 64) || 'host'
+  return (
+    hostname()
+      .toLowerCase()
+      .split('.')[0]
+      ?.replace(/[^a-z0-9_.-]/g, '-')
+      .slice(0, 64) || 'host'
+  )
 }
 
 export function readKeyFile(path: string, what: string): Uint8Array {

@@ -14,16 +14,25 @@ import { CONFIG_OPTION, cfgDir, defaultHostName, readKeyFile, readStdin } from '
 function splitSpec(spec: string, flag: string): { target: string; name: string } {
   const i = spec.lastIndexOf(':')
   const target = i > 0 ? spec.slice(0, i) : spec
-  const name = i > 0 ? spec.slice(i + 1) : basename(target).toLowerCase().replace(/[^a-z0-9_.-]/g, '-').replace(/^[^a-z0-9]+/, '')
+  const name =
+    i > 0
+      ? spec.slice(i + 1)
+      : basename(target)
+          .toLowerCase()
+          .replace(/[^a-z0-9_.-]/g, '-')
+          .replace(/^[^a-z0-9]+/, '')
   if (!target.startsWith('/')) usage(`${flag} ${spec}: give an absolute path`)
-  if (!NAME_RE.test(name)) usage(`${flag} ${spec}: volume NAME must be 1-64 chars of a-z 0-9 _ . - (append :NAME)`)
+  if (!NAME_RE.test(name))
+    usage(`${flag} ${spec}: volume NAME must be 1-64 chars of a-z 0-9 _ . - (append :NAME)`)
   return { target, name }
 }
 
 export const enrollCommand: Command = {
   name: 'enroll',
-  summary: 'Enroll this host and bind LUKS2 volumes / fscrypt directories to the escrow server (idempotent).',
-  usage: 'unlockd enroll --server URL [--server URL ...] [--token-file F | --token -] [--name NAME] [--config DIR] [--ca FILE] (--luks DEVICE[:NAME] --existing-key-file F | --fscrypt DIR[:NAME]) ... [--recovery-key PUBLIC_JWK] [--json]',
+  summary:
+    'Enroll this host and bind LUKS2 volumes / fscrypt directories to the escrow server (idempotent).',
+  usage:
+    'unlockd enroll --server URL [--server URL ...] [--token-file F | --token -] [--name NAME] [--config DIR] [--ca FILE] (--luks DEVICE[:NAME] --existing-key-file F | --fscrypt DIR[:NAME]) ... [--recovery-key PUBLIC_JWK] [--json]',
   description: [
     'Makes the host keys (0600 in the config dir, default /etc/unlockd) on first use. Each LUKS2 volume gets a new random key in a new keyslot (its other keyslots keep working); each fscrypt directory (empty, on a filesystem with the encrypt feature) gets a v2 policy with a random 64-byte key.',
     'The enrollment token is read from --token-file, from stdin with --token -, or from UNLOCKD_ENROLL_TOKEN; it is never taken as an argument. Once enrolled, adding volumes needs no token.',
@@ -48,9 +57,15 @@ export const enrollCommand: Command = {
   async run({ values, io }) {
     const c = cfgDir(values, io.env)
     const tokenArg = values['token'] as string | undefined
-    if (tokenArg !== undefined && tokenArg !== '-') usage('refusing a token on the command line (it would show in ps and shell history): use --token-file F, --token - (stdin) or UNLOCKD_ENROLL_TOKEN')
+    if (tokenArg !== undefined && tokenArg !== '-')
+      usage(
+        'refusing a token on the command line (it would show in ps and shell history): use --token-file F, --token - (stdin) or UNLOCKD_ENROLL_TOKEN',
+      )
     let token: string | undefined
-    if (values['token-file']) token = new TextDecoder().decode(readKeyFile(values['token-file'] as string, 'token file')).trim()
+    if (values['token-file'])
+      token = new TextDecoder()
+        .decode(readKeyFile(values['token-file'] as string, 'token file'))
+        .trim()
     else if (tokenArg === '-') token = await readStdin()
     else token = io.env['UNLOCKD_ENROLL_TOKEN']
 
@@ -73,11 +88,19 @@ export const enrollCommand: Command = {
 
     const luks = (values['luks'] as string[] | undefined) ?? []
     const keyFiles = (values['existing-key-file'] as string[] | undefined) ?? []
-    if (luks.length && keyFiles.length !== 1 && keyFiles.length !== luks.length) usage('give one --existing-key-file for all --luks volumes, or one per --luks in the same order')
+    if (luks.length && keyFiles.length !== 1 && keyFiles.length !== luks.length)
+      usage(
+        'give one --existing-key-file for all --luks volumes, or one per --luks in the same order',
+      )
     const requests: VolumeRequest[] = []
     for (const [i, spec] of luks.entries()) {
       const { target, name: vname } = splitSpec(spec, '--luks')
-      requests.push({ kind: 'luks', device: target, name: vname, existingKey: readKeyFile((keyFiles[i] ?? keyFiles[0]) as string, 'existing key file') })
+      requests.push({
+        kind: 'luks',
+        device: target,
+        name: vname,
+        existingKey: readKeyFile((keyFiles[i] ?? keyFiles[0]) as string, 'existing key file'),
+      })
     }
     for (const spec of (values['fscrypt'] as string[] | undefined) ?? []) {
       const { target, name: vname } = splitSpec(spec, '--fscrypt')
@@ -85,17 +108,40 @@ export const enrollCommand: Command = {
     }
     let recoveryKey
     if (values['recovery-key']) {
-      const text = new TextDecoder().decode(readKeyFile(values['recovery-key'] as string, 'recovery key'))
+      const text = new TextDecoder().decode(
+        readKeyFile(values['recovery-key'] as string, 'recovery key'),
+      )
       try {
         recoveryKey = publicOf(parseSealingPublicKey(JSON.parse(text)))
       } catch (cause) {
-        throw new UnlockdError('config_invalid', `${String(values['recovery-key'])} is not a public X25519 JWK (make one with \`unlockd recovery-key create\`)`, { cause })
+        throw new UnlockdError(
+          'config_invalid',
+          `${String(values['recovery-key'])} is not a public X25519 JWK (make one with \`unlockd recovery-key create\`)`,
+          { cause },
+        )
       }
-      if ('d' in (JSON.parse(text) as object)) io.stderr('warning: the recovery key file holds the PRIVATE key; only the public part is used. Keep the private key offline.\n')
+      if ('d' in (JSON.parse(text) as object))
+        io.stderr(
+          'warning: the recovery key file holds the PRIVATE key; only the public part is used. Keep the private key offline.\n',
+        )
     }
     try {
-      const r = await enrollHost({ configDir: c.dir, servers, token, name, volumes: requests, recoveryKey, log: (l) => io.stderr(`${l}\n`) })
-      output(io, values, r, () => `${r.changed ? 'enrolled' : 'unchanged'}: host ${r.name} (${r.hostId})${r.added.length ? `, added ${r.added.join(', ')}` : ''}${r.unchanged.length ? `, already enrolled ${r.unchanged.join(', ')}` : ''}\n`)
+      const r = await enrollHost({
+        configDir: c.dir,
+        servers,
+        token,
+        name,
+        volumes: requests,
+        recoveryKey,
+        log: (l) => io.stderr(`${l}\n`),
+      })
+      output(
+        io,
+        values,
+        r,
+        () =>
+          `${r.changed ? 'enrolled' : 'unchanged'}: host ${r.name} (${r.hostId})${r.added.length ? `, added ${r.added.join(', ')}` : ''}${r.unchanged.length ? `, already enrolled ${r.unchanged.join(', ')}` : ''}\n`,
+      )
       return EXIT.ok
     } finally {
       for (const r of requests) if (r.kind === 'luks') zeroize(r.existingKey)

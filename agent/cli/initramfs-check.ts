@@ -7,7 +7,8 @@ import { planInitramfs, planLines, type Flavour, type InitramfsPlan } from '../i
 
 function detectFlavour(): Flavour {
   // Debian and Ubuntu use initramfs-tools; RHEL and Fedora dracut. Prefer initramfs-tools when both exist (Debian can have both).
-  if (existsSync('/usr/sbin/update-initramfs') || existsSync('/usr/share/initramfs-tools')) return 'initramfs-tools'
+  if (existsSync('/usr/sbin/update-initramfs') || existsSync('/usr/share/initramfs-tools'))
+    return 'initramfs-tools'
   if (existsSync('/usr/bin/dracut') || existsSync('/usr/sbin/dracut')) return 'dracut'
   return 'initramfs-tools'
 }
@@ -15,14 +16,25 @@ function detectFlavour(): Flavour {
 function text(p: InitramfsPlan): string {
   const out = [`Initramfs plan (${p.flavour}, config ${p.configDir}):`, '', 'Files:']
   const w = Math.max(0, ...p.files.map((f) => f.source.length))
-  for (const f of p.files) out.push(`  ${f.source.padEnd(w)}  -> ${f.dest}${f.kind === 'secret' ? ' (0600)' : ''}`, `  ${''.padEnd(w)}     ${f.why}`)
+  for (const f of p.files)
+    out.push(
+      `  ${f.source.padEnd(w)}  -> ${f.dest}${f.kind === 'secret' ? ' (0600)' : ''}`,
+      `  ${''.padEnd(w)}     ${f.why}`,
+    )
   out.push('', 'Volumes:')
   if (p.volumes.length === 0) out.push('  (none)')
   for (const v of p.volumes) {
-    const ct = v.crypttab ? `crypttab ${v.crypttab.name}${v.crypttab.options.length ? ` (${v.crypttab.options.join(',')})` : ''}` : 'no crypttab entry'
-    out.push(`  ${v.name}  UUID=${v.uuid}  ${ct}  ${v.atBoot ? 'answered at boot' : 'NOT asked in the initramfs'}`)
+    const ct = v.crypttab
+      ? `crypttab ${v.crypttab.name}${v.crypttab.options.length ? ` (${v.crypttab.options.join(',')})` : ''}`
+      : 'no crypttab entry'
+    out.push(
+      `  ${v.name}  UUID=${v.uuid}  ${ct}  ${v.atBoot ? 'answered at boot' : 'NOT asked in the initramfs'}`,
+    )
   }
-  out.push('', `Boot: keeps trying for ${p.settings.timeout} s (UNLOCKD_TIMEOUT), the typed passphrase works all along; unlockd=off on the kernel command line skips the agent.`)
+  out.push(
+    '',
+    `Boot: keeps trying for ${p.settings.timeout} s (UNLOCKD_TIMEOUT), the typed passphrase works all along; unlockd=off on the kernel command line skips the agent.`,
+  )
   if (p.warnings.length) out.push('', 'Warnings:', ...p.warnings.map((x) => `  - ${x}`))
   if (p.problems.length) out.push('', 'Problems:', ...p.problems.map((x) => `  - ${x}`))
   return out.join('\n') + '\n'
@@ -30,8 +42,10 @@ function text(p: InitramfsPlan): string {
 
 export const initramfsCheck: Command = {
   name: 'initramfs check',
-  summary: 'List what the initramfs hook copies into the image and why; fail when something is missing.',
-  usage: 'unlockd initramfs check [--config DIR] [--flavour initramfs-tools|dracut] [--crypttab FILE] [--fstab FILE] [--node PATH] [--bundle PATH] [--format text|lines] [--json]',
+  summary:
+    'List what the initramfs hook copies into the image and why; fail when something is missing.',
+  usage:
+    'unlockd initramfs check [--config DIR] [--flavour initramfs-tools|dracut] [--crypttab FILE] [--fstab FILE] [--node PATH] [--bundle PATH] [--format text|lines] [--json]',
   description: [
     'Checks Node.js (20.19+), the agent bundle, agent.json, both host keys (mode 0600), pinned CAs and,',
     'for initramfs-tools, a crypttab entry for the LUKS volume (no keyscript: the agent answers the prompt).',
@@ -50,7 +64,8 @@ export const initramfsCheck: Command = {
   },
   async run({ values, io }) {
     const flavour = (values['flavour'] as string | undefined) ?? detectFlavour()
-    if (flavour !== 'initramfs-tools' && flavour !== 'dracut') usage('--flavour must be initramfs-tools or dracut')
+    if (flavour !== 'initramfs-tools' && flavour !== 'dracut')
+      usage('--flavour must be initramfs-tools or dracut')
     const format = (values['format'] as string | undefined) ?? 'text'
     if (format !== 'text' && format !== 'lines') usage('--format must be text or lines')
     const plan = await planInitramfs({
@@ -74,7 +89,10 @@ export const initramfsCheck: Command = {
       if (plan.problems.length === 0) io.stdout(planLines(plan))
     } else io.stdout(text(plan))
     if (plan.problems.length > 0) {
-      throw new UnlockdError('config_invalid', `the initramfs cannot be built: ${plan.problems.length} problem${plan.problems.length > 1 ? 's' : ''} (listed above)`)
+      throw new UnlockdError(
+        'config_invalid',
+        `the initramfs cannot be built: ${plan.problems.length} problem${plan.problems.length > 1 ? 's' : ''} (listed above)`,
+      )
     }
     return EXIT.ok
   },

@@ -13,14 +13,25 @@ import { CONFIG_OPTION, cfgDir } from './common.ts'
 export const unlockCommand: Command = {
   name: 'unlock',
   summary: 'Fetch the keys from the escrow server and unlock the configured volumes (one shot).',
-  usage: 'unlockd unlock [--config DIR] [--volume NAME ...] [--test] [--key-stdout] [--wait DURATION] [--json]',
+  usage:
+    'unlockd unlock [--config DIR] [--volume NAME ...] [--test] [--key-stdout] [--wait DURATION] [--json]',
   description: [
     'LUKS volumes are opened as /dev/mapper/NAME (with --test: only checked with cryptsetup --test-passphrase, no device-mapper needed); fscrypt directories get their key added so they read in clear.',
     'When the server asks for a human approval, waits up to --wait (default: unlockWait in agent.json) and unlocks the moment it is approved.',
     '--key-stdout prints the LUKS passphrase of exactly one volume to stdout instead of opening it (for initramfs keyscripts and askpass); it refuses a terminal.',
   ].join('\n'),
-  examples: ['unlockd unlock', 'unlockd unlock --volume data --test', 'unlockd unlock --volume root --key-stdout > /lib/cryptsetup/passfifo'],
-  options: { ...CONFIG_OPTION, volume: { type: 'string', multiple: true }, test: { type: 'boolean' }, 'key-stdout': { type: 'boolean' }, wait: { type: 'string' } },
+  examples: [
+    'unlockd unlock',
+    'unlockd unlock --volume data --test',
+    'unlockd unlock --volume root --key-stdout > /lib/cryptsetup/passfifo',
+  ],
+  options: {
+    ...CONFIG_OPTION,
+    volume: { type: 'string', multiple: true },
+    test: { type: 'boolean' },
+    'key-stdout': { type: 'boolean' },
+    wait: { type: 'string' },
+  },
   async run({ values, io }) {
     const c = cfgDir(values, io.env)
     const { config, keys } = requireEnrolled(c)
@@ -31,51 +42,97 @@ export const unlockCommand: Command = {
       if (waitSeconds === undefined) usage('--wait must be a duration such as 30s or 5m')
     }
     const progress: Progress = (e) => {
-      if (e.kind === 'approval') io.stderr(`waiting for approval ${e.approvalId} (rule ${e.rule}) at ${e.server}\n`)
+      if (e.kind === 'approval')
+        io.stderr(`waiting for approval ${e.approvalId} (rule ${e.rule}) at ${e.server}\n`)
       else io.stderr(`${e.server}: ${e.error.message}\n`)
     }
     if (values['key-stdout']) {
       if (names.length !== 1) usage('--key-stdout needs exactly one --volume')
-      if (process.stdout.isTTY) usage('refusing to print a key to a terminal; redirect stdout to a pipe')
+      if (process.stdout.isTTY)
+        usage('refusing to print a key to a terminal; redirect stdout to a pipe')
       const vol = selectVolumes(config, names)[0]
       if (!vol || vol.kind !== 'luks') usage('--key-stdout works for LUKS volumes only')
-      const key = await fetchVolumeKey(c, config, keys, vol, { ...(waitSeconds !== undefined ? { waitSeconds } : {}), progress })
+      const key = await fetchVolumeKey(c, config, keys, vol, {
+        ...(waitSeconds !== undefined ? { waitSeconds } : {}),
+        progress,
+      })
       try {
-        await new Promise<void>((resolve, reject) => process.stdout.write(key, (err) => (err ? reject(err) : resolve())))
+        await new Promise<void>((resolve, reject) =>
+          process.stdout.write(key, (err) => (err ? reject(err) : resolve())),
+        )
       } finally {
         zeroize(key)
       }
       return EXIT.ok
     }
-    const r = await unlockVolumes(c, config, keys, { volumes: names, test: Boolean(values['test']), ...(waitSeconds !== undefined ? { waitSeconds } : {}), progress })
-    output(io, values, r, () => `${r.unlocked.length ? `unlocked: ${r.unlocked.join(', ')}\n` : ''}${r.already.length ? `already unlocked: ${r.already.join(', ')}\n` : ''}${!r.unlocked.length && !r.already.length ? 'nothing to unlock\n' : ''}`)
+    const r = await unlockVolumes(c, config, keys, {
+      volumes: names,
+      test: Boolean(values['test']),
+      ...(waitSeconds !== undefined ? { waitSeconds } : {}),
+      progress,
+    })
+    output(
+      io,
+      values,
+      r,
+      () =>
+        `${r.unlocked.length ? `unlocked: ${r.unlocked.join(', ')}\n` : ''}${r.already.length ? `already unlocked: ${r.already.join(', ')}\n` : ''}${!r.unlocked.length && !r.already.length ? 'nothing to unlock\n' : ''}`,
+    )
     return EXIT.ok
   },
 }
 
 export const statusCommand: Command = {
   name: 'status',
-  summary: 'Show each enrolled volume: locked or unlocked, last unlock, and why the last attempt failed.',
+  summary:
+    'Show each enrolled volume: locked or unlocked, last unlock, and why the last attempt failed.',
   usage: 'unlockd status [--config DIR] [--json]',
   options: { ...CONFIG_OPTION },
   async run({ values, io }) {
     const c = cfgDir(values, io.env)
     const { config } = requireEnrolled(c)
     const state = readRunState()
-    const rows = await Promise.all(config.volumes.map(async (v) => {
-      const s = state.volumes[v.name]
-      const unlocked = await isUnlocked(v, false).catch(() => false)
-      return {
-        name: v.name, kind: v.kind, target: v.kind === 'luks' ? v.device : v.path,
-        state: unlocked ? 'unlocked' : s?.state === 'shredded' ? 'shredded' : 'locked',
-        lastUnlock: s?.state === 'unlocked' ? s.at : null,
-        lastResult: s ? s.state : null, reason: s?.reason ?? null, code: s?.code ?? null,
-      }
-    }))
-    const data = { host: config.name, hostId: config.hostId, servers: config.servers.map((s) => s.url), volumes: rows, lastError: state.lastError }
-    output(io, values, data, () =>
-      `host ${config.name} (${config.hostId}) → ${config.servers.map((s) => s.url).join(', ')}\n` +
-      formatTable(['VOLUME', 'KIND', 'STATE', 'LAST UNLOCK', 'TARGET', 'LAST PROBLEM'], rows.map((r) => [r.name, r.kind, r.state, fmtTime(r.lastUnlock), r.target, r.reason ? `${r.code}: ${r.reason}` : null])))
+    const rows = await Promise.all(
+      config.volumes.map(async (v) => {
+        const s = state.volumes[v.name]
+        const unlocked = await isUnlocked(v, false).catch(() => false)
+        return {
+          name: v.name,
+          kind: v.kind,
+          target: v.kind === 'luks' ? v.device : v.path,
+          state: unlocked ? 'unlocked' : s?.state === 'shredded' ? 'shredded' : 'locked',
+          lastUnlock: s?.state === 'unlocked' ? s.at : null,
+          lastResult: s ? s.state : null,
+          reason: s?.reason ?? null,
+          code: s?.code ?? null,
+        }
+      }),
+    )
+    const data = {
+      host: config.name,
+      hostId: config.hostId,
+      servers: config.servers.map((s) => s.url),
+      volumes: rows,
+      lastError: state.lastError,
+    }
+    output(
+      io,
+      values,
+      data,
+      () =>
+        `host ${config.name} (${config.hostId}) → ${config.servers.map((s) => s.url).join(', ')}\n` +
+        formatTable(
+          ['VOLUME', 'KIND', 'STATE', 'LAST UNLOCK', 'TARGET', 'LAST PROBLEM'],
+          rows.map((r) => [
+            r.name,
+            r.kind,
+            r.state,
+            fmtTime(r.lastUnlock),
+            r.target,
+            r.reason ? `${r.code}: ${r.reason}` : null,
+          ]),
+        ),
+    )
     return EXIT.ok
   },
 }

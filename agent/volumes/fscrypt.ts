@@ -14,6 +14,7 @@
  * Files are opened with Node's fs (which sets O_CLOEXEC) and only the ioctl goes through koffi.
  * Struct layouts: linux/fscrypt.h (offsets noted next to each buffer).
  */
+import type Koffi from 'koffi'
 import { constants as osConstants } from 'node:os'
 import { constants as fsConstants } from 'node:fs'
 import { open, readFile, readdir, realpath, stat, access } from 'node:fs/promises'
@@ -76,7 +77,7 @@ interface Libc {
 let libcPromise: Promise<Libc> | undefined
 
 async function loadLibc(): Promise<Libc> {
-  let koffi: typeof import('koffi')
+  let koffi: typeof Koffi
   try {
     koffi = (await import('koffi')).default
   } catch (err) {

@@ -33,7 +33,9 @@ function isExecutable(file: string): boolean {
 /** True when `bin` (absolute path or bare name on PATH) is an executable file. */
 export function hasBinary(bin: string): boolean {
   if (bin.includes('/')) return isExecutable(bin)
-  return (process.env['PATH'] ?? '').split(path.delimiter).some((dir) => dir !== '' && isExecutable(path.join(dir, bin)))
+  return (process.env['PATH'] ?? '')
+    .split(path.delimiter)
+    .some((dir) => dir !== '' && isExecutable(path.join(dir, bin)))
 }
 
 /** Binaries of `pkg` that are not present. */
@@ -56,7 +58,8 @@ function aptGet(args: readonly string[], log: (line: string) => void): Promise<v
     child.on('close', (code, signal) => {
       clearTimeout(timer)
       if (code === 0) resolve()
-      else reject(new Error(`apt-get ${args[0] ?? ''} failed (${signal ?? `exit ${String(code)}`})`))
+      else
+        reject(new Error(`apt-get ${args[0] ?? ''} failed (${signal ?? `exit ${String(code)}`})`))
     })
   })
 }
@@ -67,10 +70,14 @@ function aptGet(args: readonly string[], log: (line: string) => void): Promise<v
  * Throws when installation is needed but impossible (not root, apt-get failure) or did not
  * provide the binaries.
  */
-export async function ensureDebianPackages(pkgs: readonly DebianPackage[], opts: { log?: (line: string) => void } = {}): Promise<EnsureResult> {
+export async function ensureDebianPackages(
+  pkgs: readonly DebianPackage[],
+  opts: { log?: (line: string) => void } = {},
+): Promise<EnsureResult> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`))
   for (const p of pkgs) {
-    if (!PKG_NAME.test(p.name)) throw new RangeError(`invalid Debian package name ${JSON.stringify(p.name)}`)
+    if (!PKG_NAME.test(p.name))
+      throw new RangeError(`invalid Debian package name ${JSON.stringify(p.name)}`)
   }
   const need = pkgs.filter((p) => missingBinaries(p).length > 0)
   const alreadyPresent = pkgs.filter((p) => !need.includes(p)).map((p) => p.name)
@@ -78,12 +85,18 @@ export async function ensureDebianPackages(pkgs: readonly DebianPackage[], opts:
   const names = need.map((p) => p.name)
   log(`missing: ${need.map((p) => `${p.name} (${missingBinaries(p).join(', ')})`).join('; ')}`)
   if (typeof process.getuid === 'function' && process.getuid() !== 0) {
-    throw new Error(`need root to install ${names.join(' ')}: run "sudo apt-get install -y ${names.join(' ')}" first`)
+    throw new Error(
+      `need root to install ${names.join(' ')}: run "sudo apt-get install -y ${names.join(' ')}" first`,
+    )
   }
-  if (!hasBinary('apt-get')) throw new Error(`apt-get not found; install ${names.join(' ')} by other means`)
+  if (!hasBinary('apt-get'))
+    throw new Error(`apt-get not found; install ${names.join(' ')} by other means`)
   await aptGet(['update'], log)
   await aptGet(['install', '-y', '--no-install-recommends', ...names], log)
   const still = need.filter((p) => missingBinaries(p).length > 0)
-  if (still.length > 0) throw new Error(`after apt-get install, still missing: ${still.map((p) => missingBinaries(p).join(', ')).join(', ')}`)
+  if (still.length > 0)
+    throw new Error(
+      `after apt-get install, still missing: ${still.map((p) => missingBinaries(p).join(', ')).join(', ')}`,
+    )
   return { installed: names, alreadyPresent }
 }

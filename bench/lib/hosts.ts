@@ -46,16 +46,31 @@ function benchHost(name: string, hostId: string, signingKey: KeyObject, i: numbe
 }
 
 /** Enroll `count` hosts through the real API (token + self-signed enrollment), one LUKS blob each. */
-export async function enrollHosts(server: { url: string; data: DataDir }, count: number, prefix = 'bench'): Promise<BenchHost[]> {
+export async function enrollHosts(
+  server: { url: string; data: DataDir },
+  count: number,
+  prefix = 'bench',
+): Promise<BenchHost[]> {
   const t = fetchTransport(server.url)
   const out: BenchHost[] = []
   for (let i = 0; i < count; i++) {
     const name = `${prefix}-${i}`
-    const { token } = (await adminCall(server, 'POST', '/tokens', { host: name, ttlSeconds: 600 })) as { token: string }
+    const { token } = (await adminCall(server, 'POST', '/tokens', {
+      host: name,
+      ttlSeconds: 600,
+    })) as { token: string }
     const keys = await generateHostKeys()
     const blob = await sealVolumeKey(randomBytes(64), [publicOf(keys.sealing)])
-    const r = await enroll(t, { token, name, keys, volumes: [{ name: 'root', kind: 'luks', blob }] })
-    const key = createPrivateKey({ key: { kty: 'OKP', crv: 'Ed25519', x: keys.signing.x, d: keys.signing.d }, format: 'jwk' })
+    const r = await enroll(t, {
+      token,
+      name,
+      keys,
+      volumes: [{ name: 'root', kind: 'luks', blob }],
+    })
+    const key = createPrivateKey({
+      key: { kty: 'OKP', crv: 'Ed25519', x: keys.signing.x, d: keys.signing.d },
+      format: 'jwk',
+    })
     out.push(benchHost(name, r.hostId, key, i))
   }
   return out
@@ -66,7 +81,11 @@ export async function enrollHosts(server: { url: string; data: DataDir }, count:
  * for SQLite). Each has its own Ed25519 identity and its own KEK-wrapped blob; the blobs share
  * one sealing key (the server never opens them, so this changes nothing it measures).
  */
-export async function seedHosts(data: DataDir, count: number, prefix = 'storm'): Promise<BenchHost[]> {
+export async function seedHosts(
+  data: DataDir,
+  count: number,
+  prefix = 'storm',
+): Promise<BenchHost[]> {
   const deps = await openDeps(data.dir, BENCH_PASSPHRASE, silentLogger)
   try {
     const sealing = await generateHostKeys()
@@ -82,15 +101,31 @@ export async function seedHosts(data: DataDir, count: number, prefix = 'storm'):
         const x = String(publicKey.export({ format: 'jwk' }).x)
         const pub = { kty: 'OKP' as const, crv: 'Ed25519', x }
         const id = await thumbprint(pub)
-        batch.push({ host: benchHost(`${prefix}-${i}`, id, privateKey, i), pub: JSON.stringify(pub) })
+        batch.push({
+          host: benchHost(`${prefix}-${i}`, id, privateKey, i),
+          pub: JSON.stringify(pub),
+        })
       }
       await deps.store.tx(async (t) => {
         for (const { host, pub } of batch) {
           await t.insertHost({
-            id: host.hostId, name: host.name, state: 'active', stateReason: null, signingJwk: pub, sealingJwk,
-            policy: { ...DEFAULT_POLICY }, createdAt: now, lastSeenAt: now, lastUnlockAt: null, lastBootId: null, lastSource: null, tang: false,
+            id: host.hostId,
+            name: host.name,
+            state: 'active',
+            stateReason: null,
+            signingJwk: pub,
+            sealingJwk,
+            policy: { ...DEFAULT_POLICY },
+            createdAt: now,
+            lastSeenAt: now,
+            lastUnlockAt: null,
+            lastBootId: null,
+            lastSource: null,
+            tang: false,
           })
-          await t.upsertVolume(wrapVolume(deps, host.hostId, { name: 'root', kind: 'luks', blob }, now))
+          await t.upsertVolume(
+            wrapVolume(deps, host.hostId, { name: 'root', kind: 'luks', blob }, now),
+          )
         }
       })
       hosts.push(...batch.map((b) => b.host))
@@ -116,18 +151,39 @@ export async function unlockExchange(url: string, host: BenchHost): Promise<void
   if (n.status === 429 || n.status === 503) throw new RetryableStatus(n.status, 'nonce')
   if (n.status !== 200) throw new Error(`nonce: HTTP ${n.status} ${n.body.slice(0, 200)}`)
   const { nonce } = JSON.parse(n.body) as { nonce: string }
-  const payload = b64u(JSON.stringify({ v: 1, host: host.hostId, volumes: [], nonce, bootId: host.bootId, iat: Math.floor(Date.now() / 1000) }))
+  const payload = b64u(
+    JSON.stringify({
+      v: 1,
+      host: host.hostId,
+      volumes: [],
+      nonce,
+      bootId: host.bootId,
+      iat: Math.floor(Date.now() / 1000),
+    }),
+  )
   const input = `${host.header}.${payload}`
   const jws = `${input}.${sign(null, Buffer.from(input), host.signingKey).toString('base64url')}`
-  const r = await freshRequest(`${url}/v1/unlock`, 'POST', Buffer.from(JSON.stringify({ jws })), 'application/json')
+  const r = await freshRequest(
+    `${url}/v1/unlock`,
+    'POST',
+    Buffer.from(JSON.stringify({ jws })),
+    'application/json',
+  )
   if (r.status === 429 || r.status === 503) throw new RetryableStatus(r.status, 'unlock')
-  if (r.status !== 200 || !r.body.includes('"status":"released"') || !r.body.includes('"ciphertext"')) {
+  if (
+    r.status !== 200 ||
+    !r.body.includes('"status":"released"') ||
+    !r.body.includes('"ciphertext"')
+  ) {
     throw new Error(`unlock: HTTP ${r.status} ${r.body.slice(0, 200)}`)
   }
 }
 
 /** Round-robin exchange load over `hosts` (and over several server URLs, if given). */
-export function exchangeLoad(urls: readonly string[], hosts: readonly BenchHost[]): () => Promise<void> {
+export function exchangeLoad(
+  urls: readonly string[],
+  hosts: readonly BenchHost[],
+): () => Promise<void> {
   if (hosts.length === 0 || urls.length === 0) throw new RangeError('need hosts and urls')
   let next = 0
   return () => {

@@ -59,14 +59,21 @@ function describe(err: unknown): string {
  */
 export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   const { concurrency, fn } = opts
-  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 4096) throw new RangeError('concurrency must be an integer in 1..4096')
-  if (opts.durationMs === undefined && opts.requests === undefined) throw new RangeError('give durationMs, requests, or both')
-  if (opts.durationMs !== undefined && !(opts.durationMs > 0 && opts.durationMs <= MAX_DURATION_MS)) throw new RangeError('durationMs must be in (0, 1 h]')
-  if (opts.requests !== undefined && !(Number.isInteger(opts.requests) && opts.requests > 0 && opts.requests <= MAX_REQUESTS)) {
+  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 4096)
+    throw new RangeError('concurrency must be an integer in 1..4096')
+  if (opts.durationMs === undefined && opts.requests === undefined)
+    throw new RangeError('give durationMs, requests, or both')
+  if (opts.durationMs !== undefined && !(opts.durationMs > 0 && opts.durationMs <= MAX_DURATION_MS))
+    throw new RangeError('durationMs must be in (0, 1 h]')
+  if (
+    opts.requests !== undefined &&
+    !(Number.isInteger(opts.requests) && opts.requests > 0 && opts.requests <= MAX_REQUESTS)
+  ) {
     throw new RangeError(`requests must be an integer in 1..${MAX_REQUESTS}`)
   }
   const timeoutMs = opts.timeoutMs ?? 30_000
-  if (!(timeoutMs > 0 && timeoutMs <= MAX_DURATION_MS)) throw new RangeError('timeoutMs must be in (0, 1 h]')
+  if (!(timeoutMs > 0 && timeoutMs <= MAX_DURATION_MS))
+    throw new RangeError('timeoutMs must be in (0, 1 h]')
   const budget = opts.requests ?? MAX_REQUESTS
   const durationMs = opts.durationMs ?? DEFAULT_CAP_MS
 

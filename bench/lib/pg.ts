@@ -31,7 +31,6 @@ function sh(args: readonly string[]): Promise<{ code: number | null; out: string
   })
 }
 
-
 async function reachable(url: string): Promise<boolean> {
   try {
     await adminQuery(url, 'SELECT 1')
@@ -50,12 +49,15 @@ export interface BenchPg {
 }
 
 /** A fresh database, or the reason PostgreSQL cannot be used here. */
-export async function benchPostgres(log: (line: string) => void): Promise<BenchPg | { unavailable: string }> {
+export async function benchPostgres(
+  log: (line: string) => void,
+): Promise<BenchPg | { unavailable: string }> {
   let base = process.env['UNLOCKD_TEST_PG_URL'] ?? ''
   let source = 'UNLOCKD_TEST_PG_URL'
   let started = false
   if (base === '') {
-    if (!existsSync(PG_SH)) return { unavailable: '.ci/pg.sh is missing and UNLOCKD_TEST_PG_URL is not set' }
+    if (!existsSync(PG_SH))
+      return { unavailable: '.ci/pg.sh is missing and UNLOCKD_TEST_PG_URL is not set' }
     source = '.ci/pg.sh'
     // A bare TCP probe: a half-done PostgreSQL login would hold a backend (and block DROP DATABASE) for a minute.
     const port = Number(process.env['UNLOCKD_PG_PORT'] ?? 55432)
@@ -71,7 +73,8 @@ export async function benchPostgres(log: (line: string) => void): Promise<BenchP
     })
     log(`starting the test PostgreSQL with .ci/pg.sh${wasUp ? ' (already running)' : ''} ...`)
     const r = await sh([])
-    if (r.code !== 0) return { unavailable: `.ci/pg.sh failed: ${r.err.trim().split('\n').slice(-3).join(' ')}` }
+    if (r.code !== 0)
+      return { unavailable: `.ci/pg.sh failed: ${r.err.trim().split('\n').slice(-3).join(' ')}` }
     base = r.out.trim().split('\n').pop() ?? ''
     started = !wasUp
   }
@@ -84,7 +87,9 @@ export async function benchPostgres(log: (line: string) => void): Promise<BenchP
     url: u.toString(),
     source,
     async release() {
-      await adminQuery(base, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch((e: unknown) => log(`drop ${name}: ${String(e)}`))
+      await adminQuery(base, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch((e: unknown) =>
+        log(`drop ${name}: ${String(e)}`),
+      )
       if (started) await sh(['stop'])
     },
   }

@@ -37,7 +37,22 @@ function errs(r: LoadResult | undefined): string {
 export function formatReport(rows: readonly ReportRow[], opts: ReportOptions = {}): string {
   const o = opts.oursLabel ?? 'ours'
   const p = opts.peerLabel ?? 'peer'
-  const header = ['scenario', `${o} rps`, `${p} rps`, 'rps x', `${o} p50`, `${p} p50`, 'p50 x', `${o} p99`, `${p} p99`, 'p99 x', `${o} max`, `${p} max`, `${o} err`, `${p} err`]
+  const header = [
+    'scenario',
+    `${o} rps`,
+    `${p} rps`,
+    'rps x',
+    `${o} p50`,
+    `${p} p50`,
+    'p50 x',
+    `${o} p99`,
+    `${p} p99`,
+    'p99 x',
+    `${o} max`,
+    `${p} max`,
+    `${o} err`,
+    `${p} err`,
+  ]
   const body = rows.map((r) => [
     r.name,
     num(r.ours?.rps, 1),
@@ -60,16 +75,24 @@ export function formatReport(rows: readonly ReportRow[], opts: ReportOptions = {
   const lines = body.map((row) => row.filter((_, i) => keep[i]))
   const widths = cols.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] ?? '').length)))
   const fmt = (cells: readonly string[]): string =>
-    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ').trimEnd()
+    cells
+      .map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0)))
+      .join('  ')
+      .trimEnd()
   const out: string[] = []
   if (opts.title !== undefined) out.push(opts.title, '')
   out.push(fmt(cols), widths.map((w) => '-'.repeat(w)).join('  '))
   for (const l of lines) out.push(fmt(l))
-  out.push('', 'rps: successful requests/s; latencies in ms (successful requests); x = ours/peer (rps: >1 better, latency: <1 better).')
+  out.push(
+    '',
+    'rps: successful requests/s; latencies in ms (successful requests); x = ours/peer (rps: >1 better, latency: <1 better).',
+  )
   for (const n of opts.notes ?? []) out.push(n)
   for (const r of rows) {
-    if (r.ours?.firstError !== undefined) out.push(`${r.name} ${o} first error: ${r.ours.firstError}`)
-    if (r.peer?.firstError !== undefined) out.push(`${r.name} ${p} first error: ${r.peer.firstError}`)
+    if (r.ours?.firstError !== undefined)
+      out.push(`${r.name} ${o} first error: ${r.ours.firstError}`)
+    if (r.peer?.firstError !== undefined)
+      out.push(`${r.name} ${p} first error: ${r.peer.firstError}`)
   }
   return out.join('\n')
 }
@@ -80,10 +103,16 @@ export function printReport(rows: readonly ReportRow[], opts: ReportOptions = {}
 }
 
 /** A plain fixed-width table (first column left-aligned, the rest right-aligned). */
-export function formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+export function formatTable(
+  headers: readonly string[],
+  rows: readonly (readonly string[])[],
+): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
   const fmt = (cells: readonly string[]): string =>
-    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ').trimEnd()
+    cells
+      .map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0)))
+      .join('  ')
+      .trimEnd()
   return [fmt(headers), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(fmt)].join('\n')
 }
 

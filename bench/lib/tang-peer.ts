@@ -18,7 +18,13 @@ import http from 'node:http'
 import os from 'node:os'
 import path from 'node:path'
 import { b64uDecode, fromUtf8 } from '../../shared/crypto/bytes.ts'
-import { parseEcPublicJwk, provision, startRecovery, type EcPublicJwk, type McrRecovery } from '../../shared/tang/mcr.ts'
+import {
+  parseEcPublicJwk,
+  provision,
+  startRecovery,
+  type EcPublicJwk,
+  type McrRecovery,
+} from '../../shared/tang/mcr.ts'
 import { hasBinary, type DebianPackage } from './apt.ts'
 import { runLoad, type LoadResult } from './load.ts'
 
@@ -66,7 +72,6 @@ export function checkTang(): { ok: boolean; missing: string[]; launchers: TangLa
   return { ok: missing.length === 0, missing, launchers }
 }
 
-
 function runQuiet(cmd: string, args: readonly string[], timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] })
@@ -93,7 +98,13 @@ interface HttpReply {
 }
 
 /** One HTTP exchange on a fresh loopback connection (`agent: false` => `Connection: close`). */
-export function freshRequest(url: string, method: 'GET' | 'POST', body?: Buffer, contentType?: string, timeoutMs = 10_000): Promise<HttpReply> {
+export function freshRequest(
+  url: string,
+  method: 'GET' | 'POST',
+  body?: Buffer,
+  contentType?: string,
+  timeoutMs = 10_000,
+): Promise<HttpReply> {
   return new Promise((resolve, reject) => {
     const u = new URL(url)
     if (u.hostname !== '127.0.0.1') {
@@ -103,17 +114,30 @@ export function freshRequest(url: string, method: 'GET' | 'POST', body?: Buffer,
     const headers: Record<string, string> = {}
     if (body !== undefined) headers['Content-Length'] = String(body.length)
     if (contentType !== undefined) headers['Content-Type'] = contentType
-    const req = http.request({ host: '127.0.0.1', port: Number(u.port), path: `${u.pathname}${u.search}`, method, agent: false, headers, timeout: timeoutMs }, (res) => {
-      const chunks: Buffer[] = []
-      let size = 0
-      res.on('data', (c: Buffer) => {
-        size += c.length
-        if (size > 1 << 20) req.destroy(new Error('response too large'))
-        else chunks.push(c)
-      })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }))
-      res.on('error', reject)
-    })
+    const req = http.request(
+      {
+        host: '127.0.0.1',
+        port: Number(u.port),
+        path: `${u.pathname}${u.search}`,
+        method,
+        agent: false,
+        headers,
+        timeout: timeoutMs,
+      },
+      (res) => {
+        const chunks: Buffer[] = []
+        let size = 0
+        res.on('data', (c: Buffer) => {
+          size += c.length
+          if (size > 1 << 20) req.destroy(new Error('response too large'))
+          else chunks.push(c)
+        })
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }),
+        )
+        res.on('error', reject)
+      },
+    )
     req.on('timeout', () => req.destroy(new Error(`timed out after ${timeoutMs} ms`)))
     req.on('error', reject)
     req.end(body)
@@ -127,10 +151,15 @@ export async function fetchAdv(url: string): Promise<string> {
   return r.body
 }
 
-async function waitReady(url: string, child: ChildProcess, stderrTail: () => string): Promise<void> {
+async function waitReady(
+  url: string,
+  child: ChildProcess,
+  stderrTail: () => string,
+): Promise<void> {
   let last: unknown
   for (let i = 0; i < 100; i++) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`tang launcher exited early: ${stderrTail()}`)
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`tang launcher exited early: ${stderrTail()}`)
     try {
       await fetchAdv(url)
       return
@@ -148,9 +177,13 @@ async function waitReady(url: string, child: ChildProcess, stderrTail: () => str
  */
 export async function startTangPeer(opts: StartTangOptions = {}): Promise<TangPeer> {
   const check = checkTang()
-  if (!check.ok) throw new Error(`tang is not installed (missing ${check.missing.join(', ')}); apt-get install -y tang socat`)
+  if (!check.ok)
+    throw new Error(
+      `tang is not installed (missing ${check.missing.join(', ')}); apt-get install -y tang socat`,
+    )
   const launcher = opts.launcher ?? check.launchers[0]
-  if (launcher === undefined || !check.launchers.includes(launcher)) throw new Error(`launcher ${String(launcher)} is not available`)
+  if (launcher === undefined || !check.launchers.includes(launcher))
+    throw new Error(`launcher ${String(launcher)} is not available`)
   const ownDir = opts.keyDir === undefined
   const keyDir = opts.keyDir ?? (await mkdtemp(path.join(os.tmpdir(), 'unlockd-bench-tang-')))
   if (ownDir) await runQuiet(TANGD_KEYGEN, [keyDir], 30_000)
@@ -193,7 +226,12 @@ export async function startTangPeer(opts: StartTangOptions = {}): Promise<TangPe
 
 function exchangeKeyOf(adv: unknown): EcPublicJwk {
   const jws: unknown = typeof adv === 'string' ? JSON.parse(adv) : adv
-  if (typeof jws !== 'object' || jws === null || typeof (jws as { payload?: unknown }).payload !== 'string') throw new Error('not a tang advertisement')
+  if (
+    typeof jws !== 'object' ||
+    jws === null ||
+    typeof (jws as { payload?: unknown }).payload !== 'string'
+  )
+    throw new Error('not a tang advertisement')
   const bytes = b64uDecode((jws as { payload: string }).payload)
   if (bytes === undefined) throw new Error('advertisement payload is not base64url')
   const payload = JSON.parse(fromUtf8(bytes)) as { keys?: unknown }
@@ -206,7 +244,9 @@ function exchangeKeyOf(adv: unknown): EcPublicJwk {
 }
 
 function s256Thumbprint(jwk: EcPublicJwk): string {
-  return createHash('sha256').update(JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y })).digest('base64url')
+  return createHash('sha256')
+    .update(JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y }))
+    .digest('base64url')
 }
 
 export interface RecExchangeOptions {
@@ -223,9 +263,14 @@ export interface RecExchangeOptions {
  * signatures are not checked (trusted peer). `url` is the Tang base URL (also works for
  * `/tang/HOST`-style bases).
  */
-export function tangRecExchange(url: string, adv: unknown, opts: RecExchangeOptions = {}): () => Promise<void> {
+export function tangRecExchange(
+  url: string,
+  adv: unknown,
+  opts: RecExchangeOptions = {},
+): () => Promise<void> {
   const size = opts.pool ?? 16
-  if (!Number.isInteger(size) || size < 1 || size > 1024) throw new RangeError('pool must be in 1..1024')
+  if (!Number.isInteger(size) || size < 1 || size > 1024)
+    throw new RangeError('pool must be in 1..1024')
   const server = exchangeKeyOf(adv)
   const recUrl = `${url.replace(/\/+$/, '')}/rec/${s256Thumbprint(server)}`
   const { epk, sharedX } = provision(server)
@@ -258,15 +303,23 @@ export interface BenchRecOptions {
  * Measure `/rec` of any Tang-compatible base URL at each concurrency (closed loop, fresh
  * connection per request). Use the same function for tangd and for our server.
  */
-export async function benchTangRec(url: string, adv: unknown, opts: BenchRecOptions = {}): Promise<{ concurrency: number; result: LoadResult }[]> {
+export async function benchTangRec(
+  url: string,
+  adv: unknown,
+  opts: BenchRecOptions = {},
+): Promise<{ concurrency: number; result: LoadResult }[]> {
   const log = opts.log ?? (() => {})
   const fn = tangRecExchange(url, adv)
   const warm = await runLoad({ concurrency: 4, requests: opts.warmupRequests ?? 50, fn })
-  if (warm.errors > 0) throw new Error(`warm-up against ${url} failed: ${warm.firstError ?? 'unknown error'}`)
+  if (warm.errors > 0)
+    throw new Error(`warm-up against ${url} failed: ${warm.firstError ?? 'unknown error'}`)
   const out: { concurrency: number; result: LoadResult }[] = []
   for (const c of opts.concurrencies ?? [1, 16, 64]) {
     log(`  /rec c=${c} for ${opts.durationMs ?? 5000} ms ...`)
-    out.push({ concurrency: c, result: await runLoad({ concurrency: c, durationMs: opts.durationMs ?? 5000, fn }) })
+    out.push({
+      concurrency: c,
+      result: await runLoad({ concurrency: c, durationMs: opts.durationMs ?? 5000, fn }),
+    })
   }
   return out
 }

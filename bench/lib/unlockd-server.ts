@@ -47,7 +47,10 @@ export interface UnlockdServer {
 
 function runCli(args: readonly string[], env: Record<string, string> = {}): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
+    const child = spawn(process.execPath, [CLI, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...env },
+    })
     let out = ''
     let err = ''
     child.stdout.on('data', (b: Buffer) => (out += b.toString()))
@@ -62,32 +65,68 @@ function runCli(args: readonly string[], env: Record<string, string> = {}): Prom
   })
 }
 
-
 /** `unlockd server init` in a fresh directory, with the load-test settings in server.json. */
 export async function initDataDir(opts: { db?: string } = {}): Promise<DataDir> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'unlockd-bench-srv-'))
   const passFile = path.join(dir, 'passphrase')
   writeFileSync(passFile, BENCH_PASSPHRASE, { mode: 0o600 })
-  const out = await runCli(['server', 'init', '--data', dir, '--passphrase-file', passFile, '--json', ...(opts.db ? ['--db', opts.db] : [])])
+  const out = await runCli([
+    'server',
+    'init',
+    '--data',
+    dir,
+    '--passphrase-file',
+    passFile,
+    '--json',
+    ...(opts.db ? ['--db', opts.db] : []),
+  ])
   const { token } = JSON.parse(out) as { token: string }
   const cfgPath = path.join(dir, 'server.json')
   const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>
-  writeFileSync(cfgPath, JSON.stringify({ ...cfg, hostRateLimit: 'off', kekRotation: 'off' }, null, 2), { mode: 0o600 })
-  return { dir, passFile, token, db: opts.db ?? path.join(dir, 'unlockd.db'), remove: () => rm(dir, { recursive: true, force: true }) }
+  writeFileSync(
+    cfgPath,
+    JSON.stringify({ ...cfg, hostRateLimit: 'off', kekRotation: 'off' }, null, 2),
+    { mode: 0o600 },
+  )
+  return {
+    dir,
+    passFile,
+    token,
+    db: opts.db ?? path.join(dir, 'unlockd.db'),
+    remove: () => rm(dir, { recursive: true, force: true }),
+  }
 }
 
 /** Start `unlockd server start` on a free loopback port over `data`; resolves once /healthz answers. */
-export async function startUnlockdServer(data: DataDir, opts: { nodeArgs?: readonly string[]; cli?: string; env?: Record<string, string> } = {}): Promise<UnlockdServer> {
+export async function startUnlockdServer(
+  data: DataDir,
+  opts: { nodeArgs?: readonly string[]; cli?: string; env?: Record<string, string> } = {},
+): Promise<UnlockdServer> {
   const port = await freePort()
   const logPath = path.join(data.dir, `server-${port}.log`)
   const fd = openSync(logPath, 'a')
   let child: ChildProcess
   try {
-    child = spawn(process.execPath, [...(opts.nodeArgs ?? []), opts.cli ?? CLI, 'server', 'start', '--data', data.dir, '--listen', `127.0.0.1:${port}`, '--passphrase-file', data.passFile], {
-      stdio: ['ignore', fd, fd],
-      cwd: data.dir,
-      env: { ...process.env, ...opts.env },
-    })
+    child = spawn(
+      process.execPath,
+      [
+        ...(opts.nodeArgs ?? []),
+        opts.cli ?? CLI,
+        'server',
+        'start',
+        '--data',
+        data.dir,
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--passphrase-file',
+        data.passFile,
+      ],
+      {
+        stdio: ['ignore', fd, fd],
+        cwd: data.dir,
+        env: { ...process.env, ...opts.env },
+      },
+    )
   } finally {
     closeSync(fd)
   }
@@ -113,7 +152,8 @@ export async function startUnlockdServer(data: DataDir, opts: { nodeArgs?: reado
     return stopped
   }
   for (let i = 0; ; i++) {
-    if (child.exitCode !== null) throw new Error(`unlockd server exited early (${String(child.exitCode)}): ${logTail()}`)
+    if (child.exitCode !== null)
+      throw new Error(`unlockd server exited early (${String(child.exitCode)}): ${logTail()}`)
     try {
       const r = await freshRequest(`${url}/healthz`, 'GET')
       if (r.status === 200) break
@@ -130,7 +170,12 @@ export async function startUnlockdServer(data: DataDir, opts: { nodeArgs?: reado
 }
 
 /** One operator API call (admin token), on a fresh connection. */
-export function adminCall(server: { url: string; data: DataDir }, method: 'GET' | 'POST', p: string, body?: unknown): Promise<unknown> {
+export function adminCall(
+  server: { url: string; data: DataDir },
+  method: 'GET' | 'POST',
+  p: string,
+  body?: unknown,
+): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
     const u = new URL(`${server.url}/v1/admin${p}`)
@@ -139,17 +184,29 @@ export function adminCall(server: { url: string; data: DataDir }, method: 'GET' 
       headers['content-type'] = 'application/json'
       headers['content-length'] = String(payload.length)
     }
-    const req = http.request({ host: '127.0.0.1', port: Number(u.port), path: `${u.pathname}${u.search}`, method, agent: false, headers, timeout: 120_000 }, (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString()
-        const status = res.statusCode ?? 0
-        if (status < 200 || status >= 300) reject(new Error(`${method} /v1/admin${p}: HTTP ${status} ${text.slice(0, 300)}`))
-        else resolve(JSON.parse(text) as unknown)
-      })
-      res.on('error', reject)
-    })
+    const req = http.request(
+      {
+        host: '127.0.0.1',
+        port: Number(u.port),
+        path: `${u.pathname}${u.search}`,
+        method,
+        agent: false,
+        headers,
+        timeout: 120_000,
+      },
+      (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString()
+          const status = res.statusCode ?? 0
+          if (status < 200 || status >= 300)
+            reject(new Error(`${method} /v1/admin${p}: HTTP ${status} ${text.slice(0, 300)}`))
+          else resolve(JSON.parse(text) as unknown)
+        })
+        res.on('error', reject)
+      },
+    )
     req.on('timeout', () => req.destroy(new Error('admin call timed out')))
     req.on('error', reject)
     req.end(payload)

@@ -20,7 +20,14 @@ import { ensureDebianPackages, hasBinary } from '../lib/apt.ts'
 import { median } from '../lib/proc.ts'
 import { fmtNum, formatTable, ratio } from '../lib/report.ts'
 import { startTangPeer, TANG_PACKAGES, type TangPeer } from '../lib/tang-peer.ts'
-import { adminCall, AGENT_CLI, initDataDir, startUnlockdServer, type DataDir, type UnlockdServer } from '../lib/unlockd-server.ts'
+import {
+  adminCall,
+  AGENT_CLI,
+  initDataDir,
+  startUnlockdServer,
+  type DataDir,
+  type UnlockdServer,
+} from '../lib/unlockd-server.ts'
 import type { SuiteContext } from './context.ts'
 
 interface Run {
@@ -30,10 +37,17 @@ interface Run {
   ms: number
 }
 
-function run(cmd: string, args: readonly string[], opts: { input?: string | Buffer; env?: Record<string, string>; timeoutMs?: number } = {}): Promise<Run> {
+function run(
+  cmd: string,
+  args: readonly string[],
+  opts: { input?: string | Buffer; env?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<Run> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now()
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } })
+    const child = spawn(cmd, args, {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, ...opts.env },
+    })
     const out: Buffer[] = []
     let err = ''
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000)
@@ -55,16 +69,31 @@ function run(cmd: string, args: readonly string[], opts: { input?: string | Buff
   })
 }
 
-async function mustRun(cmd: string, args: readonly string[], opts: Parameters<typeof run>[2] = {}): Promise<Run> {
+async function mustRun(
+  cmd: string,
+  args: readonly string[],
+  opts: Parameters<typeof run>[2] = {},
+): Promise<Run> {
   const r = await run(cmd, args, opts)
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${String(r.code)}: ${r.stderr.trim().slice(-800)}`)
+  if (r.code !== 0)
+    throw new Error(
+      `${cmd} ${args.join(' ')} exited ${String(r.code)}: ${r.stderr.trim().slice(-800)}`,
+    )
   return r
 }
 
 /** Peak RSS (MiB) of one run under GNU time. */
-async function peakRss(cmd: string, args: readonly string[], input: string | Buffer | undefined): Promise<number | undefined> {
+async function peakRss(
+  cmd: string,
+  args: readonly string[],
+  input: string | Buffer | undefined,
+): Promise<number | undefined> {
   if (!hasBinary('/usr/bin/time')) return undefined
-  const r = await run('/usr/bin/time', ['-f', 'UNLOCKD_MAXRSS_KB=%M', cmd, ...args], input === undefined ? {} : { input })
+  const r = await run(
+    '/usr/bin/time',
+    ['-f', 'UNLOCKD_MAXRSS_KB=%M', cmd, ...args],
+    input === undefined ? {} : { input },
+  )
   const m = /UNLOCKD_MAXRSS_KB=(\d+)/.exec(r.stderr)
   return r.code === 0 && m ? Number(m[1]) / 1024 : undefined
 }
@@ -79,13 +108,30 @@ function row(s: Series, base: Series | undefined): string[] {
   const sorted = [...s.times].sort((a, b) => a - b)
   const p90 = sorted[Math.min(sorted.length - 1, Math.ceil(0.9 * sorted.length) - 1)]
   const med = median(s.times)
-  return [s.name, String(s.times.length), fmtNum(med, 1), fmtNum(p90, 1), fmtNum(sorted[0], 1), fmtNum(sorted[sorted.length - 1], 1), base === undefined || base === s ? '1.00x' : ratio(med, median(base.times)), fmtNum(s.rss, 1)]
+  return [
+    s.name,
+    String(s.times.length),
+    fmtNum(med, 1),
+    fmtNum(p90, 1),
+    fmtNum(sorted[0], 1),
+    fmtNum(sorted[sorted.length - 1], 1),
+    base === undefined || base === s ? '1.00x' : ratio(med, median(base.times)),
+    fmtNum(s.rss, 1),
+  ]
 }
 
 export async function agentSuite(ctx: SuiteContext): Promise<void> {
   const { log } = ctx
   const runs = ctx.runs ?? 20
-  await ensureDebianPackages([...TANG_PACKAGES, { name: 'clevis-luks', binaries: ['clevis-luks-bind'] }, { name: 'cryptsetup-bin', binaries: ['cryptsetup'] }, { name: 'time', binaries: ['/usr/bin/time'] }], { log })
+  await ensureDebianPackages(
+    [
+      ...TANG_PACKAGES,
+      { name: 'clevis-luks', binaries: ['clevis-luks-bind'] },
+      { name: 'cryptsetup-bin', binaries: ['cryptsetup'] },
+      { name: 'time', binaries: ['/usr/bin/time'] },
+    ],
+    { log },
+  )
 
   let data: DataDir | undefined
   let server: UnlockdServer | undefined
@@ -109,14 +155,49 @@ export async function agentSuite(ctx: SuiteContext): Promise<void> {
   writeFileSync(img, Buffer.alloc(0))
   await mustRun('truncate', ['-s', '32M', img])
   writeFileSync(keyFile, 'bench-initial-passphrase', { mode: 0o600 })
-  await mustRun('cryptsetup', ['luksFormat', '--type', 'luks2', '--batch-mode', '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '--key-file', keyFile, img])
-  const { token } = (await adminCall(server, 'POST', '/tokens', { host: 'bench-agent', ttlSeconds: 600 })) as { token: string }
+  await mustRun('cryptsetup', [
+    'luksFormat',
+    '--type',
+    'luks2',
+    '--batch-mode',
+    '--pbkdf',
+    'pbkdf2',
+    '--pbkdf-force-iterations',
+    '1000',
+    '--key-file',
+    keyFile,
+    img,
+  ])
+  const { token } = (await adminCall(server, 'POST', '/tokens', {
+    host: 'bench-agent',
+    ttlSeconds: 600,
+  })) as { token: string }
   const tokenFile = path.join(work, 'token')
   writeFileSync(tokenFile, token, { mode: 0o600 })
-  await mustRun(process.execPath, [AGENT_CLI, 'enroll', '--server', server.url, '--token-file', tokenFile, '--name', 'bench-agent', '--config', cfg, '--luks', `${img}:root`, '--existing-key-file', keyFile, '--json'], {
-    env: { UNLOCKD_LUKS_PBKDF: 'fast' },
-    timeoutMs: 120_000,
-  })
+  await mustRun(
+    process.execPath,
+    [
+      AGENT_CLI,
+      'enroll',
+      '--server',
+      server.url,
+      '--token-file',
+      tokenFile,
+      '--name',
+      'bench-agent',
+      '--config',
+      cfg,
+      '--luks',
+      `${img}:root`,
+      '--existing-key-file',
+      keyFile,
+      '--json',
+    ],
+    {
+      env: { UNLOCKD_LUKS_PBKDF: 'fast' },
+      timeoutMs: 120_000,
+    },
+  )
   const agentArgs = [AGENT_CLI, 'unlock', '--config', cfg, '--volume', 'root', '--key-stdout']
   const first = await mustRun(process.execPath, agentArgs)
   const keyPath = path.join(work, 'released.key')
@@ -127,8 +208,18 @@ export async function agentSuite(ctx: SuiteContext): Promise<void> {
   // clevis bindings: to tangd and to an unlockd Tang host.
   await adminCall(server, 'POST', '/hosts', { name: 'bench-clevis', tang: true })
   const secret = readFileSync(keyPath, 'utf8')
-  const jweTangd = (await mustRun('clevis', ['encrypt', 'tang', JSON.stringify({ url: tang.url }), '-y'], { input: secret })).stdout.toString()
-  const jweOurs = (await mustRun('clevis', ['encrypt', 'tang', JSON.stringify({ url: `${server.url}/tang/bench-clevis` }), '-y'], { input: secret })).stdout.toString()
+  const jweTangd = (
+    await mustRun('clevis', ['encrypt', 'tang', JSON.stringify({ url: tang.url }), '-y'], {
+      input: secret,
+    })
+  ).stdout.toString()
+  const jweOurs = (
+    await mustRun(
+      'clevis',
+      ['encrypt', 'tang', JSON.stringify({ url: `${server.url}/tang/bench-clevis` }), '-y'],
+      { input: secret },
+    )
+  ).stdout.toString()
   for (const jwe of [jweTangd, jweOurs]) {
     const r = await mustRun('clevis', ['decrypt'], { input: jwe })
     if (r.stdout.toString() !== secret) throw new Error('clevis decrypt returned the wrong secret')
@@ -155,7 +246,12 @@ export async function agentSuite(ctx: SuiteContext): Promise<void> {
   nodeFloor.rss = await peakRss(process.execPath, ['-e', '0'], undefined)
 
   const title = `agent: process start to volume key in hand, median of ${runs} (ms), loopback`
-  process.stdout.write(`${title}\n\n${formatTable(['client', 'runs', 'median', 'p90', 'min', 'max', 'x clevis/tangd', 'peak RSS MiB'], [agent, clevisTangd, clevisOurs, nodeFloor].map((s) => row(s, clevisTangd)))}\n\n`)
+  process.stdout.write(
+    `${title}\n\n${formatTable(
+      ['client', 'runs', 'median', 'p90', 'min', 'max', 'x clevis/tangd', 'peak RSS MiB'],
+      [agent, clevisTangd, clevisOurs, nodeFloor].map((s) => row(s, clevisTangd)),
+    )}\n\n`,
+  )
   process.stdout.write(
     [
       'x = median / median of clevis decrypt against tangd (<1 is faster).',

@@ -17,8 +17,20 @@ import { enrollHosts, exchangeLoad } from '../lib/hosts.ts'
 import { runLoad, type LoadResult } from '../lib/load.ts'
 import { cpuMs, memMiB } from '../lib/proc.ts'
 import { fmtNum, formatTable, printReport, ratio, type ReportRow } from '../lib/report.ts'
-import { fetchAdv, startTangPeer, tangRecExchange, TANG_PACKAGES, type TangPeer } from '../lib/tang-peer.ts'
-import { adminCall, initDataDir, startUnlockdServer, type DataDir, type UnlockdServer } from '../lib/unlockd-server.ts'
+import {
+  fetchAdv,
+  startTangPeer,
+  tangRecExchange,
+  TANG_PACKAGES,
+  type TangPeer,
+} from '../lib/tang-peer.ts'
+import {
+  adminCall,
+  initDataDir,
+  startUnlockdServer,
+  type DataDir,
+  type UnlockdServer,
+} from '../lib/unlockd-server.ts'
 import { ecmrBackend } from '../../server/tang/ecmr-libcrypto.ts'
 import type { SuiteContext } from './context.ts'
 
@@ -30,7 +42,13 @@ interface Measured {
   clientCpuMs: number
 }
 
-async function measure(fn: () => Promise<void>, concurrency: number, durationMs: number, pid: number, children: boolean): Promise<Measured> {
+async function measure(
+  fn: () => Promise<void>,
+  concurrency: number,
+  durationMs: number,
+  pid: number,
+  children: boolean,
+): Promise<Measured> {
   const c0 = cpuMs(pid, children)
   const u0 = process.cpuUsage()
   const result = await runLoad({ concurrency, durationMs, fn, timeoutMs: 30_000 })
@@ -74,7 +92,11 @@ export async function exchangeSuite(ctx: SuiteContext): Promise<void> {
   const exchange = exchangeLoad([server.url], hosts)
 
   // Warm-up (also a correctness check: every answer is verified by the load functions).
-  for (const [name, fn] of [['unlock exchange', exchange], ['unlockd /tang rec', oursRec], ['tangd /rec', tangRec]] as const) {
+  for (const [name, fn] of [
+    ['unlock exchange', exchange],
+    ['unlockd /tang rec', oursRec],
+    ['tangd /rec', tangRec],
+  ] as const) {
     const w = await runLoad({ concurrency: 4, requests: 100, fn })
     if (w.errors > 0) throw new Error(`warm-up of ${name} failed: ${w.firstError ?? 'unknown'}`)
   }
@@ -89,8 +111,22 @@ export async function exchangeSuite(ctx: SuiteContext): Promise<void> {
     rows.push({ name: `unlock exchange c=${c}`, ours: ex.result, peer: td.result })
     rows.push({ name: `tang /rec c=${c}`, ours: tr.result, peer: td.result })
     cpuRows.push(
-      [`unlock exchange c=${c}`, fmtNum(ex.serverCpuMs, 2), fmtNum(td.serverCpuMs, 2), ratio(ex.serverCpuMs, td.serverCpuMs), fmtNum(ex.clientCpuMs, 2), fmtNum(td.clientCpuMs, 2)],
-      [`tang /rec c=${c}`, fmtNum(tr.serverCpuMs, 2), fmtNum(td.serverCpuMs, 2), ratio(tr.serverCpuMs, td.serverCpuMs), fmtNum(tr.clientCpuMs, 2), fmtNum(td.clientCpuMs, 2)],
+      [
+        `unlock exchange c=${c}`,
+        fmtNum(ex.serverCpuMs, 2),
+        fmtNum(td.serverCpuMs, 2),
+        ratio(ex.serverCpuMs, td.serverCpuMs),
+        fmtNum(ex.clientCpuMs, 2),
+        fmtNum(td.clientCpuMs, 2),
+      ],
+      [
+        `tang /rec c=${c}`,
+        fmtNum(tr.serverCpuMs, 2),
+        fmtNum(td.serverCpuMs, 2),
+        ratio(tr.serverCpuMs, td.serverCpuMs),
+        fmtNum(tr.clientCpuMs, 2),
+        fmtNum(td.clientCpuMs, 2),
+      ],
     )
   }
   const rss = memMiB(server.pid)
@@ -110,7 +146,13 @@ export async function exchangeSuite(ctx: SuiteContext): Promise<void> {
       `unlockd server peak RSS: ${fmtNum(rss, 1)} MiB; its /rec runs on ${backend === 'libcrypto' ? 'the system libcrypto (OpenSSL nistp521)' : `${backend} (no usable system libcrypto.so.3)`}.`,
     ],
   })
-  process.stdout.write(`\n${formatTable(['CPU ms per request', 'unlockd srv', 'tangd srv', 'srv x', 'client (ours)', 'client (tangd)'], cpuRows)}\n`)
-  process.stdout.write('Server CPU: unlockd process (all threads) / tangd launcher + the per-connection tangd processes it reaped (/proc stat).\n')
-  process.stdout.write('Client CPU: the load generator in this process (signing, HTTP, unblinding).\n\n')
+  process.stdout.write(
+    `\n${formatTable(['CPU ms per request', 'unlockd srv', 'tangd srv', 'srv x', 'client (ours)', 'client (tangd)'], cpuRows)}\n`,
+  )
+  process.stdout.write(
+    'Server CPU: unlockd process (all threads) / tangd launcher + the per-connection tangd processes it reaped (/proc stat).\n',
+  )
+  process.stdout.write(
+    'Client CPU: the load generator in this process (signing, HTTP, unblinding).\n\n',
+  )
 }

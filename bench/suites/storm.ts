@@ -18,8 +18,19 @@ import { runLoad, type LoadResult } from '../lib/load.ts'
 import { benchPostgres, type BenchPg } from '../lib/pg.ts'
 import { cpuMs, memMiB, sampleRss } from '../lib/proc.ts'
 import { fmtNum, formatTable, ratio } from '../lib/report.ts'
-import { fetchAdv, startTangPeer, tangRecExchange, TANG_PACKAGES, type TangPeer } from '../lib/tang-peer.ts'
-import { initDataDir, startUnlockdServer, type DataDir, type UnlockdServer } from '../lib/unlockd-server.ts'
+import {
+  fetchAdv,
+  startTangPeer,
+  tangRecExchange,
+  TANG_PACKAGES,
+  type TangPeer,
+} from '../lib/tang-peer.ts'
+import {
+  initDataDir,
+  startUnlockdServer,
+  type DataDir,
+  type UnlockdServer,
+} from '../lib/unlockd-server.ts'
 import { closeDeps, openDeps } from '../../server/setup.ts'
 import { silentLogger } from '../../server/log.ts'
 import { BENCH_PASSPHRASE } from '../lib/unlockd-server.ts'
@@ -38,7 +49,11 @@ interface StormResult {
 }
 
 /** Drain `count` one-shot exchanges with `inflight` workers; `attempt(i)` throws RetryableStatus to retry. */
-async function storm(count: number, inflight: number, attempt: (i: number) => Promise<void>): Promise<{ result: LoadResult; retries: number }> {
+async function storm(
+  count: number,
+  inflight: number,
+  attempt: (i: number) => Promise<void>,
+): Promise<{ result: LoadResult; retries: number }> {
   let next = 0
   let retries = 0
   const fn = async (): Promise<void> => {
@@ -54,7 +69,12 @@ async function storm(count: number, inflight: number, attempt: (i: number) => Pr
       }
     }
   }
-  const result = await runLoad({ concurrency: Math.min(inflight, count), requests: count, fn, timeoutMs: 120_000 })
+  const result = await runLoad({
+    concurrency: Math.min(inflight, count),
+    requests: count,
+    fn,
+    timeoutMs: 120_000,
+  })
   return { result, retries }
 }
 
@@ -68,11 +88,18 @@ function cpuOf(pids: readonly number[], children: boolean): number | undefined {
   return sum
 }
 
-async function stormUnlockd(name: string, servers: readonly UnlockdServer[], hosts: readonly BenchHost[], inflight: number): Promise<StormResult> {
+async function stormUnlockd(
+  name: string,
+  servers: readonly UnlockdServer[],
+  hosts: readonly BenchHost[],
+  inflight: number,
+): Promise<StormResult> {
   const pids = servers.map((s) => s.pid)
   const samplers = pids.map((p) => sampleRss(p))
   const c0 = cpuOf(pids, false)
-  const { result, retries } = await storm(hosts.length, inflight, (i) => unlockExchange((servers[i % servers.length] as UnlockdServer).url, hosts[i] as BenchHost))
+  const { result, retries } = await storm(hosts.length, inflight, (i) =>
+    unlockExchange((servers[i % servers.length] as UnlockdServer).url, hosts[i] as BenchHost),
+  )
   const c1 = cpuOf(pids, false)
   const peaks = samplers.map((s, k) => Math.max(s.stop() ?? 0, memMiB(pids[k] as number) ?? 0))
   const ok = Math.max(1, result.requests - result.errors)
@@ -82,7 +109,11 @@ async function stormUnlockd(name: string, servers: readonly UnlockdServer[], hos
     retries,
     rssPeak: peaks.reduce((a, b) => a + b, 0),
     serverCpuMsPerUnlock: c0 === undefined || c1 === undefined ? undefined : (c1 - c0) / ok,
-    ...(servers.length > 1 ? { note: `RSS is the sum of ${servers.length} instances (${peaks.map((p) => fmtNum(p, 0)).join(' + ')} MiB)` } : {}),
+    ...(servers.length > 1
+      ? {
+          note: `RSS is the sum of ${servers.length} instances (${peaks.map((p) => fmtNum(p, 0)).join(' + ')} MiB)`,
+        }
+      : {}),
   }
 }
 
@@ -92,7 +123,9 @@ async function checkAllReleased(data: DataDir, count: number): Promise<string | 
   try {
     const hosts = await deps.store.tx((t) => t.listHosts())
     const released = hosts.filter((h) => h.lastUnlockAt !== null).length
-    return released === count ? undefined : `only ${released} of ${count} hosts have a recorded release`
+    return released === count
+      ? undefined
+      : `only ${released} of ${count} hosts have a recorded release`
   } finally {
     await closeDeps(deps)
   }
@@ -117,7 +150,9 @@ export async function stormSuite(ctx: SuiteContext): Promise<void> {
     })
     let t0 = performance.now()
     const hosts = await seedHosts(data, n)
-    log(`SQLite: seeded ${n} hosts in ${((performance.now() - t0) / 1000).toFixed(1)} s (not measured)`)
+    log(
+      `SQLite: seeded ${n} hosts in ${((performance.now() - t0) / 1000).toFixed(1)} s (not measured)`,
+    )
     server = await startUnlockdServer(data)
     t0 = performance.now()
     results.push(await stormUnlockd('unlockd, 1 instance, SQLite', [server], hosts, inflight))
@@ -143,7 +178,9 @@ export async function stormSuite(ctx: SuiteContext): Promise<void> {
       })
       let t0 = performance.now()
       const hosts = await seedHosts(data, n)
-      log(`PostgreSQL: seeded ${n} hosts in ${((performance.now() - t0) / 1000).toFixed(1)} s (not measured)`)
+      log(
+        `PostgreSQL: seeded ${n} hosts in ${((performance.now() - t0) / 1000).toFixed(1)} s (not measured)`,
+      )
       // Two instances share the data directory's keystore (as instances behind a load balancer share the KEK).
       servers.push(await startUnlockdServer(data), await startUnlockdServer(data))
       t0 = performance.now()
@@ -185,7 +222,20 @@ export async function stormSuite(ctx: SuiteContext): Promise<void> {
 
   const peer = results.find((r) => r.name.startsWith('tangd'))
   const table = formatTable(
-    ['target', 'hosts', 'all unlocked s', 'x tangd', 'unlocks/s', 'p50 ms', 'p99 ms', 'max ms', 'errors', 'retries', 'srv CPU ms/unlock', 'server RSS MiB'],
+    [
+      'target',
+      'hosts',
+      'all unlocked s',
+      'x tangd',
+      'unlocks/s',
+      'p50 ms',
+      'p99 ms',
+      'max ms',
+      'errors',
+      'retries',
+      'srv CPU ms/unlock',
+      'server RSS MiB',
+    ],
     results.map((r) => [
       r.name,
       String(r.result.requests),
@@ -201,10 +251,12 @@ export async function stormSuite(ctx: SuiteContext): Promise<void> {
       fmtNum(r.rssPeak, 0),
     ]),
   )
-  process.stdout.write(`storm: ${n} hosts unlock at once, at most ${inflight} exchanges in flight, loopback\n\n${table}\n\n`)
+  process.stdout.write(
+    `storm: ${n} hosts unlock at once, at most ${inflight} exchanges in flight, loopback\n\n${table}\n\n`,
+  )
   process.stdout.write(
     [
-      'x tangd = time to all unlocked / tangd\'s (<1 is faster). Latency per host from its first attempt (retries included).',
+      "x tangd = time to all unlocked / tangd's (<1 is faster). Latency per host from its first attempt (retries included).",
       'unlockd: full agent exchange per host (GET /v1/nonce + signed POST /v1/unlock, 2 HTTP requests, fresh connection each);',
       '  tangd: one blinded /rec per host (fresh connection). Servers run with hostRateLimit "off": every request comes from',
       '  127.0.0.1, and the default per-address limiter (200/s, burst 400) would otherwise throttle the storm on purpose.',
@@ -212,7 +264,9 @@ export async function stormSuite(ctx: SuiteContext): Promise<void> {
       '  synchronous_commit=off), both instances sharing one keystore; every store transaction takes a global advisory lock.',
       `Client and servers share ${os.cpus().length} vCPUs (${os.cpus()[0]?.model ?? 'unknown'}); node ${process.version}.`,
       ...results.filter((r) => r.note).map((r) => `${r.name}: ${r.note ?? ''}`),
-      ...results.filter((r) => r.result.firstError).map((r) => `${r.name}: first error: ${r.result.firstError ?? ''}`),
+      ...results
+        .filter((r) => r.result.firstError)
+        .map((r) => `${r.name}: first error: ${r.result.firstError ?? ''}`),
       ...notRun,
       '',
     ].join('\n'),

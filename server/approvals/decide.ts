@@ -18,10 +18,17 @@ import type { ApprovalRow, HostRow, OperatorRow, StoreTx } from '../store/store.
 import { checkOperatorCode } from './totp.ts'
 
 export function approvalUrl(deps: ServerDeps, id: string): string | null {
-  return deps.settings.publicUrl ? `${deps.settings.publicUrl.replace(/\/+$/, '')}/approve/${id}` : null
+  return deps.settings.publicUrl
+    ? `${deps.settings.publicUrl.replace(/\/+$/, '')}/approve/${id}`
+    : null
 }
 
-export async function approvalView(deps: ServerDeps, t: StoreTx, a: ApprovalRow, now: number): Promise<ApprovalView> {
+export async function approvalView(
+  deps: ServerDeps,
+  t: StoreTx,
+  a: ApprovalRow,
+  now: number,
+): Promise<ApprovalView> {
   const host = await t.getHost(a.hostId)
   return {
     id: a.id,
@@ -47,7 +54,9 @@ export async function approvalView(deps: ServerDeps, t: StoreTx, a: ApprovalRow,
 export function listApprovals(deps: ServerDeps, all = false): Promise<ApprovalView[]> {
   return deps.store.tx(async (t) => {
     const now = deps.now()
-    const rows = all ? await t.listApprovals() : (await t.listApprovals('pending')).filter((a) => a.expiresAt > now)
+    const rows = all
+      ? await t.listApprovals()
+      : (await t.listApprovals('pending')).filter((a) => a.expiresAt > now)
     return Promise.all(rows.map((a) => approvalView(deps, t, a, now)))
   })
 }
@@ -61,19 +70,36 @@ export function showApproval(deps: ServerDeps, id: string): Promise<ApprovalView
 }
 
 /** Inside a transaction: refuse anything but a live pending request (expiring it if due). */
-async function requirePending(t: StoreTx, a: ApprovalRow | undefined, id: string, now: number, host: HostRow | undefined): Promise<ApprovalRow | UnlockdError> {
+async function requirePending(
+  t: StoreTx,
+  a: ApprovalRow | undefined,
+  id: string,
+  now: number,
+  host: HostRow | undefined,
+): Promise<ApprovalRow | UnlockdError> {
   if (!a) return new UnlockdError('approval_unknown', `no approval request ${id}`)
   if (a.state === 'pending' && a.expiresAt <= now) {
     await t.updateApproval(a.id, { state: 'expired', decidedAt: now })
     await audit(t, now, 'system', 'approval.expire', host?.name ?? null, { approval: a.id })
-    return new UnlockdError('approval_expired', 'this approval request has expired; the host must ask again')
+    return new UnlockdError(
+      'approval_expired',
+      'this approval request has expired; the host must ask again',
+    )
   }
   switch (a.state) {
-    case 'pending': return a
-    case 'expired': return new UnlockdError('approval_expired', 'this approval request has expired; the host must ask again')
-    case 'approved': return new UnlockdError('already_approved', 'this request is already approved')
-    case 'used': return new UnlockdError('approval_used', 'this request was already approved and used')
-    case 'denied': return new UnlockdError('approval_denied', 'this request was denied')
+    case 'pending':
+      return a
+    case 'expired':
+      return new UnlockdError(
+        'approval_expired',
+        'this approval request has expired; the host must ask again',
+      )
+    case 'approved':
+      return new UnlockdError('already_approved', 'this request is already approved')
+    case 'used':
+      return new UnlockdError('approval_used', 'this request was already approved and used')
+    case 'denied':
+      return new UnlockdError('approval_denied', 'this request was denied')
   }
 }
 
@@ -83,7 +109,13 @@ export type Via = 'api' | 'page'
  * Approve `id` as operator `op` with a TOTP code. Returns the request as it stands: still
  * `pending` when more distinct approvers are needed, `approved` once the k-th one approved.
  */
-export async function approveRequest(deps: ServerDeps, op: OperatorRow, id: string, code: string, via: Via): Promise<ApprovalView> {
+export async function approveRequest(
+  deps: ServerDeps,
+  op: OperatorRow,
+  id: string,
+  code: string,
+  via: Via,
+): Promise<ApprovalView> {
   const r = await deps.store.tx(async (t): Promise<ApprovalView | UnlockdError> => {
     const now = deps.now()
     const row = await t.getApproval(id)
@@ -93,26 +125,48 @@ export async function approveRequest(deps: ServerDeps, op: OperatorRow, id: stri
     const hostName = host?.name ?? null
     // A second vote by the same operator must not spend a code or count twice.
     if ((await t.approvalVoters(a.id)).includes(op.name)) {
-      return new UnlockdError('already_approved', `operator ${op.name} already approved this request; it needs ${a.required} distinct operators`)
+      return new UnlockdError(
+        'already_approved',
+        `operator ${op.name} already approved this request; it needs ${a.required} distinct operators`,
+      )
     }
     // k-of-n must mean k people: an operator minted after the request was opened (possibly by
     // one of the approvers with a stolen token) does not count toward it.
     if (a.required > 1 && op.createdAt > a.createdAt) {
-      return new UnlockdError('forbidden', `operator ${op.name} was added after this request was opened and cannot count toward its ${a.required} approvers`)
+      return new UnlockdError(
+        'forbidden',
+        `operator ${op.name} was added after this request was opened and cannot count toward its ${a.required} approvers`,
+      )
     }
-    const check = await checkOperatorCode(deps, t, op, code, now, { host: hostName, detail: { approval: a.id, via } })
+    const check = await checkOperatorCode(deps, t, op, code, now, {
+      host: hostName,
+      detail: { approval: a.id, via },
+    })
     if (!check.ok) return check.error
     await t.addApprovalVote(a.id, op.id, now)
     const votes = await t.countApprovalVotes(a.id)
     const actor = `operator:${op.name}` as const
     if (votes < a.required) {
-      await audit(t, now, actor, 'approval.vote', hostName, { approval: a.id, votes, required: a.required, via })
+      await audit(t, now, actor, 'approval.vote', hostName, {
+        approval: a.id,
+        votes,
+        required: a.required,
+        via,
+      })
     } else {
       await t.updateApproval(a.id, { state: 'approved', decidedAt: now })
-      await audit(t, now, actor, 'approval.approve', hostName, { approval: a.id, operators: await t.approvalVoters(a.id), rule: a.rule, via })
+      await audit(t, now, actor, 'approval.approve', hostName, {
+        approval: a.id,
+        operators: await t.approvalVoters(a.id),
+        rule: a.rule,
+        via,
+      })
       if (host && isIdleSuspended(host)) {
         await t.updateHost(host.id, { state: 'active', stateReason: null })
-        await audit(t, now, actor, 'host.resume', host.name, { approval: a.id, reason: 'idle suspension lifted by approval' })
+        await audit(t, now, actor, 'host.resume', host.name, {
+          approval: a.id,
+          reason: 'idle suspension lifted by approval',
+        })
       }
     }
     return approvalView(deps, t, (await t.getApproval(a.id)) as ApprovalRow, now)
@@ -123,7 +177,14 @@ export async function approveRequest(deps: ServerDeps, op: OperatorRow, id: stri
 }
 
 /** Deny `id`. `code` is checked when given (the phone page always gives one). */
-export async function denyRequest(deps: ServerDeps, op: OperatorRow, id: string, reason: string | null, code: string | undefined, via: Via): Promise<ApprovalView> {
+export async function denyRequest(
+  deps: ServerDeps,
+  op: OperatorRow,
+  id: string,
+  reason: string | null,
+  code: string | undefined,
+  via: Via,
+): Promise<ApprovalView> {
   const r = await deps.store.tx(async (t): Promise<ApprovalView | UnlockdError> => {
     const now = deps.now()
     const row = await t.getApproval(id)
@@ -132,11 +193,19 @@ export async function denyRequest(deps: ServerDeps, op: OperatorRow, id: string,
     if (a instanceof UnlockdError) return a
     const hostName = host?.name ?? null
     if (code !== undefined) {
-      const check = await checkOperatorCode(deps, t, op, code, now, { host: hostName, detail: { approval: a.id, via } })
+      const check = await checkOperatorCode(deps, t, op, code, now, {
+        host: hostName,
+        detail: { approval: a.id, via },
+      })
       if (!check.ok) return check.error
     }
     await t.updateApproval(a.id, { state: 'denied', decidedAt: now, reason })
-    await audit(t, now, `operator:${op.name}`, 'approval.deny', hostName, { approval: a.id, rule: a.rule, via, ...(reason ? { reason } : {}) })
+    await audit(t, now, `operator:${op.name}`, 'approval.deny', hostName, {
+      approval: a.id,
+      rule: a.rule,
+      via,
+      ...(reason ? { reason } : {}),
+    })
     return approvalView(deps, t, (await t.getApproval(a.id)) as ApprovalRow, now)
   })
   if (r instanceof UnlockdError) throw r
@@ -151,7 +220,9 @@ export async function expireApprovals(deps: ServerDeps): Promise<number> {
     const due = (await t.listApprovals('pending')).filter((a) => a.expiresAt <= now).slice(0, 500)
     for (const a of due) {
       await t.updateApproval(a.id, { state: 'expired', decidedAt: now })
-      await audit(t, now, 'system', 'approval.expire', (await t.getHost(a.hostId))?.name ?? null, { approval: a.id })
+      await audit(t, now, 'system', 'approval.expire', (await t.getHost(a.hostId))?.name ?? null, {
+        approval: a.id,
+      })
     }
     return due.map((a) => a.id)
   })

@@ -14,7 +14,10 @@ import { expireApprovals } from './decide.ts'
 export async function suspendIdle(t: StoreTx, host: HostRow, now: number): Promise<void> {
   const idle = host.policy.idleSuspendSeconds as number
   await t.updateHost(host.id, { state: 'suspended', stateReason: idleSuspendReason(idle) })
-  await audit(t, now, 'system', 'host.idle_suspend', host.name, { lastSeenAt: host.lastSeenAt ?? host.createdAt, idleSeconds: idle })
+  await audit(t, now, 'system', 'host.idle_suspend', host.name, {
+    lastSeenAt: host.lastSeenAt ?? host.createdAt,
+    idleSeconds: idle,
+  })
 }
 
 /** Suspend every host idle for longer than its policy allows; returns their names. */
@@ -30,7 +33,11 @@ export function suspendIdleHosts(deps: ServerDeps): Promise<string[]> {
 /** The job appended to server/jobs.ts: idle suspension, then approval expiry. */
 export async function livenessJob(deps: ServerDeps): Promise<void> {
   const suspended = await suspendIdleHosts(deps)
-  if (suspended.length > 0) deps.log.log('warn', 'hosts suspended for idleness', { hosts: suspended.join(','), count: suspended.length })
+  if (suspended.length > 0)
+    deps.log.log('warn', 'hosts suspended for idleness', {
+      hosts: suspended.join(','),
+      count: suspended.length,
+    })
   const expired = await expireApprovals(deps)
   if (expired > 0) deps.log.log('info', 'approval requests expired', { count: expired })
 }

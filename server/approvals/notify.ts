@@ -21,7 +21,11 @@ export interface NotifierOptions {
   maxInFlight: number
 }
 
-export const DEFAULT_NOTIFIER: NotifierOptions = { retryDelaysMs: [500, 2000, 8000, 30_000], timeoutMs: 5000, maxInFlight: 64 }
+export const DEFAULT_NOTIFIER: NotifierOptions = {
+  retryDelaysMs: [500, 2000, 8000, 30_000],
+  timeoutMs: 5000,
+  maxInFlight: 64,
+}
 
 export interface ApprovalNotification {
   event: 'approval.requested'
@@ -81,12 +85,19 @@ export function installNotifier(deps: ServerDeps, opts: NotifierOptions = DEFAUL
     // setImmediate: the event fires inside the opening transaction; reading the request waits
     // for it to commit (the store serializes transactions), and the unlock never waits for us.
     setImmediate(() => {
-      void deliver(deps, hook, id, opts).finally(() => { inFlight-- })
+      void deliver(deps, hook, id, opts).finally(() => {
+        inFlight--
+      })
     })
   })
 }
 
-async function deliver(deps: ServerDeps, hook: { url: string; secret: string | null }, id: string, opts: NotifierOptions): Promise<void> {
+async function deliver(
+  deps: ServerDeps,
+  hook: { url: string; secret: string | null },
+  id: string,
+  opts: NotifierOptions,
+): Promise<void> {
   let view: ApprovalView
   try {
     view = await showApproval(deps, id)
@@ -110,27 +121,58 @@ async function deliver(deps: ServerDeps, hook: { url: string; secret: string | n
   for (let attempt = 0; ; attempt++) {
     let outcome: string
     try {
-      const res = await fetch(hook.url, { method: 'POST', headers, body, redirect: 'manual', signal: AbortSignal.timeout(opts.timeoutMs) })
+      const res = await fetch(hook.url, {
+        method: 'POST',
+        headers,
+        body,
+        redirect: 'manual',
+        signal: AbortSignal.timeout(opts.timeoutMs),
+      })
       await res.body?.cancel()
       if (res.status >= 200 && res.status < 300) {
-        deps.log.log('info', 'webhook delivered', { approval: id, to: where, status: res.status, attempt: attempt + 1 })
+        deps.log.log('info', 'webhook delivered', {
+          approval: id,
+          to: where,
+          status: res.status,
+          attempt: attempt + 1,
+        })
         return
       }
       outcome = `HTTP ${res.status}`
       // Redirects are not followed, and a 4xx will not get better by retrying (but 408, 429 may).
       if (res.status >= 300 && res.status < 500 && res.status !== 408 && res.status !== 429) {
-        deps.log.log('error', 'webhook refused; not retrying', { approval: id, to: where, status: res.status })
+        deps.log.log('error', 'webhook refused; not retrying', {
+          approval: id,
+          to: where,
+          status: res.status,
+        })
         return
       }
     } catch (err) {
-      outcome = err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : 'network error'
+      outcome =
+        err instanceof Error
+          ? err.cause instanceof Error
+            ? err.cause.message
+            : err.message
+          : 'network error'
     }
     const delay = opts.retryDelaysMs[attempt]
     if (delay === undefined) {
-      deps.log.log('error', 'webhook failed; giving up', { approval: id, to: where, attempts: attempt + 1, err: outcome })
+      deps.log.log('error', 'webhook failed; giving up', {
+        approval: id,
+        to: where,
+        attempts: attempt + 1,
+        err: outcome,
+      })
       return
     }
-    deps.log.log('warn', 'webhook failed; will retry', { approval: id, to: where, attempt: attempt + 1, retryInMs: delay, err: outcome })
+    deps.log.log('warn', 'webhook failed; will retry', {
+      approval: id,
+      to: where,
+      attempt: attempt + 1,
+      retryInMs: delay,
+      err: outcome,
+    })
     await new Promise<void>((resolve) => setTimeout(resolve, delay).unref())
   }
 }

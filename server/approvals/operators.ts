@@ -21,11 +21,20 @@ export function operatorView(o: OperatorRow): OperatorView {
  * Inside a transaction: the caller's code when the caller has TOTP. Returns the failure so the
  * transaction can commit the failure count before the caller throws it.
  */
-async function callerCode(deps: ServerDeps, t: StoreTx, caller: OperatorRow, code: string | undefined, now: number, action: string): Promise<UnlockdError | undefined> {
+async function callerCode(
+  deps: ServerDeps,
+  t: StoreTx,
+  caller: OperatorRow,
+  code: string | undefined,
+  now: number,
+  action: string,
+): Promise<UnlockdError | undefined> {
   const fresh = await t.getOperator(caller.id)
-  if (!fresh || fresh.removedAt !== null) return new UnlockdError('unauthorized', 'this operator was removed')
+  if (!fresh || fresh.removedAt !== null)
+    return new UnlockdError('unauthorized', 'this operator was removed')
   if (fresh.totpCt === null) return undefined
-  if (code === undefined) return new UnlockdError('totp_invalid', `${action} needs your TOTP code (--code)`)
+  if (code === undefined)
+    return new UnlockdError('totp_invalid', `${action} needs your TOTP code (--code)`)
   const r = await checkOperatorCode(deps, t, fresh, code, now, { detail: { action } })
   return r.ok ? undefined : r.error
 }
@@ -34,35 +43,58 @@ export function listOperators(deps: ServerDeps): Promise<OperatorView[]> {
   return deps.store.tx(async (t) => (await t.listOperators()).map(operatorView))
 }
 
-export async function addOperator(deps: ServerDeps, caller: OperatorRow, name: string, code: string | undefined): Promise<OperatorSecrets> {
+export async function addOperator(
+  deps: ServerDeps,
+  caller: OperatorRow,
+  name: string,
+  code: string | undefined,
+): Promise<OperatorSecrets> {
   const token = newToken('uo')
   const tokenHash = await hashToken(token)
   const r = await deps.store.tx(async (t) => {
     const now = deps.now()
     const denied = await callerCode(deps, t, caller, code, now, 'operator add')
     if (denied) return denied
-    if (await t.getOperatorByName(name)) return new UnlockdError('operator_exists', `operator ${name} already exists`)
+    if (await t.getOperatorByName(name))
+      return new UnlockdError('operator_exists', `operator ${name} already exists`)
     const id = newId('op', 9)
     const { secret, stored } = newTotpSecret(deps, id)
     const row: OperatorRow = { id, name, tokenHash, ...stored, createdAt: now, removedAt: null }
     await t.insertOperator(row)
-    await audit(t, now, `operator:${caller.name}`, 'operator.add', null, { operator: name, totp: true })
+    await audit(t, now, `operator:${caller.name}`, 'operator.add', null, {
+      operator: name,
+      totp: true,
+    })
     return { operator: operatorView(row), token, otpauthUri: otpauthUri(name, secret) }
   })
   if (r instanceof UnlockdError) throw r
   return r
 }
 
-export async function removeOperator(deps: ServerDeps, caller: OperatorRow, name: string, code: string | undefined): Promise<OperatorView> {
+export async function removeOperator(
+  deps: ServerDeps,
+  caller: OperatorRow,
+  name: string,
+  code: string | undefined,
+): Promise<OperatorView> {
   const r = await deps.store.tx(async (t) => {
     const now = deps.now()
     const denied = await callerCode(deps, t, caller, code, now, 'operator remove')
     if (denied) return denied
     const op = await t.getOperatorByName(name)
     if (!op) return new UnlockdError('operator_unknown', `no operator named ${name}`)
-    if ((await t.listOperators()).length <= 1) return new UnlockdError('conflict', `operator ${name} is the last one; add another before removing it`)
+    if ((await t.listOperators()).length <= 1)
+      return new UnlockdError(
+        'conflict',
+        `operator ${name} is the last one; add another before removing it`,
+      )
     // The wrapped TOTP secret goes with the operator; the token hash stays as a tombstone.
-    await t.updateOperator(op.id, { removedAt: now, totpKekVersion: null, totpIv: null, totpCt: null })
+    await t.updateOperator(op.id, {
+      removedAt: now,
+      totpKekVersion: null,
+      totpIv: null,
+      totpCt: null,
+    })
     await audit(t, now, `operator:${caller.name}`, 'operator.remove', null, { operator: name })
     return operatorView({ ...op, removedAt: now, totpCt: null })
   })
@@ -71,7 +103,12 @@ export async function removeOperator(deps: ServerDeps, caller: OperatorRow, name
 }
 
 /** Enroll (or replace) `name`'s TOTP secret; the new otpauth URI is shown once. */
-export async function enrollTotp(deps: ServerDeps, caller: OperatorRow, name: string, code: string | undefined): Promise<OperatorSecrets> {
+export async function enrollTotp(
+  deps: ServerDeps,
+  caller: OperatorRow,
+  name: string,
+  code: string | undefined,
+): Promise<OperatorSecrets> {
   const r = await deps.store.tx(async (t) => {
     const now = deps.now()
     const denied = await callerCode(deps, t, caller, code, now, 'operator totp')
@@ -80,7 +117,14 @@ export async function enrollTotp(deps: ServerDeps, caller: OperatorRow, name: st
     if (!op) return new UnlockdError('operator_unknown', `no operator named ${name}`)
     const { secret, stored } = newTotpSecret(deps, op.id)
     await t.updateOperator(op.id, stored)
-    await audit(t, now, `operator:${caller.name}`, op.totpCt === null ? 'operator.totp_enroll' : 'operator.totp_reset', null, { operator: name })
+    await audit(
+      t,
+      now,
+      `operator:${caller.name}`,
+      op.totpCt === null ? 'operator.totp_enroll' : 'operator.totp_reset',
+      null,
+      { operator: name },
+    )
     return { operator: operatorView({ ...op, ...stored }), otpauthUri: otpauthUri(name, secret) }
   })
   if (r instanceof UnlockdError) throw r

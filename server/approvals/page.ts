@@ -59,17 +59,29 @@ export function csrfCookieOk(v: string | undefined): v is string {
 
 /** The form token: HMAC(key derived from the current KEK, approval id | cookie value). */
 export function csrfToken(keystore: Keystore, approvalId: string, cookie: string): string {
-  const key = createHmac('sha256', keystore.kek(keystore.currentVersion)).update('unlockd/v1/approve-page-csrf').digest()
-  return b64uEncode(new Uint8Array(createHmac('sha256', key).update(`${approvalId}|${cookie}`).digest()))
+  const key = createHmac('sha256', keystore.kek(keystore.currentVersion))
+    .update('unlockd/v1/approve-page-csrf')
+    .digest()
+  return b64uEncode(
+    new Uint8Array(createHmac('sha256', key).update(`${approvalId}|${cookie}`).digest()),
+  )
 }
 
-export function csrfValid(keystore: Keystore, approvalId: string, cookie: string | undefined, token: string | undefined): boolean {
+export function csrfValid(
+  keystore: Keystore,
+  approvalId: string,
+  cookie: string | undefined,
+  token: string | undefined,
+): boolean {
   if (!csrfCookieOk(cookie) || typeof token !== 'string' || token.length !== 43) return false
   return timingSafeEqual(utf8(csrfToken(keystore, approvalId, cookie)), utf8(token))
 }
 
 const esc = (s: string): string =>
-  s.replace(/[&<>"']/g, (ch) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[ch] as string)
+  s.replace(
+    /[&<>"']/g,
+    (ch) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[ch] as string,
+  )
 
 const when = (at: number, now: number): string => {
   const iso = new Date(at * 1000).toISOString().replace('.000Z', 'Z').replace('T', ' ')
@@ -85,11 +97,28 @@ export interface PageNotice {
 
 function stateLine(a: ApprovalView): { cls: string; text: string } {
   switch (a.state) {
-    case 'pending': return { cls: 'pending', text: `Waiting for approval (${a.approvedBy.length} of ${a.required})` }
-    case 'approved': return { cls: 'approved', text: `Approved by ${a.approvedBy.join(', ')}. ${a.host} unlocks at its next poll.` }
-    case 'used': return { cls: 'used', text: `Approved by ${a.approvedBy.join(', ')}. Keys released to ${a.host}.` }
-    case 'denied': return { cls: 'denied', text: `Denied${a.reason ? `: ${a.reason}` : ''}. ${a.host} will not unlock.` }
-    case 'expired': return { cls: 'expired', text: 'Expired; the host must ask again' }
+    case 'pending':
+      return {
+        cls: 'pending',
+        text: `Waiting for approval (${a.approvedBy.length} of ${a.required})`,
+      }
+    case 'approved':
+      return {
+        cls: 'approved',
+        text: `Approved by ${a.approvedBy.join(', ')}. ${a.host} unlocks at its next poll.`,
+      }
+    case 'used':
+      return {
+        cls: 'used',
+        text: `Approved by ${a.approvedBy.join(', ')}. Keys released to ${a.host}.`,
+      }
+    case 'denied':
+      return {
+        cls: 'denied',
+        text: `Denied${a.reason ? `: ${a.reason}` : ''}. ${a.host} will not unlock.`,
+      }
+    case 'expired':
+      return { cls: 'expired', text: 'Expired; the host must ask again' }
   }
 }
 
@@ -113,7 +142,13 @@ ${body}
 `
 }
 
-export function renderApprovalPage(a: ApprovalView, now: number, csrf: string, notice?: PageNotice, operator = ''): string {
+export function renderApprovalPage(
+  a: ApprovalView,
+  now: number,
+  csrf: string,
+  notice?: PageNotice,
+  operator = '',
+): string {
   const s = stateLine(a)
   const rows: [string, string][] = [
     ['Host', esc(a.host)],
@@ -121,13 +156,21 @@ export function renderApprovalPage(a: ApprovalView, now: number, csrf: string, n
     ['From', `<code>${esc(a.source)}</code>`],
     ['Boot id', `<code>${esc(a.bootId)}</code>`],
     ['Rule', esc(a.rule)],
-    ['Approvers', `${a.approvedBy.length ? esc(a.approvedBy.join(', ')) : 'none yet'} (${a.required} needed)`],
+    [
+      'Approvers',
+      `${a.approvedBy.length ? esc(a.approvedBy.join(', ')) : 'none yet'} (${a.required} needed)`,
+    ],
     ['Requested', esc(when(a.createdAt, now))],
     ['Expires', esc(when(a.expiresAt, now))],
     ['Request', `<code>${esc(a.id)}</code>`],
   ]
-  const noticeHtml = notice ? `<p class="banner ${notice.kind}" role="status" id="notice">${esc(notice.text)}</p>\n` : ''
-  const form = a.state !== 'pending' ? '' : `<form class="card" method="post" action="${esc(a.id)}" autocomplete="off">
+  const noticeHtml = notice
+    ? `<p class="banner ${notice.kind}" role="status" id="notice">${esc(notice.text)}</p>\n`
+    : ''
+  const form =
+    a.state !== 'pending'
+      ? ''
+      : `<form class="card" method="post" action="${esc(a.id)}" autocomplete="off">
 <input type="hidden" name="csrf" value="${esc(csrf)}">
 <label for="operator">Operator</label>
 <input id="operator" name="operator" value="${esc(operator)}" required maxlength="64" autocomplete="username" autocapitalize="none" autocorrect="off" spellcheck="false">
@@ -142,14 +185,20 @@ export function renderApprovalPage(a: ApprovalView, now: number, csrf: string, n
 <p class="hint">Each code works once. Too many wrong codes lock the operator out for a while.</p>
 </form>
 `
-  return layout(`Unlock request: ${a.host}`, `<h1>Unlock request: ${esc(a.host)}</h1>
+  return layout(
+    `Unlock request: ${a.host}`,
+    `<h1>Unlock request: ${esc(a.host)}</h1>
 ${noticeHtml}<p class="banner ${s.cls}" id="state">${esc(s.text)}</p>
 <section class="card"><dl>
 ${rows.map(([k, val]) => `<dt>${k}</dt><dd>${val}</dd>`).join('\n')}
 </dl></section>
-${form}`)
+${form}`,
+  )
 }
 
 export function renderMessagePage(title: string, text: string): string {
-  return layout(title, `<h1>${esc(title)}</h1>\n<p class="banner error" id="notice">${esc(text)}</p>\n`)
+  return layout(
+    title,
+    `<h1>${esc(title)}</h1>\n<p class="banner error" id="notice">${esc(text)}</p>\n`,
+  )
 }

@@ -20,7 +20,13 @@ const TOTP_WINDOW = 1
 export const TOTP_ISSUER = 'unlockd'
 
 /** A fresh secret (160 bits, base32) and what to store for it. */
-export function newTotpSecret(deps: ServerDeps, operatorId: string): { secret: string; stored: Pick<OperatorRow, 'totpKekVersion' | 'totpIv' | 'totpCt' | 'totpLastStep'> } {
+export function newTotpSecret(
+  deps: ServerDeps,
+  operatorId: string,
+): {
+  secret: string
+  stored: Pick<OperatorRow, 'totpKekVersion' | 'totpIv' | 'totpCt' | 'totpLastStep'>
+} {
   const secret = authenticator.generateSecret(20)
   const version = deps.keystore.currentVersion
   const { iv, ct } = wrap(deps.keystore.kek(version), utf8(secret), totpAad(operatorId, version))
@@ -58,24 +64,60 @@ export type CodeCheck = { ok: true } | { ok: false; error: UnlockdError }
  * here and *returned*: the caller must let the transaction commit, then throw, or the failure
  * count (the lockout) would roll back with it.
  */
-export async function checkOperatorCode(deps: ServerDeps, t: StoreTx, op: OperatorRow, code: string, now: number, about: { host?: string | null; detail?: Record<string, unknown> } = {}): Promise<CodeCheck> {
+export async function checkOperatorCode(
+  deps: ServerDeps,
+  t: StoreTx,
+  op: OperatorRow,
+  code: string,
+  now: number,
+  about: { host?: string | null; detail?: Record<string, unknown> } = {},
+): Promise<CodeCheck> {
   if (op.totpCt === null || op.totpIv === null || op.totpKekVersion === null) {
-    return { ok: false, error: new UnlockdError('forbidden', `operator ${op.name} has no TOTP enrolled; run \`unlockd operator totp ${op.name}\``) }
+    return {
+      ok: false,
+      error: new UnlockdError(
+        'forbidden',
+        `operator ${op.name} has no TOTP enrolled; run \`unlockd operator totp ${op.name}\``,
+      ),
+    }
   }
   const failures = await t.countTotpFailures(op.id, now - deps.settings.totpFailureWindow)
   if (failures >= deps.settings.totpMaxFailures) {
-    await audit(t, now, `operator:${op.name}`, 'totp.locked', about.host ?? null, { operator: op.name, failures, ...about.detail })
-    return { ok: false, error: new UnlockdError('totp_locked', `too many wrong TOTP codes for operator ${op.name}; try again later`) }
+    await audit(t, now, `operator:${op.name}`, 'totp.locked', about.host ?? null, {
+      operator: op.name,
+      failures,
+      ...about.detail,
+    })
+    return {
+      ok: false,
+      error: new UnlockdError(
+        'totp_locked',
+        `too many wrong TOTP codes for operator ${op.name}; try again later`,
+      ),
+    }
   }
-  const secretBytes = unwrap(deps.keystore.kek(op.totpKekVersion), op.totpIv, op.totpCt, totpAad(op.id, op.totpKekVersion))
+  const secretBytes = unwrap(
+    deps.keystore.kek(op.totpKekVersion),
+    op.totpIv,
+    op.totpCt,
+    totpAad(op.id, op.totpKekVersion),
+  )
   const step = matchStep(fromUtf8(secretBytes), code, now)
   zeroize(secretBytes)
   let failure: { code: 'totp_invalid' | 'totp_replayed'; message: string } | undefined
   if (step === undefined) failure = { code: 'totp_invalid', message: 'the TOTP code is not valid' }
-  else if (!(await t.claimTotpStep(op.id, step))) failure = { code: 'totp_replayed', message: 'this TOTP code was already used; wait for the next one' }
+  else if (!(await t.claimTotpStep(op.id, step)))
+    failure = {
+      code: 'totp_replayed',
+      message: 'this TOTP code was already used; wait for the next one',
+    }
   if (failure) {
     await t.recordTotpFailure(op.id, now)
-    await audit(t, now, `operator:${op.name}`, 'totp.fail', about.host ?? null, { operator: op.name, reason: failure.code, ...about.detail })
+    await audit(t, now, `operator:${op.name}`, 'totp.fail', about.host ?? null, {
+      operator: op.name,
+      reason: failure.code,
+      ...about.detail,
+    })
     return { ok: false, error: new UnlockdError(failure.code, failure.message) }
   }
   return { ok: true }

@@ -18,20 +18,22 @@ function hostArg(positionals: string[]): string {
 
 function policyLines(h: HostView): string {
   const p = h.policy
-  return [
-    `host:        ${h.name} (${h.id})`,
-    `state:       ${h.state}${h.stateReason ? ` (${h.stateReason})` : ''}`,
-    `enrolled:    ${fmtTime(h.createdAt)}`,
-    `last seen:   ${fmtTime(h.lastSeenAt)}`,
-    `last unlock: ${fmtTime(h.lastUnlockAt)}`,
-    `volumes:     ${h.volumes.map((v) => `${v.name} (${v.kind})`).join(', ') || '-'}`,
-    `cidrs:       ${p.cidrs.join(', ') || 'any'}`,
-    `approval:    ${p.approval} (approvers: ${p.approvers})`,
-    `max unlocks: ${p.maxUnlocks ? `${p.maxUnlocks.count}/${formatDuration(p.maxUnlocks.periodSeconds)}` : 'unlimited'}`,
-    `valid:       ${p.notBefore ? fmtTime(p.notBefore) : '-'} .. ${p.notAfter ? fmtTime(p.notAfter) : '-'}`,
-    `idle suspend: ${p.idleSuspendSeconds ? formatDuration(p.idleSuspendSeconds) : 'off'}`,
-    `clone check: ${p.cloneWindowSeconds ? formatDuration(p.cloneWindowSeconds) : 'off'}`,
-  ].join('\n') + '\n'
+  return (
+    [
+      `host:        ${h.name} (${h.id})`,
+      `state:       ${h.state}${h.stateReason ? ` (${h.stateReason})` : ''}`,
+      `enrolled:    ${fmtTime(h.createdAt)}`,
+      `last seen:   ${fmtTime(h.lastSeenAt)}`,
+      `last unlock: ${fmtTime(h.lastUnlockAt)}`,
+      `volumes:     ${h.volumes.map((v) => `${v.name} (${v.kind})`).join(', ') || '-'}`,
+      `cidrs:       ${p.cidrs.join(', ') || 'any'}`,
+      `approval:    ${p.approval} (approvers: ${p.approvers})`,
+      `max unlocks: ${p.maxUnlocks ? `${p.maxUnlocks.count}/${formatDuration(p.maxUnlocks.periodSeconds)}` : 'unlimited'}`,
+      `valid:       ${p.notBefore ? fmtTime(p.notBefore) : '-'} .. ${p.notAfter ? fmtTime(p.notAfter) : '-'}`,
+      `idle suspend: ${p.idleSuspendSeconds ? formatDuration(p.idleSuspendSeconds) : 'off'}`,
+      `clone check: ${p.cloneWindowSeconds ? formatDuration(p.cloneWindowSeconds) : 'off'}`,
+    ].join('\n') + '\n'
+  )
 }
 
 export const hostsList: Command = {
@@ -40,8 +42,21 @@ export const hostsList: Command = {
   usage: 'unlockd hosts [--json]',
   options: { ...CLIENT_OPTIONS },
   async run({ values, io }) {
-    const { hosts } = (await operatorClient(values, io).call('GET', '/hosts')) as { hosts: HostView[] }
-    output(io, values, hosts, () => formatTable(['NAME', 'STATE', 'VOLUMES', 'LAST UNLOCK', 'ID'], hosts.map((h) => [h.name, h.state, h.volumes.map((v) => v.name).join(','), fmtTime(h.lastUnlockAt), h.id])))
+    const { hosts } = (await operatorClient(values, io).call('GET', '/hosts')) as {
+      hosts: HostView[]
+    }
+    output(io, values, hosts, () =>
+      formatTable(
+        ['NAME', 'STATE', 'VOLUMES', 'LAST UNLOCK', 'ID'],
+        hosts.map((h) => [
+          h.name,
+          h.state,
+          h.volumes.map((v) => v.name).join(','),
+          fmtTime(h.lastUnlockAt),
+          h.id,
+        ]),
+      ),
+    )
     return EXIT.ok
   },
 }
@@ -53,7 +68,10 @@ export const hostShow: Command = {
   options: { ...CLIENT_OPTIONS },
   positionals: true,
   async run({ values, positionals, io }) {
-    const h = (await operatorClient(values, io).call('GET', `/hosts/${hostArg(positionals)}`)) as HostView
+    const h = (await operatorClient(values, io).call(
+      'GET',
+      `/hosts/${hostArg(positionals)}`,
+    )) as HostView
     output(io, values, h, () => policyLines(h))
     return EXIT.ok
   },
@@ -62,14 +80,25 @@ export const hostShow: Command = {
 function stateCommand(state: 'suspend' | 'resume'): Command {
   return {
     name: `host ${state}`,
-    summary: state === 'suspend' ? 'Suspend a host: every unlock is refused until it is resumed.' : 'Resume a suspended host.',
+    summary:
+      state === 'suspend'
+        ? 'Suspend a host: every unlock is refused until it is resumed.'
+        : 'Resume a suspended host.',
     usage: `unlockd host ${state} NAME${state === 'suspend' ? ' [--reason TEXT]' : ''} [--json]`,
-    options: { ...CLIENT_OPTIONS, ...(state === 'suspend' ? { reason: { type: 'string' as const } } : {}) },
+    options: {
+      ...CLIENT_OPTIONS,
+      ...(state === 'suspend' ? { reason: { type: 'string' as const } } : {}),
+    },
     positionals: true,
     async run({ values, positionals, io }) {
       const name = hostArg(positionals)
-      const body = state === 'suspend' && values['reason'] ? { reason: values['reason'] } : undefined
-      const h = (await operatorClient(values, io).call('POST', `/hosts/${name}/${state}`, body)) as HostView
+      const body =
+        state === 'suspend' && values['reason'] ? { reason: values['reason'] } : undefined
+      const h = (await operatorClient(values, io).call(
+        'POST',
+        `/hosts/${name}/${state}`,
+        body,
+      )) as HostView
       output(io, values, h, () => `${h.name}: ${h.state}\n`)
       return EXIT.ok
     },
@@ -81,13 +110,25 @@ export const hostResume = stateCommand('resume')
 export const hostSet: Command = {
   name: 'host set',
   summary: "Change a host's policy.",
-  usage: 'unlockd host set NAME [--approval RULE] [--approvers K] [--cidr CIDR ...] [--any-cidr] [--max-unlocks N/PERIOD|off] [--not-before ISO] [--not-after ISO] [--idle-suspend DURATION|off] [--clone-window DURATION|off] [--json]',
-  description: 'RULE is never | always | outside-cidrs | after-idle(DURATION), e.g. after-idle(7d).',
-  examples: ['unlockd host set web-1 --approval always --approvers 2', 'unlockd host set web-1 --cidr 203.0.113.0/24 --max-unlocks 5/1h'],
+  usage:
+    'unlockd host set NAME [--approval RULE] [--approvers K] [--cidr CIDR ...] [--any-cidr] [--max-unlocks N/PERIOD|off] [--not-before ISO] [--not-after ISO] [--idle-suspend DURATION|off] [--clone-window DURATION|off] [--json]',
+  description:
+    'RULE is never | always | outside-cidrs | after-idle(DURATION), e.g. after-idle(7d).',
+  examples: [
+    'unlockd host set web-1 --approval always --approvers 2',
+    'unlockd host set web-1 --cidr 203.0.113.0/24 --max-unlocks 5/1h',
+  ],
   options: {
     ...CLIENT_OPTIONS,
-    approval: { type: 'string' }, approvers: { type: 'string' }, cidr: { type: 'string', multiple: true }, 'any-cidr': { type: 'boolean' },
-    'max-unlocks': { type: 'string' }, 'not-before': { type: 'string' }, 'not-after': { type: 'string' }, 'idle-suspend': { type: 'string' }, 'clone-window': { type: 'string' },
+    approval: { type: 'string' },
+    approvers: { type: 'string' },
+    cidr: { type: 'string', multiple: true },
+    'any-cidr': { type: 'boolean' },
+    'max-unlocks': { type: 'string' },
+    'not-before': { type: 'string' },
+    'not-after': { type: 'string' },
+    'idle-suspend': { type: 'string' },
+    'clone-window': { type: 'string' },
   },
   positionals: true,
   async run({ values, positionals, io }) {
@@ -95,7 +136,8 @@ export const hostSet: Command = {
     const patch: Record<string, unknown> = {}
     const approval = values['approval'] as string | undefined
     if (approval !== undefined) {
-      if (!APPROVAL_RULE_RE.test(approval)) usage('--approval must be never, always, outside-cidrs or after-idle(DURATION)')
+      if (!APPROVAL_RULE_RE.test(approval))
+        usage('--approval must be never, always, outside-cidrs or after-idle(DURATION)')
       patch['approval'] = approval
     }
     if (values['approvers'] !== undefined) {
@@ -118,24 +160,41 @@ export const hostSet: Command = {
         patch['maxUnlocks'] = p
       }
     }
-    for (const [flag, key] of [['not-before', 'notBefore'], ['not-after', 'notAfter']] as const) {
+    for (const [flag, key] of [
+      ['not-before', 'notBefore'],
+      ['not-after', 'notAfter'],
+    ] as const) {
       const x = values[flag] as string | undefined
       if (x === undefined) continue
-      if (x === 'off') { patch[key] = null; continue }
+      if (x === 'off') {
+        patch[key] = null
+        continue
+      }
       const ms = Date.parse(x)
-      if (Number.isNaN(ms)) usage(`--${flag} must be an ISO date such as 2027-01-01T00:00:00Z, or off`)
+      if (Number.isNaN(ms))
+        usage(`--${flag} must be an ISO date such as 2027-01-01T00:00:00Z, or off`)
       patch[key] = Math.floor(ms / 1000)
     }
-    for (const [flag, key] of [['idle-suspend', 'idleSuspendSeconds'], ['clone-window', 'cloneWindowSeconds']] as const) {
+    for (const [flag, key] of [
+      ['idle-suspend', 'idleSuspendSeconds'],
+      ['clone-window', 'cloneWindowSeconds'],
+    ] as const) {
       const x = values[flag] as string | undefined
       if (x === undefined) continue
-      if (x === 'off') { patch[key] = null; continue }
+      if (x === 'off') {
+        patch[key] = null
+        continue
+      }
       const d = parseDuration(x)
       if (d === undefined) usage(`--${flag} must be a duration such as 7d, or off`)
       patch[key] = d
     }
     if (Object.keys(patch).length === 0) usage('nothing to change: give at least one policy option')
-    const h = (await operatorClient(values, io).call('PATCH', `/hosts/${name}/policy`, patch)) as HostView
+    const h = (await operatorClient(values, io).call(
+      'PATCH',
+      `/hosts/${name}/policy`,
+      patch,
+    )) as HostView
     output(io, values, h, () => policyLines(h))
     return EXIT.ok
   },
@@ -143,11 +202,18 @@ export const hostSet: Command = {
 
 export const tokenCreate: Command = {
   name: 'token create',
-  summary: 'Make a one-time enrollment token bound to a host name (and optionally source networks).',
+  summary:
+    'Make a one-time enrollment token bound to a host name (and optionally source networks).',
   usage: 'unlockd token create --host NAME [--ttl 1h] [--cidr CIDR ...] [--json]',
-  description: 'The token is printed once. It expires after --ttl (default 1h, at most 30d), works once, and only from --cidr networks when given; those networks also become the host\'s unlock networks.',
+  description:
+    "The token is printed once. It expires after --ttl (default 1h, at most 30d), works once, and only from --cidr networks when given; those networks also become the host's unlock networks.",
   examples: ['unlockd token create --host web-1 --ttl 15m --cidr 203.0.113.7/32 --json'],
-  options: { ...CLIENT_OPTIONS, host: { type: 'string' }, ttl: { type: 'string' }, cidr: { type: 'string', multiple: true } },
+  options: {
+    ...CLIENT_OPTIONS,
+    host: { type: 'string' },
+    ttl: { type: 'string' },
+    cidr: { type: 'string', multiple: true },
+  },
   async run({ values, io }) {
     const host = values['host'] as string | undefined
     if (!host || !NAME_RE.test(host)) usage('--host NAME is required (1-64 chars of a-z 0-9 _ . -)')
@@ -155,9 +221,14 @@ export const tokenCreate: Command = {
     if (ttl === undefined) usage('--ttl must be a duration such as 15m or 1h')
     const cidrs = (values['cidr'] as string[] | undefined) ?? []
     for (const c of cidrs) if (!parseCidr(c)) usage(`--cidr ${c} is not a CIDR`)
-    const r = (await operatorClient(values, io).call('POST', '/tokens', { host, ttlSeconds: ttl, cidrs })) as TokenView & { token: string }
+    const r = (await operatorClient(values, io).call('POST', '/tokens', {
+      host,
+      ttlSeconds: ttl,
+      cidrs,
+    })) as TokenView & { token: string }
     output(io, values, r, () => `${r.token}\n`)
-    if (!values['json']) io.stderr(`token ${r.id} for ${r.host}, expires ${fmtTime(r.expiresAt)}, single use\n`)
+    if (!values['json'])
+      io.stderr(`token ${r.id} for ${r.host}, expires ${fmtTime(r.expiresAt)}, single use\n`)
     return EXIT.ok
   },
 }
@@ -168,8 +239,21 @@ export const tokenList: Command = {
   usage: 'unlockd token list [--json]',
   options: { ...CLIENT_OPTIONS },
   async run({ values, io }) {
-    const { tokens } = (await operatorClient(values, io).call('GET', '/tokens')) as { tokens: TokenView[] }
-    output(io, values, tokens, () => formatTable(['ID', 'HOST', 'STATE', 'EXPIRES', 'CIDRS'], tokens.map((t) => [t.id, t.host, t.state, fmtTime(t.expiresAt), t.cidrs.join(',') || 'any'])))
+    const { tokens } = (await operatorClient(values, io).call('GET', '/tokens')) as {
+      tokens: TokenView[]
+    }
+    output(io, values, tokens, () =>
+      formatTable(
+        ['ID', 'HOST', 'STATE', 'EXPIRES', 'CIDRS'],
+        tokens.map((t) => [
+          t.id,
+          t.host,
+          t.state,
+          fmtTime(t.expiresAt),
+          t.cidrs.join(',') || 'any',
+        ]),
+      ),
+    )
     return EXIT.ok
   },
 }
@@ -182,18 +266,27 @@ export const tokenRevoke: Command = {
   positionals: true,
   async run({ values, positionals, io }) {
     const id = positionals[0]
-    if (!id || positionals.length !== 1) usage('expected exactly one token ID (see `unlockd token list`)')
-    const r = (await operatorClient(values, io).call('DELETE', `/tokens/${encodeURIComponent(id)}`)) as TokenView
+    if (!id || positionals.length !== 1)
+      usage('expected exactly one token ID (see `unlockd token list`)')
+    const r = (await operatorClient(values, io).call(
+      'DELETE',
+      `/tokens/${encodeURIComponent(id)}`,
+    )) as TokenView
     output(io, values, r, () => `${r.id}: ${r.state}\n`)
     return EXIT.ok
   },
 }
 
-async function fetchAll(values: Record<string, unknown>, io: Parameters<Command['run']>[0]['io']): Promise<AuditEntry[]> {
+async function fetchAll(
+  values: Record<string, unknown>,
+  io: Parameters<Command['run']>[0]['io'],
+): Promise<AuditEntry[]> {
   const client = operatorClient(values as never, io)
   const all: AuditEntry[] = []
-  for (let after = 0; ; ) {
-    const { entries } = (await client.call('GET', `/audit?after=${after}&limit=5000`)) as { entries: AuditEntry[] }
+  for (let after = 0; ;) {
+    const { entries } = (await client.call('GET', `/audit?after=${after}&limit=5000`)) as {
+      entries: AuditEntry[]
+    }
     all.push(...entries)
     if (entries.length < 5000) return all
     after = (entries[entries.length - 1] as AuditEntry).seq
@@ -202,14 +295,29 @@ async function fetchAll(values: Record<string, unknown>, io: Parameters<Command[
 
 export const auditList: Command = {
   name: 'audit',
-  summary: 'Show the audit log (enrollments, releases, denials, admin actions). --json prints JSON lines.',
+  summary:
+    'Show the audit log (enrollments, releases, denials, admin actions). --json prints JSON lines.',
   usage: 'unlockd audit [--host NAME] [--json]',
   options: { ...CLIENT_OPTIONS, host: { type: 'string' } },
   async run({ values, io }) {
     let entries = await fetchAll(values, io)
     if (values['host']) entries = entries.filter((e) => e.host === values['host'])
-    if (values['json']) io.stdout(entries.map((e) => JSON.stringify(e)).join('\n') + (entries.length ? '\n' : ''))
-    else io.stdout(formatTable(['SEQ', 'TIME', 'ACTOR', 'ACTION', 'HOST', 'DETAIL'], entries.map((e) => [e.seq, fmtTime(e.at), e.actor, e.action, e.host, JSON.stringify(e.detail)])))
+    if (values['json'])
+      io.stdout(entries.map((e) => JSON.stringify(e)).join('\n') + (entries.length ? '\n' : ''))
+    else
+      io.stdout(
+        formatTable(
+          ['SEQ', 'TIME', 'ACTOR', 'ACTION', 'HOST', 'DETAIL'],
+          entries.map((e) => [
+            e.seq,
+            fmtTime(e.at),
+            e.actor,
+            e.action,
+            e.host,
+            JSON.stringify(e.detail),
+          ]),
+        ),
+      )
     return EXIT.ok
   },
 }
@@ -222,8 +330,16 @@ export const auditVerify: Command = {
   async run({ values, io }) {
     const entries = await fetchAll(values, io)
     const v = await verifyAuditChain(entries)
-    output(io, values, v, () => (v.ok ? `audit chain OK: ${v.count} entries, head ${v.head}\n` : `audit chain BROKEN at entry ${v.badSeq}: ${v.reason}\n`))
-    if (!v.ok) throw new UnlockdError('integrity_failed', `audit chain broken at entry ${v.badSeq}: ${v.reason}`)
+    output(io, values, v, () =>
+      v.ok
+        ? `audit chain OK: ${v.count} entries, head ${v.head}\n`
+        : `audit chain BROKEN at entry ${v.badSeq}: ${v.reason}\n`,
+    )
+    if (!v.ok)
+      throw new UnlockdError(
+        'integrity_failed',
+        `audit chain broken at entry ${v.badSeq}: ${v.reason}`,
+      )
     return EXIT.ok
   },
 }

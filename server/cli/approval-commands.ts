@@ -5,12 +5,27 @@
  */
 import { createRequire } from 'node:module'
 import {
-  APPROVAL_ID_RE, TOTP_CODE_RE, parseApprovalList, parseApprovalView, parseOperatorList, parseOperatorSecrets,
-  type ApprovalView, type OperatorSecrets,
+  APPROVAL_ID_RE,
+  TOTP_CODE_RE,
+  parseApprovalList,
+  parseApprovalView,
+  parseOperatorList,
+  parseOperatorSecrets,
+  type ApprovalView,
+  type OperatorSecrets,
 } from '../../shared/protocol/messages.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import { formatDuration } from '../../shared/util/duration.ts'
-import { EXIT, fmtTime, formatTable, output, usage, type CliIo, type Command, type Values } from '../../platform/cli.ts'
+import {
+  EXIT,
+  fmtTime,
+  formatTable,
+  output,
+  usage,
+  type CliIo,
+  type Command,
+  type Values,
+} from '../../platform/cli.ts'
 import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
 
 function one(positionals: string[], what: string, re: RegExp, hint: string): string {
@@ -19,8 +34,15 @@ function one(positionals: string[], what: string, re: RegExp, hint: string): str
   if (!re.test(v)) usage(`${what} ${hint}`)
   return v
 }
-const approvalArg = (p: string[]): string => one(p, 'approval ID', APPROVAL_ID_RE, 'must look like ap_ followed by 22 characters (see `unlockd approvals`)')
-const operatorArg = (p: string[]): string => one(p, 'operator NAME', NAME_RE, 'must be 1-64 chars of a-z 0-9 _ . -')
+const approvalArg = (p: string[]): string =>
+  one(
+    p,
+    'approval ID',
+    APPROVAL_ID_RE,
+    'must look like ap_ followed by 22 characters (see `unlockd approvals`)',
+  )
+const operatorArg = (p: string[]): string =>
+  one(p, 'operator NAME', NAME_RE, 'must be 1-64 chars of a-z 0-9 _ . -')
 
 function codeOption(values: Values, required: boolean): string | undefined {
   const code = values['code'] as string | undefined
@@ -34,10 +56,14 @@ function codeOption(values: Values, required: boolean): string | undefined {
 
 function describe(a: ApprovalView): string {
   switch (a.state) {
-    case 'pending': return `${a.id}: pending, ${a.approvedBy.length} of ${a.required} approvals (${a.approvedBy.join(', ') || 'none'})\n`
-    case 'approved': return `${a.id}: approved by ${a.approvedBy.join(', ')}; ${a.host} unlocks at its next poll\n`
-    case 'denied': return `${a.id}: denied${a.reason ? ` (${a.reason})` : ''}; ${a.host} will not unlock\n`
-    default: return `${a.id}: ${a.state}\n`
+    case 'pending':
+      return `${a.id}: pending, ${a.approvedBy.length} of ${a.required} approvals (${a.approvedBy.join(', ') || 'none'})\n`
+    case 'approved':
+      return `${a.id}: approved by ${a.approvedBy.join(', ')}; ${a.host} unlocks at its next poll\n`
+    case 'denied':
+      return `${a.id}: denied${a.reason ? ` (${a.reason})` : ''}; ${a.host} will not unlock\n`
+    default:
+      return `${a.id}: ${a.state}\n`
   }
 }
 
@@ -45,17 +71,32 @@ export const approvalsList: Command = {
   name: 'approvals',
   summary: 'List pending approval requests (host, volumes, source, boot id, rule, age).',
   usage: 'unlockd approvals [--all] [--json]',
-  description: 'Pending requests that have not expired, oldest first. --all adds approved, denied, used and expired ones.',
+  description:
+    'Pending requests that have not expired, oldest first. --all adds approved, denied, used and expired ones.',
   examples: ['unlockd approvals', 'unlockd approvals --all --json'],
   options: { ...CLIENT_OPTIONS, all: { type: 'boolean' } },
   async run({ values, io }) {
-    const { approvals } = parseApprovalList(await operatorClient(values, io).call('GET', `/approvals${values['all'] ? '?all=1' : ''}`))
-    output(io, values, approvals, () => approvals.length === 0 && !values['all']
-      ? 'no pending approval requests\n'
-      : formatTable(
-        ['ID', 'HOST', 'VOLUMES', 'SOURCE', 'BOOT ID', 'RULE', 'VOTES', 'AGE', 'STATE'],
-        approvals.map((a) => [a.id, a.host, a.volumes.join(',') || 'all', a.source, a.bootId, a.rule, `${a.approvedBy.length}/${a.required}`, formatDuration(a.ageSeconds), a.state]),
-      ))
+    const { approvals } = parseApprovalList(
+      await operatorClient(values, io).call('GET', `/approvals${values['all'] ? '?all=1' : ''}`),
+    )
+    output(io, values, approvals, () =>
+      approvals.length === 0 && !values['all']
+        ? 'no pending approval requests\n'
+        : formatTable(
+            ['ID', 'HOST', 'VOLUMES', 'SOURCE', 'BOOT ID', 'RULE', 'VOTES', 'AGE', 'STATE'],
+            approvals.map((a) => [
+              a.id,
+              a.host,
+              a.volumes.join(',') || 'all',
+              a.source,
+              a.bootId,
+              a.rule,
+              `${a.approvedBy.length}/${a.required}`,
+              formatDuration(a.ageSeconds),
+              a.state,
+            ]),
+          ),
+    )
     return EXIT.ok
   },
 }
@@ -64,14 +105,17 @@ export const approveCommand: Command = {
   name: 'approve',
   summary: 'Approve a pending unlock request with your TOTP code.',
   usage: 'unlockd approve ID --code 123456 [--json]',
-  description: 'Your API token says who you are; the code proves you hold your authenticator. A code works once. When the host policy needs k approvers, the request stays pending until k distinct operators approve.',
+  description:
+    'Your API token says who you are; the code proves you hold your authenticator. A code works once. When the host policy needs k approvers, the request stays pending until k distinct operators approve.',
   examples: ['unlockd approve ap_1a2b3c4d5e6f7g8h9i0j1k --code 123456'],
   options: { ...CLIENT_OPTIONS, code: { type: 'string' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const id = approvalArg(positionals)
     const code = codeOption(values, true) as string
-    const a = parseApprovalView(await operatorClient(values, io).call('POST', `/approvals/${id}/approve`, { code }))
+    const a = parseApprovalView(
+      await operatorClient(values, io).call('POST', `/approvals/${id}/approve`, { code }),
+    )
     output(io, values, a, () => describe(a))
     return EXIT.ok
   },
@@ -81,37 +125,54 @@ export const denyCommand: Command = {
   name: 'deny',
   summary: 'Deny a pending unlock request; the waiting host gives up.',
   usage: 'unlockd deny ID [--reason TEXT] [--code 123456] [--json]',
-  description: 'The reason (at most 200 characters) is recorded in the audit log and shown to the host.',
+  description:
+    'The reason (at most 200 characters) is recorded in the audit log and shown to the host.',
   examples: ['unlockd deny ap_1a2b3c4d5e6f7g8h9i0j1k --reason "unexpected reboot"'],
   options: { ...CLIENT_OPTIONS, reason: { type: 'string' }, code: { type: 'string' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const id = approvalArg(positionals)
     const reason = values['reason'] as string | undefined
-    if (reason !== undefined && reason.length > 200) usage('--reason must be at most 200 characters')
+    if (reason !== undefined && reason.length > 200)
+      usage('--reason must be at most 200 characters')
     const code = codeOption(values, false)
     const body = { ...(reason ? { reason } : {}), ...(code ? { code } : {}) }
-    const a = parseApprovalView(await operatorClient(values, io).call('POST', `/approvals/${id}/deny`, body))
+    const a = parseApprovalView(
+      await operatorClient(values, io).call('POST', `/approvals/${id}/deny`, body),
+    )
     output(io, values, a, () => describe(a))
     return EXIT.ok
   },
 }
 
-type QrTerminal = { generate(text: string, opts: { small: boolean }, cb: (qr: string) => void): void }
+type QrTerminal = {
+  generate(text: string, opts: { small: boolean }, cb: (qr: string) => void): void
+}
 
 /** The otpauth URI as a terminal QR code (qrcode-terminal, loaded only when shown). */
 function qrOf(text: string): string {
   const qr = createRequire(import.meta.url)('qrcode-terminal') as QrTerminal
   let out = ''
-  qr.generate(text, { small: true }, (s) => { out = s })
+  qr.generate(text, { small: true }, (s) => {
+    out = s
+  })
   return out
 }
 
 function showSecrets(io: CliIo, values: Values, r: OperatorSecrets, what: string): void {
   output(io, values, r, () => {
     const lines = [`${what} ${r.operator.name}.`, '']
-    if (r.token) lines.push(`API token (shown once; give it to ${r.operator.name}, store it in a 0600 file):`, `  ${r.token}`, '')
-    lines.push('TOTP secret (shown once): add it to an authenticator app by scanning the code or pasting the URI.', `  ${r.otpauthUri}`, '')
+    if (r.token)
+      lines.push(
+        `API token (shown once; give it to ${r.operator.name}, store it in a 0600 file):`,
+        `  ${r.token}`,
+        '',
+      )
+    lines.push(
+      'TOTP secret (shown once): add it to an authenticator app by scanning the code or pasting the URI.',
+      `  ${r.otpauthUri}`,
+      '',
+    )
     if (!values['no-qr']) lines.push(qrOf(r.otpauthUri), '')
     return lines.join('\n') + '\n'
   })
@@ -121,14 +182,20 @@ export const operatorAdd: Command = {
   name: 'operator add',
   summary: 'Add an operator: a new API token and TOTP secret, each shown once.',
   usage: 'unlockd operator add NAME [--code YOUR_CODE] [--no-qr] [--json]',
-  description: 'Prints the new operator\'s API token and an otpauth:// URI with a terminal QR code for the authenticator app. Once you have TOTP yourself, adding an operator needs your own current code (--code), so a stolen API token alone cannot mint operators.',
+  description:
+    "Prints the new operator's API token and an otpauth:// URI with a terminal QR code for the authenticator app. Once you have TOTP yourself, adding an operator needs your own current code (--code), so a stolen API token alone cannot mint operators.",
   examples: ['unlockd operator add alice', 'unlockd operator add bob --code 123456 --json'],
   options: { ...CLIENT_OPTIONS, code: { type: 'string' }, 'no-qr': { type: 'boolean' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
     const code = codeOption(values, false)
-    const r = parseOperatorSecrets(await operatorClient(values, io).call('POST', '/operators', { name, ...(code ? { code } : {}) }))
+    const r = parseOperatorSecrets(
+      await operatorClient(values, io).call('POST', '/operators', {
+        name,
+        ...(code ? { code } : {}),
+      }),
+    )
     showSecrets(io, values, r, 'Added operator')
     return EXIT.ok
   },
@@ -136,16 +203,23 @@ export const operatorAdd: Command = {
 
 export const operatorTotp: Command = {
   name: 'operator totp',
-  summary: 'Enroll (or replace) an operator\'s TOTP secret; the new one is shown once.',
+  summary: "Enroll (or replace) an operator's TOTP secret; the new one is shown once.",
   usage: 'unlockd operator totp NAME [--code YOUR_CODE] [--no-qr] [--json]',
-  description: 'The first operator, made by `unlockd server init`, has no TOTP: run `unlockd operator totp admin` once to enroll it. Replacing an existing secret (yours or another operator\'s) needs your own current code.',
+  description:
+    "The first operator, made by `unlockd server init`, has no TOTP: run `unlockd operator totp admin` once to enroll it. Replacing an existing secret (yours or another operator's) needs your own current code.",
   examples: ['unlockd operator totp admin', 'unlockd operator totp alice --code 123456'],
   options: { ...CLIENT_OPTIONS, code: { type: 'string' }, 'no-qr': { type: 'boolean' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
     const code = codeOption(values, false)
-    const r = parseOperatorSecrets(await operatorClient(values, io).call('POST', `/operators/${name}/totp`, code ? { code } : {}))
+    const r = parseOperatorSecrets(
+      await operatorClient(values, io).call(
+        'POST',
+        `/operators/${name}/totp`,
+        code ? { code } : {},
+      ),
+    )
     showSecrets(io, values, r, 'New TOTP secret for')
     return EXIT.ok
   },
@@ -157,8 +231,15 @@ export const operatorList: Command = {
   usage: 'unlockd operator list [--json]',
   options: { ...CLIENT_OPTIONS },
   async run({ values, io }) {
-    const { operators } = parseOperatorList(await operatorClient(values, io).call('GET', '/operators'))
-    output(io, values, operators, () => formatTable(['NAME', 'TOTP', 'CREATED'], operators.map((o) => [o.name, o.totp ? 'yes' : 'no', fmtTime(o.createdAt)])))
+    const { operators } = parseOperatorList(
+      await operatorClient(values, io).call('GET', '/operators'),
+    )
+    output(io, values, operators, () =>
+      formatTable(
+        ['NAME', 'TOTP', 'CREATED'],
+        operators.map((o) => [o.name, o.totp ? 'yes' : 'no', fmtTime(o.createdAt)]),
+      ),
+    )
     return EXIT.ok
   },
 }
@@ -167,14 +248,19 @@ export const operatorRemove: Command = {
   name: 'operator remove',
   summary: 'Remove an operator: its API token and TOTP secret stop working.',
   usage: 'unlockd operator remove NAME [--code YOUR_CODE] [--json]',
-  description: 'The last operator cannot be removed. Needs your own current code once you have TOTP.',
+  description:
+    'The last operator cannot be removed. Needs your own current code once you have TOTP.',
   examples: ['unlockd operator remove bob --code 123456'],
   options: { ...CLIENT_OPTIONS, code: { type: 'string' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
     const code = codeOption(values, false)
-    const r = await operatorClient(values, io).call('POST', `/operators/${name}/remove`, code ? { code } : {})
+    const r = await operatorClient(values, io).call(
+      'POST',
+      `/operators/${name}/remove`,
+      code ? { code } : {},
+    )
     output(io, values, r, () => `removed operator ${name}\n`)
     return EXIT.ok
   },

@@ -2,13 +2,60 @@
 import type { Command } from '../../platform/cli.ts'
 import { serverInit, serverStart } from './server-commands.ts'
 import { hostAdd, hostRotateTang } from './tang-commands.ts'
-import { approvalsList, approveCommand, denyCommand, operatorAdd, operatorList, operatorRemove, operatorTotp } from './approval-commands.ts'
-import { auditList, auditVerify, hostResume, hostSet, hostShow, hostSuspend, hostsList, tokenCreate, tokenList, tokenRevoke } from './admin-commands.ts'
-import { escrowExportCommand, kekRotateCommand, kekStatusCommand, keystorePasswdCommand, shredCommand } from './shred-commands.ts'
+import {
+  approvalsList,
+  approveCommand,
+  denyCommand,
+  operatorAdd,
+  operatorList,
+  operatorRemove,
+  operatorTotp,
+} from './approval-commands.ts'
+import {
+  auditList,
+  auditVerify,
+  hostResume,
+  hostSet,
+  hostShow,
+  hostSuspend,
+  hostsList,
+  tokenCreate,
+  tokenList,
+  tokenRevoke,
+} from './admin-commands.ts'
+import {
+  escrowExportCommand,
+  kekRotateCommand,
+  kekStatusCommand,
+  keystorePasswdCommand,
+  shredCommand,
+} from './shred-commands.ts'
 
 export const serverCommands: Command[] = [
-  serverInit, serverStart, hostsList, hostShow, hostSet, hostSuspend, hostResume, tokenCreate, tokenList, tokenRevoke, auditList, auditVerify,
-  approvalsList, approveCommand, denyCommand, operatorAdd, operatorList, operatorRemove, operatorTotp,
-  shredCommand, kekStatusCommand, kekRotateCommand, escrowExportCommand, keystorePasswdCommand,
-  hostAdd, hostRotateTang,
+  serverInit,
+  serverStart,
+  hostsList,
+  hostShow,
+  hostSet,
+  hostSuspend,
+  hostResume,
+  tokenCreate,
+  tokenList,
+  tokenRevoke,
+  auditList,
+  auditVerify,
+  approvalsList,
+  approveCommand,
+  denyCommand,
+  operatorAdd,
+  operatorList,
+  operatorRemove,
+  operatorTotp,
+  shredCommand,
+  kekStatusCommand,
+  kekRotateCommand,
+  escrowExportCommand,
+  keystorePasswdCommand,
+  hostAdd,
+  hostRotateTang,
 ]

@@ -28,7 +28,13 @@ const ConfigSchema = v.strictObject({
 
 export interface OperatorClient {
   url: string
-  call(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, timeoutMs?: number): Promise<any>
+  call(
+    method: 'GET' | 'POST' | 'PATCH' | 'DELETE',
+    path: string,
+    body?: unknown,
+    timeoutMs?: number,
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- untyped replies, to be replaced by per-route parsers
+  ): Promise<any>
 }
 
 function readText(path: string, what: string): string {
@@ -40,24 +46,47 @@ function readText(path: string, what: string): string {
 }
 
 export function operatorClient(values: Values, io: CliIo): OperatorClient {
-  const cfgPath = (values['config'] as string | undefined) ?? io.env['UNLOCKD_CONFIG'] ?? join(io.env['HOME'] ?? homedir(), '.config/unlockd/cli.json')
+  const cfgPath =
+    (values['config'] as string | undefined) ??
+    io.env['UNLOCKD_CONFIG'] ??
+    join(io.env['HOME'] ?? homedir(), '.config/unlockd/cli.json')
   let cfg: v.InferOutput<typeof ConfigSchema> = {}
   if (existsSync(cfgPath)) {
     let raw: unknown
-    try { raw = JSON.parse(readText(cfgPath, 'config')) } catch (cause) { if (cause instanceof UnlockdError) throw cause; throw new UnlockdError('config_invalid', `${cfgPath} is not valid JSON`, { cause }) }
+    try {
+      raw = JSON.parse(readText(cfgPath, 'config'))
+    } catch (cause) {
+      if (cause instanceof UnlockdError) throw cause
+      throw new UnlockdError('config_invalid', `${cfgPath} is not valid JSON`, { cause })
+    }
     cfg = parseWith(ConfigSchema, raw, cfgPath, 'config_invalid')
   }
   const url = (values['url'] as string | undefined) ?? io.env['UNLOCKD_URL'] ?? cfg.url
-  if (!url) throw new UnlockdError('usage', 'no server URL: pass --url, set UNLOCKD_URL, or write "url" in ~/.config/unlockd/cli.json')
-  const tokenFile = (values['token-file'] as string | undefined) ?? io.env['UNLOCKD_TOKEN_FILE'] ?? cfg.tokenFile
+  if (!url)
+    throw new UnlockdError(
+      'usage',
+      'no server URL: pass --url, set UNLOCKD_URL, or write "url" in ~/.config/unlockd/cli.json',
+    )
+  const tokenFile =
+    (values['token-file'] as string | undefined) ?? io.env['UNLOCKD_TOKEN_FILE'] ?? cfg.tokenFile
   const token = tokenFile ? readText(tokenFile, 'token file').trim() : io.env['UNLOCKD_TOKEN']
-  if (!token) throw new UnlockdError('unauthorized', 'no operator token: set UNLOCKD_TOKEN or UNLOCKD_TOKEN_FILE (never pass tokens as arguments)')
+  if (!token)
+    throw new UnlockdError(
+      'unauthorized',
+      'no operator token: set UNLOCKD_TOKEN or UNLOCKD_TOKEN_FILE (never pass tokens as arguments)',
+    )
   const caPath = (values['ca'] as string | undefined) ?? io.env['UNLOCKD_CA'] ?? cfg.ca
   const t: Transport = nodeTransport(url, { ca: caPath ? readText(caPath, 'CA file') : undefined })
   return {
     url,
     async call(method, path, body, timeoutMs) {
-      const res = await t({ method, path: `/v1/admin${path}`, bearer: token, ...(body === undefined ? {} : { body }), ...(timeoutMs ? { timeoutMs } : {}) })
+      const res = await t({
+        method,
+        path: `/v1/admin${path}`,
+        bearer: token,
+        ...(body === undefined ? {} : { body }),
+        ...(timeoutMs ? { timeoutMs } : {}),
+      })
       if (res.status < 200 || res.status >= 300) throw errorFromResponse(res, `${method} ${path}`)
       return res.body
     },

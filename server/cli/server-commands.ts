@@ -14,40 +14,90 @@ const passOpts = { 'passphrase-file': { type: 'string' } } as const
 export const serverInit: Command = {
   name: 'server init',
   summary: 'Create the keystore, the database and the first operator; print its API token once.',
-  usage: 'unlockd server init [--data DIR] [--operator NAME] [--db postgres://...] [--passphrase-file F] [--json]',
-  description: 'The keystore passphrase comes from --passphrase-file, UNLOCKD_PASSPHRASE, a systemd credential named unlockd-passphrase, or a prompt. The operator token is shown once and stored only as a hash.',
-  examples: ['UNLOCKD_PASSPHRASE_FILE=... unlockd server init --data /var/lib/unlockd --passphrase-file /root/ks-pass --json'],
-  options: { data: { type: 'string' }, operator: { type: 'string' }, db: { type: 'string' }, ...passOpts },
+  usage:
+    'unlockd server init [--data DIR] [--operator NAME] [--db postgres://...] [--passphrase-file F] [--json]',
+  description:
+    'The keystore passphrase comes from --passphrase-file, UNLOCKD_PASSPHRASE, a systemd credential named unlockd-passphrase, or a prompt. The operator token is shown once and stored only as a hash.',
+  examples: [
+    'UNLOCKD_PASSPHRASE_FILE=... unlockd server init --data /var/lib/unlockd --passphrase-file /root/ks-pass --json',
+  ],
+  options: {
+    data: { type: 'string' },
+    operator: { type: 'string' },
+    db: { type: 'string' },
+    ...passOpts,
+  },
   async run({ values, io }) {
     const dataDir = resolve((values['data'] as string | undefined) ?? DEFAULT_DATA_DIR)
     const operator = (values['operator'] as string | undefined) ?? 'admin'
     if (!NAME_RE.test(operator)) usage('--operator must be 1-64 chars of a-z 0-9 _ . -')
-    const passphrase = await readSecret({ file: values['passphrase-file'] as string | undefined, envName: 'UNLOCKD_PASSPHRASE', io, prompt: 'New keystore passphrase: ', confirm: true })
-    const r = await initDataDir(dataDir, passphrase, { operator, db: values['db'] as string | undefined, log: jsonLogger() })
-    output(io, values, { operator: r.operator, token: r.token, dataDir: r.dataDir, store: r.store }, () =>
-      `Initialized ${r.dataDir} (${r.store} store).\nOperator: ${r.operator}\nAPI token (shown once, keep it in a 0600 file): ${r.token}\nNext: start the server, then enroll this operator's TOTP (needed to approve and shred): unlockd operator totp ${r.operator}\n`)
+    const passphrase = await readSecret({
+      file: values['passphrase-file'] as string | undefined,
+      envName: 'UNLOCKD_PASSPHRASE',
+      io,
+      prompt: 'New keystore passphrase: ',
+      confirm: true,
+    })
+    const r = await initDataDir(dataDir, passphrase, {
+      operator,
+      db: values['db'] as string | undefined,
+      log: jsonLogger(),
+    })
+    output(
+      io,
+      values,
+      { operator: r.operator, token: r.token, dataDir: r.dataDir, store: r.store },
+      () =>
+        `Initialized ${r.dataDir} (${r.store} store).\nOperator: ${r.operator}\nAPI token (shown once, keep it in a 0600 file): ${r.token}\nNext: start the server, then enroll this operator's TOTP (needed to approve and shred): unlockd operator totp ${r.operator}\n`,
+    )
     return EXIT.ok
   },
 }
 
 export const serverStart: Command = {
   name: 'server start',
-  summary: 'Serve the escrow API. Plain HTTP only on loopback; otherwise give --tls-cert and --tls-key.',
-  usage: 'unlockd server start [--data DIR] [--listen HOST:PORT] [--tls-cert F --tls-key F] [--db URL] [--passphrase-file F]',
-  examples: ['unlockd server start --data /var/lib/unlockd --listen 127.0.0.1:8443', 'unlockd server start --listen 0.0.0.0:8443 --tls-cert /etc/unlockd/tls.crt --tls-key /etc/unlockd/tls.key'],
-  options: { data: { type: 'string' }, listen: { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' }, db: { type: 'string' }, ...passOpts },
+  summary:
+    'Serve the escrow API. Plain HTTP only on loopback; otherwise give --tls-cert and --tls-key.',
+  usage:
+    'unlockd server start [--data DIR] [--listen HOST:PORT] [--tls-cert F --tls-key F] [--db URL] [--passphrase-file F]',
+  examples: [
+    'unlockd server start --data /var/lib/unlockd --listen 127.0.0.1:8443',
+    'unlockd server start --listen 0.0.0.0:8443 --tls-cert /etc/unlockd/tls.crt --tls-key /etc/unlockd/tls.key',
+  ],
+  options: {
+    data: { type: 'string' },
+    listen: { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    db: { type: 'string' },
+    ...passOpts,
+  },
   async run({ values, io }) {
     const dataDir = resolve((values['data'] as string | undefined) ?? DEFAULT_DATA_DIR)
     const cfg = loadServerConfig(dataDir)
-    const passphrase = await readSecret({ file: values['passphrase-file'] as string | undefined, envName: 'UNLOCKD_PASSPHRASE', io, prompt: 'Keystore passphrase: ' })
+    const passphrase = await readSecret({
+      file: values['passphrase-file'] as string | undefined,
+      envName: 'UNLOCKD_PASSPHRASE',
+      io,
+      prompt: 'Keystore passphrase: ',
+    })
     const log = jsonLogger()
-    const deps = await openDeps(dataDir, passphrase, log, { db: values['db'] as string | undefined })
+    const deps = await openDeps(dataDir, passphrase, log, {
+      db: values['db'] as string | undefined,
+    })
     if (cfg.webhook) {
       const { readFileSync } = await import('node:fs')
-      deps.settings.webhook = { url: cfg.webhook.url, secret: cfg.webhook.secretFile ? readFileSync(cfg.webhook.secretFile, 'utf8').trim() : null }
+      deps.settings.webhook = {
+        url: cfg.webhook.url,
+        secret: cfg.webhook.secretFile ? readFileSync(cfg.webhook.secretFile, 'utf8').trim() : null,
+      }
     }
     const listen = (values['listen'] as string | undefined) ?? cfg.listen ?? '127.0.0.1:8443'
-    const srv = await startServer(deps, { listen, tlsCert: (values['tls-cert'] as string | undefined) ?? cfg.tlsCert, tlsKey: (values['tls-key'] as string | undefined) ?? cfg.tlsKey })
+    const srv = await startServer(deps, {
+      listen,
+      tlsCert: (values['tls-cert'] as string | undefined) ?? cfg.tlsCert,
+      tlsKey: (values['tls-key'] as string | undefined) ?? cfg.tlsKey,
+    })
     io.stderr(`unlockd server listening on ${srv.url}\n`)
     await new Promise<void>((resolveStop) => {
       const stop = (sig: string): void => {

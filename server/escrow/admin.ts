@@ -2,7 +2,13 @@
  * Operator use cases shared by the HTTP admin API and the CLI: hosts, tokens, audit.
  */
 import { UnlockdError } from '../../shared/errors.ts'
-import type { CreateTokenRequest, HostView, PolicyPatch, TokenView, AuditEntry } from '../../shared/protocol/messages.ts'
+import type {
+  CreateTokenRequest,
+  HostView,
+  PolicyPatch,
+  TokenView,
+  AuditEntry,
+} from '../../shared/protocol/messages.ts'
 import { parsePolicy } from '../../shared/protocol/policy.ts'
 import type { ServerDeps } from '../context.ts'
 import type { HostRow, StoreTx, TokenRow } from '../store/store.ts'
@@ -12,8 +18,13 @@ import { hashToken, newId, newToken } from './secrets.ts'
 export async function hostView(t: StoreTx, h: HostRow): Promise<HostView> {
   const vols = await t.listVolumes(h.id)
   return {
-    id: h.id, name: h.name, state: h.state, stateReason: h.stateReason, createdAt: h.createdAt,
-    lastSeenAt: h.lastSeenAt, lastUnlockAt: h.lastUnlockAt,
+    id: h.id,
+    name: h.name,
+    state: h.state,
+    stateReason: h.stateReason,
+    createdAt: h.createdAt,
+    lastSeenAt: h.lastSeenAt,
+    lastUnlockAt: h.lastUnlockAt,
     volumes: vols.map((v) => ({ name: v.name, kind: v.kind, ref: v.ref, createdAt: v.createdAt })),
     policy: h.policy,
   }
@@ -33,47 +44,120 @@ export function showHost(deps: ServerDeps, name: string): Promise<HostView> {
   return deps.store.tx(async (t) => hostView(t, await requireHost(t, name)))
 }
 
-export function setHostState(deps: ServerDeps, actor: Actor, name: string, state: 'active' | 'suspended', reason: string | null): Promise<HostView> {
+export function setHostState(
+  deps: ServerDeps,
+  actor: Actor,
+  name: string,
+  state: 'active' | 'suspended',
+  reason: string | null,
+): Promise<HostView> {
   return deps.store.tx(async (t) => {
     const h = await requireHost(t, name)
-    if (h.state === 'shredded') throw new UnlockdError('host_shredded', `host ${name} was shredded; it cannot be ${state === 'active' ? 'resumed' : 'suspended'}`)
+    if (h.state === 'shredded')
+      throw new UnlockdError(
+        'host_shredded',
+        `host ${name} was shredded; it cannot be ${state === 'active' ? 'resumed' : 'suspended'}`,
+      )
     const now = deps.now()
     // Resuming counts as contact so after-idle rules and auto-suspension start afresh.
-    await t.updateHost(h.id, state === 'active' ? { state, stateReason: null, lastSeenAt: now } : { state, stateReason: reason ?? 'suspended by operator' })
-    await audit(t, now, actor, state === 'active' ? 'host.resume' : 'host.suspend', h.name, reason ? { reason } : {})
+    await t.updateHost(
+      h.id,
+      state === 'active'
+        ? { state, stateReason: null, lastSeenAt: now }
+        : { state, stateReason: reason ?? 'suspended by operator' },
+    )
+    await audit(
+      t,
+      now,
+      actor,
+      state === 'active' ? 'host.resume' : 'host.suspend',
+      h.name,
+      reason ? { reason } : {},
+    )
     return hostView(t, (await t.getHost(h.id)) as HostRow)
   })
 }
 
-export function setHostPolicy(deps: ServerDeps, actor: Actor, name: string, patch: PolicyPatch): Promise<HostView> {
+export function setHostPolicy(
+  deps: ServerDeps,
+  actor: Actor,
+  name: string,
+  patch: PolicyPatch,
+): Promise<HostView> {
   return deps.store.tx(async (t) => {
     const h = await requireHost(t, name)
     if (h.state === 'shredded') throw new UnlockdError('host_shredded', `host ${name} was shredded`)
     const policy = parsePolicy({ ...h.policy, ...patch })
-    if (policy.notBefore !== null && policy.notAfter !== null && policy.notAfter <= policy.notBefore) {
+    if (
+      policy.notBefore !== null &&
+      policy.notAfter !== null &&
+      policy.notAfter <= policy.notBefore
+    ) {
       throw new UnlockdError('bad_request', 'policy: notAfter must be later than notBefore')
     }
     await t.updateHost(h.id, { policy })
-    await audit(t, deps.now(), actor, 'host.policy', h.name, { changed: Object.keys(patch), policy })
+    await audit(t, deps.now(), actor, 'host.policy', h.name, {
+      changed: Object.keys(patch),
+      policy,
+    })
     return hostView(t, (await t.getHost(h.id)) as HostRow)
   })
 }
 
 export function tokenView(r: TokenRow, now: number): TokenView {
-  const state = r.revokedAt !== null ? 'revoked' : r.usedAt !== null ? 'used' : r.expiresAt <= now ? 'expired' : 'unused'
-  return { id: r.id, host: r.hostName, cidrs: r.cidrs, createdAt: r.createdAt, expiresAt: r.expiresAt, usedAt: r.usedAt, revokedAt: r.revokedAt, state }
+  const state =
+    r.revokedAt !== null
+      ? 'revoked'
+      : r.usedAt !== null
+        ? 'used'
+        : r.expiresAt <= now
+          ? 'expired'
+          : 'unused'
+  return {
+    id: r.id,
+    host: r.hostName,
+    cidrs: r.cidrs,
+    createdAt: r.createdAt,
+    expiresAt: r.expiresAt,
+    usedAt: r.usedAt,
+    revokedAt: r.revokedAt,
+    state,
+  }
 }
 
-export async function createEnrollToken(deps: ServerDeps, actor: Actor, req: CreateTokenRequest): Promise<TokenView & { token: string }> {
+export async function createEnrollToken(
+  deps: ServerDeps,
+  actor: Actor,
+  req: CreateTokenRequest,
+): Promise<TokenView & { token: string }> {
   const token = newToken('ue')
   const hash = await hashToken(token)
   return deps.store.tx(async (t) => {
     const live = await t.getHostByName(req.host)
-    if (live && live.state !== 'shredded') throw new UnlockdError('host_exists', `host ${req.host} is already enrolled; shred it first or choose another name`)
+    if (live && live.state !== 'shredded')
+      throw new UnlockdError(
+        'host_exists',
+        `host ${req.host} is already enrolled; shred it first or choose another name`,
+      )
     const now = deps.now()
-    const row: TokenRow = { id: newId('tok', 9), hash, hostName: req.host, cidrs: req.cidrs, createdAt: now, expiresAt: now + req.ttlSeconds, usedAt: null, usedByHost: null, revokedAt: null, createdBy: actor }
+    const row: TokenRow = {
+      id: newId('tok', 9),
+      hash,
+      hostName: req.host,
+      cidrs: req.cidrs,
+      createdAt: now,
+      expiresAt: now + req.ttlSeconds,
+      usedAt: null,
+      usedByHost: null,
+      revokedAt: null,
+      createdBy: actor,
+    }
     await t.insertToken(row)
-    await audit(t, now, actor, 'token.create', req.host, { token: row.id, ttl: req.ttlSeconds, cidrs: req.cidrs })
+    await audit(t, now, actor, 'token.create', req.host, {
+      token: row.id,
+      ttl: req.ttlSeconds,
+      cidrs: req.cidrs,
+    })
     return { ...tokenView(row, now), token }
   })
 }
@@ -87,7 +171,8 @@ export function revokeToken(deps: ServerDeps, actor: Actor, id: string): Promise
     const row = await t.getToken(id)
     if (!row) throw new UnlockdError('not_found', `no token with id ${id}`)
     const now = deps.now()
-    if (!(await t.revokeToken(id, now))) throw new UnlockdError('conflict', `token ${id} is already ${tokenView(row, now).state}`)
+    if (!(await t.revokeToken(id, now)))
+      throw new UnlockdError('conflict', `token ${id} is already ${tokenView(row, now).state}`)
     await audit(t, now, actor, 'token.revoke', row.hostName, { token: id })
     return tokenView((await t.getToken(id)) as TokenRow, now)
   })

@@ -8,14 +8,38 @@ import type { HostRow, StoreTx } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { newId } from './secrets.ts'
 
-export async function openApproval(deps: ServerDeps, t: StoreTx, host: HostRow, req: UnlockPayload, source: string, rule: string, now: number): Promise<ApprovalTicket> {
+export async function openApproval(
+  deps: ServerDeps,
+  t: StoreTx,
+  host: HostRow,
+  req: UnlockPayload,
+  source: string,
+  rule: string,
+  now: number,
+): Promise<ApprovalTicket> {
   const id = newId('ap')
   const expiresAt = now + deps.settings.approvalTtl
   await t.insertApproval({
-    id, hostId: host.id, volumes: [...req.volumes], bootId: req.bootId, source, rule,
-    required: host.policy.approvers, createdAt: now, expiresAt, state: 'pending', decidedAt: null, reason: null,
+    id,
+    hostId: host.id,
+    volumes: [...req.volumes],
+    bootId: req.bootId,
+    source,
+    rule,
+    required: host.policy.approvers,
+    createdAt: now,
+    expiresAt,
+    state: 'pending',
+    decidedAt: null,
+    reason: null,
   })
-  await audit(t, now, `host:${host.name}`, 'approval.request', host.name, { approval: id, rule, source, bootId: req.bootId, volumes: req.volumes })
+  await audit(t, now, `host:${host.name}`, 'approval.request', host.name, {
+    approval: id,
+    rule,
+    source,
+    bootId: req.bootId,
+    volumes: req.volumes,
+  })
   deps.events.emit('approval:new', id)
   return { id, expiresAt, rule }
 }

@@ -14,19 +14,47 @@ import { blobAad, unwrap } from '../keys/kek-wrap.ts'
 import { requireHost } from './admin.ts'
 import { audit, type Actor } from './audit-log.ts'
 
-export function exportEscrow(deps: ServerDeps, actor: Actor, hostName: string): Promise<EscrowExport> {
+export function exportEscrow(
+  deps: ServerDeps,
+  actor: Actor,
+  hostName: string,
+): Promise<EscrowExport> {
   return deps.store.tx(async (t) => {
     const host = await requireHost(t, hostName)
-    if (host.state === 'shredded') throw new UnlockdError('host_shredded', `host ${host.name} was shredded; its escrow blobs no longer exist`)
+    if (host.state === 'shredded')
+      throw new UnlockdError(
+        'host_shredded',
+        `host ${host.name} was shredded; its escrow blobs no longer exist`,
+      )
     const now = deps.now()
     const volumes: EscrowExport['volumes'] = []
     for (const v of await t.listVolumes(host.id)) {
       if (v.kind === 'tang') continue // Tang keys are server secrets, not escrow blobs
-      const plain = unwrap(deps.keystore.kek(v.kekVersion), v.iv, v.ct, blobAad(host.id, v.name, v.kekVersion))
+      const plain = unwrap(
+        deps.keystore.kek(v.kekVersion),
+        v.iv,
+        v.ct,
+        blobAad(host.id, v.name, v.kekVersion),
+      )
       const blob = parseEscrowBlob(JSON.parse(fromUtf8(plain)))
-      volumes.push({ name: v.name, kind: v.kind, ref: v.ref, recipients: blob.recipients.map((r) => String(r.header?.kid)), blob })
+      volumes.push({
+        name: v.name,
+        kind: v.kind,
+        ref: v.ref,
+        recipients: blob.recipients.map((r) => String(r.header?.kid)),
+        blob,
+      })
     }
-    await audit(t, now, actor, 'escrow.export', host.name, { hostId: host.id, volumes: volumes.map((v) => v.name) })
-    return { format: 'unlockd-escrow-export/v1', host: host.name, hostId: host.id, exportedAt: now, volumes }
+    await audit(t, now, actor, 'escrow.export', host.name, {
+      hostId: host.id,
+      volumes: volumes.map((v) => v.name),
+    })
+    return {
+      format: 'unlockd-escrow-export/v1',
+      host: host.name,
+      hostId: host.id,
+      exportedAt: now,
+      volumes,
+    }
   })
 }

@@ -11,7 +11,11 @@ import type { ServerDeps } from '../context.ts'
 import type { HostRow, StoreTx } from '../store/store.ts'
 import { verifyHostJws } from './jws-verify.ts'
 
-export async function authenticateHost(deps: ServerDeps, jws: unknown, purpose: JwsPurpose): Promise<{ host: HostRow; payload: unknown }> {
+export async function authenticateHost(
+  deps: ServerDeps,
+  jws: unknown,
+  purpose: JwsPurpose,
+): Promise<{ host: HostRow; payload: unknown }> {
   const kid = peekJwsKid(jws, purpose)
   const host = await deps.store.tx((t) => t.getHost(kid), { host: kid })
   if (!host) throw new UnlockdError('host_unknown', 'no host is enrolled with this key')
@@ -22,15 +26,20 @@ export async function authenticateHost(deps: ServerDeps, jws: unknown, purpose: 
 
 export function checkIat(deps: ServerDeps, iat: number): void {
   if (Math.abs(deps.now() - iat) > deps.settings.iatSkew) {
-    throw new UnlockdError('iat_skew', 'request time is too far from the server clock; check the host clock (NTP)')
+    throw new UnlockdError(
+      'iat_skew',
+      'request time is too far from the server clock; check the host clock (NTP)',
+    )
   }
 }
 
 export async function consumeNonceOrThrow(t: StoreTx, nonce: string, now: number): Promise<void> {
   const r = await t.consumeNonce(nonce, now)
   if (r === 'ok') return
-  if (r === 'reused') throw new UnlockdError('nonce_reused', 'this nonce was already used (replayed request)')
-  if (r === 'expired') throw new UnlockdError('nonce_expired', 'this nonce has expired; fetch a new one')
+  if (r === 'reused')
+    throw new UnlockdError('nonce_reused', 'this nonce was already used (replayed request)')
+  if (r === 'expired')
+    throw new UnlockdError('nonce_expired', 'this nonce has expired; fetch a new one')
   throw new UnlockdError('nonce_unknown', 'this nonce was not issued by this server')
 }
 

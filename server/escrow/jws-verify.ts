@@ -46,9 +46,14 @@ export function verifyHostJws(compact: string, signingJwk: string): unknown {
       ok = false
     }
   }
-  if (!ok) throw new UnlockdError('bad_signature', 'request signature does not verify with the enrolled key')
+  if (!ok)
+    throw new UnlockdError(
+      'bad_signature',
+      'request signature does not verify with the enrolled key',
+    )
   const payload = b64uDecode(compact.slice(dot1 + 1, dot2))
-  if (payload === undefined) throw new UnlockdError('protocol_invalid', 'jws payload is not base64url')
+  if (payload === undefined)
+    throw new UnlockdError('protocol_invalid', 'jws payload is not base64url')
   try {
     return JSON.parse(fromUtf8(payload)) as unknown
   } catch (cause) {

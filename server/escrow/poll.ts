@@ -15,40 +15,80 @@ import { authenticateHost, checkIat, consumeNonceOrThrow } from './host-auth.ts'
 import { PolicyDenied, releaseBlobs } from './release.ts'
 import { isIdleSuspended } from '../policy/idle.ts'
 
-async function settle(deps: ServerDeps, hostId: string, approvalId: string, bootId: string, source: string): Promise<UnlockResponse | PolicyDenied | 'wait'> {
+async function settle(
+  deps: ServerDeps,
+  hostId: string,
+  approvalId: string,
+  bootId: string,
+  source: string,
+): Promise<UnlockResponse | PolicyDenied | 'wait'> {
   const now = deps.now()
-  return deps.store.tx(async (t) => {
-    const a = await t.getApproval(approvalId)
-    if (!a || a.hostId !== hostId) throw new UnlockdError('approval_unknown', 'no such approval request for this host')
-    if (a.bootId !== bootId) throw new UnlockdError('forbidden', 'this approval was requested by another boot')
-    const host = (await t.getHost(hostId)) as HostRow
-    if (host.state === 'shredded') return new PolicyDenied('host_shredded', 'this host was shredded', 'state')
-    // An idle suspension is what this approval is for; an operator's suspension ends the wait.
-    if (host.state === 'suspended' && !isIdleSuspended(host)) return new PolicyDenied('host_suspended', 'this host is suspended', 'state')
-    if (a.state === 'denied') return new PolicyDenied('approval_denied', `an operator denied this request${a.reason ? `: ${a.reason}` : ''}`, a.rule)
-    if (a.state === 'used') return new PolicyDenied('approval_used', 'this approval was already used', a.rule)
-    if (a.state === 'expired' || (a.state === 'pending' && a.expiresAt <= now)) {
-      if (a.state === 'pending') {
-        await t.updateApproval(a.id, { state: 'expired', decidedAt: now })
-        await audit(t, now, 'system', 'approval.expire', host.name, { approval: a.id })
+  return deps.store.tx(
+    async (t) => {
+      const a = await t.getApproval(approvalId)
+      if (!a || a.hostId !== hostId)
+        throw new UnlockdError('approval_unknown', 'no such approval request for this host')
+      if (a.bootId !== bootId)
+        throw new UnlockdError('forbidden', 'this approval was requested by another boot')
+      const host = (await t.getHost(hostId)) as HostRow
+      if (host.state === 'shredded')
+        return new PolicyDenied('host_shredded', 'this host was shredded', 'state')
+      // An idle suspension is what this approval is for; an operator's suspension ends the wait.
+      if (host.state === 'suspended' && !isIdleSuspended(host))
+        return new PolicyDenied('host_suspended', 'this host is suspended', 'state')
+      if (a.state === 'denied')
+        return new PolicyDenied(
+          'approval_denied',
+          `an operator denied this request${a.reason ? `: ${a.reason}` : ''}`,
+          a.rule,
+        )
+      if (a.state === 'used')
+        return new PolicyDenied('approval_used', 'this approval was already used', a.rule)
+      if (a.state === 'expired' || (a.state === 'pending' && a.expiresAt <= now)) {
+        if (a.state === 'pending') {
+          await t.updateApproval(a.id, { state: 'expired', decidedAt: now })
+          await audit(t, now, 'system', 'approval.expire', host.name, { approval: a.id })
+        }
+        return new PolicyDenied(
+          'approval_expired',
+          'the approval request expired before an operator approved it',
+          a.rule,
+        )
       }
-      return new PolicyDenied('approval_expired', 'the approval request expired before an operator approved it', a.rule)
-    }
-    if (a.state === 'pending') return 'wait'
-    // approved: release once, to this boot
-    const volumes = await releaseBlobs(deps, t, host, a.volumes)
-    await t.updateApproval(a.id, { state: 'used' })
-    await t.recordUnlock({ hostId, at: now, bootId, source, outcome: 'released', code: null })
-    await t.updateHost(hostId, { lastSeenAt: now, lastUnlockAt: now, lastBootId: bootId, lastSource: source })
-    await audit(t, now, `host:${host.name}`, 'unlock.release', host.name, { rule: a.rule, approval: a.id, source, bootId, volumes: volumes.map((v) => v.name) })
-    return { status: 'released', host: hostId, volumes }
-  }, { host: hostId })
+      if (a.state === 'pending') return 'wait'
+      // approved: release once, to this boot
+      const volumes = await releaseBlobs(deps, t, host, a.volumes)
+      await t.updateApproval(a.id, { state: 'used' })
+      await t.recordUnlock({ hostId, at: now, bootId, source, outcome: 'released', code: null })
+      await t.updateHost(hostId, {
+        lastSeenAt: now,
+        lastUnlockAt: now,
+        lastBootId: bootId,
+        lastSource: source,
+      })
+      await audit(t, now, `host:${host.name}`, 'unlock.release', host.name, {
+        rule: a.rule,
+        approval: a.id,
+        source,
+        bootId,
+        volumes: volumes.map((v) => v.name),
+      })
+      return { status: 'released', host: hostId, volumes }
+    },
+    { host: hostId },
+  )
 }
 
-export async function pollApproval(deps: ServerDeps, jws: unknown, source: string, signal?: AbortSignal): Promise<UnlockResponse> {
+export async function pollApproval(
+  deps: ServerDeps,
+  jws: unknown,
+  source: string,
+  signal?: AbortSignal,
+): Promise<UnlockResponse> {
   const { host: signer, payload: raw } = await authenticateHost(deps, jws, 'poll')
   const p = parsePollPayload(raw)
-  if (p.host !== signer.id) throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
+  if (p.host !== signer.id)
+    throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
   checkIat(deps, p.iat)
   // Waiting is not being seen (see release.ts): lastSeenAt moves only when keys are released.
   await deps.store.tx((t) => consumeNonceOrThrow(t, p.nonce, deps.now()), { host: signer.id })
@@ -59,7 +99,12 @@ export async function pollApproval(deps: ServerDeps, jws: unknown, source: strin
     if (r !== 'wait') return r
     const left = deadline - Date.now()
     const a = await deps.store.tx((t) => t.getApproval(p.approval), { host: signer.id })
-    if (left <= 0 || signal?.aborted) return { status: 'pending', host: signer.id, approval: { id: p.approval, expiresAt: a?.expiresAt ?? 0, rule: a?.rule ?? '' } }
+    if (left <= 0 || signal?.aborted)
+      return {
+        status: 'pending',
+        host: signer.id,
+        approval: { id: p.approval, expiresAt: a?.expiresAt ?? 0, rule: a?.rule ?? '' },
+      }
     // Wake on a decision in this process, or re-check the database every 2 s (other instances).
     const ac = new AbortController()
     const timer = setTimeout(() => ac.abort(), Math.min(left, 2000))

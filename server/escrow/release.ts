@@ -7,7 +7,12 @@
 import { UnlockdError } from '../../shared/errors.ts'
 import { fromUtf8 } from '../../shared/crypto/bytes.ts'
 import { parseEscrowBlob } from '../../shared/crypto/blob.ts'
-import { parseUnlockPayload, type ReleasedVolume, type UnlockResponse, type UnlockPayload } from '../../shared/protocol/messages.ts'
+import {
+  parseUnlockPayload,
+  type ReleasedVolume,
+  type UnlockResponse,
+  type UnlockPayload,
+} from '../../shared/protocol/messages.ts'
 import type { ServerDeps } from '../context.ts'
 import { blobAad, unwrap } from '../keys/kek-wrap.ts'
 import { evaluatePolicy, type Decision } from '../policy/evaluate.ts'
@@ -27,60 +32,138 @@ export class PolicyDenied extends UnlockdError {
   }
 }
 
-export async function releaseBlobs(deps: ServerDeps, t: StoreTx, host: HostRow, names: readonly string[]): Promise<ReleasedVolume[]> {
+export async function releaseBlobs(
+  deps: ServerDeps,
+  t: StoreTx,
+  host: HostRow,
+  names: readonly string[],
+): Promise<ReleasedVolume[]> {
   const vols = await t.listVolumes(host.id)
   const wanted = names.length === 0 ? vols : vols.filter((v) => names.includes(v.name))
-  for (const n of names) if (!vols.some((v) => v.name === n)) throw new PolicyDenied('volume_unknown', `volume ${n} is not enrolled for this host`, 'volumes')
+  for (const n of names)
+    if (!vols.some((v) => v.name === n))
+      throw new PolicyDenied(
+        'volume_unknown',
+        `volume ${n} is not enrolled for this host`,
+        'volumes',
+      )
   const out: ReleasedVolume[] = []
   for (const v of wanted) {
     if (v.kind === 'tang') continue
-    const plain = unwrap(deps.keystore.kek(v.kekVersion), v.iv, v.ct, blobAad(host.id, v.name, v.kekVersion))
+    const plain = unwrap(
+      deps.keystore.kek(v.kekVersion),
+      v.iv,
+      v.ct,
+      blobAad(host.id, v.name, v.kekVersion),
+    )
     out.push({ name: v.name, kind: v.kind, blob: parseEscrowBlob(JSON.parse(fromUtf8(plain))) })
   }
   return out
 }
 
-export async function decide(t: StoreTx, host: HostRow, bootId: string, source: string, now: number): Promise<Decision> {
+export async function decide(
+  t: StoreTx,
+  host: HostRow,
+  bootId: string,
+  source: string,
+  now: number,
+): Promise<Decision> {
   const p = host.policy
-  const releasesInWindow = p.maxUnlocks ? await t.countUnlocks(host.id, now - p.maxUnlocks.periodSeconds, 'released') : 0
-  const recentBootIds = p.cloneWindowSeconds ? await t.recentBootIds(host.id, now - p.cloneWindowSeconds) : []
-  return evaluatePolicy({ now, source, bootId, host, policy: p, history: { releasesInWindow, recentBootIds } })
+  const releasesInWindow = p.maxUnlocks
+    ? await t.countUnlocks(host.id, now - p.maxUnlocks.periodSeconds, 'released')
+    : 0
+  const recentBootIds = p.cloneWindowSeconds
+    ? await t.recentBootIds(host.id, now - p.cloneWindowSeconds)
+    : []
+  return evaluatePolicy({
+    now,
+    source,
+    bootId,
+    host,
+    policy: p,
+    history: { releasesInWindow, recentBootIds },
+  })
 }
 
-export async function unlock(deps: ServerDeps, jws: unknown, source: string): Promise<UnlockResponse> {
+export async function unlock(
+  deps: ServerDeps,
+  jws: unknown,
+  source: string,
+): Promise<UnlockResponse> {
   const { host: signer, payload: raw } = await authenticateHost(deps, jws, 'unlock')
   const payload: UnlockPayload = parseUnlockPayload(raw)
-  if (payload.host !== signer.id) throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
+  if (payload.host !== signer.id)
+    throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
   checkIat(deps, payload.iat)
   const now = deps.now()
 
-  const result = await deps.store.tx(async (t): Promise<UnlockResponse | PolicyDenied> => {
-    await consumeNonceOrThrow(t, payload.nonce, now)
-    const host = (await t.getHost(signer.id)) as HostRow // re-read inside the transaction
-    const decision = await decide(t, host, payload.bootId, source, now)
-    const actor = `host:${host.name}` as const
-    if (decision.kind === 'deny') {
-      await t.recordUnlock({ hostId: host.id, at: now, bootId: payload.bootId, source, outcome: 'denied', code: decision.code })
-      await audit(t, now, actor, 'unlock.deny', host.name, { code: decision.code, rule: decision.rule, source, bootId: payload.bootId })
-      // Returned, not thrown: the nonce and the audit entry must commit.
-      return new PolicyDenied(decision.code, decision.message, decision.rule)
-    }
-    if (decision.kind === 'approval') {
-      // Asking is not being seen: bumping lastSeenAt here would let a second request slip past
-      // after-idle and idle suspension. An idle host is suspended now, so it stays so until an
-      // operator approves (or resumes it), whether or not the maintenance job got there first.
-      await t.updateHost(host.id, { lastSource: source })
-      if (decision.rule === IDLE_SUSPEND_RULE && host.state === 'active') await suspendIdle(t, host, now)
-      const ticket = await openApproval(deps, t, host, payload, source, decision.rule, now)
-      await t.recordUnlock({ hostId: host.id, at: now, bootId: payload.bootId, source, outcome: 'approval', code: null })
-      return { status: 'approval_required', host: host.id, approval: ticket }
-    }
-    const volumes = await releaseBlobs(deps, t, host, payload.volumes)
-    await t.recordUnlock({ hostId: host.id, at: now, bootId: payload.bootId, source, outcome: 'released', code: null })
-    await t.updateHost(host.id, { lastSeenAt: now, lastSource: source, lastUnlockAt: now, lastBootId: payload.bootId })
-    await audit(t, now, actor, 'unlock.release', host.name, { rule: decision.rule, source, bootId: payload.bootId, volumes: volumes.map((v) => v.name) })
-    return { status: 'released', host: host.id, volumes }
-  }, { host: signer.id })
+  const result = await deps.store.tx(
+    async (t): Promise<UnlockResponse | PolicyDenied> => {
+      await consumeNonceOrThrow(t, payload.nonce, now)
+      const host = (await t.getHost(signer.id)) as HostRow // re-read inside the transaction
+      const decision = await decide(t, host, payload.bootId, source, now)
+      const actor = `host:${host.name}` as const
+      if (decision.kind === 'deny') {
+        await t.recordUnlock({
+          hostId: host.id,
+          at: now,
+          bootId: payload.bootId,
+          source,
+          outcome: 'denied',
+          code: decision.code,
+        })
+        await audit(t, now, actor, 'unlock.deny', host.name, {
+          code: decision.code,
+          rule: decision.rule,
+          source,
+          bootId: payload.bootId,
+        })
+        // Returned, not thrown: the nonce and the audit entry must commit.
+        return new PolicyDenied(decision.code, decision.message, decision.rule)
+      }
+      if (decision.kind === 'approval') {
+        // Asking is not being seen: bumping lastSeenAt here would let a second request slip past
+        // after-idle and idle suspension. An idle host is suspended now, so it stays so until an
+        // operator approves (or resumes it), whether or not the maintenance job got there first.
+        await t.updateHost(host.id, { lastSource: source })
+        if (decision.rule === IDLE_SUSPEND_RULE && host.state === 'active')
+          await suspendIdle(t, host, now)
+        const ticket = await openApproval(deps, t, host, payload, source, decision.rule, now)
+        await t.recordUnlock({
+          hostId: host.id,
+          at: now,
+          bootId: payload.bootId,
+          source,
+          outcome: 'approval',
+          code: null,
+        })
+        return { status: 'approval_required', host: host.id, approval: ticket }
+      }
+      const volumes = await releaseBlobs(deps, t, host, payload.volumes)
+      await t.recordUnlock({
+        hostId: host.id,
+        at: now,
+        bootId: payload.bootId,
+        source,
+        outcome: 'released',
+        code: null,
+      })
+      await t.updateHost(host.id, {
+        lastSeenAt: now,
+        lastSource: source,
+        lastUnlockAt: now,
+        lastBootId: payload.bootId,
+      })
+      await audit(t, now, actor, 'unlock.release', host.name, {
+        rule: decision.rule,
+        source,
+        bootId: payload.bootId,
+        volumes: volumes.map((v) => v.name),
+      })
+      return { status: 'released', host: host.id, volumes }
+    },
+    { host: signer.id },
+  )
   if (result instanceof PolicyDenied) throw result
   return result
 }

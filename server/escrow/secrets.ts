@@ -3,10 +3,19 @@
  * 256 random bits, so a plain SHA-256 is a sufficient at-rest hash; lookups go by hash and a
  * constant-time compare confirms the match.
  */
-import { b64uEncode, randomBytes, sha256Hex, timingSafeEqual, utf8 } from '../../shared/crypto/bytes.ts'
+import {
+  b64uEncode,
+  randomBytes,
+  sha256Hex,
+  timingSafeEqual,
+  utf8,
+} from '../../shared/crypto/bytes.ts'
 
 export type TokenKind = 'ue' | 'uo'
-const FORMAT: Record<TokenKind, RegExp> = { ue: /^ue_[A-Za-z0-9_-]{43}$/, uo: /^uo_[A-Za-z0-9_-]{43}$/ }
+const FORMAT: Record<TokenKind, RegExp> = {
+  ue: /^ue_[A-Za-z0-9_-]{43}$/,
+  uo: /^uo_[A-Za-z0-9_-]{43}$/,
+}
 
 export function newToken(kind: TokenKind): string {
   return `${kind}_${b64uEncode(randomBytes(32))}`

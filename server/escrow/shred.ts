@@ -47,7 +47,14 @@ export async function getShredOrder(t: StoreTx, hostId: string): Promise<ShredOr
   try {
     const o = JSON.parse(raw) as ShredOrder
     if (!Array.isArray(o.volumes) || typeof o.wholeHost !== 'boolean') throw new Error('shape')
-    return { volumes: o.volumes.map(String), wholeHost: o.wholeHost, createdAt: Number(o.createdAt), by: String(o.by), sentAt: o.sentAt ?? null, doneAt: o.doneAt ?? null }
+    return {
+      volumes: o.volumes.map(String),
+      wholeHost: o.wholeHost,
+      createdAt: Number(o.createdAt),
+      by: String(o.by),
+      sentAt: o.sentAt ?? null,
+      doneAt: o.doneAt ?? null,
+    }
   } catch (cause) {
     throw new UnlockdError('store_failed', `shred order of host ${hostId} is malformed`, { cause })
   }
@@ -58,7 +65,10 @@ export function setShredOrder(t: StoreTx, hostId: string, order: ShredOrder): Pr
 }
 
 /** Whether the watch channel should (still) tell this host to shred. */
-export function orderOutstanding(host: HostRow, order: ShredOrder | undefined): order is ShredOrder {
+export function orderOutstanding(
+  host: HostRow,
+  order: ShredOrder | undefined,
+): order is ShredOrder {
   // A shredded host gets the order on every contact, even after it reported: a disk image
   // restored elsewhere with the host keys on it must erase itself too.
   return order !== undefined && (order.doneAt === null || host.state === 'shredded')
@@ -77,54 +87,77 @@ async function plan(t: StoreTx, req: ShredRequest): Promise<Planned[]> {
   for (const h of hosts) {
     const vols = await t.listVolumes(h.id)
     const base = { host: h.name, id: h.id }
-    const forAgent = (names: string[]): string[] => vols.filter((v) => v.kind !== 'tang' && names.includes(v.name)).map((v) => v.name)
+    const forAgent = (names: string[]): string[] =>
+      vols.filter((v) => v.kind !== 'tang' && names.includes(v.name)).map((v) => v.name)
     const allNames = vols.map((v) => v.name)
     if (h.state === 'shredded') {
       // Idempotent: nothing left to destroy (a stray row, if any, still goes).
-      out.push({ host: h, target: { ...base, wholeHost: true, alreadyShredded: true, volumes: allNames }, agentVolumes: forAgent(allNames) })
+      out.push({
+        host: h,
+        target: { ...base, wholeHost: true, alreadyShredded: true, volumes: allNames },
+        agentVolumes: forAgent(allNames),
+      })
       continue
     }
     if (req.volumes === undefined) {
-      out.push({ host: h, target: { ...base, wholeHost: true, alreadyShredded: false, volumes: allNames }, agentVolumes: forAgent(allNames) })
+      out.push({
+        host: h,
+        target: { ...base, wholeHost: true, alreadyShredded: false, volumes: allNames },
+        agentVolumes: forAgent(allNames),
+      })
       continue
     }
     const prior = await getShredOrder(t, h.id)
     const names: string[] = []
     for (const n of req.volumes) {
       if (vols.some((v) => v.name === n)) names.push(n)
-      else if (!prior?.volumes.includes(n)) throw new UnlockdError('volume_unknown', `host ${h.name} has no volume named ${n}`)
+      else if (!prior?.volumes.includes(n))
+        throw new UnlockdError('volume_unknown', `host ${h.name} has no volume named ${n}`)
       // else: shredded before; shredding it again is a no-op
     }
-    out.push({ host: h, target: { ...base, wholeHost: false, alreadyShredded: false, volumes: names }, agentVolumes: forAgent(names) })
+    out.push({
+      host: h,
+      target: { ...base, wholeHost: false, alreadyShredded: false, volumes: names },
+      agentVolumes: forAgent(names),
+    })
   }
   return out
 }
 
 /** What shred cannot reach; printed by `unlockd shred` and returned by the API. */
 export const SHRED_CANNOT = [
-  'Keys already in the RAM of a running host (the kernel keyring, dm-crypt tables, an open fscrypt directory) stay usable until the host locks, erases or reboots; the agent\'s watch channel does that when it receives the order.',
-  'Passphrase keyslots or fscrypt protectors an operator added by hand on the host are not unlockd\'s: remove them on the host.',
+  "Keys already in the RAM of a running host (the kernel keyring, dm-crypt tables, an open fscrypt directory) stay usable until the host locks, erases or reboots; the agent's watch channel does that when it receives the order.",
+  "Passphrase keyslots or fscrypt protectors an operator added by hand on the host are not unlockd's: remove them on the host.",
   'Copies of the keystore AND the database made outside unlockd (backups, snapshots, `cp`) taken before this shred still recover the volume keys together with the keystore passphrase: destroy them, or change the passphrase after every backup so old copies need a passphrase you no longer keep.',
   'Escrow blobs exported earlier (`unlockd escrow export`) open with the recovery key: destroy those files, or the recovery key if every volume sealed to it is meant to go.',
-  'The filesystem or SSD under the data directory may keep stale blocks of rewritten files; use full-disk encryption for the server\'s own disk.',
+  "The filesystem or SSD under the data directory may keep stale blocks of rewritten files; use full-disk encryption for the server's own disk.",
 ]
 
-export async function shred(deps: ServerDeps, operator: OperatorRow, req: ShredRequest): Promise<ShredResult> {
+export async function shred(
+  deps: ServerDeps,
+  operator: OperatorRow,
+  req: ShredRequest,
+): Promise<ShredResult> {
   const actor: Actor = `operator:${operator.name}`
   if (req.dryRun) {
     const targets = await deps.store.tx(async (t) => (await plan(t, req)).map((p) => p.target))
     return { dryRun: true, targets, deletedBlobs: 0, kek: null, cannot: SHRED_CANNOT }
   }
-  if (req.code === undefined) throw new UnlockdError('totp_invalid', 'shred needs your TOTP code (--code)')
+  if (req.code === undefined)
+    throw new UnlockdError('totp_invalid', 'shred needs your TOTP code (--code)')
   const code = req.code
   const now = deps.now()
 
   // Step 1: code, deletion, tombstone, order, audit and rotation journal commit together.
   const outcome = await deps.store.tx(async (t) => {
     const fresh = await t.getOperator(operator.id)
-    if (!fresh || fresh.removedAt !== null) return new UnlockdError('unauthorized', 'this operator was removed')
+    if (!fresh || fresh.removedAt !== null)
+      return new UnlockdError('unauthorized', 'this operator was removed')
     const what = req.all ? '*' : (req.host as string)
-    const check = await checkOperatorCode(deps, t, fresh, code, now, { host: req.all ? null : what, detail: { action: 'shred' } })
+    const check = await checkOperatorCode(deps, t, fresh, code, now, {
+      host: req.all ? null : what,
+      detail: { action: 'shred' },
+    })
     // Returned, not thrown: the failure count must commit.
     if (!check.ok) return check.error
     const planned = await plan(t, req)
@@ -136,13 +169,19 @@ export async function shred(deps: ServerDeps, operator: OperatorRow, req: ShredR
       if (target.alreadyShredded && n === 0) continue
       destroyedSomething = true
       if (target.wholeHost && host.state !== 'shredded') {
-        await t.updateHost(host.id, { state: 'shredded', stateReason: req.reason ?? `shredded by ${actor}` })
+        await t.updateHost(host.id, {
+          state: 'shredded',
+          stateReason: req.reason ?? `shredded by ${actor}`,
+        })
       }
       // Merge with an order the host has not acted on yet, so it learns every volume.
       const prior = await getShredOrder(t, host.id)
       const pending = prior !== undefined && prior.doneAt === null ? prior : undefined
       await setShredOrder(t, host.id, {
-        volumes: [...new Set([...(pending?.volumes ?? []), ...agentVolumes])].slice(0, SHRED_LIMITS.volumes),
+        volumes: [...new Set([...(pending?.volumes ?? []), ...agentVolumes])].slice(
+          0,
+          SHRED_LIMITS.volumes,
+        ),
         wholeHost: target.wholeHost || (pending?.wholeHost ?? false),
         createdAt: now,
         by: actor,
@@ -150,12 +189,19 @@ export async function shred(deps: ServerDeps, operator: OperatorRow, req: ShredR
         doneAt: null,
       })
       await audit(t, now, actor, target.wholeHost ? 'host.shred' : 'volume.shred', host.name, {
-        hostId: host.id, volumes: target.volumes, deletedBlobs: n, ...(req.reason ? { reason: req.reason } : {}),
+        hostId: host.id,
+        volumes: target.volumes,
+        deletedBlobs: n,
+        ...(req.reason ? { reason: req.reason } : {}),
       })
     }
     if (destroyedSomething) await requestRotation(t, deps.keystore.currentVersion, 'shred', now)
     faultPoint('shred-in-tx') // a crash here must leave nothing of the shred behind
-    return { targets: planned.map((p) => p.target), deleted, hostIds: planned.map((p) => p.host.id) }
+    return {
+      targets: planned.map((p) => p.target),
+      deleted,
+      hostIds: planned.map((p) => p.host.id),
+    }
   })
   if (outcome instanceof UnlockdError) throw outcome
   for (const id of outcome.hostIds) deps.events.emit(`shred:${id}`)
@@ -170,10 +216,28 @@ export async function shred(deps: ServerDeps, operator: OperatorRow, req: ShredR
   let kek: ShredResult['kek']
   try {
     const r = await completeRotation(deps, actor)
-    kek = { status: r ? 'rotated' : 'unchanged', current: deps.keystore.currentVersion, destroyed: r?.destroyed ?? [], error: null }
+    kek = {
+      status: r ? 'rotated' : 'unchanged',
+      current: deps.keystore.currentVersion,
+      destroyed: r?.destroyed ?? [],
+      error: null,
+    }
   } catch (err) {
-    deps.log.log('error', 'KEK rotation after shred failed; it stays pending', { err: err instanceof Error ? err.message : String(err) })
-    kek = { status: 'pending', current: deps.keystore.currentVersion, destroyed: [], error: err instanceof UnlockdError ? err.message : 'see server logs' }
+    deps.log.log('error', 'KEK rotation after shred failed; it stays pending', {
+      err: err instanceof Error ? err.message : String(err),
+    })
+    kek = {
+      status: 'pending',
+      current: deps.keystore.currentVersion,
+      destroyed: [],
+      error: err instanceof UnlockdError ? err.message : 'see server logs',
+    }
   }
-  return { dryRun: false, targets: outcome.targets, deletedBlobs: outcome.deleted, kek, cannot: SHRED_CANNOT }
+  return {
+    dryRun: false,
+    targets: outcome.targets,
+    deletedBlobs: outcome.deleted,
+    kek,
+    cannot: SHRED_CANNOT,
+  }
 }

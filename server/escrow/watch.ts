@@ -13,7 +13,11 @@
  */
 import { once } from 'node:events'
 import { UnlockdError } from '../../shared/errors.ts'
-import { parseReportPayload, parseWatchPayload, type WatchResponse } from '../../shared/protocol/messages.ts'
+import {
+  parseReportPayload,
+  parseWatchPayload,
+  type WatchResponse,
+} from '../../shared/protocol/messages.ts'
 import type { ReportAck } from '../../shared/protocol/shred.ts'
 import type { ServerDeps } from '../context.ts'
 import type { HostRow } from '../store/store.ts'
@@ -22,30 +26,45 @@ import { authenticateHost, checkIat, consumeNonceOrThrow } from './host-auth.ts'
 import { getShredOrder, orderOutstanding, setShredOrder } from './shred.ts'
 
 async function currentOrder(deps: ServerDeps, hostId: string): Promise<WatchResponse | undefined> {
-  return deps.store.tx(async (t) => {
-    const host = (await t.getHost(hostId)) as HostRow
-    const order = await getShredOrder(t, hostId)
-    if (!orderOutstanding(host, order)) return undefined
-    if (order.sentAt === null) {
-      const now = deps.now()
-      await setShredOrder(t, hostId, { ...order, sentAt: now })
-      await audit(t, now, 'system', 'shred.order_sent', host.name, { hostId, volumes: order.volumes })
-    }
-    return { order: 'shred', volumes: order.volumes }
-  }, { host: hostId })
+  return deps.store.tx(
+    async (t) => {
+      const host = (await t.getHost(hostId)) as HostRow
+      const order = await getShredOrder(t, hostId)
+      if (!orderOutstanding(host, order)) return undefined
+      if (order.sentAt === null) {
+        const now = deps.now()
+        await setShredOrder(t, hostId, { ...order, sentAt: now })
+        await audit(t, now, 'system', 'shred.order_sent', host.name, {
+          hostId,
+          volumes: order.volumes,
+        })
+      }
+      return { order: 'shred', volumes: order.volumes }
+    },
+    { host: hostId },
+  )
 }
 
-export async function watch(deps: ServerDeps, jws: unknown, signal?: AbortSignal): Promise<WatchResponse> {
+export async function watch(
+  deps: ServerDeps,
+  jws: unknown,
+  signal?: AbortSignal,
+): Promise<WatchResponse> {
   const { host: signer, payload: raw } = await authenticateHost(deps, jws, 'watch')
   const p = parseWatchPayload(raw)
-  if (p.host !== signer.id) throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
+  if (p.host !== signer.id)
+    throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
   checkIat(deps, p.iat)
-  await deps.store.tx(async (t) => {
-    const now = deps.now()
-    await consumeNonceOrThrow(t, p.nonce, now)
-    const host = (await t.getHost(signer.id)) as HostRow
-    if (host.state === 'active' && host.lastBootId !== null && host.lastBootId === p.bootId) await t.updateHost(host.id, { lastSeenAt: now })
-  }, { host: signer.id })
+  await deps.store.tx(
+    async (t) => {
+      const now = deps.now()
+      await consumeNonceOrThrow(t, p.nonce, now)
+      const host = (await t.getHost(signer.id)) as HostRow
+      if (host.state === 'active' && host.lastBootId !== null && host.lastBootId === p.bootId)
+        await t.updateHost(host.id, { lastSeenAt: now })
+    },
+    { host: signer.id },
+  )
   const deadline = Date.now() + deps.settings.pollHold * 1000
   for (;;) {
     const r = await currentOrder(deps, signer.id)
@@ -71,7 +90,8 @@ export async function watch(deps: ServerDeps, jws: unknown, signal?: AbortSignal
 export async function report(deps: ServerDeps, jws: unknown, source: string): Promise<ReportAck> {
   const { host: signer, payload: raw } = await authenticateHost(deps, jws, 'report')
   const p = parseReportPayload(raw)
-  if (p.host !== signer.id) throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
+  if (p.host !== signer.id)
+    throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
   checkIat(deps, p.iat)
   return deps.store.tx(async (t) => {
     const now = deps.now()
@@ -79,10 +99,15 @@ export async function report(deps: ServerDeps, jws: unknown, source: string): Pr
     const host = (await t.getHost(signer.id)) as HostRow
     const order = await getShredOrder(t, host.id)
     const open = order !== undefined && order.doneAt === null
-    if (open && p.event === 'shred_done') await setShredOrder(t, host.id, { ...order, sentAt: order.sentAt ?? now, doneAt: now })
+    if (open && p.event === 'shred_done')
+      await setShredOrder(t, host.id, { ...order, sentAt: order.sentAt ?? now, doneAt: now })
     // The actions list is the agent's own account (device paths, steps); never key material.
     await audit(t, now, `host:${host.name}`, 'shred.report', host.name, {
-      hostId: host.id, event: p.event, actions: p.actions, source, order: order ? order.volumes : null,
+      hostId: host.id,
+      event: p.event,
+      actions: p.actions,
+      source,
+      order: order ? order.volumes : null,
     })
     return { recorded: true, order: order ? 'shred' : 'none' }
   })

@@ -48,12 +48,27 @@ export function renderError(c: Context, err: unknown, log: Logger): Response {
   if (err instanceof UnlockdError) {
     const status = statusFor(err.code)
     if (status >= 500) {
-      log.log('error', 'request failed', { reqId, code: err.code, err: err.message, cause: err.cause instanceof Error ? err.cause.message : undefined })
-      return c.json({ error: err.code, message: 'internal error: see server logs' } satisfies ErrorBody, status)
+      log.log('error', 'request failed', {
+        reqId,
+        code: err.code,
+        err: err.message,
+        cause: err.cause instanceof Error ? err.cause.message : undefined,
+      })
+      return c.json(
+        { error: err.code, message: 'internal error: see server logs' } satisfies ErrorBody,
+        status,
+      )
     }
     c.set('errCode' as never, err.code as never)
     return c.json(errorBody(err), status)
   }
-  log.log('error', 'unhandled error', { reqId, err: err instanceof Error ? `${err.name}: ${err.message}` : String(err), stack: err instanceof Error ? err.stack?.split('\n').slice(0, 6).join(' | ') : undefined })
-  return c.json({ error: 'internal', message: 'internal error: see server logs' } satisfies ErrorBody, 500)
+  log.log('error', 'unhandled error', {
+    reqId,
+    err: err instanceof Error ? `${err.name}: ${err.message}` : String(err),
+    stack: err instanceof Error ? err.stack?.split('\n').slice(0, 6).join(' | ') : undefined,
+  })
+  return c.json(
+    { error: 'internal', message: 'internal error: see server logs' } satisfies ErrorBody,
+    500,
+  )
 }

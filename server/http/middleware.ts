@@ -30,15 +30,21 @@ export function accessLog(deps: ServerDeps): MiddlewareHandler<AppEnv> {
     await next()
     c.header('X-Request-Id', reqId)
     deps.log.log('info', 'request', {
-      reqId, method: c.req.method, path: new URL(c.req.url).pathname.replace(/\/(ue|uo)_[A-Za-z0-9_-]+/g, '/$1_…'),
-      status: c.res.status, ms: Math.round((performance.now() - t0) * 10) / 10, ip: sourceAddress(c), code: c.get('errCode'),
+      reqId,
+      method: c.req.method,
+      path: new URL(c.req.url).pathname.replace(/\/(ue|uo)_[A-Za-z0-9_-]+/g, '/$1_…'),
+      status: c.res.status,
+      ms: Math.round((performance.now() - t0) * 10) / 10,
+      ip: sourceAddress(c),
+      code: c.get('errCode'),
     })
   }
 }
 
 /** A host name from a route parameter, checked before it reaches a use case. */
 export function hostNameParam(v: string): string {
-  if (!NAME_RE.test(v)) throw new UnlockdError('bad_request', 'host name must be 1-64 chars of a-z 0-9 _ . -')
+  if (!NAME_RE.test(v))
+    throw new UnlockdError('bad_request', 'host name must be 1-64 chars of a-z 0-9 _ . -')
   return v
 }
 
@@ -49,9 +55,11 @@ export async function jsonBody(c: Context<AppEnv>, max = MAX_BODY): Promise<unkn
   const len = Number(c.req.header('content-length') ?? '0')
   if (len > max) throw new UnlockdError('payload_too_large', `request body exceeds ${max} bytes`)
   const ct = c.req.header('content-type') ?? ''
-  if (!/^application\/json(\s*;.*)?$/i.test(ct)) throw new UnlockdError('bad_request', 'content-type must be application/json')
+  if (!/^application\/json(\s*;.*)?$/i.test(ct))
+    throw new UnlockdError('bad_request', 'content-type must be application/json')
   const buf = await c.req.arrayBuffer()
-  if (buf.byteLength > max) throw new UnlockdError('payload_too_large', `request body exceeds ${max} bytes`)
+  if (buf.byteLength > max)
+    throw new UnlockdError('payload_too_large', `request body exceeds ${max} bytes`)
   try {
     return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(buf)) as unknown
   } catch (cause) {
@@ -69,11 +77,17 @@ export function bearer(c: Context<AppEnv>): string | undefined {
 export function operatorAuth(deps: ServerDeps): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const token = bearer(c)
-    if (token === undefined) throw new UnlockdError('unauthorized', 'operator API token required (Authorization: Bearer uo_…)')
-    if (!tokenFormatOk('uo', token)) throw new UnlockdError('unauthorized', 'malformed operator token')
+    if (token === undefined)
+      throw new UnlockdError(
+        'unauthorized',
+        'operator API token required (Authorization: Bearer uo_…)',
+      )
+    if (!tokenFormatOk('uo', token))
+      throw new UnlockdError('unauthorized', 'malformed operator token')
     const hash = await hashToken(token)
     const op = await deps.store.tx((t) => t.getOperatorByTokenHash(hash))
-    if (!op || !hashesEqual(op.tokenHash, hash)) throw new UnlockdError('unauthorized', 'operator token is not valid')
+    if (!op || !hashesEqual(op.tokenHash, hash))
+      throw new UnlockdError('unauthorized', 'operator token is not valid')
     c.set('operator', op)
     await next()
   }
@@ -90,7 +104,10 @@ export function perAddressLimit(ratePerSec: number, burst: number): MiddlewareHa
     b.at = now
     if (b.tokens < 1) {
       c.header('Retry-After', '1')
-      return c.json({ error: 'rate_limited', message: 'too many requests from this address; slow down' }, 429)
+      return c.json(
+        { error: 'rate_limited', message: 'too many requests from this address; slow down' },
+        429,
+      )
     }
     b.tokens -= 1
     buckets.set(ip, b)
@@ -110,7 +127,12 @@ export function hostRateLimiter(deps: ServerDeps): MiddlewareHandler<AppEnv> {
   let m = hostLimiters.get(deps)
   if (m === undefined) {
     const lim = deps.settings.hostRateLimit
-    m = lim === null ? async (_c, next) => { await next() } : perAddressLimit(lim.perSecond, lim.burst)
+    m =
+      lim === null
+        ? async (_c, next) => {
+            await next()
+          }
+        : perAddressLimit(lim.perSecond, lim.burst)
     hostLimiters.set(deps, m)
   }
   return m

@@ -13,7 +13,11 @@ export function totpAad(operatorId: string, kekVersion: number): string {
   return `unlockd/v1/totp|${operatorId}|${kekVersion}`
 }
 
-export function wrap(kek: Uint8Array, plaintext: Uint8Array, aad: string): { iv: Uint8Array; ct: Uint8Array } {
+export function wrap(
+  kek: Uint8Array,
+  plaintext: Uint8Array,
+  aad: string,
+): { iv: Uint8Array; ct: Uint8Array } {
   const iv = randomBytes(12)
   const c = createCipheriv('aes-256-gcm', kek, iv)
   c.setAAD(Buffer.from(aad))
@@ -30,6 +34,10 @@ export function unwrap(kek: Uint8Array, iv: Uint8Array, ct: Uint8Array, aad: str
     d.setAuthTag(ct.subarray(ct.byteLength - 16))
     return new Uint8Array(Buffer.concat([d.update(ct.subarray(0, ct.byteLength - 16)), d.final()]))
   } catch (cause) {
-    throw new UnlockdError('integrity_failed', 'stored record failed authentication (tampered, or wrapped by another key)', { cause })
+    throw new UnlockdError(
+      'integrity_failed',
+      'stored record failed authentication (tampered, or wrapped by another key)',
+      { cause },
+    )
   }
 }

@@ -8,7 +8,12 @@
  * Destroying a KEK means rewriting both files without it: once the blobs it wrapped were
  * re-wrapped (or deleted by shred), no copy that unlockd controls can unwrap them again.
  */
-import { scryptSync, randomBytes as nodeRandom, createCipheriv, createDecipheriv } from 'node:crypto'
+import {
+  scryptSync,
+  randomBytes as nodeRandom,
+  createCipheriv,
+  createDecipheriv,
+} from 'node:crypto'
 import { existsSync, statSync } from 'node:fs'
 import { UnlockdError } from '../../shared/errors.ts'
 import { b64uDecode, b64uEncode, zeroize } from '../../shared/crypto/bytes.ts'
@@ -40,9 +45,22 @@ export function backupPathOf(path: string): string {
   return `${path}.bak`
 }
 
-function derive(passphrase: string, salt: Uint8Array, p: { N: number; r: number; p: number }): Buffer {
-  if (passphrase.length < 8) throw new UnlockdError('keystore_locked', 'the keystore passphrase must be at least 8 characters')
-  return scryptSync(passphrase.normalize('NFC'), salt, 32, { N: p.N, r: p.r, p: p.p, maxmem: 256 * 1024 * 1024 })
+function derive(
+  passphrase: string,
+  salt: Uint8Array,
+  p: { N: number; r: number; p: number },
+): Buffer {
+  if (passphrase.length < 8)
+    throw new UnlockdError(
+      'keystore_locked',
+      'the keystore passphrase must be at least 8 characters',
+    )
+  return scryptSync(passphrase.normalize('NFC'), salt, 32, {
+    N: p.N,
+    r: p.r,
+    p: p.p,
+    maxmem: 256 * 1024 * 1024,
+  })
 }
 
 function parseSealed(raw: Buffer, where: string): SealedFile {
@@ -55,9 +73,22 @@ function parseSealed(raw: Buffer, where: string): SealedFile {
   const f = o as Partial<SealedFile>
   const k = f.kdf
   if (
-    f.v !== 1 || !k || k.name !== 'scrypt' || !Number.isInteger(k.N) || !Number.isInteger(k.r) || !Number.isInteger(k.p) ||
-    typeof k.salt !== 'string' || typeof f.iv !== 'string' || typeof f.ct !== 'string' || typeof f.tag !== 'string' ||
-    k.N < 1024 || k.N > 1 << 22 || k.r < 1 || k.r > 32 || k.p < 1 || k.p > 16
+    f.v !== 1 ||
+    !k ||
+    k.name !== 'scrypt' ||
+    !Number.isInteger(k.N) ||
+    !Number.isInteger(k.r) ||
+    !Number.isInteger(k.p) ||
+    typeof k.salt !== 'string' ||
+    typeof f.iv !== 'string' ||
+    typeof f.ct !== 'string' ||
+    typeof f.tag !== 'string' ||
+    k.N < 1024 ||
+    k.N > 1 << 22 ||
+    k.r < 1 ||
+    k.r > 32 ||
+    k.p < 1 ||
+    k.p > 16
   ) {
     throw new UnlockdError('keystore_invalid', `${where} is not an unlockd keystore (v1)`)
   }
@@ -72,7 +103,13 @@ export class Keystore {
   #keks: KekEntry[]
   #current: number
 
-  private constructor(path: string, derived: Buffer, salt: Uint8Array, kdf: { N: number; r: number; p: number }, plain: Plain) {
+  private constructor(
+    path: string,
+    derived: Buffer,
+    salt: Uint8Array,
+    kdf: { N: number; r: number; p: number },
+    plain: Plain,
+  ) {
     this.path = path
     this.#derived = derived
     this.#salt = salt
@@ -80,15 +117,18 @@ export class Keystore {
     this.#current = plain.current
     this.#keks = plain.keks.map((k) => {
       const key = b64uDecode(k.key)
-      if (!key || key.byteLength !== 32) throw new UnlockdError('keystore_invalid', `KEK v${k.version} is malformed`)
+      if (!key || key.byteLength !== 32)
+        throw new UnlockdError('keystore_invalid', `KEK v${k.version} is malformed`)
       return { version: k.version, key, createdAt: k.createdAt }
     })
-    if (!this.#keks.some((k) => k.version === this.#current)) throw new UnlockdError('keystore_invalid', 'keystore has no current KEK')
+    if (!this.#keks.some((k) => k.version === this.#current))
+      throw new UnlockdError('keystore_invalid', 'keystore has no current KEK')
   }
 
   /** Create a new keystore with KEK v1. Refuses to overwrite an existing one. */
   static create(path: string, passphrase: string, now: number): Keystore {
-    if (existsSync(path) || existsSync(backupPathOf(path))) throw new UnlockdError('conflict', `a keystore already exists at ${path}`)
+    if (existsSync(path) || existsSync(backupPathOf(path)))
+      throw new UnlockdError('conflict', `a keystore already exists at ${path}`)
     const salt = new Uint8Array(nodeRandom(16))
     const derived = derive(passphrase, salt, SCRYPT)
     const ks = new Keystore(path, derived, salt, SCRYPT, {
@@ -106,10 +146,17 @@ export class Keystore {
   static open(path: string, passphrase: string): Keystore {
     const main = readFileIfExists(path)
     const backup = readFileIfExists(backupPathOf(path))
-    if (!main && !backup) throw new UnlockdError('keystore_invalid', `no keystore at ${path}: run \`unlockd server init\` first`)
+    if (!main && !backup)
+      throw new UnlockdError(
+        'keystore_invalid',
+        `no keystore at ${path}: run \`unlockd server init\` first`,
+      )
     let ks: Keystore | undefined
     let firstErr: unknown
-    for (const [raw, where] of [[main, path], [backup, backupPathOf(path)]] as const) {
+    for (const [raw, where] of [
+      [main, path],
+      [backup, backupPathOf(path)],
+    ] as const) {
       if (!raw) continue
       try {
         ks = Keystore.#unseal(path, raw, where, passphrase)
@@ -119,7 +166,10 @@ export class Keystore {
         firstErr ??= err
       }
     }
-    if (!ks) throw firstErr instanceof UnlockdError ? firstErr : new UnlockdError('keystore_invalid', 'keystore cannot be read', { cause: firstErr })
+    if (!ks)
+      throw firstErr instanceof UnlockdError
+        ? firstErr
+        : new UnlockdError('keystore_invalid', 'keystore cannot be read', { cause: firstErr })
     // Bring both copies level with what we loaded (a crash may have left one behind). Unchanged
     // content re-serializes to the same bytes (same IV), so a level pair is not rewritten.
     const canonical = ks.#serialize()
@@ -134,7 +184,8 @@ export class Keystore {
     const iv = b64uDecode(f.iv)
     const ct = b64uDecode(f.ct)
     const tag = b64uDecode(f.tag)
-    if (!salt || !iv || !ct || !tag || iv.byteLength !== 12 || tag.byteLength !== 16) throw new UnlockdError('keystore_invalid', `${where} is malformed`)
+    if (!salt || !iv || !ct || !tag || iv.byteLength !== 12 || tag.byteLength !== 16)
+      throw new UnlockdError('keystore_invalid', `${where} is malformed`)
     const kdf = { N: f.kdf.N, r: f.kdf.r, p: f.kdf.p }
     const derived = derive(passphrase, salt, kdf)
     let plainBytes: Buffer
@@ -144,7 +195,11 @@ export class Keystore {
       d.setAuthTag(tag)
       plainBytes = Buffer.concat([d.update(ct), d.final()])
     } catch (cause) {
-      throw new UnlockdError('keystore_locked', 'wrong keystore passphrase (or the keystore was altered)', { cause })
+      throw new UnlockdError(
+        'keystore_locked',
+        'wrong keystore passphrase (or the keystore was altered)',
+        { cause },
+      )
     }
     let plain: Plain
     try {
@@ -152,7 +207,8 @@ export class Keystore {
     } finally {
       plainBytes.fill(0)
     }
-    if (!Number.isInteger(plain.current) || !Array.isArray(plain.keks)) throw new UnlockdError('keystore_invalid', `${where} content is malformed`)
+    if (!Number.isInteger(plain.current) || !Array.isArray(plain.keks))
+      throw new UnlockdError('keystore_invalid', `${where} content is malformed`)
     const ks = new Keystore(path, derived, salt, kdf, plain)
     // Remember what was sealed so that re-serializing the same content reproduces this file.
     ks.#lastPlain = Buffer.from(JSON.stringify(plain))
@@ -161,7 +217,14 @@ export class Keystore {
   }
 
   #serialize(): Buffer {
-    const plain: Plain = { current: this.#current, keks: this.#keks.map((k) => ({ version: k.version, key: b64uEncode(k.key), createdAt: k.createdAt })) }
+    const plain: Plain = {
+      current: this.#current,
+      keks: this.#keks.map((k) => ({
+        version: k.version,
+        key: b64uEncode(k.key),
+        createdAt: k.createdAt,
+      })),
+    }
     const pt = Buffer.from(JSON.stringify(plain))
     // Deterministic IV per content would leak equality; a random IV per save is fine here
     // because open() compares files only to decide whether to rewrite them.
@@ -191,12 +254,16 @@ export class Keystore {
     // the file since we opened it; saving our copy would silently undo that change.
     const current = readFileIfExists(this.path)
     if (this.#onDisk && current && !current.equals(this.#onDisk)) {
-      throw new UnlockdError('keystore_invalid', `${this.path} was changed by another process since it was opened (keystore passwd or a restore?); restart the server`)
+      throw new UnlockdError(
+        'keystore_invalid',
+        `${this.path} was changed by another process since it was opened (keystore passwd or a restore?); restart the server`,
+      )
     }
     const data = this.#serialize()
     writeFileAtomic(this.path, data, 0o600)
     this.#onDisk = data
-    if (process.env['UNLOCKD_FAULT'] === 'keystore-between-copies') process.kill(process.pid, 'SIGKILL')
+    if (process.env['UNLOCKD_FAULT'] === 'keystore-between-copies')
+      process.kill(process.pid, 'SIGKILL')
     writeFileAtomic(backupPathOf(this.path), data, 0o600)
   }
 
@@ -223,7 +290,13 @@ export class Keystore {
     }
     try {
       const f = parseSealed(raw, this.path)
-      if (f.kdf.salt !== b64uEncode(this.#salt) || f.kdf.N !== this.#kdf.N || f.kdf.r !== this.#kdf.r || f.kdf.p !== this.#kdf.p) return
+      if (
+        f.kdf.salt !== b64uEncode(this.#salt) ||
+        f.kdf.N !== this.#kdf.N ||
+        f.kdf.r !== this.#kdf.r ||
+        f.kdf.p !== this.#kdf.p
+      )
+        return
       const iv = b64uDecode(f.iv)
       const ct = b64uDecode(f.ct)
       const tag = b64uDecode(f.tag)
@@ -275,7 +348,11 @@ export class Keystore {
       this.#refresh()
       k = this.#keks.find((e) => e.version === version)
     }
-    if (!k) throw new UnlockdError('kek_missing', `KEK v${version} is not in the keystore (destroyed by rotation or shred)`)
+    if (!k)
+      throw new UnlockdError(
+        'kek_missing',
+        `KEK v${version} is not in the keystore (destroyed by rotation or shred)`,
+      )
     return k.key
   }
 

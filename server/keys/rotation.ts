@@ -49,7 +49,11 @@ export function parseJournal(text: string | undefined): RotationJournal | undefi
     throw new UnlockdError('store_failed', `${ROTATION_META} in meta is not valid JSON`, { cause })
   }
   const j = o as Partial<RotationJournal>
-  if (!Number.isSafeInteger(j.upTo) || !Number.isSafeInteger(j.since) || !Array.isArray(j.reasons)) {
+  if (
+    !Number.isSafeInteger(j.upTo) ||
+    !Number.isSafeInteger(j.since) ||
+    !Array.isArray(j.reasons)
+  ) {
     throw new UnlockdError('store_failed', `${ROTATION_META} in meta is malformed`)
   }
   return { upTo: j.upTo as number, since: j.since as number, reasons: j.reasons.map(String) }
@@ -59,7 +63,12 @@ export function parseJournal(text: string | undefined): RotationJournal | undefi
  * Inside the caller's transaction: require that every KEK up to `currentVersion` be destroyed.
  * Merges with a pending request (upTo only grows), so a shred during a rotation is never lost.
  */
-export async function requestRotation(t: StoreTx, currentVersion: number, reason: string, now: number): Promise<RotationJournal> {
+export async function requestRotation(
+  t: StoreTx,
+  currentVersion: number,
+  reason: string,
+  now: number,
+): Promise<RotationJournal> {
   const prev = parseJournal(await t.getMeta(ROTATION_META))
   const next: RotationJournal = {
     upTo: Math.max(prev?.upTo ?? 0, currentVersion),
@@ -84,21 +93,32 @@ const chains = new WeakMap<Keystore, Promise<unknown>>()
 function exclusive<T>(deps: ServerDeps, fn: () => Promise<T>): Promise<T> {
   const prev = chains.get(deps.keystore) ?? Promise.resolve()
   const run = prev.then(fn, fn)
-  chains.set(deps.keystore, run.catch(() => undefined))
+  chains.set(
+    deps.keystore,
+    run.catch(() => undefined),
+  )
   return run
 }
 
 const BATCH = 100
 
 /** Re-wrap every row still wrapped by a KEK older than `to`, in bounded transactions. */
-async function rewrapBelow(deps: ServerDeps, to: number): Promise<{ volumes: number; totpSecrets: number }> {
+async function rewrapBelow(
+  deps: ServerDeps,
+  to: number,
+): Promise<{ volumes: number; totpSecrets: number }> {
   const ks = deps.keystore
   let volumes = 0
   for (;;) {
     const n = await deps.store.tx(async (t) => {
       const rows = await t.listVolumesWithKekBelow(to, BATCH)
       for (const r of rows) {
-        const plain = unwrap(ks.kek(r.kekVersion), r.iv, r.ct, blobAad(r.hostId, r.name, r.kekVersion))
+        const plain = unwrap(
+          ks.kek(r.kekVersion),
+          r.iv,
+          r.ct,
+          blobAad(r.hostId, r.name, r.kekVersion),
+        )
         try {
           const { iv, ct } = wrap(ks.kek(to), plain, blobAad(r.hostId, r.name, to))
           await t.upsertVolume({ ...r, kekVersion: to, iv, ct })
@@ -116,7 +136,12 @@ async function rewrapBelow(deps: ServerDeps, to: number): Promise<{ volumes: num
     let count = 0
     for (const o of ops) {
       if (o.totpKekVersion === null || !o.totpIv || !o.totpCt) continue
-      const plain = unwrap(ks.kek(o.totpKekVersion), o.totpIv, o.totpCt, totpAad(o.id, o.totpKekVersion))
+      const plain = unwrap(
+        ks.kek(o.totpKekVersion),
+        o.totpIv,
+        o.totpCt,
+        totpAad(o.id, o.totpKekVersion),
+      )
       try {
         const { iv, ct } = wrap(ks.kek(to), plain, totpAad(o.id, to))
         await t.updateOperator(o.id, { totpKekVersion: to, totpIv: iv, totpCt: ct })
@@ -130,7 +155,10 @@ async function rewrapBelow(deps: ServerDeps, to: number): Promise<{ volumes: num
   return { volumes, totpSecrets }
 }
 
-async function completeUnlocked(deps: ServerDeps, actor: Actor): Promise<RotationResult | undefined> {
+async function completeUnlocked(
+  deps: ServerDeps,
+  actor: Actor,
+): Promise<RotationResult | undefined> {
   const ks = deps.keystore
   const total = { volumes: 0, totpSecrets: 0 }
   const destroyedAll: number[] = []
@@ -173,17 +201,28 @@ async function completeUnlocked(deps: ServerDeps, actor: Actor): Promise<Rotatio
       await t.setMeta(ROTATION_META, undefined)
       await t.setMeta(ROTATED_AT_META, String(now))
       await audit(t, now, actor, 'kek.rotate', null, {
-        kek: to, destroyedUpTo: journal.upTo, destroyed, reasons: journal.reasons, rewrapped: n,
+        kek: to,
+        destroyedUpTo: journal.upTo,
+        destroyed,
+        reasons: journal.reasons,
+        rewrapped: n,
       })
       return true
     })
-    if (done) return { current: to, destroyed: destroyedAll, rewrapped: total, reasons: journal.reasons }
+    if (done)
+      return { current: to, destroyed: destroyedAll, rewrapped: total, reasons: journal.reasons }
   }
-  throw new UnlockdError('internal', 'KEK rotation did not settle after 8 rounds; it stays pending and is retried')
+  throw new UnlockdError(
+    'internal',
+    'KEK rotation did not settle after 8 rounds; it stays pending and is retried',
+  )
 }
 
 /** Finish a pending rotation, if any (crash resume, or after a shred). */
-export function completeRotation(deps: ServerDeps, actor: Actor = 'system'): Promise<RotationResult | undefined> {
+export function completeRotation(
+  deps: ServerDeps,
+  actor: Actor = 'system',
+): Promise<RotationResult | undefined> {
   return exclusive(deps, () => completeUnlocked(deps, actor))
 }
 
@@ -192,7 +231,8 @@ export function rotateKek(deps: ServerDeps, actor: Actor, reason: string): Promi
   return exclusive(deps, async () => {
     await deps.store.tx((t) => requestRotation(t, deps.keystore.currentVersion, reason, deps.now()))
     const r = await completeUnlocked(deps, actor)
-    if (!r) throw new UnlockdError('internal', 'KEK rotation was requested but no journal was found')
+    if (!r)
+      throw new UnlockdError('internal', 'KEK rotation was requested but no journal was found')
     return r
   })
 }
@@ -215,7 +255,10 @@ export async function rotateIfDue(deps: ServerDeps): Promise<RotationResult | un
   }
   if (now - at < period) return undefined
   const r = await rotateKek(deps, 'system', 'schedule')
-  deps.log.log('info', 'KEK rotated on schedule', { kek: r.current, destroyed: r.destroyed.join(',') })
+  deps.log.log('info', 'KEK rotated on schedule', {
+    kek: r.current,
+    destroyed: r.destroyed.join(','),
+  })
   return r
 }
 
@@ -241,7 +284,9 @@ export async function kekStatus(deps: ServerDeps): Promise<KekStatus> {
       rotatedAt,
       nextRotationAt: period > 0 && rotatedAt !== null ? rotatedAt + period : null,
       pending: parseJournal(await t.getMeta(ROTATION_META)) ?? null,
-      behind: (await t.countVolumesWithKekBelow(ks.currentVersion)) + (await t.listOperatorsWithTotpKekBelow(ks.currentVersion)).length,
+      behind:
+        (await t.countVolumesWithKekBelow(ks.currentVersion)) +
+        (await t.listOperatorsWithTotpKekBelow(ks.currentVersion)).length,
     }
   })
 }

@@ -17,12 +17,23 @@ export function idleSuspendReason(idleSeconds: number): string {
 }
 
 /** True when the host was suspended by the liveness check (not by an operator). */
-export function isIdleSuspended(host: { state: string; stateReason?: string | null | undefined }): boolean {
-  return host.state === 'suspended' && typeof host.stateReason === 'string' && host.stateReason.startsWith(IDLE_PREFIX)
+export function isIdleSuspended(host: {
+  state: string
+  stateReason?: string | null | undefined
+}): boolean {
+  return (
+    host.state === 'suspended' &&
+    typeof host.stateReason === 'string' &&
+    host.stateReason.startsWith(IDLE_PREFIX)
+  )
 }
 
 /** True when an active host has been unseen for longer than its policy allows. */
-export function idleExpired(host: { state: string; lastSeenAt: number | null; createdAt: number }, policy: Pick<Policy, 'idleSuspendSeconds'>, now: number): boolean {
+export function idleExpired(
+  host: { state: string; lastSeenAt: number | null; createdAt: number },
+  policy: Pick<Policy, 'idleSuspendSeconds'>,
+  now: number,
+): boolean {
   if (host.state !== 'active' || policy.idleSuspendSeconds === null) return false
   return now - (host.lastSeenAt ?? host.createdAt) > policy.idleSuspendSeconds
 }

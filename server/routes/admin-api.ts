@@ -3,42 +3,77 @@ import { Hono } from 'hono'
 import { UnlockdError } from '../../shared/errors.ts'
 import { parseCreateToken, parsePolicyPatch } from '../../shared/protocol/messages.ts'
 import type { ServerDeps } from '../context.ts'
-import { createEnrollToken, listAudit, listHosts, listTokens, revokeToken, setHostPolicy, setHostState, showHost } from '../escrow/admin.ts'
+import {
+  createEnrollToken,
+  listAudit,
+  listHosts,
+  listTokens,
+  revokeToken,
+  setHostPolicy,
+  setHostState,
+  showHost,
+} from '../escrow/admin.ts'
 import { hostNameParam, jsonBody, operatorAuth, type AppEnv } from '../http/middleware.ts'
 import { approvalAdminRoutes } from './approval-api.ts'
 import { shredRoutes } from './shred-api.ts'
 import { tangAdminRoutes } from './tang-admin-api.ts'
 
-
 export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
   const r = new Hono<AppEnv>()
   r.use('*', operatorAuth(deps))
-  const actor = (c: { get(k: 'operator'): { name: string } }) => `operator:${c.get('operator').name}` as const
+  const actor = (c: { get(k: 'operator'): { name: string } }) =>
+    `operator:${c.get('operator').name}` as const
 
   r.get('/whoami', (c) => c.json({ operator: c.get('operator').name }))
   r.get('/hosts', async (c) => c.json({ hosts: await listHosts(deps) }))
-  r.get('/hosts/:name', async (c) => c.json(await showHost(deps, hostNameParam(c.req.param('name')))))
+  r.get('/hosts/:name', async (c) =>
+    c.json(await showHost(deps, hostNameParam(c.req.param('name')))),
+  )
   r.post('/hosts/:name/suspend', async (c) => {
-    const body = c.req.header('content-length') && c.req.header('content-length') !== '0' ? await jsonBody(c) : {}
-    const reason = typeof (body as { reason?: unknown }).reason === 'string' ? ((body as { reason: string }).reason).slice(0, 200) : null
-    return c.json(await setHostState(deps, actor(c), hostNameParam(c.req.param('name')), 'suspended', reason))
+    const body =
+      c.req.header('content-length') && c.req.header('content-length') !== '0'
+        ? await jsonBody(c)
+        : {}
+    const reason =
+      typeof (body as { reason?: unknown }).reason === 'string'
+        ? (body as { reason: string }).reason.slice(0, 200)
+        : null
+    return c.json(
+      await setHostState(deps, actor(c), hostNameParam(c.req.param('name')), 'suspended', reason),
+    )
   })
-  r.post('/hosts/:name/resume', async (c) => c.json(await setHostState(deps, actor(c), hostNameParam(c.req.param('name')), 'active', null)))
-  r.patch('/hosts/:name/policy', async (c) => c.json(await setHostPolicy(deps, actor(c), hostNameParam(c.req.param('name')), parsePolicyPatch(await jsonBody(c)))))
+  r.post('/hosts/:name/resume', async (c) =>
+    c.json(await setHostState(deps, actor(c), hostNameParam(c.req.param('name')), 'active', null)),
+  )
+  r.patch('/hosts/:name/policy', async (c) =>
+    c.json(
+      await setHostPolicy(
+        deps,
+        actor(c),
+        hostNameParam(c.req.param('name')),
+        parsePolicyPatch(await jsonBody(c)),
+      ),
+    ),
+  )
 
-  r.post('/tokens', async (c) => c.json(await createEnrollToken(deps, actor(c), parseCreateToken(await jsonBody(c))), 201))
+  r.post('/tokens', async (c) =>
+    c.json(await createEnrollToken(deps, actor(c), parseCreateToken(await jsonBody(c))), 201),
+  )
   r.get('/tokens', async (c) => c.json({ tokens: await listTokens(deps) }))
   r.delete('/tokens/:id', async (c) => {
     const id = c.req.param('id')
-    if (!/^tok_[A-Za-z0-9_-]{12}$/.test(id)) throw new UnlockdError('bad_request', 'token id must look like tok_XXXXXXXXXXXX')
+    if (!/^tok_[A-Za-z0-9_-]{12}$/.test(id))
+      throw new UnlockdError('bad_request', 'token id must look like tok_XXXXXXXXXXXX')
     return c.json(await revokeToken(deps, actor(c), id))
   })
 
   r.get('/audit', async (c) => {
     const after = Number(c.req.query('after') ?? '0')
     const limit = Number(c.req.query('limit') ?? '1000')
-    if (!Number.isSafeInteger(after) || after < 0) throw new UnlockdError('bad_request', 'after must be a non-negative integer')
-    if (!Number.isSafeInteger(limit) || limit < 1 || limit > 10000) throw new UnlockdError('bad_request', 'limit must be 1..10000')
+    if (!Number.isSafeInteger(after) || after < 0)
+      throw new UnlockdError('bad_request', 'after must be a non-negative integer')
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > 10000)
+      throw new UnlockdError('bad_request', 'limit must be 1..10000')
     return c.json({ entries: await listAudit(deps, after, limit) })
   })
   // Human approval and operators (issue 4); behind the bearer check above.

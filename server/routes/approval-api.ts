@@ -12,7 +12,13 @@
  */
 import { Hono, type Context } from 'hono'
 import { UnlockdError } from '../../shared/errors.ts'
-import { APPROVAL_ID_RE, parseAddOperator, parseApproveBody, parseDenyBody, parseOperatorCode } from '../../shared/protocol/messages.ts'
+import {
+  APPROVAL_ID_RE,
+  parseAddOperator,
+  parseApproveBody,
+  parseDenyBody,
+  parseOperatorCode,
+} from '../../shared/protocol/messages.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import type { ServerDeps } from '../context.ts'
 import { approveRequest, denyRequest, listApprovals, showApproval } from '../approvals/decide.ts'
@@ -21,11 +27,16 @@ import { jsonBody, type AppEnv } from '../http/middleware.ts'
 import type { OperatorRow } from '../store/store.ts'
 
 function approvalId(v: string): string {
-  if (!APPROVAL_ID_RE.test(v)) throw new UnlockdError('bad_request', 'approval id must look like ap_ followed by 22 characters')
+  if (!APPROVAL_ID_RE.test(v))
+    throw new UnlockdError(
+      'bad_request',
+      'approval id must look like ap_ followed by 22 characters',
+    )
   return v
 }
 function operatorName(v: string): string {
-  if (!NAME_RE.test(v)) throw new UnlockdError('bad_request', 'operator name must be 1-64 chars of a-z 0-9 _ . -')
+  if (!NAME_RE.test(v))
+    throw new UnlockdError('bad_request', 'operator name must be 1-64 chars of a-z 0-9 _ . -')
   return v
 }
 
@@ -61,7 +72,9 @@ export function approvalAdminRoutes(deps: ServerDeps): Hono<AppEnv> {
   r.post('/approvals/:id/deny', async (c) => {
     const op = operator(c)
     const b = parseDenyBody(await optionalBody(c))
-    return c.json(await denyRequest(deps, op, approvalId(c.req.param('id')), b.reason ?? null, b.code, 'api'))
+    return c.json(
+      await denyRequest(deps, op, approvalId(c.req.param('id')), b.reason ?? null, b.code, 'api'),
+    )
   })
 
   r.get('/operators', async (c) => {

@@ -8,7 +8,13 @@ import { issueNonce } from '../escrow/host-auth.ts'
 import { pollApproval } from '../escrow/poll.ts'
 import { unlock } from '../escrow/release.ts'
 import { addVolumes } from '../escrow/volumes.ts'
-import { bearer, hostRateLimiter, jsonBody, sourceAddress, type AppEnv } from '../http/middleware.ts'
+import {
+  bearer,
+  hostRateLimiter,
+  jsonBody,
+  sourceAddress,
+  type AppEnv,
+} from '../http/middleware.ts'
 
 export function hostRoutes(deps: ServerDeps): Hono<AppEnv> {
   const r = new Hono<AppEnv>()
@@ -19,7 +25,11 @@ export function hostRoutes(deps: ServerDeps): Hono<AppEnv> {
   })
   r.post('/enroll', async (c) => {
     const token = bearer(c)
-    if (!token) throw new UnlockdError('token_invalid', 'enrollment token required (Authorization: Bearer ue_…)')
+    if (!token)
+      throw new UnlockdError(
+        'token_invalid',
+        'enrollment token required (Authorization: Bearer ue_…)',
+      )
     const { jws } = parseJwsBody(await jsonBody(c))
     return c.json(await enrollHost(deps, token, jws, sourceAddress(c)), 201)
   })

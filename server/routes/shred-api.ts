@@ -11,17 +11,21 @@ import { shred } from '../escrow/shred.ts'
 import { kekStatus, rotateKek } from '../keys/rotation.ts'
 import { hostNameParam, jsonBody, type AppEnv } from '../http/middleware.ts'
 
-
 export function shredRoutes(deps: ServerDeps): Hono<AppEnv> {
   const r = new Hono<AppEnv>()
 
-  r.post('/shred', async (c) => c.json(await shred(deps, c.get('operator'), parseShredRequest(await jsonBody(c)))))
+  r.post('/shred', async (c) =>
+    c.json(await shred(deps, c.get('operator'), parseShredRequest(await jsonBody(c)))),
+  )
 
   r.get('/kek', async (c) => c.json(await kekStatus(deps)))
   r.post('/kek/rotate', async (c) => {
     // Not destructive (survivors are re-wrapped first), so the operator token is enough.
     const rotated = await rotateKek(deps, `operator:${c.get('operator').name}`, 'operator')
-    return c.json({ ...(await kekStatus(deps)), rotated: { destroyed: rotated.destroyed, rewrapped: rotated.rewrapped } })
+    return c.json({
+      ...(await kekStatus(deps)),
+      rotated: { destroyed: rotated.destroyed, rewrapped: rotated.rewrapped },
+    })
   })
 
   r.post('/hosts/:name/escrow-export', async (c) => {

@@ -38,9 +38,11 @@ export function tangRoutes(deps: ServerDeps): Hono<AppEnv> {
   r.post('/:host/rec/:kid', async (c) => {
     const name = hostName(c.req.param('host'))
     const len = Number(c.req.header('content-length') ?? '0')
-    if (len > MAX_REC_BODY) throw new UnlockdError('payload_too_large', `request body exceeds ${MAX_REC_BODY} bytes`)
+    if (len > MAX_REC_BODY)
+      throw new UnlockdError('payload_too_large', `request body exceeds ${MAX_REC_BODY} bytes`)
     const buf = await c.req.arrayBuffer()
-    if (buf.byteLength > MAX_REC_BODY) throw new UnlockdError('payload_too_large', `request body exceeds ${MAX_REC_BODY} bytes`)
+    if (buf.byteLength > MAX_REC_BODY)
+      throw new UnlockdError('payload_too_large', `request body exceeds ${MAX_REC_BODY} bytes`)
     let text: string
     try {
       text = new TextDecoder('utf-8', { fatal: true }).decode(buf)
@@ -48,7 +50,10 @@ export function tangRoutes(deps: ServerDeps): Hono<AppEnv> {
       throw new UnlockdError('bad_request', 'request body is not UTF-8', { cause })
     }
     const reply = await svc.recover(name, c.req.param('kid'), text, sourceAddress(c))
-    return new Response(JSON.stringify(reply), { status: 200, headers: { 'Content-Type': REC_CONTENT_TYPE, 'Cache-Control': 'no-store' } })
+    return new Response(JSON.stringify(reply), {
+      status: 200,
+      headers: { 'Content-Type': REC_CONTENT_TYPE, 'Cache-Control': 'no-store' },
+    })
   })
   return r
 }

@@ -16,12 +16,26 @@
  * The derivations run synchronously on the calling thread: total CPU per request is what bounds
  * throughput, and this needs half of what the WebCrypto path (off the event loop) needs.
  */
-import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, type KeyObject } from 'node:crypto'
+import {
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  type KeyObject,
+} from 'node:crypto'
 import { p521 } from '@noble/curves/nist.js'
 import { bytesToNumberBE, numberToBytesBE } from '@noble/curves/utils.js'
 import { UnlockdError } from '../../shared/errors.ts'
 import { b64uDecode, b64uEncode } from '../../shared/crypto/bytes.ts'
-import { parseEcPrivateJwk, parseEcPublicJwk, recover, TANG_CRV, type EcmrReplyJwk, type EcmrServer, type EcPrivateJwk } from '../../shared/tang/mcr.ts'
+import {
+  parseEcPrivateJwk,
+  parseEcPublicJwk,
+  recover,
+  TANG_CRV,
+  type EcmrReplyJwk,
+  type EcmrServer,
+  type EcPrivateJwk,
+} from '../../shared/tang/mcr.ts'
 
 const Point = p521.Point
 const Fp = Point.Fp
@@ -31,13 +45,17 @@ type P521Point = ReturnType<typeof Point.fromAffine>
 
 /** DER SubjectPublicKeyInfo prefix of an uncompressed P-521 point (everything before 04 || x || y). */
 const SPKI_PREFIX: Buffer = (() => {
-  const der = generateKeyPairSync('ec', { namedCurve: 'secp521r1' }).publicKey.export({ format: 'der', type: 'spki' })
+  const der = generateKeyPairSync('ec', { namedCurve: 'secp521r1' }).publicKey.export({
+    format: 'der',
+    type: 'spki',
+  })
   return der.subarray(0, der.length - (1 + 2 * BYTES))
 })()
 
 function int(b64u: string): bigint {
   const bytes = b64uDecode(b64u)
-  if (bytes === undefined || bytes.length !== BYTES) throw new UnlockdError('bad_request', 'EC JWK coordinate must be 66 bytes of base64url')
+  if (bytes === undefined || bytes.length !== BYTES)
+    throw new UnlockdError('bad_request', 'EC JWK coordinate must be 66 bytes of base64url')
   return bytesToNumberBE(bytes)
 }
 
@@ -64,12 +82,16 @@ export interface RecoveryPoint {
  * full-length coordinates, on the curve. Throws `bad_request`.
  */
 export function checkRecoveryRequest(value: unknown): RecoveryPoint {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new UnlockdError('bad_request', 'recovery request must be a JWK object')
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new UnlockdError('bad_request', 'recovery request must be a JWK object')
   const o = value as Record<string, unknown>
-  if (o['alg'] !== undefined && o['alg'] !== 'ECMR') throw new UnlockdError('bad_request', 'recovery request alg must be ECMR')
+  if (o['alg'] !== undefined && o['alg'] !== 'ECMR')
+    throw new UnlockdError('bad_request', 'recovery request alg must be ECMR')
   const ops = o['key_ops']
-  if (ops !== undefined && !(Array.isArray(ops) && ops.includes('deriveKey'))) throw new UnlockdError('bad_request', 'recovery request key_ops must allow deriveKey')
-  if (o['use'] !== undefined && o['use'] !== 'enc') throw new UnlockdError('bad_request', 'recovery request use must be enc')
+  if (ops !== undefined && !(Array.isArray(ops) && ops.includes('deriveKey')))
+    throw new UnlockdError('bad_request', 'recovery request key_ops must allow deriveKey')
+  if (o['use'] !== undefined && o['use'] !== 'enc')
+    throw new UnlockdError('bad_request', 'recovery request use must be enc')
   const jwk = parseEcPublicJwk(value, 'bad_request') // P-521, full length, on the curve, not infinity
   const x = int(jwk.x)
   const y = int(jwk.y)
@@ -82,7 +104,10 @@ export function checkRecoveryRequest(value: unknown): RecoveryPoint {
 
 function privateKeyObject(d: bigint): KeyObject {
   const pub = Point.BASE.multiply(d).toAffine()
-  return createPrivateKey({ key: { kty: 'EC', crv: TANG_CRV, x: enc(pub.x), y: enc(pub.y), d: enc(d) }, format: 'jwk' })
+  return createPrivateKey({
+    key: { kty: 'EC', crv: TANG_CRV, x: enc(pub.x), y: enc(pub.y), d: enc(d) },
+    format: 'jwk',
+  })
 }
 
 /**
@@ -91,11 +116,20 @@ function privateKeyObject(d: bigint): KeyObject {
  */
 export function createNodeEcmrServer(serverExchangePrivateJwk: EcPrivateJwk): EcmrServer {
   const jwk = parseEcPrivateJwk(serverExchangePrivateJwk, 'keystore_invalid')
-  if (jwk.alg !== undefined && jwk.alg !== 'ECMR') throw new UnlockdError('keystore_invalid', 'exchange key alg must be ECMR')
-  if (jwk.key_ops !== undefined && !jwk.key_ops.includes('deriveKey')) throw new UnlockdError('keystore_invalid', 'exchange key is not allowed to deriveKey')
+  if (jwk.alg !== undefined && jwk.alg !== 'ECMR')
+    throw new UnlockdError('keystore_invalid', 'exchange key alg must be ECMR')
+  if (jwk.key_ops !== undefined && !jwk.key_ops.includes('deriveKey'))
+    throw new UnlockdError('keystore_invalid', 'exchange key is not allowed to deriveKey')
   const s = int(jwk.d)
   const s1 = Fn.add(s, 1n)
-  const publicJwk = { kty: 'EC' as const, crv: TANG_CRV, x: jwk.x, y: jwk.y, alg: 'ECMR', key_ops: ['deriveKey'] }
+  const publicJwk = {
+    kty: 'EC' as const,
+    crv: TANG_CRV,
+    x: jwk.x,
+    y: jwk.y,
+    alg: 'ECMR',
+    key_ops: ['deriveKey'],
+  }
   // s = n - 1 has no usable s + 1; that one key (never generated in practice) takes the slow path.
   if (s1 === 0n) return { publicJwk, recover: (req) => Promise.resolve(recover(jwk, req)) }
   const k0 = privateKeyObject(s)
@@ -104,7 +138,11 @@ export function createNodeEcmrServer(serverExchangePrivateJwk: EcPrivateJwk): Ec
 
   const recoverSync = (req: unknown): EcmrReplyJwk => {
     const X = checkRecoveryRequest(req)
-    const pub = createPublicKey({ key: Buffer.concat([SPKI_PREFIX, X.uncompressed]), format: 'der', type: 'spki' })
+    const pub = createPublicKey({
+      key: Buffer.concat([SPKI_PREFIX, X.uncompressed]),
+      format: 'der',
+      type: 'spki',
+    })
     const x1 = bytesToNumberBE(diffieHellman({ privateKey: k0, publicKey: pub }))
     const x2 = bytesToNumberBE(diffieHellman({ privateKey: k1, publicKey: pub }))
     const dx = Fp.sub(x1, X.x)

@@ -15,10 +15,27 @@
  * a later purge deletes the retired pairs.
  */
 import { UnlockdError } from '../../shared/errors.ts'
-import { b64uDecode, b64uEncode, fromUtf8, randomBytes, utf8, zeroize } from '../../shared/crypto/bytes.ts'
+import {
+  b64uDecode,
+  b64uEncode,
+  fromUtf8,
+  randomBytes,
+  utf8,
+  zeroize,
+} from '../../shared/crypto/bytes.ts'
 import { DEFAULT_POLICY } from '../../shared/protocol/policy.ts'
-import type { AddHostRequest, TangHostView, TangKeyState, TangKeyView } from '../../shared/protocol/tang.ts'
-import { generateTangKeys, jwkThumbprint, publicJwk, type TangKeyPair } from '../../shared/tang/adv.ts'
+import type {
+  AddHostRequest,
+  TangHostView,
+  TangKeyState,
+  TangKeyView,
+} from '../../shared/protocol/tang.ts'
+import {
+  generateTangKeys,
+  jwkThumbprint,
+  publicJwk,
+  type TangKeyPair,
+} from '../../shared/tang/adv.ts'
 import { parseEcPrivateJwk } from '../../shared/tang/mcr.ts'
 import type { ServerDeps } from '../context.ts'
 import { hostView, requireHost } from '../escrow/admin.ts'
@@ -63,8 +80,18 @@ function refOf(state: TangKeyState, exchangeThp: string, signingThp: string): st
 /** Public facts of a stored pair, from its row alone (no unwrapping). */
 export function keyViewOf(row: VolumeRow): TangKeyView {
   const m = REF_RE.exec(row.ref ?? '')
-  if (row.kind !== TANG_KIND || !m) throw new UnlockdError('store_failed', `tang key row ${row.name} of host ${row.hostId} is malformed`)
-  return { row: row.name, state: m[1] as TangKeyState, exchange: m[2] as string, signing: m[3] as string, createdAt: row.createdAt }
+  if (row.kind !== TANG_KIND || !m)
+    throw new UnlockdError(
+      'store_failed',
+      `tang key row ${row.name} of host ${row.hostId} is malformed`,
+    )
+  return {
+    row: row.name,
+    state: m[1] as TangKeyState,
+    exchange: m[2] as string,
+    signing: m[3] as string,
+    createdAt: row.createdAt,
+  }
 }
 
 export function tangRows(rows: readonly VolumeRow[]): VolumeRow[] {
@@ -72,17 +99,38 @@ export function tangRows(rows: readonly VolumeRow[]): VolumeRow[] {
 }
 
 function sortKeys(keys: TangKeyView[]): TangKeyView[] {
-  return keys.sort((a, b) => b.createdAt - a.createdAt || (a.state === b.state ? a.row.localeCompare(b.row) : a.state === 'advertised' ? -1 : 1))
+  return keys.sort(
+    (a, b) =>
+      b.createdAt - a.createdAt ||
+      (a.state === b.state ? a.row.localeCompare(b.row) : a.state === 'advertised' ? -1 : 1),
+  )
 }
 
 /** Wrap a pair with the current KEK, exactly like an escrow blob (server/escrow/enroll.ts). */
-export function wrapTangRow(deps: ServerDeps, hostId: string, keys: TangKeyMaterial, state: TangKeyState, createdAt: number): VolumeRow {
+export function wrapTangRow(
+  deps: ServerDeps,
+  hostId: string,
+  keys: TangKeyMaterial,
+  state: TangKeyState,
+  createdAt: number,
+): VolumeRow {
   const version = deps.keystore.currentVersion
   const name = rowNameFor(keys.exchangeThp)
-  const plain = utf8(JSON.stringify({ v: 1, signing: keys.pair.signing, exchange: keys.pair.exchange }))
+  const plain = utf8(
+    JSON.stringify({ v: 1, signing: keys.pair.signing, exchange: keys.pair.exchange }),
+  )
   try {
     const { iv, ct } = wrap(deps.keystore.kek(version), plain, blobAad(hostId, name, version))
-    return { hostId, name, kind: TANG_KIND, ref: refOf(state, keys.exchangeThp, keys.signingThp), kekVersion: version, iv, ct, createdAt }
+    return {
+      hostId,
+      name,
+      kind: TANG_KIND,
+      ref: refOf(state, keys.exchangeThp, keys.signingThp),
+      kekVersion: version,
+      iv,
+      ct,
+      createdAt,
+    }
   } finally {
     zeroize(plain)
   }
@@ -90,14 +138,24 @@ export function wrapTangRow(deps: ServerDeps, hostId: string, keys: TangKeyMater
 
 /** Unwrap and validate a stored pair (private keys: keep it in memory only as long as needed). */
 export function unwrapTangRow(deps: ServerDeps, row: VolumeRow): TangKeyPair {
-  const plain = unwrap(deps.keystore.kek(row.kekVersion), row.iv, row.ct, blobAad(row.hostId, row.name, row.kekVersion))
+  const plain = unwrap(
+    deps.keystore.kek(row.kekVersion),
+    row.iv,
+    row.ct,
+    blobAad(row.hostId, row.name, row.kekVersion),
+  )
   try {
     const o = JSON.parse(fromUtf8(plain)) as { v?: unknown; signing?: unknown; exchange?: unknown }
     if (o.v !== 1) throw new Error('unknown version')
-    return { signing: parseEcPrivateJwk(o.signing, 'store_failed'), exchange: parseEcPrivateJwk(o.exchange, 'store_failed') }
+    return {
+      signing: parseEcPrivateJwk(o.signing, 'store_failed'),
+      exchange: parseEcPrivateJwk(o.exchange, 'store_failed'),
+    }
   } catch (cause) {
     if (cause instanceof UnlockdError) throw cause
-    throw new UnlockdError('store_failed', `tang key row ${row.name} does not hold a key pair`, { cause })
+    throw new UnlockdError('store_failed', `tang key row ${row.name} does not hold a key pair`, {
+      cause,
+    })
   } finally {
     zeroize(plain)
   }
@@ -105,25 +163,42 @@ export function unwrapTangRow(deps: ServerDeps, row: VolumeRow): TangKeyPair {
 
 async function requireTangHost(t: StoreTx, name: string): Promise<HostRow> {
   const h = await requireHost(t, name)
-  if (!h.tang) throw new UnlockdError('conflict', `host ${name} is an agent host, not a Tang host (add one with \`unlockd host add NAME --tang\`)`)
+  if (!h.tang)
+    throw new UnlockdError(
+      'conflict',
+      `host ${name} is an agent host, not a Tang host (add one with \`unlockd host add NAME --tang\`)`,
+    )
   if (h.state === 'shredded') throw new UnlockdError('host_shredded', `host ${name} was shredded`)
   return h
 }
 
 async function tangView(t: StoreTx, h: HostRow, purged: string[] = []): Promise<TangHostView> {
   const rows = tangRows(await t.listVolumes(h.id))
-  return { host: await hostView(t, h), path: tangPath(h.name), keys: sortKeys(rows.map(keyViewOf)), purged }
+  return {
+    host: await hostView(t, h),
+    path: tangPath(h.name),
+    keys: sortKeys(rows.map(keyViewOf)),
+    purged,
+  }
 }
 
 /**
  * `unlockd host add NAME --tang`: a host with a fresh Tang key pair, the default policy and the
  * given unlock networks. Its id is random (there is no host key to take a thumbprint of).
  */
-export async function addTangHost(deps: ServerDeps, actor: Actor, req: AddHostRequest): Promise<TangHostView> {
+export async function addTangHost(
+  deps: ServerDeps,
+  actor: Actor,
+  req: AddHostRequest,
+): Promise<TangHostView> {
   const keys = await makeTangKeys() // P-521 key generation stays outside the write transaction
   return deps.store.tx(async (t) => {
     const live = await t.getHostByName(req.name)
-    if (live && live.state !== 'shredded') throw new UnlockdError('host_exists', `host ${req.name} already exists; shred it first or choose another name`)
+    if (live && live.state !== 'shredded')
+      throw new UnlockdError(
+        'host_exists',
+        `host ${req.name} already exists; shred it first or choose another name`,
+      )
     const now = deps.now()
     const id = b64uEncode(randomBytes(32))
     const host: HostRow = {
@@ -145,7 +220,13 @@ export async function addTangHost(deps: ServerDeps, actor: Actor, req: AddHostRe
     }
     await t.insertHost(host)
     await t.upsertVolume(wrapTangRow(deps, id, keys, 'advertised', now))
-    await audit(t, now, actor, 'host.add', req.name, { hostId: id, tang: true, cidrs: req.cidrs, exchange: keys.exchangeThp, signing: keys.signingThp })
+    await audit(t, now, actor, 'host.add', req.name, {
+      hostId: id,
+      tang: true,
+      cidrs: req.cidrs,
+      exchange: keys.exchangeThp,
+      signing: keys.signingThp,
+    })
     return tangView(t, host)
   })
 }
@@ -158,7 +239,11 @@ export function showTangHost(deps: ServerDeps, name: string): Promise<TangHostVi
  * `unlockd host rotate-tang NAME`: advertise a new pair and retire the advertised ones (they
  * still answer /rec, so existing bindings keep working until `clevis luks regen`).
  */
-export async function rotateTangKeys(deps: ServerDeps, actor: Actor, name: string): Promise<TangHostView> {
+export async function rotateTangKeys(
+  deps: ServerDeps,
+  actor: Actor,
+  name: string,
+): Promise<TangHostView> {
   const keys = await makeTangKeys()
   return deps.store.tx(async (t) => {
     const h = await requireTangHost(t, name)
@@ -172,7 +257,11 @@ export async function rotateTangKeys(deps: ServerDeps, actor: Actor, name: strin
       retired.push(k.exchange)
     }
     await t.upsertVolume(wrapTangRow(deps, h.id, keys, 'advertised', now))
-    await audit(t, now, actor, 'tang.rotate', h.name, { exchange: keys.exchangeThp, signing: keys.signingThp, retired })
+    await audit(t, now, actor, 'tang.rotate', h.name, {
+      exchange: keys.exchangeThp,
+      signing: keys.signingThp,
+      retired,
+    })
     return tangView(t, h)
   })
 }
@@ -182,16 +271,32 @@ export async function rotateTangKeys(deps: ServerDeps, actor: Actor, name: strin
  * no longer be decrypted. The database is scrubbed afterwards so the deleted cells and WAL
  * frames go too (for a crypto-shred with KEK destruction use `unlockd shred`).
  */
-export async function purgeTangKeys(deps: ServerDeps, actor: Actor, name: string): Promise<TangHostView> {
+export async function purgeTangKeys(
+  deps: ServerDeps,
+  actor: Actor,
+  name: string,
+): Promise<TangHostView> {
   const view = await deps.store.tx(async (t) => {
     const h = await requireTangHost(t, name)
     const now = deps.now()
-    const retired = tangRows(await t.listVolumes(h.id)).map(keyViewOf).filter((k) => k.state === 'retired')
+    const retired = tangRows(await t.listVolumes(h.id))
+      .map(keyViewOf)
+      .filter((k) => k.state === 'retired')
     if (retired.length > 0) {
-      await t.deleteVolumes(h.id, retired.map((k) => k.row))
-      await audit(t, now, actor, 'tang.purge', h.name, { rows: retired.map((k) => k.row), exchange: retired.map((k) => k.exchange) })
+      await t.deleteVolumes(
+        h.id,
+        retired.map((k) => k.row),
+      )
+      await audit(t, now, actor, 'tang.purge', h.name, {
+        rows: retired.map((k) => k.row),
+        exchange: retired.map((k) => k.exchange),
+      })
     }
-    return tangView(t, h, retired.map((k) => k.row))
+    return tangView(
+      t,
+      h,
+      retired.map((k) => k.row),
+    )
   })
   if (view.purged.length > 0) await deps.store.scrub()
   return view

@@ -31,7 +31,12 @@
 import { UnlockdError } from '../../shared/errors.ts'
 import { b64uEncode } from '../../shared/crypto/bytes.ts'
 import type { UnlockPayload } from '../../shared/protocol/messages.ts'
-import { buildAdvertisement, THUMBPRINT_ALGS, jwkThumbprint, publicJwk } from '../../shared/tang/adv.ts'
+import {
+  buildAdvertisement,
+  THUMBPRINT_ALGS,
+  jwkThumbprint,
+  publicJwk,
+} from '../../shared/tang/adv.ts'
 import type { EcmrReplyJwk, EcmrServer, EcPrivateJwk } from '../../shared/tang/mcr.ts'
 import type { ServerDeps } from '../context.ts'
 import { suspendIdle } from '../approvals/liveness.ts'
@@ -105,7 +110,10 @@ function notFound(what: string): UnlockdError {
   return new UnlockdError('not_found', what)
 }
 
-type RecAttempt = { kind: 'rebuild'; hostId: string; rows: VolumeRow[] } | { kind: 'go'; key: PreparedKey } | UnlockdError
+type RecAttempt =
+  | { kind: 'rebuild'; hostId: string; rows: VolumeRow[] }
+  | { kind: 'go'; key: PreparedKey }
+  | UnlockdError
 
 export class TangService {
   readonly #deps: ServerDeps
@@ -174,12 +182,19 @@ export class TangService {
     const advertisedSigning: EcPrivateJwk[] = []
     const advertisedExchange: EcPrivateJwk[] = []
     // Newest first, so a (practically impossible) thumbprint collision resolves to the newest key.
-    const ordered = [...rows].sort((a, b) => b.createdAt - a.createdAt || a.name.localeCompare(b.name))
+    const ordered = [...rows].sort(
+      (a, b) => b.createdAt - a.createdAt || a.name.localeCompare(b.name),
+    )
     for (const row of ordered) {
       const view = keyViewOf(row)
       const pair = unwrapTangRow(this.#deps, row)
       const advertised = view.state === 'advertised'
-      const prepared: PreparedKey = { row: row.name, advertised, exchangeThp: view.exchange, ecmr: await createFastEcmrServer(pair.exchange) }
+      const prepared: PreparedKey = {
+        row: row.name,
+        advertised,
+        exchangeThp: view.exchange,
+        ecmr: await createFastEcmrServer(pair.exchange),
+      }
       for (const alg of THUMBPRINT_ALGS) {
         const kid = await jwkThumbprint(publicJwk(pair.exchange), alg)
         if (!byKid.has(kid)) byKid.set(kid, prepared)
@@ -191,9 +206,22 @@ export class TangService {
         advertisedExchange.push(pair.exchange)
       }
     }
-    const adv = advertisedSigning.length === 0 ? undefined : JSON.stringify(await buildAdvertisement({ signing: advertisedSigning, exchange: advertisedExchange }))
+    const adv =
+      advertisedSigning.length === 0
+        ? undefined
+        : JSON.stringify(
+            await buildAdvertisement({ signing: advertisedSigning, exchange: advertisedExchange }),
+          )
     const entry: PreparedHost = {
-      hostId, digest, byKid, signerByThp, adv, advertisedSigning, advertisedExchange, advByThp: new Map(), lastUsed: Date.now(),
+      hostId,
+      digest,
+      byKid,
+      signerByThp,
+      adv,
+      advertisedSigning,
+      advertisedExchange,
+      advByThp: new Map(),
+      lastUsed: Date.now(),
       onShred: () => this.#evict(hostId),
     }
     // Another build for newer rows may have finished first; the newest wins (both are validated per request).
@@ -223,7 +251,8 @@ export class TangService {
         return { hostId: h.id, rows: tangRows(await t.listVolumes(h.id)) }
       })
       if (snap === undefined) throw notFound(`no Tang host named ${hostName}`)
-      const e = this.#lookup(snap.hostId, snap.rows) ?? (await this.#prepare(snap.hostId, snap.rows))
+      const e =
+        this.#lookup(snap.hostId, snap.rows) ?? (await this.#prepare(snap.hostId, snap.rows))
       if (e.digest !== digestOf(snap.rows)) continue
       if (e.adv === undefined) throw notFound(`Tang host ${hostName} advertises no keys`)
       if (thp === undefined) return e.adv
@@ -231,7 +260,11 @@ export class TangService {
       if (signer === undefined) throw notFound('no such signing key')
       let p = e.advByThp.get(thp)
       if (p === undefined) {
-        p = buildAdvertisement({ signing: e.advertisedSigning, exchange: e.advertisedExchange, extraSigning: [signer] }).then((a) => JSON.stringify(a))
+        p = buildAdvertisement({
+          signing: e.advertisedSigning,
+          exchange: e.advertisedExchange,
+          extraSigning: [signer],
+        }).then((a) => JSON.stringify(a))
         p.catch(() => e.advByThp.delete(thp))
         e.advByThp.set(thp, p)
       }
@@ -244,7 +277,12 @@ export class TangService {
    * `POST /tang/NAME/rec/KID`: policy, then the ECMR step. Throws `not_found` (unknown host or
    * key: tangd's 404), `bad_request` (malformed point), or the policy's denial code (403).
    */
-  async recover(hostName: string, kid: string, bodyText: string, source: string): Promise<EcmrReplyJwk> {
+  async recover(
+    hostName: string,
+    kid: string,
+    bodyText: string,
+    source: string,
+  ): Promise<EcmrReplyJwk> {
     const body = checkRecBody(bodyText)
     if (!KID_RE.test(kid)) throw notFound('no such exchange key')
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
@@ -268,8 +306,20 @@ export class TangService {
     const actor = `host:${host.name}` as const
     const decision = await decide(t, host, TANG_BOOT_ID, source, now)
     if (decision.kind === 'deny') {
-      await t.recordUnlock({ hostId: host.id, at: now, bootId: TANG_BOOT_ID, source, outcome: 'denied', code: decision.code })
-      await audit(t, now, actor, 'unlock.deny', host.name, { code: decision.code, rule: decision.rule, source, via: 'tang' })
+      await t.recordUnlock({
+        hostId: host.id,
+        at: now,
+        bootId: TANG_BOOT_ID,
+        source,
+        outcome: 'denied',
+        code: decision.code,
+      })
+      await audit(t, now, actor, 'unlock.deny', host.name, {
+        code: decision.code,
+        rule: decision.rule,
+        source,
+        via: 'tang',
+      })
       // Returned, not thrown: the history row and the audit entry must commit.
       return new PolicyDenied(decision.code, decision.message, decision.rule)
     }
@@ -286,9 +336,27 @@ export class TangService {
       if (spent instanceof UnlockdError) return spent
       rule = spent
     }
-    await t.recordUnlock({ hostId: host.id, at: now, bootId: TANG_BOOT_ID, source, outcome: 'released', code: null })
-    await t.updateHost(host.id, { lastSeenAt: now, lastSource: source, lastUnlockAt: now, lastBootId: TANG_BOOT_ID })
-    await audit(t, now, actor, 'unlock.release', host.name, { rule, source, via: 'tang', kid: key.exchangeThp, ...(key.advertised ? {} : { retiredKey: true }) })
+    await t.recordUnlock({
+      hostId: host.id,
+      at: now,
+      bootId: TANG_BOOT_ID,
+      source,
+      outcome: 'released',
+      code: null,
+    })
+    await t.updateHost(host.id, {
+      lastSeenAt: now,
+      lastSource: source,
+      lastUnlockAt: now,
+      lastBootId: TANG_BOOT_ID,
+    })
+    await audit(t, now, actor, 'unlock.release', host.name, {
+      rule,
+      source,
+      via: 'tang',
+      kid: key.exchangeThp,
+      ...(key.advertised ? {} : { retiredKey: true }),
+    })
     return { kind: 'go', key }
   }
 
@@ -296,22 +364,50 @@ export class TangService {
    * The approval branch: spend an approved request of this host (returns the rule to audit), or
    * refuse with `approval_pending` after opening one (unless one is already waiting).
    */
-  async #approval(t: StoreTx, host: HostRow, rule: string, source: string, now: number): Promise<string | UnlockdError> {
+  async #approval(
+    t: StoreTx,
+    host: HostRow,
+    rule: string,
+    source: string,
+    now: number,
+  ): Promise<string | UnlockdError> {
     const ttl = this.#deps.settings.approvalTtl
-    const mine = (await t.listApprovals('approved')).filter((a) => a.hostId === host.id && a.bootId === TANG_BOOT_ID && (a.decidedAt ?? 0) + ttl > now)
+    const mine = (await t.listApprovals('approved')).filter(
+      (a) => a.hostId === host.id && a.bootId === TANG_BOOT_ID && (a.decidedAt ?? 0) + ttl > now,
+    )
     const ready = mine[0]
     if (ready !== undefined) {
       await t.updateApproval(ready.id, { state: 'used' })
       return `${ready.rule} (approval ${ready.id})`
     }
-    const waiting = (await t.listApprovals('pending')).find((a) => a.hostId === host.id && a.bootId === TANG_BOOT_ID && a.expiresAt > now)
+    const waiting = (await t.listApprovals('pending')).find(
+      (a) => a.hostId === host.id && a.bootId === TANG_BOOT_ID && a.expiresAt > now,
+    )
     if (waiting === undefined) {
       if (rule === IDLE_SUSPEND_RULE && host.state === 'active') await suspendIdle(t, host, now)
-      const req: UnlockPayload = { v: 1, host: host.id, volumes: [], nonce: '', bootId: TANG_BOOT_ID, iat: now }
+      const req: UnlockPayload = {
+        v: 1,
+        host: host.id,
+        volumes: [],
+        nonce: '',
+        bootId: TANG_BOOT_ID,
+        iat: now,
+      }
       await openApproval(this.#deps, t, host, req, source, rule, now)
-      await t.recordUnlock({ hostId: host.id, at: now, bootId: TANG_BOOT_ID, source, outcome: 'approval', code: null })
+      await t.recordUnlock({
+        hostId: host.id,
+        at: now,
+        bootId: TANG_BOOT_ID,
+        source,
+        outcome: 'approval',
+        code: null,
+      })
     }
-    return new PolicyDenied('approval_pending', `an operator must approve this host's next unlock (rule ${rule}); clevis will succeed on a retry after that`, rule)
+    return new PolicyDenied(
+      'approval_pending',
+      `an operator must approve this host's next unlock (rule ${rule}); clevis will succeed on a retry after that`,
+      rule,
+    )
   }
 }
 

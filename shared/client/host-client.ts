@@ -43,7 +43,10 @@ export async function fetchNonce(t: Transport, signal?: AbortSignal): Promise<st
   return parseNonceResponse(res.body).nonce
 }
 
-export async function enroll(t: Transport, o: { token: string; name: string; keys: HostKeys; volumes: VolumeEnrollment[] }): Promise<EnrollResponse> {
+export async function enroll(
+  t: Transport,
+  o: { token: string; name: string; keys: HostKeys; volumes: VolumeEnrollment[] },
+): Promise<EnrollResponse> {
   const hostId = await hostIdOf(o.keys)
   const payload = {
     v: PROTOCOL_VERSION,
@@ -59,9 +62,17 @@ export async function enroll(t: Transport, o: { token: string; name: string; key
   return parseEnrollResponse(res.body)
 }
 
-export async function addVolumes(t: Transport, o: { keys: HostKeys; hostId: string; volumes: VolumeEnrollment[] }): Promise<EnrollResponse> {
+export async function addVolumes(
+  t: Transport,
+  o: { keys: HostKeys; hostId: string; volumes: VolumeEnrollment[] },
+): Promise<EnrollResponse> {
   const nonce = await fetchNonce(t)
-  const jws = await signHostRequest('volumes', { v: PROTOCOL_VERSION, host: o.hostId, volumes: o.volumes, nonce, iat: nowSec() }, o.keys.signing, o.hostId)
+  const jws = await signHostRequest(
+    'volumes',
+    { v: PROTOCOL_VERSION, host: o.hostId, volumes: o.volumes, nonce, iat: nowSec() },
+    o.keys.signing,
+    o.hostId,
+  )
   const res = await t({ method: 'POST', path: '/v1/volumes', body: { jws } })
   if (res.status !== 200) throw errorFromResponse(res, 'add volumes')
   return parseEnrollResponse(res.body)
@@ -80,37 +91,116 @@ export interface UnlockAsk {
 /** Signed unlock request. Resolves `released` or `approval_required`; denials throw with the server's code. */
 export async function requestUnlock(t: Transport, o: UnlockAsk): Promise<UnlockResponse> {
   const nonce = await fetchNonce(t, o.signal)
-  const jws = await signHostRequest('unlock', { v: PROTOCOL_VERSION, host: o.hostId, volumes: o.volumes, nonce, bootId: o.bootId, iat: nowSec() }, o.keys.signing, o.hostId)
-  const res = await t({ method: 'POST', path: '/v1/unlock', body: { jws }, ...(o.signal ? { signal: o.signal } : {}), ...(o.timeoutMs ? { timeoutMs: o.timeoutMs } : {}) })
+  const jws = await signHostRequest(
+    'unlock',
+    {
+      v: PROTOCOL_VERSION,
+      host: o.hostId,
+      volumes: o.volumes,
+      nonce,
+      bootId: o.bootId,
+      iat: nowSec(),
+    },
+    o.keys.signing,
+    o.hostId,
+  )
+  const res = await t({
+    method: 'POST',
+    path: '/v1/unlock',
+    body: { jws },
+    ...(o.signal ? { signal: o.signal } : {}),
+    ...(o.timeoutMs ? { timeoutMs: o.timeoutMs } : {}),
+  })
   if (res.status !== 200 && res.status !== 202) throw errorFromResponse(res, 'unlock')
   return parseUnlockResponse(res.body)
 }
 
 /** One long-poll for an approval. Resolves `released` or `pending` (ask again); denial throws. */
-export async function pollApproval(t: Transport, o: { keys: HostKeys; hostId: string; bootId: string; approvalId: string; signal?: AbortSignal; holdMs?: number }): Promise<UnlockResponse> {
+export async function pollApproval(
+  t: Transport,
+  o: {
+    keys: HostKeys
+    hostId: string
+    bootId: string
+    approvalId: string
+    signal?: AbortSignal
+    holdMs?: number
+  },
+): Promise<UnlockResponse> {
   const nonce = await fetchNonce(t, o.signal)
-  const jws = await signHostRequest('poll', { v: PROTOCOL_VERSION, host: o.hostId, approval: o.approvalId, nonce, bootId: o.bootId, iat: nowSec() }, o.keys.signing, o.hostId)
-  const res = await t({ method: 'POST', path: '/v1/approval/poll', body: { jws }, timeoutMs: (o.holdMs ?? 25_000) + 15_000, ...(o.signal ? { signal: o.signal } : {}) })
+  const jws = await signHostRequest(
+    'poll',
+    {
+      v: PROTOCOL_VERSION,
+      host: o.hostId,
+      approval: o.approvalId,
+      nonce,
+      bootId: o.bootId,
+      iat: nowSec(),
+    },
+    o.keys.signing,
+    o.hostId,
+  )
+  const res = await t({
+    method: 'POST',
+    path: '/v1/approval/poll',
+    body: { jws },
+    timeoutMs: (o.holdMs ?? 25_000) + 15_000,
+    ...(o.signal ? { signal: o.signal } : {}),
+  })
   if (res.status !== 200 && res.status !== 202) throw errorFromResponse(res, 'approval poll')
   return parseUnlockResponse(res.body)
 }
 
 /** Ask the server whether there is an order (shred) for this host; long-polls. */
-export async function watch(t: Transport, o: { keys: HostKeys; hostId: string; bootId: string; signal?: AbortSignal; holdMs?: number }): Promise<WatchResponse> {
+export async function watch(
+  t: Transport,
+  o: { keys: HostKeys; hostId: string; bootId: string; signal?: AbortSignal; holdMs?: number },
+): Promise<WatchResponse> {
   const nonce = await fetchNonce(t, o.signal)
-  const jws = await signHostRequest('watch', { v: PROTOCOL_VERSION, host: o.hostId, nonce, bootId: o.bootId, iat: nowSec() }, o.keys.signing, o.hostId)
-  const res = await t({ method: 'POST', path: '/v1/watch', body: { jws }, timeoutMs: (o.holdMs ?? 25_000) + 15_000, ...(o.signal ? { signal: o.signal } : {}) })
+  const jws = await signHostRequest(
+    'watch',
+    { v: PROTOCOL_VERSION, host: o.hostId, nonce, bootId: o.bootId, iat: nowSec() },
+    o.keys.signing,
+    o.hostId,
+  )
+  const res = await t({
+    method: 'POST',
+    path: '/v1/watch',
+    body: { jws },
+    timeoutMs: (o.holdMs ?? 25_000) + 15_000,
+    ...(o.signal ? { signal: o.signal } : {}),
+  })
   if (res.status !== 200) throw errorFromResponse(res, 'watch')
   return parseWatchResponse(res.body)
 }
 
-export async function report(t: Transport, o: { keys: HostKeys; hostId: string; event: 'shred_done' | 'shred_failed'; actions: string[] }): Promise<void> {
+export async function report(
+  t: Transport,
+  o: { keys: HostKeys; hostId: string; event: 'shred_done' | 'shred_failed'; actions: string[] },
+): Promise<void> {
   const nonce = await fetchNonce(t)
-  const jws = await signHostRequest('report', { v: PROTOCOL_VERSION, host: o.hostId, nonce, iat: nowSec(), event: o.event, actions: o.actions.map((a) => a.slice(0, 300)) }, o.keys.signing, o.hostId)
+  const jws = await signHostRequest(
+    'report',
+    {
+      v: PROTOCOL_VERSION,
+      host: o.hostId,
+      nonce,
+      iat: nowSec(),
+      event: o.event,
+      actions: o.actions.map((a) => a.slice(0, 300)),
+    },
+    o.keys.signing,
+    o.hostId,
+  )
   const res = await t({ method: 'POST', path: '/v1/report', body: { jws } })
   if (res.status !== 200) throw errorFromResponse(res, 'report')
 }
 
 export function isDenial(err: unknown): err is UnlockdError {
-  return err instanceof UnlockdError && err.code !== 'server_unreachable' && err.code !== 'protocol_invalid'
+  return (
+    err instanceof UnlockdError &&
+    err.code !== 'server_unreachable' &&
+    err.code !== 'protocol_invalid'
+  )
 }

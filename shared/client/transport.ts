@@ -44,16 +44,25 @@ export function fetchTransport(baseUrl: string): Transport {
         ...(req.body === undefined ? {} : { body: JSON.stringify(req.body) }),
       })
     } catch (cause) {
-      throw new UnlockdError('server_unreachable', `cannot reach ${base}: ${cause instanceof Error ? (cause.cause instanceof Error ? cause.cause.message : cause.message) : 'network error'}`, { cause })
+      throw new UnlockdError(
+        'server_unreachable',
+        `cannot reach ${base}: ${cause instanceof Error ? (cause.cause instanceof Error ? cause.cause.message : cause.message) : 'network error'}`,
+        { cause },
+      )
     }
     const text = await res.text()
-    if (text.length > MAX_RESPONSE) throw new UnlockdError('protocol_invalid', 'server response too large')
+    if (text.length > MAX_RESPONSE)
+      throw new UnlockdError('protocol_invalid', 'server response too large')
     let body: unknown = undefined
     if (text.length > 0) {
       try {
         body = JSON.parse(text)
       } catch (cause) {
-        throw new UnlockdError('protocol_invalid', `server answered ${res.status} with a body that is not JSON`, { cause })
+        throw new UnlockdError(
+          'protocol_invalid',
+          `server answered ${res.status} with a body that is not JSON`,
+          { cause },
+        )
       }
     }
     return { status: res.status, body }
@@ -68,5 +77,7 @@ export function errorFromResponse(res: TransportResponse, what: string): Unlockd
     if (e.rule) details['rule'] = e.rule
     return new UnlockdError(e.error, e.message, { details })
   }
-  return new UnlockdError('protocol_invalid', `${what}: unexpected HTTP ${res.status}`, { details: { status: res.status } })
+  return new UnlockdError('protocol_invalid', `${what}: unexpected HTTP ${res.status}`, {
+    details: { status: res.status },
+  })
 }

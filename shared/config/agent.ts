@@ -7,8 +7,19 @@ import * as v from 'valibot'
 import { UnlockdError } from '../errors.ts'
 import { hostId, name, parseWith } from '../protocol/validate.ts'
 
-const digest = v.pipe(v.string(), v.regex(/^[A-Za-z0-9_-]{43}$/, 'must be a SHA-256 digest (base64url)'))
-const absPath = v.pipe(v.string(), v.minLength(1), v.maxLength(4096), v.check((s) => s.startsWith('/') || /^(UUID|PARTUUID|LABEL)=/.test(s), 'must be an absolute path or UUID=...'))
+const digest = v.pipe(
+  v.string(),
+  v.regex(/^[A-Za-z0-9_-]{43}$/, 'must be a SHA-256 digest (base64url)'),
+)
+const absPath = v.pipe(
+  v.string(),
+  v.minLength(1),
+  v.maxLength(4096),
+  v.check(
+    (s) => s.startsWith('/') || /^(UUID|PARTUUID|LABEL)=/.test(s),
+    'must be an absolute path or UUID=...',
+  ),
+)
 
 export const LuksVolumeSchema = v.strictObject({
   name,
@@ -44,14 +55,21 @@ export const AgentConfigSchema = v.strictObject({
   version: v.literal(1),
   name,
   hostId,
-  servers: v.pipe(v.array(ServerEntrySchema), v.minLength(1, 'needs at least one server'), v.maxLength(8)),
+  servers: v.pipe(
+    v.array(ServerEntrySchema),
+    v.minLength(1, 'needs at least one server'),
+    v.maxLength(8),
+  ),
   volumes: v.pipe(v.array(VolumeConfigSchema), v.maxLength(64)),
   /** What the kill switch does to LUKS volumes: close the mapping first, or only erase headers. */
   onShred: v.optional(v.picklist(['close-then-erase', 'erase']), 'close-then-erase'),
   /** Longest wait for an approval in one-shot unlocks, seconds. */
   unlockWait: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(86400)), 300),
   /** Per-server timeout for one request, milliseconds. */
-  requestTimeoutMs: v.optional(v.pipe(v.number(), v.integer(), v.minValue(200), v.maxValue(120000)), 5000),
+  requestTimeoutMs: v.optional(
+    v.pipe(v.number(), v.integer(), v.minValue(200), v.maxValue(120000)),
+    5000,
+  ),
 })
 export type AgentConfig = v.InferOutput<typeof AgentConfigSchema>
 
@@ -65,7 +83,8 @@ export function parseAgentConfig(text: string, where = 'agent.json'): AgentConfi
   const c = parseWith(AgentConfigSchema, raw, where, 'config_invalid')
   const seen = new Set<string>()
   for (const vol of c.volumes) {
-    if (seen.has(vol.name)) throw new UnlockdError('config_invalid', `${where}: volume name ${vol.name} appears twice`)
+    if (seen.has(vol.name))
+      throw new UnlockdError('config_invalid', `${where}: volume name ${vol.name} appears twice`)
     seen.add(vol.name)
   }
   return c

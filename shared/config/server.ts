@@ -6,11 +6,20 @@ import { UnlockdError } from '../errors.ts'
 import { parseWith } from '../protocol/validate.ts'
 import { parseDuration } from '../util/duration.ts'
 
-const dur = v.pipe(v.string(), v.check((s) => parseDuration(s) !== undefined, 'must be a duration such as 90s, 15m, 1h, 30d'), v.transform((s) => parseDuration(s) as number))
+const dur = v.pipe(
+  v.string(),
+  v.check((s) => parseDuration(s) !== undefined, 'must be a duration such as 90s, 15m, 1h, 30d'),
+  v.transform((s) => parseDuration(s) as number),
+)
 
 const Schema = v.strictObject({
   db: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(1000))),
-  listen: v.optional(v.pipe(v.string(), v.regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT'))),
+  listen: v.optional(
+    v.pipe(
+      v.string(),
+      v.regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT'),
+    ),
+  ),
   tlsCert: v.optional(v.string()),
   tlsKey: v.optional(v.string()),
   publicUrl: v.optional(v.pipe(v.string(), v.url('must be a URL'))),
@@ -22,17 +31,24 @@ const Schema = v.strictObject({
   totpMaxFailures: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100))),
   totpFailureWindow: v.optional(dur),
   /** Per-source-address limit on the public host and Tang routes, or "off". */
-  hostRateLimit: v.optional(v.union([
-    v.literal('off'),
+  hostRateLimit: v.optional(
+    v.union(
+      [
+        v.literal('off'),
+        v.strictObject({
+          perSecond: v.pipe(v.number(), v.minValue(1), v.maxValue(1_000_000)),
+          burst: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(10_000_000)),
+        }),
+      ],
+      'must be "off" or { "perSecond": N, "burst": N }',
+    ),
+  ),
+  webhook: v.optional(
     v.strictObject({
-      perSecond: v.pipe(v.number(), v.minValue(1), v.maxValue(1_000_000)),
-      burst: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(10_000_000)),
+      url: v.pipe(v.string(), v.url('must be a URL'), v.regex(/^https?:\/\//, 'must be http(s)')),
+      secretFile: v.optional(v.string()),
     }),
-  ], 'must be "off" or { "perSecond": N, "burst": N }')),
-  webhook: v.optional(v.strictObject({
-    url: v.pipe(v.string(), v.url('must be a URL'), v.regex(/^https?:\/\//, 'must be http(s)')),
-    secretFile: v.optional(v.string()),
-  })),
+  ),
 })
 
 export interface ServerConfig {
@@ -67,7 +83,11 @@ export function parseServerConfig(text: string, where = 'server.json'): ServerCo
   if (c.listen !== undefined) out.listen = c.listen
   if (c.tlsCert !== undefined) out.tlsCert = c.tlsCert
   if (c.tlsKey !== undefined) out.tlsKey = c.tlsKey
-  if (c.webhook !== undefined) out.webhook = c.webhook.secretFile === undefined ? { url: c.webhook.url } : { url: c.webhook.url, secretFile: c.webhook.secretFile }
+  if (c.webhook !== undefined)
+    out.webhook =
+      c.webhook.secretFile === undefined
+        ? { url: c.webhook.url }
+        : { url: c.webhook.url, secretFile: c.webhook.secretFile }
   const s = out.settings
   if (c.nonceTtl !== undefined) s.nonceTtl = c.nonceTtl
   if (c.iatSkew !== undefined) s.iatSkew = c.iatSkew
@@ -77,6 +97,7 @@ export function parseServerConfig(text: string, where = 'server.json'): ServerCo
   if (c.totpMaxFailures !== undefined) s.totpMaxFailures = c.totpMaxFailures
   if (c.totpFailureWindow !== undefined) s.totpFailureWindow = c.totpFailureWindow
   if (c.publicUrl !== undefined) s.publicUrl = c.publicUrl
-  if (c.hostRateLimit !== undefined) s.hostRateLimit = c.hostRateLimit === 'off' ? null : c.hostRateLimit
+  if (c.hostRateLimit !== undefined)
+    s.hostRateLimit = c.hostRateLimit === 'off' ? null : c.hostRateLimit
   return out
 }

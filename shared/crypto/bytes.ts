@@ -58,7 +58,9 @@ export function timingSafeEqual(a: Uint8Array, b: Uint8Array): boolean {
 
 export async function sha256(data: Uint8Array | string): Promise<Uint8Array> {
   const input = typeof data === 'string' ? utf8(data) : data
-  return new Uint8Array(await globalThis.crypto.subtle.digest('SHA-256', input as Uint8Array<ArrayBuffer>))
+  return new Uint8Array(
+    await globalThis.crypto.subtle.digest('SHA-256', input as Uint8Array<ArrayBuffer>),
+  )
 }
 
 export async function sha256Hex(data: Uint8Array | string): Promise<string> {

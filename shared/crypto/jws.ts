@@ -6,7 +6,12 @@ import { CompactSign, compactVerify, decodeProtectedHeader } from 'jose'
 import { UnlockdError } from '../errors.ts'
 import { JWS_TYP, SIGNING_ALG, type JwsPurpose } from './algorithms.ts'
 import { fromUtf8, utf8 } from './bytes.ts'
-import { importSigningPrivate, importSigningPublic, type PrivateOkpJwk, type PublicOkpJwk } from './keys.ts'
+import {
+  importSigningPrivate,
+  importSigningPublic,
+  type PrivateOkpJwk,
+  type PublicOkpJwk,
+} from './keys.ts'
 
 const MAX_JWS = 64 * 1024
 const COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/
@@ -15,7 +20,12 @@ const COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/
  * Sign a request payload as the host.
  * @example const jws = await signHostRequest('unlock', payload, keys.signing, hostId)
  */
-export async function signHostRequest(purpose: JwsPurpose, payload: object, key: PrivateOkpJwk, kid: string): Promise<string> {
+export async function signHostRequest(
+  purpose: JwsPurpose,
+  payload: object,
+  key: PrivateOkpJwk,
+  kid: string,
+): Promise<string> {
   return new CompactSign(utf8(JSON.stringify(payload)))
     .setProtectedHeader({ alg: SIGNING_ALG, typ: JWS_TYP[purpose], kid })
     .sign(await importSigningPrivate(key))
@@ -32,10 +42,13 @@ export function peekJwsKid(compact: unknown, purpose: JwsPurpose): string {
   } catch (cause) {
     throw new UnlockdError('protocol_invalid', 'jws header is not valid JSON', { cause })
   }
-  if (header['alg'] !== SIGNING_ALG) throw new UnlockdError('protocol_invalid', `jws alg must be ${SIGNING_ALG}`)
-  if (header['typ'] !== JWS_TYP[purpose]) throw new UnlockdError('protocol_invalid', `jws typ must be ${JWS_TYP[purpose]}`)
+  if (header['alg'] !== SIGNING_ALG)
+    throw new UnlockdError('protocol_invalid', `jws alg must be ${SIGNING_ALG}`)
+  if (header['typ'] !== JWS_TYP[purpose])
+    throw new UnlockdError('protocol_invalid', `jws typ must be ${JWS_TYP[purpose]}`)
   const kid = header['kid']
-  if (typeof kid !== 'string' || !/^[A-Za-z0-9_-]{43}$/.test(kid)) throw new UnlockdError('protocol_invalid', 'jws kid must be a host id')
+  if (typeof kid !== 'string' || !/^[A-Za-z0-9_-]{43}$/.test(kid))
+    throw new UnlockdError('protocol_invalid', 'jws kid must be a host id')
   if (Object.keys(header).some((k) => !['alg', 'typ', 'kid'].includes(k))) {
     // Header-supplied keys (jwk, jku, x5c) are never trusted; refuse them outright.
     throw new UnlockdError('protocol_invalid', 'jws header has unexpected members')
@@ -47,14 +60,24 @@ export function peekJwsKid(compact: unknown, purpose: JwsPurpose): string {
  * Verify a compact JWS with a known public key; returns the parsed JSON payload (still
  * untrusted in shape: pass it to a parser in shared/protocol). Throws `bad_signature`.
  */
-export async function verifyHostRequest(compact: string, purpose: JwsPurpose, key: PublicOkpJwk): Promise<unknown> {
+export async function verifyHostRequest(
+  compact: string,
+  purpose: JwsPurpose,
+  key: PublicOkpJwk,
+): Promise<unknown> {
   let payload: Uint8Array
   try {
-    const res = await compactVerify(compact, await importSigningPublic(key), { algorithms: [SIGNING_ALG] })
+    const res = await compactVerify(compact, await importSigningPublic(key), {
+      algorithms: [SIGNING_ALG],
+    })
     if (res.protectedHeader.typ !== JWS_TYP[purpose]) throw new Error('typ mismatch')
     payload = res.payload
   } catch (cause) {
-    throw new UnlockdError('bad_signature', 'request signature does not verify with the enrolled key', { cause })
+    throw new UnlockdError(
+      'bad_signature',
+      'request signature does not verify with the enrolled key',
+      { cause },
+    )
   }
   try {
     return JSON.parse(fromUtf8(payload)) as unknown

@@ -31,7 +31,8 @@ function asOkp(jwk: JWK, crv: string, priv: boolean): PublicOkpJwk | PrivateOkpJ
     throw new UnlockdError('protocol_invalid', `expected an OKP ${crv} key`)
   }
   if (priv) {
-    if (typeof jwk.d !== 'string') throw new UnlockdError('protocol_invalid', 'private key has no "d"')
+    if (typeof jwk.d !== 'string')
+      throw new UnlockdError('protocol_invalid', 'private key has no "d"')
     return { kty: 'OKP', crv, x: jwk.x, d: jwk.d }
   }
   return { kty: 'OKP', crv, x: jwk.x }
@@ -62,29 +63,39 @@ export function publicOf(jwk: PrivateOkpJwk | PublicOkpJwk): PublicOkpJwk {
 
 /** Validate an untrusted public signing key. Throws `protocol_invalid`. */
 export function parseSigningPublicKey(value: unknown): PublicOkpJwk {
-  if (typeof value !== 'object' || value === null) throw new UnlockdError('protocol_invalid', 'signing key must be a JWK object')
+  if (typeof value !== 'object' || value === null)
+    throw new UnlockdError('protocol_invalid', 'signing key must be a JWK object')
   const jwk = asOkp(value as JWK, SIGNING_CRV, false)
-  if (!/^[A-Za-z0-9_-]{43}$/.test(jwk.x)) throw new UnlockdError('protocol_invalid', 'signing key "x" must be 32 bytes base64url')
+  if (!/^[A-Za-z0-9_-]{43}$/.test(jwk.x))
+    throw new UnlockdError('protocol_invalid', 'signing key "x" must be 32 bytes base64url')
   return jwk
 }
 
 /** Validate an untrusted public sealing key. Throws `protocol_invalid`. */
 export function parseSealingPublicKey(value: unknown): PublicOkpJwk {
-  if (typeof value !== 'object' || value === null) throw new UnlockdError('protocol_invalid', 'sealing key must be a JWK object')
+  if (typeof value !== 'object' || value === null)
+    throw new UnlockdError('protocol_invalid', 'sealing key must be a JWK object')
   const jwk = asOkp(value as JWK, SEALING_CRV, false)
-  if (!/^[A-Za-z0-9_-]{43}$/.test(jwk.x)) throw new UnlockdError('protocol_invalid', 'sealing key "x" must be 32 bytes base64url')
+  if (!/^[A-Za-z0-9_-]{43}$/.test(jwk.x))
+    throw new UnlockdError('protocol_invalid', 'sealing key "x" must be 32 bytes base64url')
   return jwk
 }
 
 /** Validate a private key read from disk (host key files, recovery key file). */
 export function parsePrivateKey(value: unknown, kind: 'signing' | 'sealing'): PrivateOkpJwk {
-  if (typeof value !== 'object' || value === null) throw new UnlockdError('config_invalid', `${kind} key must be a JWK object`)
+  if (typeof value !== 'object' || value === null)
+    throw new UnlockdError('config_invalid', `${kind} key must be a JWK object`)
   try {
     const jwk = asOkp(value as JWK, kind === 'signing' ? SIGNING_CRV : SEALING_CRV, true)
-    if (!/^[A-Za-z0-9_-]{43}$/.test(jwk.x) || !/^[A-Za-z0-9_-]{43}$/.test(jwk.d)) throw new Error('bad length')
+    if (!/^[A-Za-z0-9_-]{43}$/.test(jwk.x) || !/^[A-Za-z0-9_-]{43}$/.test(jwk.d))
+      throw new Error('bad length')
     return jwk
   } catch (cause) {
-    throw new UnlockdError('config_invalid', `${kind} key is not a valid private ${kind === 'signing' ? SIGNING_CRV : SEALING_CRV} JWK`, { cause })
+    throw new UnlockdError(
+      'config_invalid',
+      `${kind} key is not a valid private ${kind === 'signing' ? SIGNING_CRV : SEALING_CRV} JWK`,
+      { cause },
+    )
   }
 }
 

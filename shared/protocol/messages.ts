@@ -11,20 +11,39 @@ import { bootId, cidr, epochSeconds, hostId, name, nonce, parseWith } from './va
 
 export const PROTOCOL_VERSION = 1
 
-const blob = v.pipe(v.unknown(), v.rawTransform(({ dataset, addIssue, NEVER }) => {
-  try {
-    return parseEscrowBlob(dataset.value)
-  } catch (e) {
-    addIssue({ message: e instanceof Error ? e.message : 'invalid blob' })
-    return NEVER
-  }
-}))
-const signingKey = v.pipe(v.unknown(), v.rawTransform(({ dataset, addIssue, NEVER }) => {
-  try { return parseSigningPublicKey(dataset.value) } catch (e) { addIssue({ message: e instanceof Error ? e.message : 'invalid key' }); return NEVER }
-}))
-const sealingKey = v.pipe(v.unknown(), v.rawTransform(({ dataset, addIssue, NEVER }) => {
-  try { return parseSealingPublicKey(dataset.value) } catch (e) { addIssue({ message: e instanceof Error ? e.message : 'invalid key' }); return NEVER }
-}))
+const blob = v.pipe(
+  v.unknown(),
+  v.rawTransform(({ dataset, addIssue, NEVER }) => {
+    try {
+      return parseEscrowBlob(dataset.value)
+    } catch (e) {
+      addIssue({ message: e instanceof Error ? e.message : 'invalid blob' })
+      return NEVER
+    }
+  }),
+)
+const signingKey = v.pipe(
+  v.unknown(),
+  v.rawTransform(({ dataset, addIssue, NEVER }) => {
+    try {
+      return parseSigningPublicKey(dataset.value)
+    } catch (e) {
+      addIssue({ message: e instanceof Error ? e.message : 'invalid key' })
+      return NEVER
+    }
+  }),
+)
+const sealingKey = v.pipe(
+  v.unknown(),
+  v.rawTransform(({ dataset, addIssue, NEVER }) => {
+    try {
+      return parseSealingPublicKey(dataset.value)
+    } catch (e) {
+      addIssue({ message: e instanceof Error ? e.message : 'invalid key' })
+      return NEVER
+    }
+  }),
+)
 
 export const VOLUME_KINDS = ['luks', 'fscrypt', 'tang'] as const
 export type VolumeKind = (typeof VOLUME_KINDS)[number]
@@ -35,10 +54,17 @@ export const VolumeEnrollmentSchema = v.strictObject({
   name,
   kind: v.picklist(['luks', 'fscrypt'], 'must be "luks" or "fscrypt"'),
   /** LUKS UUID or fscrypt key identifier (hex); lets operators match volumes to disks. */
-  ref: v.optional(v.pipe(v.string(), v.regex(/^[A-Za-z0-9-]{1,64}$/, 'must be a UUID or hex identifier'))),
+  ref: v.optional(
+    v.pipe(v.string(), v.regex(/^[A-Za-z0-9-]{1,64}$/, 'must be a UUID or hex identifier')),
+  ),
   blob,
 })
-export type VolumeEnrollment = { name: string; kind: 'luks' | 'fscrypt'; ref?: string; blob: EscrowBlob }
+export type VolumeEnrollment = {
+  name: string
+  kind: 'luks' | 'fscrypt'
+  ref?: string
+  blob: EscrowBlob
+}
 
 const volumeList = v.pipe(v.array(VolumeEnrollmentSchema), v.maxLength(64, 'at most 64 volumes'))
 
@@ -59,10 +85,13 @@ export interface EnrollPayload {
   volumes: VolumeEnrollment[]
   iat: number
 }
-export const parseEnrollPayload = (x: unknown): EnrollPayload => parseWith(EnrollPayloadSchema, x, 'enroll payload', 'protocol_invalid') as EnrollPayload
+export const parseEnrollPayload = (x: unknown): EnrollPayload =>
+  parseWith(EnrollPayloadSchema, x, 'enroll payload', 'protocol_invalid') as EnrollPayload
 
 /** Body of every host-signed POST: `{ "jws": "<compact>" }`. */
-export const JwsBodySchema = v.strictObject({ jws: v.pipe(v.string('must be a string'), v.maxLength(65536)) })
+export const JwsBodySchema = v.strictObject({
+  jws: v.pipe(v.string('must be a string'), v.maxLength(65536)),
+})
 export const parseJwsBody = (x: unknown): { jws: string } => parseWith(JwsBodySchema, x, 'body')
 
 export const UnlockPayloadSchema = v.strictObject({
@@ -75,7 +104,8 @@ export const UnlockPayloadSchema = v.strictObject({
   iat: epochSeconds,
 })
 export type UnlockPayload = v.InferOutput<typeof UnlockPayloadSchema>
-export const parseUnlockPayload = (x: unknown): UnlockPayload => parseWith(UnlockPayloadSchema, x, 'unlock payload', 'protocol_invalid')
+export const parseUnlockPayload = (x: unknown): UnlockPayload =>
+  parseWith(UnlockPayloadSchema, x, 'unlock payload', 'protocol_invalid')
 
 /** Long-poll for an approval (signed, single-use nonce like unlock). */
 export const PollPayloadSchema = v.strictObject({
@@ -87,7 +117,8 @@ export const PollPayloadSchema = v.strictObject({
   iat: epochSeconds,
 })
 export type PollPayload = v.InferOutput<typeof PollPayloadSchema>
-export const parsePollPayload = (x: unknown): PollPayload => parseWith(PollPayloadSchema, x, 'poll payload', 'protocol_invalid')
+export const parsePollPayload = (x: unknown): PollPayload =>
+  parseWith(PollPayloadSchema, x, 'poll payload', 'protocol_invalid')
 
 /** Add volumes to an already enrolled host (host-signed, no token needed). */
 export const AddVolumesPayloadSchema = v.strictObject({
@@ -97,8 +128,15 @@ export const AddVolumesPayloadSchema = v.strictObject({
   nonce,
   iat: epochSeconds,
 })
-export type AddVolumesPayload = { v: 1; host: string; volumes: VolumeEnrollment[]; nonce: string; iat: number }
-export const parseAddVolumesPayload = (x: unknown): AddVolumesPayload => parseWith(AddVolumesPayloadSchema, x, 'volumes payload', 'protocol_invalid') as AddVolumesPayload
+export type AddVolumesPayload = {
+  v: 1
+  host: string
+  volumes: VolumeEnrollment[]
+  nonce: string
+  iat: number
+}
+export const parseAddVolumesPayload = (x: unknown): AddVolumesPayload =>
+  parseWith(AddVolumesPayloadSchema, x, 'volumes payload', 'protocol_invalid') as AddVolumesPayload
 
 /** Watch (kill-switch channel) and report payloads. */
 export const WatchPayloadSchema = v.strictObject({
@@ -109,7 +147,8 @@ export const WatchPayloadSchema = v.strictObject({
   iat: epochSeconds,
 })
 export type WatchPayload = v.InferOutput<typeof WatchPayloadSchema>
-export const parseWatchPayload = (x: unknown): WatchPayload => parseWith(WatchPayloadSchema, x, 'watch payload', 'protocol_invalid')
+export const parseWatchPayload = (x: unknown): WatchPayload =>
+  parseWith(WatchPayloadSchema, x, 'watch payload', 'protocol_invalid')
 
 export const ReportPayloadSchema = v.strictObject({
   v: v.literal(PROTOCOL_VERSION),
@@ -120,13 +159,15 @@ export const ReportPayloadSchema = v.strictObject({
   actions: v.pipe(v.array(v.pipe(v.string(), v.maxLength(300))), v.maxLength(64)),
 })
 export type ReportPayload = v.InferOutput<typeof ReportPayloadSchema>
-export const parseReportPayload = (x: unknown): ReportPayload => parseWith(ReportPayloadSchema, x, 'report payload', 'protocol_invalid')
+export const parseReportPayload = (x: unknown): ReportPayload =>
+  parseWith(ReportPayloadSchema, x, 'report payload', 'protocol_invalid')
 
 // --- server → host ---------------------------------------------------------------------------
 
 export const NonceResponseSchema = v.object({ nonce, expiresAt: epochSeconds })
 export type NonceResponse = v.InferOutput<typeof NonceResponseSchema>
-export const parseNonceResponse = (x: unknown): NonceResponse => parseWith(NonceResponseSchema, x, 'nonce response', 'protocol_invalid')
+export const parseNonceResponse = (x: unknown): NonceResponse =>
+  parseWith(NonceResponseSchema, x, 'nonce response', 'protocol_invalid')
 
 export const EnrollResponseSchema = v.object({
   hostId,
@@ -134,7 +175,8 @@ export const EnrollResponseSchema = v.object({
   volumes: v.array(name),
 })
 export type EnrollResponse = v.InferOutput<typeof EnrollResponseSchema>
-export const parseEnrollResponse = (x: unknown): EnrollResponse => parseWith(EnrollResponseSchema, x, 'enroll response', 'protocol_invalid')
+export const parseEnrollResponse = (x: unknown): EnrollResponse =>
+  parseWith(EnrollResponseSchema, x, 'enroll response', 'protocol_invalid')
 
 export const ReleasedVolumeSchema = v.object({
   name,
@@ -152,20 +194,26 @@ export type ApprovalTicket = v.InferOutput<typeof ApprovalTicketSchema>
 
 export const UnlockResponseSchema = v.variant('status', [
   v.object({ status: v.literal('released'), host: hostId, volumes: v.array(ReleasedVolumeSchema) }),
-  v.object({ status: v.literal('approval_required'), host: hostId, approval: ApprovalTicketSchema }),
+  v.object({
+    status: v.literal('approval_required'),
+    host: hostId,
+    approval: ApprovalTicketSchema,
+  }),
   v.object({ status: v.literal('pending'), host: hostId, approval: ApprovalTicketSchema }),
 ])
 export type UnlockResponse =
   | { status: 'released'; host: string; volumes: ReleasedVolume[] }
   | { status: 'approval_required' | 'pending'; host: string; approval: ApprovalTicket }
-export const parseUnlockResponse = (x: unknown): UnlockResponse => parseWith(UnlockResponseSchema, x, 'unlock response', 'protocol_invalid') as UnlockResponse
+export const parseUnlockResponse = (x: unknown): UnlockResponse =>
+  parseWith(UnlockResponseSchema, x, 'unlock response', 'protocol_invalid') as UnlockResponse
 
 export const WatchResponseSchema = v.object({
   order: v.picklist(['none', 'shred']),
   volumes: v.array(name),
 })
 export type WatchResponse = v.InferOutput<typeof WatchResponseSchema>
-export const parseWatchResponse = (x: unknown): WatchResponse => parseWith(WatchResponseSchema, x, 'watch response', 'protocol_invalid')
+export const parseWatchResponse = (x: unknown): WatchResponse =>
+  parseWith(WatchResponseSchema, x, 'watch response', 'protocol_invalid')
 
 /** Error body of every 4xx/5xx: a stable code, a sentence, and optionally the deciding rule. */
 export interface ErrorBody {
@@ -186,11 +234,20 @@ export function parseErrorBody(x: unknown): ErrorBody | undefined {
 
 export const CreateTokenSchema = v.strictObject({
   host: name,
-  ttlSeconds: v.optional(v.pipe(v.number(), v.integer(), v.minValue(60, 'must be at least 60 s'), v.maxValue(30 * 86400, 'must be at most 30 days')), 3600),
+  ttlSeconds: v.optional(
+    v.pipe(
+      v.number(),
+      v.integer(),
+      v.minValue(60, 'must be at least 60 s'),
+      v.maxValue(30 * 86400, 'must be at most 30 days'),
+    ),
+    3600,
+  ),
   cidrs: v.optional(v.pipe(v.array(cidr), v.maxLength(64)), []),
 })
 export type CreateTokenRequest = v.InferOutput<typeof CreateTokenSchema>
-export const parseCreateToken = (x: unknown): CreateTokenRequest => parseWith(CreateTokenSchema, x, 'body')
+export const parseCreateToken = (x: unknown): CreateTokenRequest =>
+  parseWith(CreateTokenSchema, x, 'body')
 
 export const PolicyPatchSchema = v.strictObject({
   cidrs: v.optional(PolicySchema.entries.cidrs),
@@ -203,7 +260,8 @@ export const PolicyPatchSchema = v.strictObject({
   cloneWindowSeconds: v.optional(PolicySchema.entries.cloneWindowSeconds),
 })
 export type PolicyPatch = Partial<Policy>
-export const parsePolicyPatch = (x: unknown): PolicyPatch => parseWith(PolicyPatchSchema, x, 'policy') as PolicyPatch
+export const parsePolicyPatch = (x: unknown): PolicyPatch =>
+  parseWith(PolicyPatchSchema, x, 'policy') as PolicyPatch
 
 export const HOST_STATES = ['active', 'suspended', 'shredded'] as const
 export type HostState = (typeof HOST_STATES)[number]
@@ -247,8 +305,15 @@ export interface AuditEntry {
 export const APPROVAL_ID_RE = /^ap_[A-Za-z0-9_-]{22}$/
 /** A TOTP code (RFC 6238, 6 digits). One-time and short-lived: not a long-lived secret. */
 export const TOTP_CODE_RE = /^\d{6}$/
-const totpCode = v.pipe(v.string('must be a string'), v.regex(TOTP_CODE_RE, 'must be a 6-digit TOTP code'))
-const reasonText = v.pipe(v.string('must be a string'), v.maxLength(200, 'must be at most 200 characters'), v.regex(/^[^\p{Cc}]*$/u, 'must not contain control characters'))
+const totpCode = v.pipe(
+  v.string('must be a string'),
+  v.regex(TOTP_CODE_RE, 'must be a 6-digit TOTP code'),
+)
+const reasonText = v.pipe(
+  v.string('must be a string'),
+  v.maxLength(200, 'must be at most 200 characters'),
+  v.regex(/^[^\p{Cc}]*$/u, 'must not contain control characters'),
+)
 
 /** POST /v1/admin/approvals/:id/approve */
 export const ApproveBodySchema = v.strictObject({ code: totpCode })
@@ -256,19 +321,24 @@ export type ApproveBody = v.InferOutput<typeof ApproveBodySchema>
 export const parseApproveBody = (x: unknown): ApproveBody => parseWith(ApproveBodySchema, x, 'body')
 
 /** POST /v1/admin/approvals/:id/deny (a code is optional: denying only fails closed). */
-export const DenyBodySchema = v.strictObject({ reason: v.optional(reasonText), code: v.optional(totpCode) })
+export const DenyBodySchema = v.strictObject({
+  reason: v.optional(reasonText),
+  code: v.optional(totpCode),
+})
 export type DenyBody = v.InferOutput<typeof DenyBodySchema>
 export const parseDenyBody = (x: unknown): DenyBody => parseWith(DenyBodySchema, x, 'body')
 
 /** POST /v1/admin/operators; `code` is the caller's own TOTP code (needed once the caller has TOTP). */
 export const AddOperatorSchema = v.strictObject({ name, code: v.optional(totpCode) })
 export type AddOperatorRequest = v.InferOutput<typeof AddOperatorSchema>
-export const parseAddOperator = (x: unknown): AddOperatorRequest => parseWith(AddOperatorSchema, x, 'body')
+export const parseAddOperator = (x: unknown): AddOperatorRequest =>
+  parseWith(AddOperatorSchema, x, 'body')
 
 /** Body of operator changes that only need the caller's TOTP code (remove, TOTP enrollment). */
 export const OperatorCodeSchema = v.strictObject({ code: v.optional(totpCode) })
 export type OperatorCodeBody = v.InferOutput<typeof OperatorCodeSchema>
-export const parseOperatorCode = (x: unknown): OperatorCodeBody => parseWith(OperatorCodeSchema, x, 'body')
+export const parseOperatorCode = (x: unknown): OperatorCodeBody =>
+  parseWith(OperatorCodeSchema, x, 'body')
 
 export const APPROVAL_STATES = ['pending', 'approved', 'denied', 'expired', 'used'] as const
 
@@ -294,9 +364,15 @@ export const ApprovalViewSchema = v.object({
   url: v.nullable(v.string()),
 })
 export type ApprovalView = v.InferOutput<typeof ApprovalViewSchema>
-export const parseApprovalView = (x: unknown): ApprovalView => parseWith(ApprovalViewSchema, x, 'approval', 'protocol_invalid')
+export const parseApprovalView = (x: unknown): ApprovalView =>
+  parseWith(ApprovalViewSchema, x, 'approval', 'protocol_invalid')
 export const parseApprovalList = (x: unknown): { approvals: ApprovalView[] } =>
-  parseWith(v.object({ approvals: v.array(ApprovalViewSchema) }), x, 'approval list', 'protocol_invalid')
+  parseWith(
+    v.object({ approvals: v.array(ApprovalViewSchema) }),
+    x,
+    'approval list',
+    'protocol_invalid',
+  )
 
 export const OperatorViewSchema = v.object({
   id: v.string(),
@@ -306,7 +382,12 @@ export const OperatorViewSchema = v.object({
 })
 export type OperatorView = v.InferOutput<typeof OperatorViewSchema>
 export const parseOperatorList = (x: unknown): { operators: OperatorView[] } =>
-  parseWith(v.object({ operators: v.array(OperatorViewSchema) }), x, 'operator list', 'protocol_invalid')
+  parseWith(
+    v.object({ operators: v.array(OperatorViewSchema) }),
+    x,
+    'operator list',
+    'protocol_invalid',
+  )
 
 /** Answer to operator add / TOTP enrollment: secrets shown once (token only on add). */
 export const OperatorSecretsSchema = v.object({
@@ -315,4 +396,5 @@ export const OperatorSecretsSchema = v.object({
   otpauthUri: v.pipe(v.string(), v.startsWith('otpauth://totp/')),
 })
 export type OperatorSecrets = v.InferOutput<typeof OperatorSecretsSchema>
-export const parseOperatorSecrets = (x: unknown): OperatorSecrets => parseWith(OperatorSecretsSchema, x, 'operator', 'protocol_invalid')
+export const parseOperatorSecrets = (x: unknown): OperatorSecrets =>
+  parseWith(OperatorSecretsSchema, x, 'operator', 'protocol_invalid')

@@ -11,15 +11,22 @@ export const APPROVAL_RULE_RE = /^(never|always|outside-cidrs|after-idle\((\d+[s
 
 export const approvalRule = v.pipe(
   v.string('must be a string'),
-  v.check((s) => APPROVAL_RULE_RE.test(s) && (!s.startsWith('after-idle') || parseDuration(s.slice(11, -1)) !== undefined), 'must be never, always, outside-cidrs or after-idle(DURATION)'),
+  v.check(
+    (s) =>
+      APPROVAL_RULE_RE.test(s) &&
+      (!s.startsWith('after-idle') || parseDuration(s.slice(11, -1)) !== undefined),
+    'must be never, always, outside-cidrs or after-idle(DURATION)',
+  ),
 )
 
 export const PolicySchema = v.strictObject({
   cidrs: v.pipe(v.array(cidr, 'must be an array of CIDRs'), v.maxLength(64)),
-  maxUnlocks: v.nullable(v.strictObject({
-    count: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(1_000_000)),
-    periodSeconds: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(366 * 86400)),
-  })),
+  maxUnlocks: v.nullable(
+    v.strictObject({
+      count: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(1_000_000)),
+      periodSeconds: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(366 * 86400)),
+    }),
+  ),
   notBefore: v.nullable(v.pipe(v.number(), v.integer(), v.minValue(0))),
   notAfter: v.nullable(v.pipe(v.number(), v.integer(), v.minValue(0))),
   approval: approvalRule,
@@ -43,12 +50,17 @@ export const DEFAULT_POLICY: Policy = {
   cloneWindowSeconds: null,
 }
 
-export function parsePolicy(input: unknown, code: 'bad_request' | 'store_failed' = 'bad_request'): Policy {
+export function parsePolicy(
+  input: unknown,
+  code: 'bad_request' | 'store_failed' = 'bad_request',
+): Policy {
   return parseWith(PolicySchema, input, 'policy', code)
 }
 
 /** Parse `N/PERIOD` as in `--max-unlocks 5/1h`. */
-export function parseMaxUnlocks(text: string): { count: number; periodSeconds: number } | undefined {
+export function parseMaxUnlocks(
+  text: string,
+): { count: number; periodSeconds: number } | undefined {
   const m = /^(\d{1,7})\/(.+)$/.exec(text)
   if (!m) return undefined
   const periodSeconds = parseDuration(m[2] as string)

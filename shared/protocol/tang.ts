@@ -9,18 +9,23 @@ import type { HostView } from './messages.ts'
 /** POST /v1/admin/hosts: only Tang hosts are added by an operator (agents enroll with a token). */
 export const AddHostRequestSchema = v.strictObject({
   name,
-  tang: v.literal(true, 'must be true: only Tang hosts are added by an operator; agent hosts enroll with a token'),
+  tang: v.literal(
+    true,
+    'must be true: only Tang hosts are added by an operator; agent hosts enroll with a token',
+  ),
   cidrs: v.optional(v.pipe(v.array(cidr, 'must be an array of CIDRs'), v.maxLength(64)), []),
 })
 export type AddHostRequest = v.InferOutput<typeof AddHostRequestSchema>
-export const parseAddHostRequest = (x: unknown): AddHostRequest => parseWith(AddHostRequestSchema, x, 'body')
+export const parseAddHostRequest = (x: unknown): AddHostRequest =>
+  parseWith(AddHostRequestSchema, x, 'body')
 
 /** POST /v1/admin/hosts/:name/tang/rotate. `purge` deletes retired keys instead of rotating. */
 export const RotateTangRequestSchema = v.strictObject({
   purge: v.optional(v.boolean('must be a boolean'), false),
 })
 export type RotateTangRequest = v.InferOutput<typeof RotateTangRequestSchema>
-export const parseRotateTangRequest = (x: unknown): RotateTangRequest => parseWith(RotateTangRequestSchema, x, 'body')
+export const parseRotateTangRequest = (x: unknown): RotateTangRequest =>
+  parseWith(RotateTangRequestSchema, x, 'body')
 
 export const TANG_KEY_STATES = ['advertised', 'retired'] as const
 export type TangKeyState = (typeof TANG_KEY_STATES)[number]

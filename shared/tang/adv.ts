@@ -14,7 +14,14 @@
  */
 import { UnlockdError } from '../errors.ts'
 import { b64uDecode, b64uEncode, fromUtf8, utf8 } from '../crypto/bytes.ts'
-import { generateP521Jwk, parseEcPrivateJwk, parseEcPublicJwk, TANG_CRV, type EcPrivateJwk, type EcPublicJwk } from './mcr.ts'
+import {
+  generateP521Jwk,
+  parseEcPrivateJwk,
+  parseEcPublicJwk,
+  TANG_CRV,
+  type EcPrivateJwk,
+  type EcPublicJwk,
+} from './mcr.ts'
 
 export type ThumbprintAlg = 'S1' | 'S224' | 'S256' | 'S384' | 'S512'
 /** In tang's lookup order. */
@@ -97,7 +104,11 @@ export function publicJwk(jwk: EcPublicJwk | EcPrivateJwk): EcPublicJwk {
 }
 
 /** libjose `jose_jwk_prm(jwk, required, op)`: is `op` allowed (by `key_ops`, or by `use`)? */
-export function keyAllows(jwk: EcPublicJwk, op: 'sign' | 'verify' | 'deriveKey', required = true): boolean {
+export function keyAllows(
+  jwk: EcPublicJwk,
+  op: 'sign' | 'verify' | 'deriveKey',
+  required = true,
+): boolean {
   if (jwk.key_ops !== undefined) return jwk.key_ops.includes(op)
   if (jwk.use !== undefined) return jwk.use === (op === 'deriveKey' ? 'enc' : 'sig')
   return !required
@@ -107,20 +118,39 @@ export function keyAllows(jwk: EcPublicJwk, op: 'sign' | 'verify' | 'deriveKey',
 // Thumbprints
 // ---------------------------------------------------------------------------------------------
 
-const THP_LENGTH: Readonly<Record<ThumbprintAlg, number>> = { S1: 27, S224: 38, S256: 43, S384: 64, S512: 86 }
-const SUBTLE_HASH: Readonly<Record<Exclude<ThumbprintAlg, 'S224'>, string>> = { S1: 'SHA-1', S256: 'SHA-256', S384: 'SHA-384', S512: 'SHA-512' }
+const THP_LENGTH: Readonly<Record<ThumbprintAlg, number>> = {
+  S1: 27,
+  S224: 38,
+  S256: 43,
+  S384: 64,
+  S512: 86,
+}
+const SUBTLE_HASH: Readonly<Record<Exclude<ThumbprintAlg, 'S224'>, string>> = {
+  S1: 'SHA-1',
+  S256: 'SHA-256',
+  S384: 'SHA-384',
+  S512: 'SHA-512',
+}
 
 /** RFC 7638 thumbprint of a P-521 JWK (`{"crv","kty","x","y"}`), base64url. */
-export async function jwkThumbprint(jwk: EcPublicJwk, alg: ThumbprintAlg = DEFAULT_THUMBPRINT_ALG): Promise<string> {
+export async function jwkThumbprint(
+  jwk: EcPublicJwk,
+  alg: ThumbprintAlg = DEFAULT_THUMBPRINT_ALG,
+): Promise<string> {
   const input = utf8(JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y }))
   if (alg === 'S224') return b64uEncode(sha224(input))
   const hash = SUBTLE_HASH[alg]
   if (hash === undefined) throw new RangeError(`unknown thumbprint algorithm ${String(alg)}`)
-  return b64uEncode(new Uint8Array(await globalThis.crypto.subtle.digest(hash, input as Uint8Array<ArrayBuffer>)))
+  return b64uEncode(
+    new Uint8Array(await globalThis.crypto.subtle.digest(hash, input as Uint8Array<ArrayBuffer>)),
+  )
 }
 
 /** The hash algorithm under which `jwk` has thumbprint `thp`, if any (decided by length first). */
-export async function thumbprintMatches(jwk: EcPublicJwk, thp: string): Promise<ThumbprintAlg | undefined> {
+export async function thumbprintMatches(
+  jwk: EcPublicJwk,
+  thp: string,
+): Promise<ThumbprintAlg | undefined> {
   for (const alg of THUMBPRINT_ALGS) {
     if (thp.length === THP_LENGTH[alg] && (await jwkThumbprint(jwk, alg)) === thp) return alg
   }
@@ -128,7 +158,10 @@ export async function thumbprintMatches(jwk: EcPublicJwk, thp: string): Promise<
 }
 
 /** First key whose thumbprint under any supported hash is `thp` (tang's `find_by_thp`). */
-export async function findByThumbprint<T extends EcPublicJwk>(keys: readonly T[], thp: string): Promise<T | undefined> {
+export async function findByThumbprint<T extends EcPublicJwk>(
+  keys: readonly T[],
+  thp: string,
+): Promise<T | undefined> {
   for (const key of keys) {
     if ((await thumbprintMatches(key, thp)) !== undefined) return key
   }
@@ -140,7 +173,9 @@ export async function findByThumbprint<T extends EcPublicJwk>(keys: readonly T[]
  * `/rec/{kid}` and `/adv/{thp}` without hashing per request. Earlier keys win on (impossible)
  * collisions.
  */
-export async function thumbprintIndex<T extends EcPublicJwk>(keys: readonly T[]): Promise<Map<string, T>> {
+export async function thumbprintIndex<T extends EcPublicJwk>(
+  keys: readonly T[],
+): Promise<Map<string, T>> {
   const index = new Map<string, T>()
   for (const key of keys) {
     for (const alg of THUMBPRINT_ALGS) {
@@ -170,13 +205,27 @@ export interface AdvertisementKeys {
  * Throws `keystore_invalid` when a key is unusable.
  */
 export async function buildAdvertisement(keys: AdvertisementKeys): Promise<TangAdvertisement> {
-  if (keys.signing.length === 0) throw new UnlockdError('keystore_invalid', 'a tang advertisement needs at least one signing key')
-  if (keys.exchange.length === 0) throw new UnlockdError('keystore_invalid', 'a tang advertisement needs at least one exchange key')
-  const signers = [...keys.signing, ...(keys.extraSigning ?? [])].map((k) => parseEcPrivateJwk(k, 'keystore_invalid'))
+  if (keys.signing.length === 0)
+    throw new UnlockdError(
+      'keystore_invalid',
+      'a tang advertisement needs at least one signing key',
+    )
+  if (keys.exchange.length === 0)
+    throw new UnlockdError(
+      'keystore_invalid',
+      'a tang advertisement needs at least one exchange key',
+    )
+  const signers = [...keys.signing, ...(keys.extraSigning ?? [])].map((k) =>
+    parseEcPrivateJwk(k, 'keystore_invalid'),
+  )
   for (const k of signers) {
-    if (!keyAllows(k, 'sign', false)) throw new UnlockdError('keystore_invalid', 'a tang signing key must allow "sign"')
+    if (!keyAllows(k, 'sign', false))
+      throw new UnlockdError('keystore_invalid', 'a tang signing key must allow "sign"')
   }
-  const advertised = [...keys.signing.map(publicJwk), ...keys.exchange.map((k) => publicJwk(parseEcPublicJwk(k, 'keystore_invalid')))]
+  const advertised = [
+    ...keys.signing.map(publicJwk),
+    ...keys.exchange.map((k) => publicJwk(parseEcPublicJwk(k, 'keystore_invalid'))),
+  ]
   const payload = b64uEncode(utf8(JSON.stringify({ keys: advertised })))
   const protectedB64 = b64uEncode(utf8(JSON.stringify(ADV_PROTECTED_HEADER)))
   const input = utf8(`${protectedB64}.${payload}`) as Uint8Array<ArrayBuffer>
@@ -185,7 +234,13 @@ export async function buildAdvertisement(keys: AdvertisementKeys): Promise<TangA
     signers.map(async (k) => {
       let key: CryptoKey
       try {
-        key = await subtle.importKey('jwk', { kty: 'EC', crv: TANG_CRV, x: k.x, y: k.y, d: k.d, ext: false }, ECDSA, false, ['sign'])
+        key = await subtle.importKey(
+          'jwk',
+          { kty: 'EC', crv: TANG_CRV, x: k.x, y: k.y, d: k.d, ext: false },
+          ECDSA,
+          false,
+          ['sign'],
+        )
       } catch (cause) {
         throw new UnlockdError('keystore_invalid', 'tang signing key cannot be imported', { cause })
       }
@@ -223,7 +278,10 @@ function decodeJsonB64u(text: unknown, what: string): unknown {
  * Throws `protocol_invalid` for a malformed advertisement, `bad_signature` when a signature is
  * missing or wrong or the trusted key did not sign.
  */
-export async function verifyAdvertisement(adv: unknown, opts: { trustedThumbprint?: string } = {}): Promise<VerifiedAdvertisement> {
+export async function verifyAdvertisement(
+  adv: unknown,
+  opts: { trustedThumbprint?: string } = {},
+): Promise<VerifiedAdvertisement> {
   let jws: unknown = adv
   if (typeof adv === 'string') {
     if (adv.length > MAX_ADV_CHARS) invalid('tang advertisement is too large')
@@ -236,14 +294,20 @@ export async function verifyAdvertisement(adv: unknown, opts: { trustedThumbprin
   if (!isRecord(jws)) invalid('tang advertisement must be a JWS JSON object')
   const payloadB64 = jws['payload']
   if (typeof payloadB64 !== 'string') invalid('tang advertisement has no payload')
-  const rawSigs: unknown[] = Array.isArray(jws['signatures']) ? jws['signatures'] : 'signature' in jws ? [jws] : []
+  const rawSigs: unknown[] = Array.isArray(jws['signatures'])
+    ? jws['signatures']
+    : 'signature' in jws
+      ? [jws]
+      : []
 
   const payload = decodeJsonB64u(payloadB64, 'tang advertisement payload')
-  if (!isRecord(payload) || !Array.isArray(payload['keys'])) invalid('tang advertisement payload must be a JWK set')
+  if (!isRecord(payload) || !Array.isArray(payload['keys']))
+    invalid('tang advertisement payload must be a JWK set')
   const keys = payload['keys'].map((k) => parseEcPublicJwk(k, 'protocol_invalid'))
   const signingKeys = keys.filter((k) => keyAllows(k, 'verify'))
   const exchangeKeys = keys.filter((k) => keyAllows(k, 'deriveKey'))
-  if (signingKeys.length === 0) throw new UnlockdError('bad_signature', 'tang advertisement has no signing keys')
+  if (signingKeys.length === 0)
+    throw new UnlockdError('bad_signature', 'tang advertisement has no signing keys')
 
   const sigs: { input: Uint8Array<ArrayBuffer>; signature: Uint8Array<ArrayBuffer> }[] = []
   for (const s of rawSigs) {
@@ -253,12 +317,21 @@ export async function verifyAdvertisement(adv: unknown, opts: { trustedThumbprin
     if (!isRecord(header) || header['alg'] !== 'ES512') continue // not one tang can make; cannot satisfy a P-521 key
     const signature = typeof s['signature'] === 'string' ? b64uDecode(s['signature']) : undefined
     if (signature === undefined) invalid('tang advertisement signature is not base64url')
-    sigs.push({ input: utf8(`${String(prot)}.${payloadB64}`) as Uint8Array<ArrayBuffer>, signature: signature as Uint8Array<ArrayBuffer> })
+    sigs.push({
+      input: utf8(`${String(prot)}.${payloadB64}`) as Uint8Array<ArrayBuffer>,
+      signature: signature as Uint8Array<ArrayBuffer>,
+    })
   }
 
   const subtle = globalThis.crypto.subtle
   for (const key of signingKeys) {
-    const pub = await subtle.importKey('jwk', { kty: 'EC', crv: TANG_CRV, x: key.x, y: key.y, ext: true }, ECDSA, true, ['verify'])
+    const pub = await subtle.importKey(
+      'jwk',
+      { kty: 'EC', crv: TANG_CRV, x: key.x, y: key.y, ext: true },
+      ECDSA,
+      true,
+      ['verify'],
+    )
     let ok = false
     for (const s of sigs) {
       if (await subtle.verify(ECDSA_SIGN, pub, s.signature, s.input)) {
@@ -266,12 +339,19 @@ export async function verifyAdvertisement(adv: unknown, opts: { trustedThumbprin
         break
       }
     }
-    if (!ok) throw new UnlockdError('bad_signature', 'tang advertisement is missing a signature from one of its signing keys')
+    if (!ok)
+      throw new UnlockdError(
+        'bad_signature',
+        'tang advertisement is missing a signature from one of its signing keys',
+      )
   }
 
   if (opts.trustedThumbprint !== undefined) {
     if ((await findByThumbprint(signingKeys, opts.trustedThumbprint)) === undefined) {
-      throw new UnlockdError('bad_signature', 'tang advertisement was not signed by the trusted key')
+      throw new UnlockdError(
+        'bad_signature',
+        'tang advertisement was not signed by the trusted key',
+      )
     }
   }
   return { jwks: { keys }, signingKeys, exchangeKeys }
@@ -282,12 +362,14 @@ export async function verifyAdvertisement(adv: unknown, opts: { trustedThumbprin
 // ---------------------------------------------------------------------------------------------
 
 const K256 = Uint32Array.from([
-  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be,
-  0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa,
-  0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85,
-  0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3,
-  0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f,
-  0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 ])
 
 function rotr(x: number, n: number): number {
@@ -296,7 +378,9 @@ function rotr(x: number, n: number): number {
 
 /** SHA-224 of `data` (28 bytes). Exported for tests. */
 export function sha224(data: Uint8Array): Uint8Array {
-  const h = Uint32Array.from([0xc1059ed8, 0x367cd507, 0x3070dd17, 0xf70e5939, 0xffc00b31, 0x68581511, 0x64f98fa7, 0xbefa4fa4])
+  const h = Uint32Array.from([
+    0xc1059ed8, 0x367cd507, 0x3070dd17, 0xf70e5939, 0xffc00b31, 0x68581511, 0x64f98fa7, 0xbefa4fa4,
+  ])
   const blocks = Math.ceil((data.length + 9) / 64)
   const buf = new Uint8Array(blocks * 64)
   buf.set(data)
@@ -316,9 +400,22 @@ export function sha224(data: Uint8Array): Uint8Array {
       const s1 = rotr(w2, 17) ^ rotr(w2, 19) ^ (w2 >>> 10)
       w[i] = (at(w, i - 16) + s0 + at(w, i - 7) + s1) | 0
     }
-    let a = at(h, 0), b = at(h, 1), c = at(h, 2), d = at(h, 3), e = at(h, 4), f = at(h, 5), g = at(h, 6), hh = at(h, 7)
+    let a = at(h, 0),
+      b = at(h, 1),
+      c = at(h, 2),
+      d = at(h, 3),
+      e = at(h, 4),
+      f = at(h, 5),
+      g = at(h, 6),
+      hh = at(h, 7)
     for (let i = 0; i < 64; i++) {
-      const t1 = (hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + at(K256, i) + at(w, i)) | 0
+      const t1 =
+        (hh +
+          (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) +
+          ((e & f) ^ (~e & g)) +
+          at(K256, i) +
+          at(w, i)) |
+        0
       const t2 = ((rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) | 0
       hh = g
       g = f

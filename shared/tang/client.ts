@@ -12,7 +12,16 @@
  */
 import { UnlockdError } from '../errors.ts'
 import { b64uDecode, b64uEncode, fromUtf8, randomBytes, utf8, zeroize } from '../crypto/bytes.ts'
-import { DEFAULT_THUMBPRINT_ALG, findByThumbprint, jwkThumbprint, REC_CONTENT_TYPE, ADV_CONTENT_TYPE, verifyAdvertisement, type TangJwkSet, type VerifiedAdvertisement } from './adv.ts'
+import {
+  DEFAULT_THUMBPRINT_ALG,
+  findByThumbprint,
+  jwkThumbprint,
+  REC_CONTENT_TYPE,
+  ADV_CONTENT_TYPE,
+  verifyAdvertisement,
+  type TangJwkSet,
+  type VerifiedAdvertisement,
+} from './adv.ts'
 import { bareEcJwk, parseEcPublicJwk, provision, startRecovery, type EcPublicJwk } from './mcr.ts'
 
 /** Response shape we need from a fetch implementation (`Response` satisfies it). */
@@ -25,7 +34,12 @@ export interface FetchResponseLike {
 /** Minimal `fetch` signature; `globalThis.fetch` satisfies it. */
 export type FetchLike = (
   url: string,
-  init: { method: 'GET' | 'POST'; headers: Record<string, string>; body?: string; signal?: AbortSignal },
+  init: {
+    method: 'GET' | 'POST'
+    headers: Record<string, string>
+    body?: string
+    signal?: AbortSignal
+  },
 ) => Promise<FetchResponseLike>
 
 export type TangContentEnc = 'A128GCM' | 'A192GCM' | 'A256GCM'
@@ -54,7 +68,11 @@ export interface TangDecryptOptions {
   signal?: AbortSignal
 }
 
-const ENC_BITS: Readonly<Record<TangContentEnc, number>> = { A128GCM: 128, A192GCM: 192, A256GCM: 256 }
+const ENC_BITS: Readonly<Record<TangContentEnc, number>> = {
+  A128GCM: 128,
+  A192GCM: 192,
+  A256GCM: 256,
+}
 const MAX_JWE_CHARS = 8 * 1024 * 1024
 const MAX_REPLY_CHARS = 64 * 1024
 const B64U_PART = /^[A-Za-z0-9_-]*$/
@@ -74,10 +92,25 @@ function be32(n: number): Uint8Array {
 }
 
 /** Concat KDF (NIST SP 800-56A, RFC 7518 §4.6.2) with SHA-256, for ECDH-ES direct agreement. */
-async function concatKdf(z: Uint8Array, enc: TangContentEnc, apu: Uint8Array, apv: Uint8Array): Promise<Uint8Array> {
+async function concatKdf(
+  z: Uint8Array,
+  enc: TangContentEnc,
+  apu: Uint8Array,
+  apv: Uint8Array,
+): Promise<Uint8Array> {
   const bits = ENC_BITS[enc]
   const alg = utf8(enc)
-  const parts = [be32(1), z, be32(alg.length), alg, be32(apu.length), apu, be32(apv.length), apv, be32(bits)]
+  const parts = [
+    be32(1),
+    z,
+    be32(alg.length),
+    alg,
+    be32(apu.length),
+    apu,
+    be32(apv.length),
+    apv,
+    be32(bits),
+  ]
   const input = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
   let off = 0
   for (const p of parts) {
@@ -92,7 +125,13 @@ async function concatKdf(z: Uint8Array, enc: TangContentEnc, apu: Uint8Array, ap
 }
 
 async function importCek(cek: Uint8Array, usage: 'encrypt' | 'decrypt'): Promise<CryptoKey> {
-  return globalThis.crypto.subtle.importKey('raw', cek as Uint8Array<ArrayBuffer>, { name: 'AES-GCM' }, false, [usage])
+  return globalThis.crypto.subtle.importKey(
+    'raw',
+    cek as Uint8Array<ArrayBuffer>,
+    { name: 'AES-GCM' },
+    false,
+    [usage],
+  )
 }
 
 function baseUrl(url: string): string {
@@ -102,7 +141,8 @@ function baseUrl(url: string): string {
   } catch (cause) {
     return invalid('tang url is not a valid URL', cause)
   }
-  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') invalid('tang url must be http or https')
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')
+    invalid('tang url must be http or https')
   return url.replace(/\/+$/, '')
 }
 
@@ -113,9 +153,17 @@ function baseUrl(url: string): string {
  * exchange key, as clevis does. Returns the compact JWE.
  * Throws `protocol_invalid` / `bad_signature` for a bad advertisement.
  */
-export async function tangEncrypt(plaintext: Uint8Array | string, advJws: unknown, url: string, opts: TangEncryptOptions = {}): Promise<string> {
+export async function tangEncrypt(
+  plaintext: Uint8Array | string,
+  advJws: unknown,
+  url: string,
+  opts: TangEncryptOptions = {},
+): Promise<string> {
   const base = baseUrl(url)
-  const adv = await verifyAdvertisement(advJws, opts.trustedThumbprint === undefined ? {} : { trustedThumbprint: opts.trustedThumbprint })
+  const adv = await verifyAdvertisement(
+    advJws,
+    opts.trustedThumbprint === undefined ? {} : { trustedThumbprint: opts.trustedThumbprint },
+  )
   const server = adv.exchangeKeys[0]
   if (server === undefined) invalid('tang advertisement has no exchange (deriveKey) key')
   const kid = await jwkThumbprint(server, DEFAULT_THUMBPRINT_ALG)
@@ -137,7 +185,12 @@ export async function tangEncrypt(plaintext: Uint8Array | string, advJws: unknow
   const data = typeof plaintext === 'string' ? utf8(plaintext) : plaintext
   const sealed = new Uint8Array(
     await globalThis.crypto.subtle.encrypt(
-      { name: 'AES-GCM', iv: iv as Uint8Array<ArrayBuffer>, additionalData: utf8(protectedB64) as Uint8Array<ArrayBuffer>, tagLength: 128 },
+      {
+        name: 'AES-GCM',
+        iv: iv as Uint8Array<ArrayBuffer>,
+        additionalData: utf8(protectedB64) as Uint8Array<ArrayBuffer>,
+        tagLength: 128,
+      },
       key,
       data as Uint8Array<ArrayBuffer>,
     ),
@@ -162,8 +215,15 @@ async function parseJwe(jwe: unknown): Promise<ParsedJwe> {
   const text = jwe.trim()
   if (text.length > MAX_JWE_CHARS) invalid('JWE is too large')
   const parts = text.split('.')
-  if (parts.length !== 5 || !parts.every((p) => B64U_PART.test(p))) invalid('JWE must be in compact serialization')
-  const [protectedB64, encryptedKey, ivB64, ctB64, tagB64] = parts as [string, string, string, string, string]
+  if (parts.length !== 5 || !parts.every((p) => B64U_PART.test(p)))
+    invalid('JWE must be in compact serialization')
+  const [protectedB64, encryptedKey, ivB64, ctB64, tagB64] = parts as [
+    string,
+    string,
+    string,
+    string,
+    string,
+  ]
   if (encryptedKey !== '') invalid('tang JWE must use direct ECDH-ES (empty encrypted key)')
   const headerBytes = b64uDecode(protectedB64)
   if (headerBytes === undefined) invalid('JWE protected header is not base64url')
@@ -176,11 +236,13 @@ async function parseJwe(jwe: unknown): Promise<ParsedJwe> {
   if (!isRecord(header)) invalid('JWE protected header must be an object')
   if (header['alg'] !== 'ECDH-ES') invalid('tang JWE alg must be ECDH-ES')
   const enc = header['enc']
-  if (enc !== 'A128GCM' && enc !== 'A192GCM' && enc !== 'A256GCM') invalid('tang JWE enc must be AES-GCM')
+  if (enc !== 'A128GCM' && enc !== 'A192GCM' && enc !== 'A256GCM')
+    invalid('tang JWE enc must be AES-GCM')
   if (header['zip'] !== undefined) invalid('compressed JWEs are not supported')
   if (header['crit'] !== undefined) invalid('JWE crit is not supported')
   const clevis = header['clevis']
-  if (!isRecord(clevis) || clevis['pin'] !== 'tang') invalid('JWE pin mismatch: not a clevis tang JWE')
+  if (!isRecord(clevis) || clevis['pin'] !== 'tang')
+    invalid('JWE pin mismatch: not a clevis tang JWE')
   const tang = clevis['tang']
   if (!isRecord(tang)) invalid("JWE missing 'clevis.tang'")
   const url = tang['url']
@@ -228,9 +290,19 @@ async function readBody(res: FetchResponseLike): Promise<string> {
 
 function httpFailure(what: string, status: number, url: string): never {
   const details = { status, url }
-  if (status === 404) throw new UnlockdError('not_found', `${what}: tang server does not know this key (HTTP 404)`, { details })
-  if (status >= 500 || status === 429) throw new UnlockdError('server_unreachable', `${what}: tang server error (HTTP ${status})`, { details })
-  throw new UnlockdError('protocol_invalid', `${what}: tang server refused the request (HTTP ${status})`, { details })
+  if (status === 404)
+    throw new UnlockdError('not_found', `${what}: tang server does not know this key (HTTP 404)`, {
+      details,
+    })
+  if (status >= 500 || status === 429)
+    throw new UnlockdError('server_unreachable', `${what}: tang server error (HTTP ${status})`, {
+      details,
+    })
+  throw new UnlockdError(
+    'protocol_invalid',
+    `${what}: tang server refused the request (HTTP ${status})`,
+    { details },
+  )
 }
 
 /**
@@ -240,7 +312,11 @@ function httpFailure(what: string, status: number, url: string): never {
  * `not_found` (404: the server no longer has the key), `decryption_failed` (wrong server key or
  * tampered JWE).
  */
-export async function tangDecrypt(jwe: string, fetchRec: FetchLike, opts: TangDecryptOptions = {}): Promise<Uint8Array> {
+export async function tangDecrypt(
+  jwe: string,
+  fetchRec: FetchLike,
+  opts: TangDecryptOptions = {},
+): Promise<Uint8Array> {
   const parsed = await parseJwe(jwe)
   const { info } = parsed
   const recovery = startRecovery(info.epk, info.serverKey)
@@ -257,7 +333,10 @@ export async function tangDecrypt(jwe: string, fetchRec: FetchLike, opts: TangDe
     body = await readBody(res)
   } catch (cause) {
     if (cause instanceof UnlockdError) throw cause
-    throw new UnlockdError('server_unreachable', `cannot reach tang server ${info.url}`, { cause, details: { url: recUrl } })
+    throw new UnlockdError('server_unreachable', `cannot reach tang server ${info.url}`, {
+      cause,
+      details: { url: recUrl },
+    })
   }
   if (!res.ok) httpFailure('tang recovery', res.status, recUrl)
   let reply: unknown
@@ -277,13 +356,22 @@ export async function tangDecrypt(jwe: string, fetchRec: FetchLike, opts: TangDe
   try {
     return new Uint8Array(
       await globalThis.crypto.subtle.decrypt(
-        { name: 'AES-GCM', iv: parsed.iv as Uint8Array<ArrayBuffer>, additionalData: utf8(parsed.protectedB64) as Uint8Array<ArrayBuffer>, tagLength: 128 },
+        {
+          name: 'AES-GCM',
+          iv: parsed.iv as Uint8Array<ArrayBuffer>,
+          additionalData: utf8(parsed.protectedB64) as Uint8Array<ArrayBuffer>,
+          tagLength: 128,
+        },
         key,
         sealed,
       ),
     )
   } catch (cause) {
-    throw new UnlockdError('decryption_failed', 'tang JWE does not decrypt with the recovered key', { cause })
+    throw new UnlockdError(
+      'decryption_failed',
+      'tang JWE does not decrypt with the recovered key',
+      { cause },
+    )
   }
 }
 
@@ -298,17 +386,30 @@ export async function fetchTangAdvertisement(
   opts: { trustedThumbprint?: string; signal?: AbortSignal } = {},
 ): Promise<{ jws: string; adv: VerifiedAdvertisement }> {
   const base = baseUrl(url)
-  const advUrl = opts.trustedThumbprint === undefined ? `${base}/adv` : `${base}/adv/${encodeURIComponent(opts.trustedThumbprint)}`
+  const advUrl =
+    opts.trustedThumbprint === undefined
+      ? `${base}/adv`
+      : `${base}/adv/${encodeURIComponent(opts.trustedThumbprint)}`
   let res: FetchResponseLike
   let jws: string
   try {
-    res = await fetchAdv(advUrl, { method: 'GET', headers: { Accept: ADV_CONTENT_TYPE }, ...(opts.signal === undefined ? {} : { signal: opts.signal }) })
+    res = await fetchAdv(advUrl, {
+      method: 'GET',
+      headers: { Accept: ADV_CONTENT_TYPE },
+      ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+    })
     jws = await readBody(res)
   } catch (cause) {
     if (cause instanceof UnlockdError) throw cause
-    throw new UnlockdError('server_unreachable', `cannot reach tang server ${base}`, { cause, details: { url: advUrl } })
+    throw new UnlockdError('server_unreachable', `cannot reach tang server ${base}`, {
+      cause,
+      details: { url: advUrl },
+    })
   }
   if (!res.ok) httpFailure('tang advertisement', res.status, advUrl)
-  const adv = await verifyAdvertisement(jws, opts.trustedThumbprint === undefined ? {} : { trustedThumbprint: opts.trustedThumbprint })
+  const adv = await verifyAdvertisement(
+    jws,
+    opts.trustedThumbprint === undefined ? {} : { trustedThumbprint: opts.trustedThumbprint },
+  )
   return { jws, adv }
 }

@@ -124,10 +124,16 @@ function randomScalar(): bigint {
   return Fn.fromBytes(p521.utils.randomSecretKey())
 }
 
-function optionalMembers(src: Record<string, unknown>): Partial<Pick<EcPublicJwk, 'alg' | 'key_ops' | 'use' | 'kid'>> {
+function optionalMembers(
+  src: Record<string, unknown>,
+): Partial<Pick<EcPublicJwk, 'alg' | 'key_ops' | 'use' | 'kid'>> {
   const out: Partial<Pick<EcPublicJwk, 'alg' | 'key_ops' | 'use' | 'kid'>> = {}
   if (typeof src['alg'] === 'string') out.alg = src['alg']
-  if (Array.isArray(src['key_ops']) && src['key_ops'].every((op): op is string => typeof op === 'string')) out.key_ops = [...src['key_ops']]
+  if (
+    Array.isArray(src['key_ops']) &&
+    src['key_ops'].every((op): op is string => typeof op === 'string')
+  )
+    out.key_ops = [...src['key_ops']]
   if (typeof src['use'] === 'string') out.use = src['use']
   if (typeof src['kid'] === 'string') out.kid = src['kid']
   return out
@@ -137,7 +143,10 @@ function optionalMembers(src: Record<string, unknown>): Partial<Pick<EcPublicJwk
  * Validate an untrusted public P-521 JWK (on-curve check included) and return a clean copy.
  * @param code error code on failure (`bad_request` on a server, `protocol_invalid` on a client)
  */
-export function parseEcPublicJwk(value: unknown, code: UnlockdErrorCode = 'protocol_invalid'): EcPublicJwk {
+export function parseEcPublicJwk(
+  value: unknown,
+  code: UnlockdErrorCode = 'protocol_invalid',
+): EcPublicJwk {
   if (!isRecord(value)) fail(code, 'EC JWK must be a JSON object')
   const p = pointOf(value, code)
   return { kty: 'EC', crv: TANG_CRV, ...coords(p), ...optionalMembers(value) }
@@ -147,7 +156,10 @@ export function parseEcPublicJwk(value: unknown, code: UnlockdErrorCode = 'proto
  * Validate a private P-521 JWK (e.g. a tangd `*.jwk` file): `d` in range and matching `x`/`y`.
  * Coordinates are re-encoded at full length.
  */
-export function parseEcPrivateJwk(value: unknown, code: UnlockdErrorCode = 'keystore_invalid'): EcPrivateJwk {
+export function parseEcPrivateJwk(
+  value: unknown,
+  code: UnlockdErrorCode = 'keystore_invalid',
+): EcPrivateJwk {
   if (!isRecord(value)) fail(code, 'EC JWK must be a JSON object')
   const p = pointOf(value, code)
   const d = scalarOf(value, code)
@@ -164,7 +176,12 @@ export function generateP521Jwk(alg: string, keyOps: string[]): EcPrivateJwk {
 }
 
 /** `{crv,kty,x,y}` of any P-521 JWK (what RFC 7638 thumbprints and ECDH use). */
-export function bareEcJwk(jwk: EcPublicJwk): { crv: typeof TANG_CRV; kty: 'EC'; x: string; y: string } {
+export function bareEcJwk(jwk: EcPublicJwk): {
+  crv: typeof TANG_CRV
+  kty: 'EC'
+  x: string
+  y: string
+} {
   return { crv: TANG_CRV, kty: 'EC', x: jwk.x, y: jwk.y }
 }
 
@@ -178,7 +195,8 @@ function checkServerKey(jwk: unknown): { s: bigint; S: Point } {
   if (!isRecord(jwk)) fail(code, 'exchange key must be a JWK object')
   if (jwk['alg'] !== undefined && jwk['alg'] !== 'ECMR') fail(code, 'exchange key alg must be ECMR')
   const ops = jwk['key_ops']
-  if (ops !== undefined && !(Array.isArray(ops) && ops.includes('deriveKey'))) fail(code, 'exchange key is not allowed to deriveKey')
+  if (ops !== undefined && !(Array.isArray(ops) && ops.includes('deriveKey')))
+    fail(code, 'exchange key is not allowed to deriveKey')
   const S = pointOf(jwk, code)
   return { s: scalarOf(jwk, code), S }
 }
@@ -186,10 +204,13 @@ function checkServerKey(jwk: unknown): { s: bigint; S: Point } {
 function checkRequest(value: unknown): Point {
   const code: UnlockdErrorCode = 'bad_request'
   if (!isRecord(value)) fail(code, 'recovery request must be a JWK object')
-  if (value['alg'] !== undefined && value['alg'] !== 'ECMR') fail(code, 'recovery request alg must be ECMR')
+  if (value['alg'] !== undefined && value['alg'] !== 'ECMR')
+    fail(code, 'recovery request alg must be ECMR')
   const ops = value['key_ops']
-  if (ops !== undefined && !(Array.isArray(ops) && ops.includes('deriveKey'))) fail(code, 'recovery request key_ops must allow deriveKey')
-  if (value['use'] !== undefined && value['use'] !== 'enc') fail(code, 'recovery request use must be enc')
+  if (ops !== undefined && !(Array.isArray(ops) && ops.includes('deriveKey')))
+    fail(code, 'recovery request key_ops must allow deriveKey')
+  if (value['use'] !== undefined && value['use'] !== 'enc')
+    fail(code, 'recovery request use must be enc')
   return pointOf(value, code)
 }
 
@@ -204,7 +225,10 @@ function replyOf(p: Point): EcmrReplyJwk {
  * Throws `bad_request` for a malformed or off-curve request, `keystore_invalid` for a bad key.
  * `JSON.stringify` of the result equals tangd's reply body byte for byte.
  */
-export function recover(serverExchangePrivateJwk: EcPrivateJwk, clientPointJwk: unknown): EcmrReplyJwk {
+export function recover(
+  serverExchangePrivateJwk: EcPrivateJwk,
+  clientPointJwk: unknown,
+): EcmrReplyJwk {
   const { s } = checkServerKey(serverExchangePrivateJwk)
   const X = checkRequest(clientPointJwk)
   return replyOf(X.multiply(s))
@@ -233,16 +257,33 @@ function subtleOrUndefined(): SubtleCrypto | undefined {
  * Falls back to {@link recover} when WebCrypto lacks P-521 ECDH (or for the one key with
  * `s = n - 1`).
  */
-export async function createEcmrServer(serverExchangePrivateJwk: EcPrivateJwk): Promise<EcmrServer> {
+export async function createEcmrServer(
+  serverExchangePrivateJwk: EcPrivateJwk,
+): Promise<EcmrServer> {
   const { s, S } = checkServerKey(serverExchangePrivateJwk)
-  const publicJwk: EcPublicJwk = { kty: 'EC', crv: TANG_CRV, ...coords(S), alg: 'ECMR', key_ops: ['deriveKey'] }
-  const slow: EcmrServer = { publicJwk, recover: (req) => Promise.resolve(replyOf(checkRequest(req).multiply(s))) }
+  const publicJwk: EcPublicJwk = {
+    kty: 'EC',
+    crv: TANG_CRV,
+    ...coords(S),
+    alg: 'ECMR',
+    key_ops: ['deriveKey'],
+  }
+  const slow: EcmrServer = {
+    publicJwk,
+    recover: (req) => Promise.resolve(replyOf(checkRequest(req).multiply(s))),
+  }
   const subtle = subtleOrUndefined()
   const s1 = Fn.add(s, 1n)
   if (subtle === undefined || s1 === 0n) return slow
   const importPriv = (d: bigint): Promise<CryptoKey> => {
     const pub = coords(Point.BASE.multiply(d))
-    return subtle.importKey('jwk', { kty: 'EC', crv: TANG_CRV, ...pub, d: encodeInt(d), ext: false }, ECDH_PARAMS, false, ['deriveBits'])
+    return subtle.importKey(
+      'jwk',
+      { kty: 'EC', crv: TANG_CRV, ...pub, d: encodeInt(d), ext: false },
+      ECDH_PARAMS,
+      false,
+      ['deriveBits'],
+    )
   }
   let k0: CryptoKey
   let k1: CryptoKey
@@ -262,7 +303,13 @@ export async function createEcmrServer(serverExchangePrivateJwk: EcPrivateJwk): 
       const X = checkRequest(clientPointJwk)
       let pub: CryptoKey
       try {
-        pub = await subtle.importKey('jwk', { kty: 'EC', crv: TANG_CRV, ...coords(X), ext: true }, ECDH_PARAMS, true, [])
+        pub = await subtle.importKey(
+          'jwk',
+          { kty: 'EC', crv: TANG_CRV, ...coords(X), ext: true },
+          ECDH_PARAMS,
+          true,
+          [],
+        )
       } catch (cause) {
         return fail('bad_request', 'recovery request is not a usable P-521 public key', cause)
       }
@@ -305,7 +352,10 @@ export interface McrProvision {
  * Throws `protocol_invalid` if the server key is not a valid P-521 point.
  */
 export function provision(serverExchangePublicJwk: EcPublicJwk): McrProvision {
-  const S = pointOf(serverExchangePublicJwk as unknown as Record<string, unknown>, 'protocol_invalid')
+  const S = pointOf(
+    serverExchangePublicJwk as unknown as Record<string, unknown>,
+    'protocol_invalid',
+  )
   const c = randomScalar()
   const C = Point.BASE.multiply(c)
   return { epk: { kty: 'EC', crv: TANG_CRV, ...coords(C) }, sharedX: xBytes(S.multiply(c)) }
@@ -328,9 +378,15 @@ export interface McrRecovery {
  * @param clientEpk the JWE's `epk` (`C`)
  * @param serverExchangePublicJwk the advertised exchange key whose thumbprint is the JWE `kid`
  */
-export function startRecovery(clientEpk: EcPublicJwk, serverExchangePublicJwk: EcPublicJwk): McrRecovery {
+export function startRecovery(
+  clientEpk: EcPublicJwk,
+  serverExchangePublicJwk: EcPublicJwk,
+): McrRecovery {
   const C = pointOf(clientEpk as unknown as Record<string, unknown>, 'protocol_invalid')
-  const S = pointOf(serverExchangePublicJwk as unknown as Record<string, unknown>, 'protocol_invalid')
+  const S = pointOf(
+    serverExchangePublicJwk as unknown as Record<string, unknown>,
+    'protocol_invalid',
+  )
   let X: Point
   let e: bigint
   // X = C + E is the identity only if e = -c; draw again in that (negligible) case.

@@ -21,7 +21,12 @@ export function formatDuration(seconds: number): string {
   if (!Number.isFinite(seconds) || seconds <= 0) return '0s'
   const parts: string[] = []
   let rest = Math.floor(seconds)
-  for (const [u, n] of [['d', 86400], ['h', 3600], ['m', 60], ['s', 1]] as const) {
+  for (const [u, n] of [
+    ['d', 86400],
+    ['h', 3600],
+    ['m', 60],
+    ['s', 1],
+  ] as const) {
     if (rest >= n) {
       parts.push(`${Math.floor(rest / n)}${u}`)
       rest %= n

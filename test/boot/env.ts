@@ -12,7 +12,16 @@
  */
 import { createHash } from 'node:crypto'
 import { spawn } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs'
 import { copyFile, mkdir, readFile } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -34,12 +43,26 @@ export interface Chroot {
 }
 
 /** Programs the boot tests need on the host (CI installs them; see the report in initramfs-hooks/README.md). */
-export const BOOT_BINS = ['qemu-system-x86_64', 'debootstrap', 'socat', 'cryptsetup', 'mkfs.ext4', 'openssl', 'xz', 'unshare', 'chroot', 'busybox'] as const
+export const BOOT_BINS = [
+  'qemu-system-x86_64',
+  'debootstrap',
+  'socat',
+  'cryptsetup',
+  'mkfs.ext4',
+  'openssl',
+  'xz',
+  'unshare',
+  'chroot',
+  'busybox',
+] as const
 
 /** Why this machine cannot run the boot tests beyond root/bins (checked by rootTest), if anything. */
 export function bootUnavailable(): string | undefined {
   const bb = findBin('busybox')
-  if (bb !== undefined && readFileSync(bb).subarray(0, 4096).includes(Buffer.from('/lib64/ld-linux'))) {
+  if (
+    bb !== undefined &&
+    readFileSync(bb).subarray(0, 4096).includes(Buffer.from('/lib64/ld-linux'))
+  ) {
     return `${bb} is dynamically linked; the test's root filesystem needs busybox-static`
   }
   return undefined
@@ -52,9 +75,17 @@ function hashOf(...parts: (string | Buffer)[]): string {
 }
 
 /** Run a command with inherited-nothing stdio, capturing output into a log file; reject with its tail. */
-export function runLogged(cmd: string, args: readonly string[], log: string, opts: { timeoutMs: number; env?: NodeJS.ProcessEnv }): Promise<void> {
+export function runLogged(
+  cmd: string,
+  args: readonly string[],
+  log: string,
+  opts: { timeoutMs: number; env?: NodeJS.ProcessEnv },
+): Promise<void> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(cmd, [...args], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env })
+    const child = spawn(cmd, [...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: opts.env ?? process.env,
+    })
     const out: Buffer[] = []
     child.stdout.on('data', (c: Buffer) => out.push(c))
     child.stderr.on('data', (c: Buffer) => out.push(c))
@@ -68,7 +99,12 @@ export function runLogged(cmd: string, args: readonly string[], log: string, opt
       const text = Buffer.concat(out).toString('utf8')
       writeFileSync(log, text)
       if (code === 0) resolvePromise()
-      else reject(new Error(`${cmd} ${args.join(' ')} failed (${signal ?? `exit ${code}`}); log ${log}:\n${text.split('\n').slice(-25).join('\n')}`))
+      else
+        reject(
+          new Error(
+            `${cmd} ${args.join(' ')} failed (${signal ?? `exit ${code}`}); log ${log}:\n${text.split('\n').slice(-25).join('\n')}`,
+          ),
+        )
     })
   })
 }
@@ -126,7 +162,8 @@ export async function debianChroot(flavour: Flavour, log: (line: string) => void
       if (existsSync(join(dir, '.complete'))) return
       // Other keys of this flavour are stale (the script changed): each is ~700 MB.
       for (const old of readdirSync(CACHE)) {
-        if (old.startsWith(`${flavour}-`) && old !== name && !old.endsWith('.lock')) rmSync(join(CACHE, old), { recursive: true, force: true })
+        if (old.startsWith(`${flavour}-`) && old !== name && !old.endsWith('.lock'))
+          rmSync(join(CACHE, old), { recursive: true, force: true })
       }
       const partial = `${dir}.partial`
       rmSync(partial, { recursive: true, force: true })
@@ -142,7 +179,12 @@ export async function debianChroot(flavour: Flavour, log: (line: string) => void
   }
   const kver = readFileSync(join(dir, 'kver'), 'utf8').trim()
   const vmlinuz = join(dir, 'vmlinuz')
-  return { rootfs: join(dir, 'rootfs'), kver, vmlinuz, kernel: await pvhKernel(vmlinuz, join(dir, 'vmlinux')) }
+  return {
+    rootfs: join(dir, 'rootfs'),
+    kver,
+    vmlinuz,
+    kernel: await pvhKernel(vmlinuz, join(dir, 'vmlinux')),
+  }
 }
 
 /**
@@ -163,7 +205,8 @@ async function pvhKernel(vmlinuz: string, out: string): Promise<string> {
       xz.on('error', rej)
       xz.on('close', (code) => {
         const elf = Buffer.concat(chunks)
-        if (code !== 0 || elf.subarray(0, 4).toString('latin1') !== '\x7fELF') rej(new Error(`xz exited ${code}`))
+        if (code !== 0 || elf.subarray(0, 4).toString('latin1') !== '\x7fELF')
+          rej(new Error(`xz exited ${code}`))
         else {
           writeFileSync(tmp, elf)
           res()
@@ -194,7 +237,12 @@ export interface InitramfsBuild {
  * then initramfs-hooks/install.sh installs the hook and the agent bundle, and the distribution's
  * own tool builds the image.
  */
-export async function buildInitramfs(chroot: Chroot, flavour: Flavour, work: string, stage: string): Promise<InitramfsBuild> {
+export async function buildInitramfs(
+  chroot: Chroot,
+  flavour: Flavour,
+  work: string,
+  stage: string,
+): Promise<InitramfsBuild> {
   const upper = join(work, 'upper')
   const ovlWork = join(work, 'ovl-work')
   const merged = join(work, 'merged')
@@ -202,11 +250,18 @@ export async function buildInitramfs(chroot: Chroot, flavour: Flavour, work: str
   await mkdir(ovlWork, { recursive: true })
   await mkdir(merged, { recursive: true })
   await mustRun('cp', ['-a', `${stage}/.`, upper])
-  await mustRun(join(REPO, 'initramfs-hooks/install.sh'), ['--root', upper, '--bundle', join(REPO, 'dist/unlockd-agent.mjs'), flavour])
+  await mustRun(join(REPO, 'initramfs-hooks/install.sh'), [
+    '--root',
+    upper,
+    '--bundle',
+    join(REPO, 'dist/unlockd-agent.mjs'),
+    flavour,
+  ])
   const out = join(work, 'initrd.img')
-  const build = flavour === 'dracut'
-    ? `chroot "$m" dracut -f --kver "$k" /boot/initrd-unlockd.img && cp "$m/boot/initrd-unlockd.img" "$o" && chroot "$m" lsinitrd /boot/initrd-unlockd.img > "$o.list"`
-    : `chroot "$m" update-initramfs -c -k "$k" && cp "$m/boot/initrd.img-$k" "$o" && chroot "$m" lsinitramfs "/boot/initrd.img-$k" > "$o.list"`
+  const build =
+    flavour === 'dracut'
+      ? `chroot "$m" dracut -f --kver "$k" /boot/initrd-unlockd.img && cp "$m/boot/initrd-unlockd.img" "$o" && chroot "$m" lsinitrd /boot/initrd-unlockd.img > "$o.list"`
+      : `chroot "$m" update-initramfs -c -k "$k" && cp "$m/boot/initrd.img-$k" "$o" && chroot "$m" lsinitramfs "/boot/initrd.img-$k" > "$o.list"`
   const script = [
     'set -eu',
     'l=$1; u=$2; w=$3; m=$4; k=$5; o=$6',
@@ -216,17 +271,49 @@ export async function buildInitramfs(chroot: Chroot, flavour: Flavour, work: str
   ].join('\n')
   const log = join(work, 'build.log')
   const t0 = Date.now()
-  await runLogged('unshare', ['--mount', '--propagation', 'private', '/bin/sh', '-c', script, 'sh', chroot.rootfs, upper, ovlWork, merged, chroot.kver, out], log, { timeoutMs: 10 * 60_000 })
+  await runLogged(
+    'unshare',
+    [
+      '--mount',
+      '--propagation',
+      'private',
+      '/bin/sh',
+      '-c',
+      script,
+      'sh',
+      chroot.rootfs,
+      upper,
+      ovlWork,
+      merged,
+      chroot.kver,
+      out,
+    ],
+    log,
+    { timeoutMs: 10 * 60_000 },
+  )
   const seconds = (Date.now() - t0) / 1000
   // lsinitramfs prints bare paths; lsinitrd prints `ls -l` lines (path last, maybe "-> target").
-  const contents = (await readFile(`${out}.list`, 'utf8')).split('\n')
-    .map((l) => l.trim().replace(/ -> .*$/, '').split(/\s+/).at(-1) ?? '')
+  const contents = (await readFile(`${out}.list`, 'utf8'))
+    .split('\n')
+    .map(
+      (l) =>
+        l
+          .trim()
+          .replace(/ -> .*$/, '')
+          .split(/\s+/)
+          .at(-1) ?? '',
+    )
     .filter((l) => l !== '')
   return { initrd: out, seconds, log, contents }
 }
 
 /** Copy a file keeping its mode (the node binary, the bundle). */
-export async function stageFile(stage: string, rel: string, source: string, mode?: number): Promise<void> {
+export async function stageFile(
+  stage: string,
+  rel: string,
+  source: string,
+  mode?: number,
+): Promise<void> {
   const dest = join(stage, rel)
   await mkdir(dirname(dest), { recursive: true })
   await copyFile(source, dest)

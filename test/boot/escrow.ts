@@ -23,9 +23,16 @@ export interface CliResult {
   stderr: string
 }
 
-export function cli(args: readonly string[], env: NodeJS.ProcessEnv, stdin?: string): Promise<CliResult> {
+export function cli(
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+  stdin?: string,
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } })
+    const child = spawn(process.execPath, [CLI, ...args], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, ...env },
+    })
     const out: Buffer[] = []
     const err: Buffer[] = []
     child.stdout.on('data', (c: Buffer) => out.push(c))
@@ -34,16 +41,25 @@ export function cli(args: readonly string[], env: NodeJS.ProcessEnv, stdin?: str
     child.on('error', reject)
     child.on('close', (code) => {
       clearTimeout(timer)
-      resolve({ code: code ?? -1, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') })
+      resolve({
+        code: code ?? -1,
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8'),
+      })
     })
     child.stdin.on('error', () => {})
     child.stdin.end(stdin ?? '')
   })
 }
 
-async function mustCli(args: readonly string[], env: NodeJS.ProcessEnv, stdin?: string): Promise<string> {
+async function mustCli(
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+  stdin?: string,
+): Promise<string> {
   const r = await cli(args, env, stdin)
-  if (r.code !== 0) throw new Error(`unlockd ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()}`)
+  if (r.code !== 0)
+    throw new Error(`unlockd ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()}`)
   return r.stdout
 }
 
@@ -60,19 +76,57 @@ export interface Escrow {
   freshCode(): Promise<string>
 }
 
-export async function startEscrow(t: Pick<ExecutionContext, 'teardown'>, dir: string): Promise<Escrow> {
+export async function startEscrow(
+  t: Pick<ExecutionContext, 'teardown'>,
+  dir: string,
+): Promise<Escrow> {
   const caFile = join(dir, 'tls.crt')
   const keyFile = join(dir, 'tls.key')
   await mustRun('openssl', [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', keyFile, '-out', caFile,
-    '-days', '2', '-subj', '/CN=unlockd-boot-test', '-addext', `subjectAltName=IP:${GUEST_HOST},IP:127.0.0.1`,
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    keyFile,
+    '-out',
+    caFile,
+    '-days',
+    '2',
+    '-subj',
+    '/CN=unlockd-boot-test',
+    '-addext',
+    `subjectAltName=IP:${GUEST_HOST},IP:127.0.0.1`,
   ])
   const passFile = join(dir, 'keystore.pass')
   await writeFile(passFile, 'boot-test keystore passphrase\n', { mode: 0o600 })
   const data = join(dir, 'server')
-  const init = JSON.parse(await mustCli(['server', 'init', '--data', data, '--passphrase-file', passFile, '--json'], {})) as { token: string }
+  const init = JSON.parse(
+    await mustCli(['server', 'init', '--data', data, '--passphrase-file', passFile, '--json'], {}),
+  ) as { token: string }
   const logFile = join(dir, 'server.log')
-  const child: ChildProcess = spawn(process.execPath, [CLI, 'server', 'start', '--data', data, '--passphrase-file', passFile, '--listen', '127.0.0.1:0', '--tls-cert', caFile, '--tls-key', keyFile], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [
+      CLI,
+      'server',
+      'start',
+      '--data',
+      data,
+      '--passphrase-file',
+      passFile,
+      '--listen',
+      '127.0.0.1:0',
+      '--tls-cert',
+      caFile,
+      '--tls-key',
+      keyFile,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  )
   let log = ''
   child.stdout?.on('data', (c: Buffer) => (log += c.toString('utf8')))
   child.stderr?.on('data', (c: Buffer) => (log += c.toString('utf8')))
@@ -85,7 +139,10 @@ export async function startEscrow(t: Pick<ExecutionContext, 'teardown'>, dir: st
     await writeFile(logFile, log)
   })
   const port = await new Promise<number>((resolve, reject) => {
-    const deadline = setTimeout(() => reject(new Error(`the escrow server did not start within 30 s:\n${log}`)), 30_000)
+    const deadline = setTimeout(
+      () => reject(new Error(`the escrow server did not start within 30 s:\n${log}`)),
+      30_000,
+    )
     const poll = setInterval(() => {
       const m = /listening on https:\/\/127\.0\.0\.1:(\d+)/.exec(log)
       if (m) {
@@ -100,9 +157,16 @@ export async function startEscrow(t: Pick<ExecutionContext, 'teardown'>, dir: st
     }, 50)
   })
   const url = `https://127.0.0.1:${port}`
-  const env = { UNLOCKD_URL: url, UNLOCKD_TOKEN: init.token, UNLOCKD_CA: caFile, UNLOCKD_CONFIG: join(dir, 'no-cli.json') }
+  const env = {
+    UNLOCKD_URL: url,
+    UNLOCKD_TOKEN: init.token,
+    UNLOCKD_CA: caFile,
+    UNLOCKD_CONFIG: join(dir, 'no-cli.json'),
+  }
   // The first operator has no TOTP yet: enroll it, keep the secret to make codes.
-  const totp = JSON.parse(await mustCli(['operator', 'totp', 'admin', '--no-qr', '--json'], env)) as { otpauthUri: string }
+  const totp = JSON.parse(
+    await mustCli(['operator', 'totp', 'admin', '--no-qr', '--json'], env),
+  ) as { otpauthUri: string }
   const secret = new URL(totp.otpauthUri).searchParams.get('secret') ?? ''
   let lastStep = -1
   return {

@@ -4,7 +4,19 @@
  * image is built from (its copy of the config, with the guest-side server address).
  */
 import { randomBytes } from 'node:crypto'
-import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, unlink, writeFile } from 'node:fs/promises'
+import {
+  chmod,
+  copyFile,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  truncate,
+  unlink,
+  writeFile,
+} from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import test, { type ExecutionContext } from 'ava'
@@ -61,7 +73,10 @@ export interface WorldScope {
  * the first test that asks, shared by the rest, torn down after the file. `label` prefixes the
  * progress lines on the console.
  */
-export function fileWorld<W>(label: string, make: (s: WorldScope) => Promise<W>): (t: ExecutionContext) => Promise<W> {
+export function fileWorld<W>(
+  label: string,
+  make: (s: WorldScope) => Promise<W>,
+): (t: ExecutionContext) => Promise<W> {
   const cleanups: (() => Promise<void> | void)[] = []
   test.after.always(async () => {
     for (const fn of cleanups.reverse()) await fn()
@@ -99,11 +114,16 @@ export async function checkPrerequisites(): Promise<void> {
  * Make the LUKS2 root disk without device-mapper (ext4 from a folder, then encrypted in place,
  * keyslot 0 = a typed passphrase) and enroll it as volume `root` of host `host`.
  */
-export async function enrolledRootDisk(dir: string, escrow: Escrow, host: string): Promise<EnrolledDisk> {
+export async function enrolledRootDisk(
+  dir: string,
+  escrow: Escrow,
+  host: string,
+): Promise<EnrolledDisk> {
   const passphrase = `typed-${randomBytes(6).toString('hex')}`
   const marker = `UNLOCKED-OK-${randomBytes(4).toString('hex')}`
   const croot = join(dir, 'croot')
-  for (const d of ['bin', 'sbin', 'proc', 'sys', 'dev', 'run', 'tmp', 'etc']) await mkdir(join(croot, d), { recursive: true })
+  for (const d of ['bin', 'sbin', 'proc', 'sys', 'dev', 'run', 'tmp', 'etc'])
+    await mkdir(join(croot, d), { recursive: true })
   await copyFile('/bin/busybox', join(croot, 'bin/busybox'))
   await chmod(join(croot, 'bin/busybox'), 0o755)
   await writeFile(join(croot, 'sbin/init'), initScript(), { mode: 0o755 })
@@ -116,16 +136,52 @@ export async function enrolledRootDisk(dir: string, escrow: Escrow, host: string
   await writeFile(rootImg, '')
   await truncate(rootImg, 48 * 1024 * 1024)
   await mustRun('mkfs.ext4', ['-q', '-F', '-d', croot, rootImg, '32M'])
-  await mustRun('cryptsetup', ['reencrypt', '--encrypt', '--type', 'luks2', '--batch-mode', '--force-offline-reencrypt', '--reduce-device-size', '16M',
-    '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '--key-file', passFile, rootImg])
+  await mustRun('cryptsetup', [
+    'reencrypt',
+    '--encrypt',
+    '--type',
+    'luks2',
+    '--batch-mode',
+    '--force-offline-reencrypt',
+    '--reduce-device-size',
+    '16M',
+    '--pbkdf',
+    'pbkdf2',
+    '--pbkdf-force-iterations',
+    '1000',
+    '--key-file',
+    passFile,
+    rootImg,
+  ])
   const uuid = (await mustRun('cryptsetup', ['luksUUID', rootImg])).trim()
 
-  const token = JSON.parse(await escrow.op(['token', 'create', '--host', host, '--json'])) as { token: string }
+  const token = JSON.parse(await escrow.op(['token', 'create', '--host', host, '--json'])) as {
+    token: string
+  }
   const tokenFile = join(dir, 'enroll.token')
   await writeFile(tokenFile, token.token, { mode: 0o600 })
   const configDir = join(dir, 'host-config')
-  const enroll = await cli(['enroll', '--server', escrow.url, '--ca', escrow.caFile, '--token-file', tokenFile, '--name', host, '--config', configDir,
-    '--luks', `${rootImg}:root`, '--existing-key-file', passFile, '--json'], { UNLOCKD_LUKS_PBKDF: 'fast' })
+  const enroll = await cli(
+    [
+      'enroll',
+      '--server',
+      escrow.url,
+      '--ca',
+      escrow.caFile,
+      '--token-file',
+      tokenFile,
+      '--name',
+      host,
+      '--config',
+      configDir,
+      '--luks',
+      `${rootImg}:root`,
+      '--existing-key-file',
+      passFile,
+      '--json',
+    ],
+    { UNLOCKD_LUKS_PBKDF: 'fast' },
+  )
   if (enroll.code !== 0) throw new Error(`unlockd enroll failed: ${enroll.stderr}`)
   return { rootImg, uuid, passphrase, marker, configDir }
 }
@@ -135,14 +191,27 @@ export async function enrolledRootDisk(dir: string, escrow: Escrow, host: string
  * 10.0.2.100, the disk at /dev/vda), the host's Node (20.19+; bookworm's nodejs is 18) where
  * initramfs.conf says, and `extra` files (crypttab, fstab, dracut.conf.d ...).
  */
-export async function stageGuest(stage: string, disk: EnrolledDisk, extra: Record<string, string>): Promise<void> {
+export async function stageGuest(
+  stage: string,
+  disk: EnrolledDisk,
+  extra: Record<string, string>,
+): Promise<void> {
   await mkdir(join(stage, 'etc/unlockd'), { recursive: true, mode: 0o700 })
   await mustRun('cp', ['-a', `${disk.configDir}/.`, join(stage, 'etc/unlockd')])
-  const agent = JSON.parse(await readFile(join(disk.configDir, 'agent.json'), 'utf8')) as { servers: { url: string }[]; volumes: { name: string; device: string }[] }
+  const agent = JSON.parse(await readFile(join(disk.configDir, 'agent.json'), 'utf8')) as {
+    servers: { url: string }[]
+    volumes: { name: string; device: string }[]
+  }
   for (const s of agent.servers) s.url = `https://${GUEST_HOST}:${GUEST_PORT}`
   for (const v of agent.volumes) if (v.name === 'root') v.device = '/dev/vda'
-  await writeFile(join(stage, 'etc/unlockd/agent.json'), JSON.stringify(agent, null, 2) + '\n', { mode: 0o600 })
-  await writeFile(join(stage, 'etc/unlockd/initramfs.conf'), 'UNLOCKD_NODE=/usr/local/bin/node\nUNLOCKD_TIMEOUT=120\n', { mode: 0o600 })
+  await writeFile(join(stage, 'etc/unlockd/agent.json'), JSON.stringify(agent, null, 2) + '\n', {
+    mode: 0o600,
+  })
+  await writeFile(
+    join(stage, 'etc/unlockd/initramfs.conf'),
+    'UNLOCKD_NODE=/usr/local/bin/node\nUNLOCKD_TIMEOUT=120\n',
+    { mode: 0o600 },
+  )
   await stageFile(stage, 'usr/local/bin/node', process.execPath, 0o755)
   for (const [rel, text] of Object.entries(extra)) {
     await mkdir(join(stage, rel, '..'), { recursive: true })
@@ -164,7 +233,9 @@ async function consoleLogDir(): Promise<string> {
     try {
       process.kill(pid, 0)
       alive = true
-    } catch { /* gone */ }
+    } catch {
+      /* gone */
+    }
     if (!alive) await rm(join(base, d), { recursive: true, force: true })
   }
   logDir = join(base, String(process.pid))
@@ -176,13 +247,29 @@ async function consoleLogDir(): Promise<string> {
  * Boot a copy of the enrolled disk. `hostPort` is where guest 10.0.2.100:8443 leads on host
  * loopback; undefined means a port nothing listens on (the "server down" case).
  */
-export async function bootGuest(t: ExecutionContext, o: { kernel: string; initrd: string; rootImg: string; scratch: string; append: string; hostPort: number | undefined; memoryMiB?: number }): Promise<Vm> {
+export async function bootGuest(
+  t: ExecutionContext,
+  o: {
+    kernel: string
+    initrd: string
+    rootImg: string
+    scratch: string
+    append: string
+    hostPort: number | undefined
+    memoryMiB?: number
+  },
+): Promise<Vm> {
   const n = ++bootCount
   const disk = join(o.scratch, `root-${n}.img`)
   await copyFile(o.rootImg, disk)
   const logFile = join(await consoleLogDir(), `boot-${n}.log`)
   const vm = await bootVm(t, {
-    kernel: o.kernel, initrd: o.initrd, disk, logFile, timeoutMs: BOOT_LIMIT_MS, append: o.append,
+    kernel: o.kernel,
+    initrd: o.initrd,
+    disk,
+    logFile,
+    timeoutMs: BOOT_LIMIT_MS,
+    append: o.append,
     forwards: [{ guestPort: GUEST_PORT, hostPort: o.hostPort ?? (await freePort()) }],
     ...(o.memoryMiB ? { memoryMiB: o.memoryMiB } : {}),
   })
@@ -191,9 +278,13 @@ export async function bootGuest(t: ExecutionContext, o: { kernel: string; initrd
   return vm
 }
 
-
 /** Wait for the tiny OS to report and power off; check it left nothing of unlockd behind. */
-export async function finishGuest(t: ExecutionContext, vm: Vm, marker: string, o: { networkDown: boolean }): Promise<string> {
+export async function finishGuest(
+  t: ExecutionContext,
+  vm: Vm,
+  marker: string,
+  o: { networkDown: boolean },
+): Promise<string> {
   await vm.waitFor(/ROOTFS: done/, BOOT_LIMIT_MS)
   const { seconds } = await vm.exited
   const out = vm.console()
@@ -214,7 +305,10 @@ function uptimeOf(out: string, re: RegExp): number | undefined {
 /** Print boot-to-unlock (guest uptime when the key was handed over); never asserted. */
 export function report(t: ExecutionContext, what: string, out: string): void {
   const start = uptimeOf(out, /unlockd: will answer .* \(at ([0-9.]+) s\)/)
-  const answered = uptimeOf(out, /unlockd: answered the passphrase prompt for root \(at ([0-9.]+) s\)/)
+  const answered = uptimeOf(
+    out,
+    /unlockd: answered the passphrase prompt for root \(at ([0-9.]+) s\)/,
+  )
   const rootfs = uptimeOf(out, /ROOTFS: real init at ([0-9.]+) s/)
   const line = `${what}: boot-to-unlock ${answered ?? '-'} s guest uptime (boot script started at ${start ?? '-'} s, real init at ${rootfs ?? '-'} s)`
   t.log(line)

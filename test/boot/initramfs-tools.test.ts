@@ -19,7 +19,16 @@ import type { ExecutionContext } from 'ava'
 import { mustRun, rootTest } from '../helpers/root.ts'
 import { BOOT_BINS, buildInitramfs, debianChroot, type Chroot } from './env.ts'
 import { GUEST_HOST, GUEST_PORT, startEscrow, type Escrow } from './escrow.ts'
-import { BOOT_LIMIT_MS, bootGuest, fileWorld, enrolledRootDisk, finishGuest, report, stageGuest, type EnrolledDisk } from './host.ts'
+import {
+  BOOT_LIMIT_MS,
+  bootGuest,
+  fileWorld,
+  enrolledRootDisk,
+  finishGuest,
+  report,
+  stageGuest,
+  type EnrolledDisk,
+} from './host.ts'
 import type { Vm } from './qemu.ts'
 
 const NEEDS = { bins: BOOT_BINS, serial: true }
@@ -51,14 +60,33 @@ const setup = fileWorld('boot', async ({ dir, teardown, log }): Promise<World> =
     'etc/fstab': '/dev/mapper/cryptroot / ext4 defaults 0 1\n',
   })
   const build = await buildInitramfs(chroot, 'initramfs-tools', join(dir, 'build'), stage)
-  log(`update-initramfs with the unlockd hook took ${build.seconds.toFixed(1)} s; setup ${((Date.now() - t0) / 1000).toFixed(1)} s in all`)
-  return { dir, chroot, escrow, disk, initrd: build.initrd, contents: build.contents, buildSeconds: build.seconds, stage }
+  log(
+    `update-initramfs with the unlockd hook took ${build.seconds.toFixed(1)} s; setup ${((Date.now() - t0) / 1000).toFixed(1)} s in all`,
+  )
+  return {
+    dir,
+    chroot,
+    escrow,
+    disk,
+    initrd: build.initrd,
+    contents: build.contents,
+    buildSeconds: build.seconds,
+    stage,
+  }
 })
 
-function boot(t: ExecutionContext, w: World, o: { append?: string; reachable?: boolean }): Promise<Vm> {
+function boot(
+  t: ExecutionContext,
+  w: World,
+  o: { append?: string; reachable?: boolean },
+): Promise<Vm> {
   return bootGuest(t, {
-    kernel: w.chroot.kernel, initrd: w.initrd, rootImg: w.disk.rootImg, scratch: w.dir,
-    append: `${BASE_APPEND} ${o.append ?? ''}`.trim(), hostPort: o.reachable === false ? undefined : w.escrow.port,
+    kernel: w.chroot.kernel,
+    initrd: w.initrd,
+    rootImg: w.disk.rootImg,
+    scratch: w.dir,
+    append: `${BASE_APPEND} ${o.append ?? ''}`.trim(),
+    hostPort: o.reachable === false ? undefined : w.escrow.port,
   })
 }
 
@@ -66,97 +94,171 @@ function finish(t: ExecutionContext, w: World, vm: Vm): Promise<string> {
   return finishGuest(t, vm, w.disk.marker, { networkDown: true })
 }
 
-rootTest('update-initramfs with the hook puts node, the agent, its config and keys into a root-only image', async (t) => {
-  const w = await setup(t)
-  for (const p of ['usr/bin/node', 'usr/lib/unlockd/unlockd-agent.mjs', 'etc/unlockd/agent.json', 'etc/unlockd/signing.jwk', 'etc/unlockd/sealing.jwk',
-    'etc/unlockd/ca.pem', 'etc/unlockd/volumes', 'etc/unlockd/initramfs.conf', 'scripts/local-top/unlockd', 'scripts/local-bottom/unlockd', 'usr/lib/cryptsetup/askpass']) {
-    t.true(w.contents.includes(p), `${p} is in the image`)
-  }
-  t.is((await stat(w.initrd)).mode & 0o077, 0, 'the image holding host keys is readable by root only (UMASK=0077)')
-  t.log(`update-initramfs took ${w.buildSeconds.toFixed(1)} s`)
-}, NEEDS)
+rootTest(
+  'update-initramfs with the hook puts node, the agent, its config and keys into a root-only image',
+  async (t) => {
+    const w = await setup(t)
+    for (const p of [
+      'usr/bin/node',
+      'usr/lib/unlockd/unlockd-agent.mjs',
+      'etc/unlockd/agent.json',
+      'etc/unlockd/signing.jwk',
+      'etc/unlockd/sealing.jwk',
+      'etc/unlockd/ca.pem',
+      'etc/unlockd/volumes',
+      'etc/unlockd/initramfs.conf',
+      'scripts/local-top/unlockd',
+      'scripts/local-bottom/unlockd',
+      'usr/lib/cryptsetup/askpass',
+    ]) {
+      t.true(w.contents.includes(p), `${p} is in the image`)
+    }
+    t.is(
+      (await stat(w.initrd)).mode & 0o077,
+      0,
+      'the image holding host keys is readable by root only (UMASK=0077)',
+    )
+    t.log(`update-initramfs took ${w.buildSeconds.toFixed(1)} s`)
+  },
+  NEEDS,
+)
 
-rootTest('update-initramfs fails with a clear message when a host key is missing', async (t) => {
-  const w = await setup(t)
-  const stage = join(w.dir, 'stage-broken')
-  await mustRun('cp', ['-a', `${w.stage}/.`, stage])
-  await unlink(join(stage, 'etc/unlockd/sealing.jwk'))
-  const err = await t.throwsAsync(buildInitramfs(w.chroot, 'initramfs-tools', join(w.dir, 'build-broken'), stage))
-  t.regex(err?.message ?? '', /E: unlockd: .*sealing\.jwk is missing/, 'the hook names the missing file')
-  t.regex(err?.message ?? '', /update-initramfs -u again/)
-}, NEEDS)
+rootTest(
+  'update-initramfs fails with a clear message when a host key is missing',
+  async (t) => {
+    const w = await setup(t)
+    const stage = join(w.dir, 'stage-broken')
+    await mustRun('cp', ['-a', `${w.stage}/.`, stage])
+    await unlink(join(stage, 'etc/unlockd/sealing.jwk'))
+    const err = await t.throwsAsync(
+      buildInitramfs(w.chroot, 'initramfs-tools', join(w.dir, 'build-broken'), stage),
+    )
+    t.regex(
+      err?.message ?? '',
+      /E: unlockd: .*sealing\.jwk is missing/,
+      'the hook names the missing file',
+    )
+    t.regex(err?.message ?? '', /update-initramfs -u again/)
+  },
+  NEEDS,
+)
 
-rootTest('scenario 1: the agent unlocks the LUKS2 root at boot', async (t) => {
-  const w = await setup(t)
-  const vm = await boot(t, w, {})
-  await vm.waitFor(/unlockd: answered the passphrase prompt for root/, BOOT_LIMIT_MS)
-  const out = await finish(t, w, vm)
-  t.regex(out, /cryptsetup: cryptroot: set up successfully/)
-  report(t, 'scenario 1 (unlock)', out)
-  const audit = await w.escrow.op(['audit', '--json'])
-  t.regex(audit, /"action":\s*"unlock\.release"/, 'the server audited the release')
-}, NEEDS)
+rootTest(
+  'scenario 1: the agent unlocks the LUKS2 root at boot',
+  async (t) => {
+    const w = await setup(t)
+    const vm = await boot(t, w, {})
+    await vm.waitFor(/unlockd: answered the passphrase prompt for root/, BOOT_LIMIT_MS)
+    const out = await finish(t, w, vm)
+    t.regex(out, /cryptsetup: cryptroot: set up successfully/)
+    report(t, 'scenario 1 (unlock)', out)
+    const audit = await w.escrow.op(['audit', '--json'])
+    t.regex(audit, /"action":\s*"unlock\.release"/, 'the server audited the release')
+  },
+  NEEDS,
+)
 
-rootTest('scenario 2: with approval always, the guest waits and unlocks once an operator approves with TOTP', async (t) => {
-  const w = await setup(t)
-  await w.escrow.op(['host', 'set', HOST, '--approval', 'always'])
-  t.teardown(() => w.escrow.op(['host', 'set', HOST, '--approval', 'never']).then(() => undefined))
-  const vm = await boot(t, w, {})
-  const m = await vm.waitFor(/waiting for approval (ap_[A-Za-z0-9_-]+) \(rule/, BOOT_LIMIT_MS)
-  const id = m[1] as string
-  const listed = await w.escrow.op(['approvals', '--json'])
-  const pending = JSON.parse(listed) as { id: string; host: string; state: string }[]
-  t.true(pending.some((a) => a.id === id && a.host === HOST && a.state === 'pending'), `the operator sees the pending request ${id}: ${listed}`)
-  t.notRegex(vm.console(), /answered the passphrase prompt/, 'nothing is released before the approval')
-  const ok = await w.escrow.op(['approve', id, '--code', await w.escrow.freshCode()])
-  t.regex(ok, /approved/)
-  await vm.waitFor(/unlockd: answered the passphrase prompt for root/, BOOT_LIMIT_MS)
-  const out = await finish(t, w, vm)
-  report(t, 'scenario 2 (approval)', out)
-}, NEEDS)
+rootTest(
+  'scenario 2: with approval always, the guest waits and unlocks once an operator approves with TOTP',
+  async (t) => {
+    const w = await setup(t)
+    await w.escrow.op(['host', 'set', HOST, '--approval', 'always'])
+    t.teardown(() =>
+      w.escrow.op(['host', 'set', HOST, '--approval', 'never']).then(() => undefined),
+    )
+    const vm = await boot(t, w, {})
+    const m = await vm.waitFor(/waiting for approval (ap_[A-Za-z0-9_-]+) \(rule/, BOOT_LIMIT_MS)
+    const id = m[1] as string
+    const listed = await w.escrow.op(['approvals', '--json'])
+    const pending = JSON.parse(listed) as { id: string; host: string; state: string }[]
+    t.true(
+      pending.some((a) => a.id === id && a.host === HOST && a.state === 'pending'),
+      `the operator sees the pending request ${id}: ${listed}`,
+    )
+    t.notRegex(
+      vm.console(),
+      /answered the passphrase prompt/,
+      'nothing is released before the approval',
+    )
+    const ok = await w.escrow.op(['approve', id, '--code', await w.escrow.freshCode()])
+    t.regex(ok, /approved/)
+    await vm.waitFor(/unlockd: answered the passphrase prompt for root/, BOOT_LIMIT_MS)
+    const out = await finish(t, w, vm)
+    report(t, 'scenario 2 (approval)', out)
+  },
+  NEEDS,
+)
 
-rootTest('scenario 5: after a shred the server refuses, and the typed passphrase unlocks', async (t) => {
-  const w = await setup(t)
-  await w.escrow.op(['shred', '--host', HOST, '--code', await w.escrow.freshCode(), '--yes', '--reason', 'boot test'])
-  const vm = await boot(t, w, {})
-  await vm.waitFor(/Please unlock disk cryptroot/, BOOT_LIMIT_MS)
-  await vm.waitFor(/unlockd: the escrow server refused to release root; type the passphrase/, BOOT_LIMIT_MS)
-  t.regex(vm.console(), /shredded/, 'the agent says why')
-  vm.type(`${w.disk.passphrase}\n`)
-  const out = await finish(t, w, vm)
-  t.notRegex(out, /answered the passphrase prompt/)
-  report(t, 'scenario 5 (shredded, typed passphrase)', out)
-}, NEEDS)
+rootTest(
+  'scenario 5: after a shred the server refuses, and the typed passphrase unlocks',
+  async (t) => {
+    const w = await setup(t)
+    await w.escrow.op([
+      'shred',
+      '--host',
+      HOST,
+      '--code',
+      await w.escrow.freshCode(),
+      '--yes',
+      '--reason',
+      'boot test',
+    ])
+    const vm = await boot(t, w, {})
+    await vm.waitFor(/Please unlock disk cryptroot/, BOOT_LIMIT_MS)
+    await vm.waitFor(
+      /unlockd: the escrow server refused to release root; type the passphrase/,
+      BOOT_LIMIT_MS,
+    )
+    t.regex(vm.console(), /shredded/, 'the agent says why')
+    vm.type(`${w.disk.passphrase}\n`)
+    const out = await finish(t, w, vm)
+    t.notRegex(out, /answered the passphrase prompt/)
+    report(t, 'scenario 5 (shredded, typed passphrase)', out)
+  },
+  NEEDS,
+)
 
 // The scenarios below never get a key from the server, so they do not depend on its state and
 // run after the serial ones, two guests at a time.
-rootTest('scenario 3: server unreachable; the typed passphrase works while the agent keeps retrying', async (t) => {
-  const w = await setup(t)
-  const vm = await boot(t, w, { reachable: false, append: 'unlockd.timeout=600' })
-  await vm.waitFor(/unlockd: the escrow server is unreachable; retrying/, BOOT_LIMIT_MS)
-  await vm.waitFor(/Please unlock disk cryptroot/, 10_000)
-  vm.type(`${w.disk.passphrase}\n`)
-  const out = await finish(t, w, vm)
-  t.notRegex(out, /gave up/, 'the agent was still trying when the passphrase was typed')
-  report(t, 'scenario 3 (unreachable, typed while retrying)', out)
-}, { bins: BOOT_BINS })
+rootTest(
+  'scenario 3: server unreachable; the typed passphrase works while the agent keeps retrying',
+  async (t) => {
+    const w = await setup(t)
+    const vm = await boot(t, w, { reachable: false, append: 'unlockd.timeout=600' })
+    await vm.waitFor(/unlockd: the escrow server is unreachable; retrying/, BOOT_LIMIT_MS)
+    await vm.waitFor(/Please unlock disk cryptroot/, 10_000)
+    vm.type(`${w.disk.passphrase}\n`)
+    const out = await finish(t, w, vm)
+    t.notRegex(out, /gave up/, 'the agent was still trying when the passphrase was typed')
+    report(t, 'scenario 3 (unreachable, typed while retrying)', out)
+  },
+  { bins: BOOT_BINS },
+)
 
-rootTest('scenario 4: every wait is bounded: the agent gives up after unlockd.timeout and leaves the prompt', async (t) => {
-  const w = await setup(t)
-  const vm = await boot(t, w, { reachable: false, append: 'unlockd.timeout=15' })
-  await vm.waitFor(/unlockd: gave up after 15 s; type the passphrase/, BOOT_LIMIT_MS)
-  vm.type(`${w.disk.passphrase}\n`)
-  const out = await finish(t, w, vm)
-  report(t, 'scenario 4 (bounded wait)', out)
-}, { bins: BOOT_BINS })
+rootTest(
+  'scenario 4: every wait is bounded: the agent gives up after unlockd.timeout and leaves the prompt',
+  async (t) => {
+    const w = await setup(t)
+    const vm = await boot(t, w, { reachable: false, append: 'unlockd.timeout=15' })
+    await vm.waitFor(/unlockd: gave up after 15 s; type the passphrase/, BOOT_LIMIT_MS)
+    vm.type(`${w.disk.passphrase}\n`)
+    const out = await finish(t, w, vm)
+    report(t, 'scenario 4 (bounded wait)', out)
+  },
+  { bins: BOOT_BINS },
+)
 
-rootTest('scenario 6: unlockd=off on the kernel command line skips the agent', async (t) => {
-  const w = await setup(t)
-  const vm = await boot(t, w, { append: 'unlockd=off' })
-  await vm.waitFor(/unlockd: disabled by unlockd=off/, BOOT_LIMIT_MS)
-  await vm.waitFor(/Please unlock disk cryptroot/, BOOT_LIMIT_MS)
-  vm.type(`${w.disk.passphrase}\n`)
-  const out = await finish(t, w, vm)
-  t.notRegex(out, /asking the escrow server/)
-  report(t, 'scenario 6 (unlockd=off)', out)
-}, { bins: BOOT_BINS })
+rootTest(
+  'scenario 6: unlockd=off on the kernel command line skips the agent',
+  async (t) => {
+    const w = await setup(t)
+    const vm = await boot(t, w, { append: 'unlockd=off' })
+    await vm.waitFor(/unlockd: disabled by unlockd=off/, BOOT_LIMIT_MS)
+    await vm.waitFor(/Please unlock disk cryptroot/, BOOT_LIMIT_MS)
+    vm.type(`${w.disk.passphrase}\n`)
+    const out = await finish(t, w, vm)
+    t.notRegex(out, /asking the escrow server/)
+    report(t, 'scenario 6 (unlockd=off)', out)
+  },
+  { bins: BOOT_BINS },
+)

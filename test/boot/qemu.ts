@@ -49,14 +49,46 @@ async function slot(): Promise<() => void> {
 
 export async function bootVm(t: ExecutionContext, o: VmOptions): Promise<Vm> {
   const release = await slot()
-  const netdev = ['user', 'id=n0', 'restrict=on', ...o.forwards.map((f) => `guestfwd=tcp:10.0.2.100:${f.guestPort}-cmd:socat - TCP:127.0.0.1:${f.hostPort}`)].join(',')
+  const netdev = [
+    'user',
+    'id=n0',
+    'restrict=on',
+    ...o.forwards.map(
+      (f) => `guestfwd=tcp:10.0.2.100:${f.guestPort}-cmd:socat - TCP:127.0.0.1:${f.hostPort}`,
+    ),
+  ].join(',')
   const args = [
-    '-M', 'q35', '-accel', 'tcg', '-cpu', 'max', '-smp', '1', '-m', String(o.memoryMiB ?? 1024),
-    '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot',
-    '-kernel', o.kernel, '-initrd', o.initrd, '-append', o.append,
-    '-drive', `file=${o.disk},if=virtio,format=raw,cache=unsafe`,
-    '-netdev', netdev, '-device', 'virtio-net-pci,netdev=n0,romfile=',
-    '-device', 'virtio-rng-pci',
+    '-M',
+    'q35',
+    '-accel',
+    'tcg',
+    '-cpu',
+    'max',
+    '-smp',
+    '1',
+    '-m',
+    String(o.memoryMiB ?? 1024),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-serial',
+    'stdio',
+    '-no-reboot',
+    '-kernel',
+    o.kernel,
+    '-initrd',
+    o.initrd,
+    '-append',
+    o.append,
+    '-drive',
+    `file=${o.disk},if=virtio,format=raw,cache=unsafe`,
+    '-netdev',
+    netdev,
+    '-device',
+    'virtio-net-pci,netdev=n0,romfile=',
+    '-device',
+    'virtio-rng-pci',
   ]
   const t0 = Date.now()
   const child: ChildProcess = spawn('qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] })
@@ -72,7 +104,11 @@ export async function bootVm(t: ExecutionContext, o: VmOptions): Promise<Vm> {
   child.stderr?.on('data', onData)
   child.stdin?.on('error', () => {})
   let done = false
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; seconds: number }>((resolve) => {
+  const exited = new Promise<{
+    code: number | null
+    signal: NodeJS.Signals | null
+    seconds: number
+  }>((resolve) => {
     child.on('close', (code, signal) => {
       done = true
       clearTimeout(limit)

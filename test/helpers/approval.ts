@@ -4,7 +4,15 @@
  * wait loop like the agent's.
  */
 import type { ExecutionContext } from 'ava'
-import { enroll, generateHostKeys, hostIdOf, pollApproval, publicOf, requestUnlock, sealVolumeKey } from '../../shared/client/host-client.ts'
+import {
+  enroll,
+  generateHostKeys,
+  hostIdOf,
+  pollApproval,
+  publicOf,
+  requestUnlock,
+  sealVolumeKey,
+} from '../../shared/client/host-client.ts'
 import type { Transport } from '../../shared/client/transport.ts'
 import { randomBytes } from '../../shared/crypto/bytes.ts'
 import type { HostKeys } from '../../shared/crypto/keys.ts'
@@ -20,7 +28,12 @@ export interface TestClock {
 /** Starts at the real time (so host `iat` stays in range) and moves only when told. */
 export function testClock(): TestClock {
   let t = Math.floor(Date.now() / 1000)
-  return { now: () => t, advance: (s) => { t += s } }
+  return {
+    now: () => t,
+    advance: (s) => {
+      t += s
+    },
+  }
 }
 
 export interface TestHost {
@@ -30,13 +43,23 @@ export interface TestHost {
   vk: Uint8Array
 }
 
-export async function enrollHost(t: ExecutionContext, srv: TestServer, name: string, policy: Record<string, unknown> = {}): Promise<TestHost> {
+export async function enrollHost(
+  t: ExecutionContext,
+  srv: TestServer,
+  name: string,
+  policy: Record<string, unknown> = {},
+): Promise<TestHost> {
   const tok = await srv.admin('POST', '/tokens', { host: name, ttlSeconds: 600 })
   t.is(tok.status, 201, JSON.stringify(tok.body))
   const keys = await generateHostKeys()
   const vk = randomBytes(32)
   const blob = await sealVolumeKey(vk, [publicOf(keys.sealing)])
-  const res = await enroll(srv.transport, { token: tok.body.token, name, keys, volumes: [{ name: 'data', kind: 'luks', blob }] })
+  const res = await enroll(srv.transport, {
+    token: tok.body.token,
+    name,
+    keys,
+    volumes: [{ name: 'data', kind: 'luks', blob }],
+  })
   t.is(res.hostId, await hostIdOf(keys))
   if (Object.keys(policy).length > 0) {
     const p = await srv.admin('PATCH', `/hosts/${name}/policy`, policy)
@@ -45,7 +68,11 @@ export async function enrollHost(t: ExecutionContext, srv: TestServer, name: str
   return { name, keys, hostId: res.hostId, vk }
 }
 
-export function askUnlock(transport: Transport, h: TestHost, bootId: string): Promise<UnlockResponse> {
+export function askUnlock(
+  transport: Transport,
+  h: TestHost,
+  bootId: string,
+): Promise<UnlockResponse> {
   return requestUnlock(transport, { keys: h.keys, hostId: h.hostId, bootId, volumes: [] })
 }
 
@@ -63,7 +90,12 @@ export function secretOf(uri: string): string {
 }
 
 /** Add an operator through the admin API as the init operator (who must not have TOTP yet, or give `code`). */
-export async function addOperator(t: ExecutionContext, srv: TestServer, name: string, code?: string): Promise<TestOperator> {
+export async function addOperator(
+  t: ExecutionContext,
+  srv: TestServer,
+  name: string,
+  code?: string,
+): Promise<TestOperator> {
   const r = await srv.admin('POST', '/operators', { name, ...(code ? { code } : {}) })
   t.is(r.status, 201, JSON.stringify(r.body))
   return { name, token: r.body.token, secret: secretOf(r.body.otpauthUri) }
@@ -84,14 +116,37 @@ export function wrongCode(secret: string, now: number): string {
 }
 
 /** Call the admin API as a given operator. */
-export async function asOperator(srv: TestServer, op: { token: string }, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; body: any }> {
-  return srv.transport({ method, path: `/v1/admin${path}`, bearer: op.token, ...(body === undefined ? {} : { body }) }) as Promise<{ status: number; body: any }>
+export async function asOperator(
+  srv: TestServer,
+  op: { token: string },
+  method: 'GET' | 'POST',
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; body: any }> {
+  return srv.transport({
+    method,
+    path: `/v1/admin${path}`,
+    bearer: op.token,
+    ...(body === undefined ? {} : { body }),
+  }) as Promise<{ status: number; body: any }>
 }
 
 /** The agent's wait: long-poll until released or refused, at most `maxPolls` times. */
-export async function waitForRelease(transport: Transport, h: TestHost, bootId: string, approvalId: string, maxPolls = 15): Promise<UnlockResponse> {
+export async function waitForRelease(
+  transport: Transport,
+  h: TestHost,
+  bootId: string,
+  approvalId: string,
+  maxPolls = 15,
+): Promise<UnlockResponse> {
   for (let i = 0; i < maxPolls; i++) {
-    const r = await pollApproval(transport, { keys: h.keys, hostId: h.hostId, bootId, approvalId, holdMs: 2000 })
+    const r = await pollApproval(transport, {
+      keys: h.keys,
+      hostId: h.hostId,
+      bootId,
+      approvalId,
+      holdMs: 2000,
+    })
     if (r.status === 'released') return r
   }
   throw new Error(`approval ${approvalId} still pending after ${maxPolls} polls`)

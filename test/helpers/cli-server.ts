@@ -25,7 +25,10 @@ export interface DataDir {
 }
 
 /** `unlockd server init` into `dir` with a passphrase file; returns the init operator's token. */
-export async function initDataDirCli(dir: string, passphrase = 'crash test passphrase'): Promise<DataDir> {
+export async function initDataDirCli(
+  dir: string,
+  passphrase = 'crash test passphrase',
+): Promise<DataDir> {
   const passFile = join(dir, '..', `${dir.split('/').pop()}.pass`)
   writeFileSync(passFile, `${passphrase}\n`, { mode: 0o600 })
   const r = await runCli(['server', 'init', '--data', dir, '--passphrase-file', passFile, '--json'])
@@ -37,15 +40,42 @@ export async function initDataDirCli(dir: string, passphrase = 'crash test passp
  * Start the server. With `expectDeath`, resolve once the process has died (a fault point fired
  * before it listened) instead of failing.
  */
-export function startCliServer(t: ExecutionContext, d: { dir: string; passFile: string }, env: Record<string, string> = {}, opts: { expectDeath?: boolean; timeoutMs?: number } = {}): Promise<CliServer> {
-  const child = spawn(process.execPath, [UNLOCKD, 'server', 'start', '--data', d.dir, '--listen', '127.0.0.1:0', '--passphrase-file', d.passFile], {
-    env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: process.env['HOME'] ?? '/root', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
+export function startCliServer(
+  t: ExecutionContext,
+  d: { dir: string; passFile: string },
+  env: Record<string, string> = {},
+  opts: { expectDeath?: boolean; timeoutMs?: number } = {},
+): Promise<CliServer> {
+  const child = spawn(
+    process.execPath,
+    [
+      UNLOCKD,
+      'server',
+      'start',
+      '--data',
+      d.dir,
+      '--listen',
+      '127.0.0.1:0',
+      '--passphrase-file',
+      d.passFile,
+    ],
+    {
+      env: {
+        PATH: process.env['PATH'] ?? '/usr/bin:/bin',
+        HOME: process.env['HOME'] ?? '/root',
+        ...env,
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  )
   let out = ''
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })))
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal })),
+  )
   let alive = true
-  void exited.then(() => { alive = false })
+  void exited.then(() => {
+    alive = false
+  })
   t.teardown(async () => {
     if (alive) {
       child.kill('SIGKILL')

@@ -17,23 +17,38 @@ export interface CliResult {
   raw: Buffer
 }
 
-export function runCli(args: string[], env: Record<string, string> = {}, opts: { bundle?: string; stdin?: string | Uint8Array; timeoutMs?: number } = {}): Promise<CliResult> {
+export function runCli(
+  args: string[],
+  env: Record<string, string> = {},
+  opts: { bundle?: string; stdin?: string | Uint8Array; timeoutMs?: number } = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [opts.bundle ?? UNLOCKD, ...args], {
-      env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: process.env['HOME'] ?? '/root', ...env },
+      env: {
+        PATH: process.env['PATH'] ?? '/usr/bin:/bin',
+        HOME: process.env['HOME'] ?? '/root',
+        ...env,
+      },
       stdio: ['pipe', 'pipe', 'pipe'],
     })
     let stdout = ''
     const chunks: Buffer[] = []
     let stderr = ''
-    child.stdout.on('data', (d: Buffer) => { chunks.push(d); stdout += d.toString() })
+    child.stdout.on('data', (d: Buffer) => {
+      chunks.push(d)
+      stdout += d.toString()
+    })
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000)
     child.on('error', reject)
     child.on('close', (code) => {
       clearTimeout(timer)
       let json: unknown
-      try { json = JSON.parse(stdout) } catch { json = undefined }
+      try {
+        json = JSON.parse(stdout)
+      } catch {
+        json = undefined
+      }
       resolve({ code: code ?? -1, stdout, stderr, json, raw: Buffer.concat(chunks) })
     })
     child.stdin.end(opts.stdin)

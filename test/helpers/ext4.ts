@@ -26,7 +26,6 @@ export interface Fs {
   dev: string
 }
 
-
 /** A 64 MiB ext4 image (with the 'encrypt' feature unless told otherwise), loop-mounted. */
 export async function mountExt4(
   t: ExecutionContext,

@@ -42,4 +42,3 @@ export function listen(t: { teardown(fn: () => void): void }, name: string): Rec
     },
   }
 }
-

@@ -23,13 +23,17 @@ export const PG_URL_ENV = 'UNLOCKD_TEST_PG_URL'
 const PG_URL_FILE = fileURLToPath(new URL('../../.tmp/pg-url', import.meta.url))
 
 export function pgUrl(): string | undefined {
-  const url = process.env[PG_URL_ENV] || (existsSync(PG_URL_FILE) ? readFileSync(PG_URL_FILE, 'utf8').trim() : '')
+  const url =
+    process.env[PG_URL_ENV] ||
+    (existsSync(PG_URL_FILE) ? readFileSync(PG_URL_FILE, 'utf8').trim() : '')
   return url === '' ? undefined : url
 }
 
 /** Why PostgreSQL tests cannot run here, or undefined when they can. */
 export function pgUnavailable(): string | undefined {
-  return pgUrl() === undefined ? `${PG_URL_ENV} is not set and .tmp/pg-url is missing (run \`bash tools/test-deps.sh\` or \`source .ci/pg.sh\` first)` : undefined
+  return pgUrl() === undefined
+    ? `${PG_URL_ENV} is not set and .tmp/pg-url is missing (run \`bash tools/test-deps.sh\` or \`source .ci/pg.sh\` first)`
+    : undefined
 }
 
 export const inCi = (): boolean => (process.env['CI'] ?? '') !== ''
@@ -39,11 +43,15 @@ export function pgSkipBanner(title: string): void {
   if (warned) return
   warned = true
   const line = '!'.repeat(78)
-  console.warn(`\n${line}\n!! SKIPPING POSTGRESQL TESTS: ${pgUnavailable() ?? ''}\n!! first one: ${title}\n${line}\n`)
+  console.warn(
+    `\n${line}\n!! SKIPPING POSTGRESQL TESTS: ${pgUnavailable() ?? ''}\n!! first one: ${title}\n${line}\n`,
+  )
 }
 
 /** Create an empty database for this test on the PostgreSQL of `UNLOCKD_TEST_PG_URL`; dropped at teardown. */
-export async function freshPgDatabase(t: Pick<ExecutionContext<unknown>, 'teardown'>): Promise<string> {
+export async function freshPgDatabase(
+  t: Pick<ExecutionContext<unknown>, 'teardown'>,
+): Promise<string> {
   const base = pgUrl()
   if (base === undefined) throw new Error(`${PG_URL_ENV} is not set`)
   const name = `unlockd_t_${randomBytes(8).toString('hex')}`

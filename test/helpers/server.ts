@@ -26,25 +26,46 @@ export interface TestServer {
   /** Stop and start again on the same data dir (state must survive). */
   restart(): Promise<TestServer>
   close(): Promise<void>
-  admin(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<{ status: number; body: any }>
+  admin(
+    method: 'GET' | 'POST' | 'PATCH' | 'DELETE',
+    path: string,
+    body?: unknown,
+  ): Promise<{ status: number; body: any }>
 }
 
 export async function startTestServer(
   t: ExecutionContext,
-  opts: { settings?: Partial<ServerSettings>; dataDir?: string; token?: string; db?: string; now?: () => number; listen?: string; tls?: { cert: string; key: string } } = {},
+  opts: {
+    settings?: Partial<ServerSettings>
+    dataDir?: string
+    token?: string
+    db?: string
+    now?: () => number
+    listen?: string
+    tls?: { cert: string; key: string }
+  } = {},
 ): Promise<TestServer> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'unlockd-srv-'))
   const log = memoryLogger()
   let token = opts.token
   if (!opts.dataDir) {
-    const init = await initDataDir(dataDir, TEST_PASSPHRASE, { operator: 'admin', db: opts.db, log })
+    const init = await initDataDir(dataDir, TEST_PASSPHRASE, {
+      operator: 'admin',
+      db: opts.db,
+      log,
+    })
     token = init.token
   }
   const deps = await openDeps(dataDir, TEST_PASSPHRASE, log, { db: opts.db })
   deps.settings = { ...deps.settings, pollHold: 2, ...opts.settings }
   if (opts.now) deps.now = opts.now
-  const server = await startServer(deps, { listen: opts.listen ?? '127.0.0.1:0', ...(opts.tls ? { tlsCert: opts.tls.cert, tlsKey: opts.tls.key } : {}) })
-  const transport = opts.tls ? nodeTransport(server.url, { ca: readFileSync(opts.tls.cert, 'utf8') }) : fetchTransport(server.url)
+  const server = await startServer(deps, {
+    listen: opts.listen ?? '127.0.0.1:0',
+    ...(opts.tls ? { tlsCert: opts.tls.cert, tlsKey: opts.tls.key } : {}),
+  })
+  const transport = opts.tls
+    ? nodeTransport(server.url, { ca: readFileSync(opts.tls.cert, 'utf8') })
+    : fetchTransport(server.url)
   let closed = false
   const ts: TestServer = {
     url: server.url,
@@ -64,7 +85,12 @@ export async function startTestServer(
       await server.close()
     },
     async admin(method, path, body) {
-      const res = await transport({ method, path: `/v1/admin${path}`, bearer: token as string, ...(body === undefined ? {} : { body }) })
+      const res = await transport({
+        method,
+        path: `/v1/admin${path}`,
+        bearer: token as string,
+        ...(body === undefined ? {} : { body }),
+      })
       return res as { status: number; body: any }
     },
   }

@@ -22,27 +22,47 @@ import { totpCodeAt } from '../../server/approvals/totp.ts'
 import { startTestServer, type TestServer } from '../helpers/server.ts'
 import { UNLOCKD, runCli } from '../helpers/cli.ts'
 import {
-  addOperator, askUnlock, asOperator, codeNow, enrollHost, secretOf, testClock, waitForRelease, wrongCode, type TestClock,
+  addOperator,
+  askUnlock,
+  asOperator,
+  codeNow,
+  enrollHost,
+  secretOf,
+  testClock,
+  waitForRelease,
+  wrongCode,
+  type TestClock,
 } from '../helpers/approval.ts'
 
 const SETTINGS = { iatSkew: 10_000_000, pollHold: 2 }
 
-async function server(t: Parameters<typeof startTestServer>[0], clock: TestClock, settings: Record<string, unknown> = {}): Promise<TestServer> {
+async function server(
+  t: Parameters<typeof startTestServer>[0],
+  clock: TestClock,
+  settings: Record<string, unknown> = {},
+): Promise<TestServer> {
   return startTestServer(t, { now: clock.now, settings: { ...SETTINGS, ...settings } })
 }
 
-function cliEnv(t: { teardown(fn: () => void): void }, srv: TestServer, token: string): Record<string, string> {
+function cliEnv(
+  t: { teardown(fn: () => void): void },
+  srv: TestServer,
+  token: string,
+): Record<string, string> {
   const home = mkdtempSync(join(tmpdir(), 'unlockd-cli-home-'))
   t.teardown(() => rmSync(home, { recursive: true, force: true }))
   return { UNLOCKD_URL: srv.url, UNLOCKD_TOKEN: token, HOME: home }
 }
 
-async function auditActions(srv: TestServer): Promise<{ actor: string; action: string; detail: Record<string, unknown> }[]> {
+async function auditActions(
+  srv: TestServer,
+): Promise<{ actor: string; action: string; detail: Record<string, unknown> }[]> {
   return (await srv.admin('GET', '/audit')).body.entries
 }
 
 test.before(() => {
-  if (!existsSync(UNLOCKD)) throw new Error(`${UNLOCKD} is missing: run \`npm run build\` first (npm test does it)`)
+  if (!existsSync(UNLOCKD))
+    throw new Error(`${UNLOCKD} is missing: run \`npm run build\` first (npm test does it)`)
 })
 
 test('approval always: 202, an operator approves with the CLI, the waiting host unlocks once', async (t) => {
@@ -58,7 +78,11 @@ test('approval always: 202, an operator approves with the CLI, the waiting host 
   t.true(add.json.operator.totp)
   t.regex(add.json.token, /^uo_/)
   t.regex(add.json.otpauthUri, /^otpauth:\/\/totp\/unlockd:alice\?secret=[A-Z2-7]+/)
-  const alice = { name: 'alice', token: add.json.token as string, secret: secretOf(add.json.otpauthUri) }
+  const alice = {
+    name: 'alice',
+    token: add.json.token as string,
+    secret: secretOf(add.json.otpauthUri),
+  }
   // the human form shows the URI and a terminal QR code
   const add2 = await runCli(['operator', 'add', 'bob'], adminEnv)
   t.is(add2.code, 0, add2.stderr)
@@ -73,7 +97,13 @@ test('approval always: 202, an operator approves with the CLI, the waiting host 
   t.true(r.approval.expiresAt > clock.now())
 
   // the host waits; a poll before any decision answers pending (202)
-  const early = await pollApproval(srv.transport, { keys: host.keys, hostId: host.hostId, bootId: 'bootid-0001', approvalId: r.approval.id, holdMs: 2000 })
+  const early = await pollApproval(srv.transport, {
+    keys: host.keys,
+    hostId: host.hostId,
+    bootId: 'bootid-0001',
+    approvalId: r.approval.id,
+    holdMs: 2000,
+  })
   t.is(early.status, 'pending')
 
   clock.advance(75)
@@ -81,13 +111,29 @@ test('approval always: 202, an operator approves with the CLI, the waiting host 
   const list = await runCli(['approvals', '--json'], aliceEnv)
   t.is(list.code, 0, list.stderr)
   t.is(list.json.length, 1)
-  t.like(list.json[0], { id: r.approval.id, host: 'web-1', volumes: [], source: '127.0.0.1', bootId: 'bootid-0001', rule: 'approval:always', required: 1, state: 'pending', ageSeconds: 75 })
+  t.like(list.json[0], {
+    id: r.approval.id,
+    host: 'web-1',
+    volumes: [],
+    source: '127.0.0.1',
+    bootId: 'bootid-0001',
+    rule: 'approval:always',
+    required: 1,
+    state: 'pending',
+    ageSeconds: 75,
+  })
   const table = await runCli(['approvals'], aliceEnv)
-  t.regex(table.stdout, /web-1\s+all\s+127\.0\.0\.1\s+bootid-0001\s+approval:always\s+0\/1\s+1m15s\s+pending/)
+  t.regex(
+    table.stdout,
+    /web-1\s+all\s+127\.0\.0\.1\s+bootid-0001\s+approval:always\s+0\/1\s+1m15s\s+pending/,
+  )
 
   // a long-poll in flight is woken by the decision
   const waiting = waitForRelease(srv.transport, host, 'bootid-0001', r.approval.id)
-  const ok = await runCli(['approve', r.approval.id, '--code', codeNow(srv, alice), '--json'], aliceEnv)
+  const ok = await runCli(
+    ['approve', r.approval.id, '--code', codeNow(srv, alice), '--json'],
+    aliceEnv,
+  )
   t.is(ok.code, 0, ok.stderr)
   t.is(ok.json.state, 'approved')
   t.deepEqual(ok.json.approvedBy, ['alice'])
@@ -97,10 +143,20 @@ test('approval always: 202, an operator approves with the CLI, the waiting host 
   t.deepEqual(await openEscrowBlob(released.volumes[0]!.blob, host.keys.sealing), host.vk)
 
   // single use: the same boot cannot collect it again
-  const again = await pollApproval(srv.transport, { keys: host.keys, hostId: host.hostId, bootId: 'bootid-0001', approvalId: r.approval.id }).catch((e: unknown) => e)
+  const again = await pollApproval(srv.transport, {
+    keys: host.keys,
+    hostId: host.hostId,
+    bootId: 'bootid-0001',
+    approvalId: r.approval.id,
+  }).catch((e: unknown) => e)
   t.true(isUnlockdError(again, 'approval_used'))
   // ...and another boot cannot collect it at all
-  const other = await pollApproval(srv.transport, { keys: host.keys, hostId: host.hostId, bootId: 'bootid-0002', approvalId: r.approval.id }).catch((e: unknown) => e)
+  const other = await pollApproval(srv.transport, {
+    keys: host.keys,
+    hostId: host.hostId,
+    bootId: 'bootid-0002',
+    approvalId: r.approval.id,
+  }).catch((e: unknown) => e)
   t.true(isUnlockdError(other, 'forbidden'))
   // nothing pending any more
   t.deepEqual((await runCli(['approvals', '--json'], aliceEnv)).json, [])
@@ -110,7 +166,9 @@ test('approval always: 202, an operator approves with the CLI, the waiting host 
   t.truthy(entries.find((e) => e.action === 'approval.request'))
   t.truthy(entries.find((e) => e.action === 'approval.approve' && e.actor === 'operator:alice'))
   t.truthy(entries.find((e) => e.action === 'operator.add' && e.detail['operator'] === 'alice'))
-  t.truthy(entries.find((e) => e.action === 'unlock.release' && e.detail['approval'] === r.approval.id))
+  t.truthy(
+    entries.find((e) => e.action === 'unlock.release' && e.detail['approval'] === r.approval.id),
+  )
   const everything = JSON.stringify(entries) + srv.logs.join('\n')
   t.false(everything.includes(alice.secret), 'the TOTP secret is in no audit entry or log')
   t.false(everything.includes(alice.token), 'the API token is in no audit entry or log')
@@ -125,7 +183,8 @@ test('wrong codes, replayed codes and lockout are refused; an expired request ca
 
   const a1 = await askUnlock(srv.transport, host, 'bootid-a1')
   if (a1.status === 'released') return t.fail('expected 202')
-  const approve = (op: typeof alice, id: string, code: string) => asOperator(srv, op, 'POST', `/approvals/${id}/approve`, { code })
+  const approve = (op: typeof alice, id: string, code: string) =>
+    asOperator(srv, op, 'POST', `/approvals/${id}/approve`, { code })
 
   // wrong code: 403 totp_invalid, still pending
   const bad = await approve(alice, a1.approval.id, wrongCode(alice.secret, clock.now()))
@@ -171,7 +230,12 @@ test('wrong codes, replayed codes and lockout are refused; an expired request ca
   const late = await approve(bob, a4.approval.id, codeNow(srv, bob))
   t.is(late.status, 403)
   t.is(late.body.error, 'approval_expired')
-  const gone = await pollApproval(srv.transport, { keys: host.keys, hostId: host.hostId, bootId: 'bootid-a4', approvalId: a4.approval.id }).catch((e: unknown) => e)
+  const gone = await pollApproval(srv.transport, {
+    keys: host.keys,
+    hostId: host.hostId,
+    bootId: 'bootid-a4',
+    approvalId: a4.approval.id,
+  }).catch((e: unknown) => e)
   t.true(isUnlockdError(gone, 'approval_expired'))
   // expiry did not spend bob's code
   t.is((await asOperator(srv, bob, 'GET', `/approvals/${a4.approval.id}`)).body.state, 'expired')
@@ -191,27 +255,42 @@ test('approvers: 2 needs two distinct operators; one approval keeps the host wai
   const r = await askUnlock(srv.transport, host, 'bootid-k2')
   if (r.status === 'released') return t.fail('expected 202')
 
-  const first = await asOperator(srv, alice, 'POST', `/approvals/${r.approval.id}/approve`, { code: codeNow(srv, alice) })
+  const first = await asOperator(srv, alice, 'POST', `/approvals/${r.approval.id}/approve`, {
+    code: codeNow(srv, alice),
+  })
   t.is(first.status, 200)
   t.like(first.body, { state: 'pending', approvedBy: ['alice'], required: 2 })
   // still pending for the host
-  const mid = await pollApproval(srv.transport, { keys: host.keys, hostId: host.hostId, bootId: 'bootid-k2', approvalId: r.approval.id, holdMs: 2000 })
+  const mid = await pollApproval(srv.transport, {
+    keys: host.keys,
+    hostId: host.hostId,
+    bootId: 'bootid-k2',
+    approvalId: r.approval.id,
+    holdMs: 2000,
+  })
   t.is(mid.status, 'pending')
   // alice again (with a fresh code) does not count twice
   clock.advance(30)
-  const twice = await asOperator(srv, alice, 'POST', `/approvals/${r.approval.id}/approve`, { code: codeNow(srv, alice) })
+  const twice = await asOperator(srv, alice, 'POST', `/approvals/${r.approval.id}/approve`, {
+    code: codeNow(srv, alice),
+  })
   t.is(twice.status, 409)
   t.is(twice.body.error, 'already_approved')
 
   const waiting = waitForRelease(srv.transport, host, 'bootid-k2', r.approval.id)
-  const second = await asOperator(srv, bob, 'POST', `/approvals/${r.approval.id}/approve`, { code: codeNow(srv, bob) })
+  const second = await asOperator(srv, bob, 'POST', `/approvals/${r.approval.id}/approve`, {
+    code: codeNow(srv, bob),
+  })
   t.like(second.body, { state: 'approved', approvedBy: ['alice', 'bob'] })
   const released = await waiting
   if (released.status !== 'released') return t.fail('expected release')
   t.deepEqual(await openEscrowBlob(released.volumes[0]!.blob, host.keys.sealing), host.vk)
   const entries = await auditActions(srv)
   t.truthy(entries.find((e) => e.action === 'approval.vote' && e.actor === 'operator:alice'))
-  t.deepEqual(entries.find((e) => e.action === 'approval.approve')?.detail['operators'], ['alice', 'bob'])
+  t.deepEqual(entries.find((e) => e.action === 'approval.approve')?.detail['operators'], [
+    'alice',
+    'bob',
+  ])
 })
 
 test('deny (CLI): the waiting host is refused with the reason', async (t) => {
@@ -221,7 +300,9 @@ test('deny (CLI): the waiting host is refused with the reason', async (t) => {
   const alice = await addOperator(t, srv, 'alice')
   const r = await askUnlock(srv.transport, host, 'bootid-deny')
   if (r.status === 'released') return t.fail('expected 202')
-  const waiting = waitForRelease(srv.transport, host, 'bootid-deny', r.approval.id).catch((e: unknown) => e)
+  const waiting = waitForRelease(srv.transport, host, 'bootid-deny', r.approval.id).catch(
+    (e: unknown) => e,
+  )
   const env = cliEnv(t, srv, alice.token)
   const d = await runCli(['deny', r.approval.id, '--reason', 'unexpected reboot', '--json'], env)
   t.is(d.code, 0, d.stderr)
@@ -233,7 +314,14 @@ test('deny (CLI): the waiting host is refused with the reason', async (t) => {
   const late = await runCli(['approve', r.approval.id, '--code', codeNow(srv, alice)], env)
   t.is(late.code, 3)
   t.regex(late.stderr, /approval_denied/)
-  t.truthy((await auditActions(srv)).find((e) => e.action === 'approval.deny' && e.actor === 'operator:alice' && e.detail['reason'] === 'unexpected reboot'))
+  t.truthy(
+    (await auditActions(srv)).find(
+      (e) =>
+        e.action === 'approval.deny' &&
+        e.actor === 'operator:alice' &&
+        e.detail['reason'] === 'unexpected reboot',
+    ),
+  )
 })
 
 test('the wait survives a server restart: approve after the restart, the host unlocks', async (t) => {
@@ -246,7 +334,14 @@ test('the wait survives a server restart: approve after the restart, the host un
   const srv2 = await srv.restart()
   t.is((await asOperator(srv2, alice, 'GET', '/approvals')).body.approvals[0].id, r.approval.id)
   const waiting = waitForRelease(srv2.transport, host, 'bootid-rs', r.approval.id)
-  t.is((await asOperator(srv2, alice, 'POST', `/approvals/${r.approval.id}/approve`, { code: codeNow(srv2, alice) })).body.state, 'approved')
+  t.is(
+    (
+      await asOperator(srv2, alice, 'POST', `/approvals/${r.approval.id}/approve`, {
+        code: codeNow(srv2, alice),
+      })
+    ).body.state,
+    'approved',
+  )
   const released = await waiting
   if (released.status !== 'released') return t.fail('expected release')
   t.deepEqual(await openEscrowBlob(released.volumes[0]!.blob, host.keys.sealing), host.vk)
@@ -258,7 +353,10 @@ test('operators (CLI): the init operator enrolls TOTP; then operator changes nee
   const env = cliEnv(t, srv, srv.token)
 
   const list0 = await runCli(['operator', 'list', '--json'], env)
-  t.deepEqual(list0.json.map((o: { name: string; totp: boolean }) => [o.name, o.totp]), [['admin', false]])
+  t.deepEqual(
+    list0.json.map((o: { name: string; totp: boolean }) => [o.name, o.totp]),
+    [['admin', false]],
+  )
   // without TOTP the init operator cannot approve
   const host = await enrollHost(t, srv, 'web-4', { approval: 'always' })
   const r = await askUnlock(srv.transport, host, 'bootid-op')
@@ -276,11 +374,17 @@ test('operators (CLI): the init operator enrolls TOTP; then operator changes nee
   const noCode = await runCli(['operator', 'add', 'carol', '--json'], env)
   t.is(noCode.code, 3)
   t.is(noCode.json.error, 'totp_invalid')
-  const withCode = await runCli(['operator', 'add', 'carol', '--code', codeNow(srv, admin), '--json', '--no-qr'], env)
+  const withCode = await runCli(
+    ['operator', 'add', 'carol', '--code', codeNow(srv, admin), '--json', '--no-qr'],
+    env,
+  )
   t.is(withCode.code, 0, withCode.stderr)
   // a TOTP reset needs a code too, and the old secret stops working
   clock.advance(30)
-  const reset = await runCli(['operator', 'totp', 'carol', '--code', codeNow(srv, admin), '--json'], env)
+  const reset = await runCli(
+    ['operator', 'totp', 'carol', '--code', codeNow(srv, admin), '--json'],
+    env,
+  )
   t.is(reset.code, 0, reset.stderr)
   t.not(secretOf(reset.json.otpauthUri), secretOf(withCode.json.otpauthUri))
   // the same code twice is a replay, whatever the action
@@ -299,10 +403,16 @@ test('operators (CLI): the init operator enrolls TOTP; then operator changes nee
   t.is(ok.json.state, 'approved')
 
   clock.advance(30)
-  const rm = await runCli(['operator', 'remove', 'carol', '--code', codeNow(srv, admin), '--json'], env)
+  const rm = await runCli(
+    ['operator', 'remove', 'carol', '--code', codeNow(srv, admin), '--json'],
+    env,
+  )
   t.is(rm.code, 0, rm.stderr)
   const list1 = await runCli(['operator', 'list', '--json'], env)
-  t.deepEqual(list1.json.map((o: { name: string; totp: boolean }) => [o.name, o.totp]), [['admin', true]])
+  t.deepEqual(
+    list1.json.map((o: { name: string; totp: boolean }) => [o.name, o.totp]),
+    [['admin', true]],
+  )
   // carol's token is dead
   const carolToken = withCode.json.token as string
   t.is((await asOperator(srv, { token: carolToken }, 'GET', '/approvals')).status, 401)
@@ -315,10 +425,17 @@ test('operators (CLI): the init operator enrolls TOTP; then operator changes nee
   t.is(bad.code, 2)
 })
 
-interface Hook { url: string; received: { headers: IncomingMessage['headers']; body: string }[]; close(): Promise<void> }
+interface Hook {
+  url: string
+  received: { headers: IncomingMessage['headers']; body: string }[]
+  close(): Promise<void>
+}
 
 /** A webhook receiver on 127.0.0.1:0; `respond` decides each answer (or never answers). */
-async function webhookReceiver(t: { teardown(fn: () => Promise<void>): void }, respond: (n: number, res: ServerResponse) => void): Promise<Hook> {
+async function webhookReceiver(
+  t: { teardown(fn: () => Promise<void>): void },
+  respond: (n: number, res: ServerResponse) => void,
+): Promise<Hook> {
   const received: Hook['received'] = []
   const open = new Set<ServerResponse>()
   const srv = createServer((req, res) => {
@@ -338,7 +455,11 @@ async function webhookReceiver(t: { teardown(fn: () => Promise<void>): void }, r
     await new Promise<void>((resolve) => srv.close(() => resolve()))
   }
   t.teardown(close)
-  return { url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}/unlockd-topic`, received, close }
+  return {
+    url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}/unlockd-topic`,
+    received,
+    close,
+  }
 }
 
 async function until(cond: () => boolean, what: string, maxMs = 15_000): Promise<void> {
@@ -353,7 +474,10 @@ test('webhook: every new request is announced, HMAC-signed, ntfy-readable, retri
     res.writeHead(n === 1 ? 503 : 200).end() // the first delivery fails and is retried
   })
   const clock = testClock()
-  const srv = await server(t, clock, { webhook: { url: hook.url, secret: 'hook-secret-1' }, publicUrl: 'https://escrow.example:8443' })
+  const srv = await server(t, clock, {
+    webhook: { url: hook.url, secret: 'hook-secret-1' },
+    publicUrl: 'https://escrow.example:8443',
+  })
   const host = await enrollHost(t, srv, 'web-5', { approval: 'always' })
   const r = await askUnlock(srv.transport, host, 'bootid-wh')
   if (r.status === 'released') return t.fail('expected 202')
@@ -361,14 +485,30 @@ test('webhook: every new request is announced, HMAC-signed, ntfy-readable, retri
   const [first, second] = hook.received
   t.is(first!.body, second!.body, 'a retry sends the same signed body')
   const { headers, body } = second!
-  t.is(headers['x-unlockd-signature'], `sha256=${createHmac('sha256', 'hook-secret-1').update(body).digest('hex')}`)
+  t.is(
+    headers['x-unlockd-signature'],
+    `sha256=${createHmac('sha256', 'hook-secret-1').update(body).digest('hex')}`,
+  )
   t.is(headers['content-type'], 'application/json')
   t.is(headers['x-unlockd-event'], 'approval.requested')
   t.is(headers['title'], 'unlockd: web-5 asks to unlock')
   t.is(headers['click'], `https://escrow.example:8443/approve/${r.approval.id}`)
   const n = JSON.parse(body)
-  t.like(n, { event: 'approval.requested', approval: { id: r.approval.id, host: 'web-5', bootId: 'bootid-wh', source: '127.0.0.1', rule: 'approval:always', state: 'pending' } })
-  t.regex(n.message, /web-5 asks to unlock all volumes from 127\.0\.0\.1 \(boot bootid-wh\); rule approval:always/)
+  t.like(n, {
+    event: 'approval.requested',
+    approval: {
+      id: r.approval.id,
+      host: 'web-5',
+      bootId: 'bootid-wh',
+      source: '127.0.0.1',
+      rule: 'approval:always',
+      state: 'pending',
+    },
+  })
+  t.regex(
+    n.message,
+    /web-5 asks to unlock all volumes from 127\.0\.0\.1 \(boot bootid-wh\); rule approval:always/,
+  )
   t.true(n.message.includes(`https://escrow.example:8443/approve/${r.approval.id}`))
   t.false(body.includes(srv.token), 'no API token in the notification')
   t.true(srv.logs.some((l) => l.includes('webhook failed; will retry')))
@@ -397,7 +537,10 @@ test('webhook: a dead endpoint does not delay the 202, and failures are bounded 
   srv2.deps.settings.webhook = { url: hook.url, secret: null }
   const r3 = await askUnlock(srv2.transport, host, 'bootid-dead-3')
   t.is(r3.status, 'approval_required')
-  await until(() => srv2.logs.some((l) => l.includes('webhook failed; will retry')), 'a logged failure')
+  await until(
+    () => srv2.logs.some((l) => l.includes('webhook failed; will retry')),
+    'a logged failure',
+  )
 })
 
 test('liveness: an idle host is suspended by the job, its unlock needs approval, approving resumes it', async (t) => {
@@ -422,7 +565,14 @@ test('liveness: an idle host is suspended by the job, its unlock needs approval,
   const again = await askUnlock(srv.transport, host, 'bootid-l2')
   t.is(again.status, 'approval_required')
   const waiting = waitForRelease(srv.transport, host, 'bootid-l2', r.approval.id)
-  t.is((await asOperator(srv, alice, 'POST', `/approvals/${r.approval.id}/approve`, { code: codeNow(srv, alice) })).body.state, 'approved')
+  t.is(
+    (
+      await asOperator(srv, alice, 'POST', `/approvals/${r.approval.id}/approve`, {
+        code: codeNow(srv, alice),
+      })
+    ).body.state,
+    'approved',
+  )
   t.is((await waiting).status, 'released')
   t.is((await srv.admin('GET', '/hosts/edge-1')).body.state, 'active')
   // seen again: the next boot goes through without approval
@@ -465,7 +615,13 @@ test('after-idle(DURATION): asking or polling does not count as being seen', asy
   const r = await askUnlock(srv.transport, host, 'bootid-i3')
   if (r.status === 'released') return t.fail('expected 202')
   t.is(r.approval.rule, 'approval:after-idle(1h)')
-  await pollApproval(srv.transport, { keys: host.keys, hostId: host.hostId, bootId: 'bootid-i3', approvalId: r.approval.id, holdMs: 2000 })
+  await pollApproval(srv.transport, {
+    keys: host.keys,
+    hostId: host.hostId,
+    bootId: 'bootid-i3',
+    approvalId: r.approval.id,
+    holdMs: 2000,
+  })
   // a fresh request right after must still need approval
   t.is((await askUnlock(srv.transport, host, 'bootid-i4')).status, 'approval_required')
 })
@@ -475,9 +631,36 @@ test('host set / host show (CLI) end to end', async (t) => {
   const srv = await server(t, clock)
   await enrollHost(t, srv, 'web-7')
   const env = cliEnv(t, srv, srv.token)
-  const set = await runCli(['host', 'set', 'web-7', '--approval', 'after-idle(7d)', '--approvers', '2', '--cidr', '127.0.0.0/8', '--max-unlocks', '5/1h', '--idle-suspend', '30d', '--clone-window', '10m', '--json'], env)
+  const set = await runCli(
+    [
+      'host',
+      'set',
+      'web-7',
+      '--approval',
+      'after-idle(7d)',
+      '--approvers',
+      '2',
+      '--cidr',
+      '127.0.0.0/8',
+      '--max-unlocks',
+      '5/1h',
+      '--idle-suspend',
+      '30d',
+      '--clone-window',
+      '10m',
+      '--json',
+    ],
+    env,
+  )
   t.is(set.code, 0, set.stderr)
-  t.like(set.json.policy, { approval: 'after-idle(7d)', approvers: 2, cidrs: ['127.0.0.0/8'], maxUnlocks: { count: 5, periodSeconds: 3600 }, idleSuspendSeconds: 30 * 86400, cloneWindowSeconds: 600 })
+  t.like(set.json.policy, {
+    approval: 'after-idle(7d)',
+    approvers: 2,
+    cidrs: ['127.0.0.0/8'],
+    maxUnlocks: { count: 5, periodSeconds: 3600 },
+    idleSuspendSeconds: 30 * 86400,
+    cloneWindowSeconds: 600,
+  })
   const show = await runCli(['host', 'show', 'web-7'], env)
   t.is(show.code, 0, show.stderr)
   t.regex(show.stdout, /approval:\s+after-idle\(7d\) \(approvers: 2\)/)
@@ -485,9 +668,32 @@ test('host set / host show (CLI) end to end', async (t) => {
   t.regex(show.stdout, /max unlocks: 5\/1h/)
   t.regex(show.stdout, /idle suspend: 30d/)
   t.regex(show.stdout, /clone check: 10m/)
-  const off = await runCli(['host', 'set', 'web-7', '--approval', 'never', '--approvers', '1', '--any-cidr', '--max-unlocks', 'off', '--idle-suspend', 'off', '--json'], env)
+  const off = await runCli(
+    [
+      'host',
+      'set',
+      'web-7',
+      '--approval',
+      'never',
+      '--approvers',
+      '1',
+      '--any-cidr',
+      '--max-unlocks',
+      'off',
+      '--idle-suspend',
+      'off',
+      '--json',
+    ],
+    env,
+  )
   t.is(off.code, 0, off.stderr)
-  t.like(off.json.policy, { approval: 'never', approvers: 1, cidrs: [], maxUnlocks: null, idleSuspendSeconds: null })
+  t.like(off.json.policy, {
+    approval: 'never',
+    approvers: 1,
+    cidrs: [],
+    maxUnlocks: null,
+    idleSuspendSeconds: null,
+  })
   const showJson = await runCli(['host', 'show', 'web-7', '--json'], env)
   t.is(showJson.json.name, 'web-7')
   t.is(showJson.json.volumes[0].name, 'data')
@@ -496,7 +702,11 @@ test('host set / host show (CLI) end to end', async (t) => {
   const unknown = await runCli(['host', 'show', 'nope'], env)
   t.is(unknown.code, 1)
   t.regex(unknown.stderr, /no host named nope/)
-  t.truthy((await auditActions(srv)).find((e) => e.action === 'host.policy' && e.actor === 'operator:admin'))
+  t.truthy(
+    (await auditActions(srv)).find(
+      (e) => e.action === 'host.policy' && e.actor === 'operator:admin',
+    ),
+  )
 })
 
 test('k-of-n: an operator added after the request was opened does not count', async (t) => {
@@ -510,10 +720,25 @@ test('k-of-n: an operator added after the request was opened does not count', as
   clock.advance(5)
   // alice (token + TOTP) mints a second operator and tries to complete the quorum alone.
   const sock = await addOperator(t, srv, 'sock-puppet', codeNow(srv, alice))
-  t.is((await asOperator(srv, alice, 'POST', `/approvals/${r.approval.id}/approve`, { code: codeNow(srv, alice) })).status, 200)
-  const late = await asOperator(srv, sock, 'POST', `/approvals/${r.approval.id}/approve`, { code: codeNow(srv, sock) })
+  t.is(
+    (
+      await asOperator(srv, alice, 'POST', `/approvals/${r.approval.id}/approve`, {
+        code: codeNow(srv, alice),
+      })
+    ).status,
+    200,
+  )
+  const late = await asOperator(srv, sock, 'POST', `/approvals/${r.approval.id}/approve`, {
+    code: codeNow(srv, sock),
+  })
   t.is(late.status, 403)
   t.is(late.body.error, 'forbidden')
-  const still = await pollApproval(srv.transport, { keys: host.keys, hostId: host.hostId, bootId: 'bootid-late', approvalId: r.approval.id, holdMs: 1000 })
+  const still = await pollApproval(srv.transport, {
+    keys: host.keys,
+    hostId: host.hostId,
+    bootId: 'bootid-late',
+    approvalId: r.approval.id,
+    holdMs: 1000,
+  })
   t.is(still.status, 'pending')
 })

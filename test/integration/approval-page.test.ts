@@ -13,7 +13,15 @@ import { fileURLToPath } from 'node:url'
 import { chromium, type Browser } from 'playwright-core'
 import { openEscrowBlob } from '../../shared/client/host-client.ts'
 import { startTestServer, type TestServer } from '../helpers/server.ts'
-import { addOperator, askUnlock, codeNow, enrollHost, testClock, waitForRelease, wrongCode } from '../helpers/approval.ts'
+import {
+  addOperator,
+  askUnlock,
+  codeNow,
+  enrollHost,
+  testClock,
+  waitForRelease,
+  wrongCode,
+} from '../helpers/approval.ts'
 
 const CHROMIUM = '/usr/bin/chromium'
 const RESULTS = fileURLToPath(new URL('../../test-results/', import.meta.url))
@@ -32,7 +40,16 @@ if (missing) {
   test.before(async () => {
     browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     })
   })
   test.after.always(async () => {
@@ -40,12 +57,22 @@ if (missing) {
   })
 
   async function phone(t: { teardown(fn: () => Promise<void>): void }) {
-    const ctx = await (browser as Browser).newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true })
+    const ctx = await (browser as Browser).newContext({
+      viewport: { width: 390, height: 844 },
+      deviceScaleFactor: 2,
+      isMobile: true,
+      hasTouch: true,
+    })
     t.teardown(() => ctx.close())
     return ctx.newPage()
   }
 
-  async function pending(t: Parameters<typeof startTestServer>[0], srv: TestServer, name: string, bootId: string) {
+  async function pending(
+    t: Parameters<typeof startTestServer>[0],
+    srv: TestServer,
+    name: string,
+    bootId: string,
+  ) {
     const host = await enrollHost(t, srv, name, { approval: 'always' })
     const r = await askUnlock(srv.transport, host, bootId)
     if (r.status === 'released') throw new Error('expected 202')
@@ -54,12 +81,17 @@ if (missing) {
 
   test('an operator approves on a phone-sized page; the host unlocks', async (t) => {
     const clock = testClock()
-    const srv = await startTestServer(t, { now: clock.now, settings: { iatSkew: 10_000_000, pollHold: 2 } })
+    const srv = await startTestServer(t, {
+      now: clock.now,
+      settings: { iatSkew: 10_000_000, pollHold: 2 },
+    })
     const alice = await addOperator(t, srv, 'alice')
     const { host, id } = await pending(t, srv, 'web-1', 'bootid-page-1')
     const page = await phone(t)
     const consoleErrors: string[] = []
-    page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()) })
+    page.on('console', (m) => {
+      if (m.type() === 'error') consoleErrors.push(m.text())
+    })
 
     const res = await page.goto(`${srv.url}/approve/${id}`)
     t.is(res?.status(), 200)
@@ -73,11 +105,15 @@ if (missing) {
     t.regex(h['set-cookie'] ?? '', /HttpOnly/i)
     t.regex(h['set-cookie'] ?? '', /SameSite=Strict/i)
     t.false((await page.content()).includes('<script'), 'no script on the page')
-    t.is(await page.getAttribute('meta[name=viewport]', 'content'), 'width=device-width, initial-scale=1')
+    t.is(
+      await page.getAttribute('meta[name=viewport]', 'content'),
+      'width=device-width, initial-scale=1',
+    )
 
     // the facts an operator decides on
     const facts = await page.textContent('dl')
-    for (const s of ['web-1', 'all', '127.0.0.1', 'bootid-page-1', 'approval:always', id]) t.true(facts?.includes(s), `page shows ${s}`)
+    for (const s of ['web-1', 'all', '127.0.0.1', 'bootid-page-1', 'approval:always', id])
+      t.true(facts?.includes(s), `page shows ${s}`)
     t.regex((await page.textContent('#state')) ?? '', /Waiting for approval \(0 of 1\)/)
     // fits the phone: no horizontal scrolling
     t.true(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth))
@@ -101,7 +137,10 @@ if (missing) {
     await page.fill('#operator', 'alice')
     await page.fill('#code', codeNow(srv, alice))
     await Promise.all([page.waitForNavigation(), page.click('button.approve')])
-    t.regex((await page.textContent('#state')) ?? '', /Approved by alice\. web-1 unlocks at its next poll/)
+    t.regex(
+      (await page.textContent('#state')) ?? '',
+      /Approved by alice\. web-1 unlocks at its next poll/,
+    )
     t.is(await page.$('form'), null, 'no form once decided')
     await page.screenshot({ path: `${RESULTS}approval-page.png`, fullPage: true })
     t.log(`screenshot: ${RESULTS}approval-page.png`)
@@ -110,16 +149,39 @@ if (missing) {
     if (released.status !== 'released') return t.fail('expected release')
     t.deepEqual(await openEscrowBlob(released.volumes[0]!.blob, host.keys.sealing), host.vk)
     // (the refused codes above log "Failed to load resource: 403", which is expected)
-    t.deepEqual(consoleErrors.filter((e) => /Content Security Policy|Refused to/i.test(e)), [], 'no CSP violations')
+    t.deepEqual(
+      consoleErrors.filter((e) => /Content Security Policy|Refused to/i.test(e)),
+      [],
+      'no CSP violations',
+    )
     // audited as coming from the page, with the operator's name
-    const entries = (await srv.admin('GET', '/audit')).body.entries as { actor: string; action: string; detail: Record<string, unknown> }[]
-    t.truthy(entries.find((e) => e.action === 'approval.approve' && e.actor === 'operator:alice' && e.detail['via'] === 'page'))
-    t.truthy(entries.find((e) => e.action === 'totp.fail' && e.actor === 'operator:alice' && e.detail['via'] === 'page'))
+    const entries = (await srv.admin('GET', '/audit')).body.entries as {
+      actor: string
+      action: string
+      detail: Record<string, unknown>
+    }[]
+    t.truthy(
+      entries.find(
+        (e) =>
+          e.action === 'approval.approve' &&
+          e.actor === 'operator:alice' &&
+          e.detail['via'] === 'page',
+      ),
+    )
+    t.truthy(
+      entries.find(
+        (e) =>
+          e.action === 'totp.fail' && e.actor === 'operator:alice' && e.detail['via'] === 'page',
+      ),
+    )
   })
 
   test('deny on the page; k=2 shows partial progress', async (t) => {
     const clock = testClock()
-    const srv = await startTestServer(t, { now: clock.now, settings: { iatSkew: 10_000_000, pollHold: 2 } })
+    const srv = await startTestServer(t, {
+      now: clock.now,
+      settings: { iatSkew: 10_000_000, pollHold: 2 },
+    })
     const alice = await addOperator(t, srv, 'alice')
     const bob = await addOperator(t, srv, 'bob')
     const k2 = await pending(t, srv, 'vault-1', 'bootid-page-k2')
@@ -139,19 +201,35 @@ if (missing) {
     await page.fill('#reason', 'not planned')
     await Promise.all([page.waitForNavigation(), page.click('button.deny')])
     t.regex((await page.textContent('#state')) ?? '', /Denied: not planned/)
-    const err = await waitForRelease(srv.transport, k2.host, 'bootid-page-k3', r.approval.id).catch((e: unknown) => e)
+    const err = await waitForRelease(srv.transport, k2.host, 'bootid-page-k3', r.approval.id).catch(
+      (e: unknown) => e,
+    )
     t.regex(String(err), /not planned/)
   })
 
   test('CSRF: posts without the token, with a forged token, or from another site are refused', async (t) => {
     const clock = testClock()
-    const srv = await startTestServer(t, { now: clock.now, settings: { iatSkew: 10_000_000, pollHold: 2 } })
+    const srv = await startTestServer(t, {
+      now: clock.now,
+      settings: { iatSkew: 10_000_000, pollHold: 2 },
+    })
     const alice = await addOperator(t, srv, 'alice')
     const { id } = await pending(t, srv, 'web-9', 'bootid-page-9')
     const url = `${srv.url}/approve/${id}`
-    const form = (fields: Record<string, string>) => new URLSearchParams({ operator: 'alice', code: codeNow(srv, alice), action: 'approve', ...fields }).toString()
+    const form = (fields: Record<string, string>) =>
+      new URLSearchParams({
+        operator: 'alice',
+        code: codeNow(srv, alice),
+        action: 'approve',
+        ...fields,
+      }).toString()
     const post = (body: string, headers: Record<string, string> = {}) =>
-      fetch(url, { method: 'POST', redirect: 'manual', headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers }, body })
+      fetch(url, {
+        method: 'POST',
+        redirect: 'manual',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+        body,
+      })
 
     // no cookie, no token
     const bare = await post(form({}))
@@ -166,13 +244,29 @@ if (missing) {
     t.truthy(token)
     // ...but the token left out, or forged
     t.is((await post(form({}), { cookie })).status, 403)
-    t.is((await post(form({ csrf: token.slice(0, -2) + (token.endsWith('AA') ? 'BB' : 'AA') }), { cookie })).status, 403)
+    t.is(
+      (
+        await post(form({ csrf: token.slice(0, -2) + (token.endsWith('AA') ? 'BB' : 'AA') }), {
+          cookie,
+        })
+      ).status,
+      403,
+    )
     // a token for another cookie does not transfer
-    t.is((await post(form({ csrf: token }), { cookie: 'unlockd_csrf=' + 'A'.repeat(43) })).status, 403)
+    t.is(
+      (await post(form({ csrf: token }), { cookie: 'unlockd_csrf=' + 'A'.repeat(43) })).status,
+      403,
+    )
     // a cross-site post is refused even with both
-    t.is((await post(form({ csrf: token }), { cookie, 'sec-fetch-site': 'cross-site' })).status, 403)
+    t.is(
+      (await post(form({ csrf: token }), { cookie, 'sec-fetch-site': 'cross-site' })).status,
+      403,
+    )
     // codes are never taken from the URL
-    t.is((await fetch(`${url}?operator=alice&code=${codeNow(srv, alice)}&action=approve`)).status, 200)
+    t.is(
+      (await fetch(`${url}?operator=alice&code=${codeNow(srv, alice)}&action=approve`)).status,
+      200,
+    )
     // none of the refused posts decided anything, nor spent alice's code
     t.is((await srv.admin('GET', `/approvals/${id}`)).body.state, 'pending')
     const ok = await post(form({ csrf: token }), { cookie, 'sec-fetch-site': 'same-origin' })

@@ -8,7 +8,14 @@ import test from 'ava'
 import { spawn } from 'node:child_process'
 import { copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { enroll, generateHostKeys, openEscrowBlob, publicOf, requestUnlock, sealVolumeKey } from '../../shared/client/host-client.ts'
+import {
+  enroll,
+  generateHostKeys,
+  openEscrowBlob,
+  publicOf,
+  requestUnlock,
+  sealVolumeKey,
+} from '../../shared/client/host-client.ts'
 import { fetchTransport } from '../../shared/client/transport.ts'
 import { randomBytes } from '../../shared/crypto/bytes.ts'
 import { parseEscrowExport, parseKekStatus } from '../../shared/protocol/shred.ts'
@@ -25,7 +32,10 @@ const mode = (p: string): number => statSync(p).mode & 0o777
 /** Run the CLI and keep stdout as bytes (a volume key is binary). */
 function runRaw(args: string[]): Promise<{ code: number; stdout: Buffer; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [UNLOCKD, ...args], { env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(process.execPath, [UNLOCKD, ...args], {
+      env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     const out: Buffer[] = []
     let stderr = ''
     child.stdout.on('data', (d: Buffer) => out.push(d))
@@ -56,25 +66,54 @@ test('unlockd shred: dry run changes nothing; no terminal and no --yes refuses; 
   t.regex(dry.stdout, /What shred cannot do:/)
   const dryAll = await runCli(['shred', '--all', '--dry-run', '--json'], env)
   t.is(dryAll.code, 0, dryAll.stderr)
-  t.deepEqual(dryAll.json.targets.map((x: { host: string }) => x.host), ['web-1'])
+  t.deepEqual(
+    dryAll.json.targets.map((x: { host: string }) => x.host),
+    ['web-1'],
+  )
   t.is((await srv.admin('GET', '/hosts/web-1')).body.state, 'active')
 
   clock.advance(30)
   const noYes = await runCli(['shred', '--host', 'web-1', '--code', codeNow(srv, alice)], env)
   t.not(noYes.code, 0)
   t.regex(noYes.stderr, /destructive_needs_force/)
-  t.is((await srv.admin('GET', '/hosts/web-1')).body.state, 'active', 'refused before anything was sent')
+  t.is(
+    (await srv.admin('GET', '/hosts/web-1')).body.state,
+    'active',
+    'refused before anything was sent',
+  )
 
   const noCode = await runCli(['shred', '--host', 'web-1', '--yes'], env)
   t.is(noCode.code, 2, 'the code is required without a terminal')
 
-  const done = await runCli(['shred', '--host', 'web-1', '--yes', '--code', codeNow(srv, alice), '--reason', 'decommissioned'], env)
+  const done = await runCli(
+    [
+      'shred',
+      '--host',
+      'web-1',
+      '--yes',
+      '--code',
+      codeNow(srv, alice),
+      '--reason',
+      'decommissioned',
+    ],
+    env,
+  )
   t.is(done.code, 0, done.stderr)
   t.regex(done.stdout, /Deleted 1 escrow blob\(s\)/)
   t.regex(done.stdout, /KEK rotated: every blob left is wrapped by KEK v2; destroyed v1/)
-  t.regex(done.stdout, /What shred cannot do:[\s\S]*RAM of a running host[\s\S]*added by hand[\s\S]*keystore AND the database/)
+  t.regex(
+    done.stdout,
+    /What shred cannot do:[\s\S]*RAM of a running host[\s\S]*added by hand[\s\S]*keystore AND the database/,
+  )
   t.is((await srv.admin('GET', '/hosts/web-1')).body.state, 'shredded')
-  const denied = await t.throwsAsync(requestUnlock(srv.transport, { keys: h.keys, hostId: h.hostId, bootId: 'boot-0001', volumes: [] }))
+  const denied = await t.throwsAsync(
+    requestUnlock(srv.transport, {
+      keys: h.keys,
+      hostId: h.hostId,
+      bootId: 'boot-0001',
+      volumes: [],
+    }),
+  )
   t.is((denied as { code?: string }).code, 'host_shredded')
 
   const status = await runCli(['kek', 'status', '--json'], env)
@@ -104,30 +143,64 @@ test('recovery-key create + escrow export + recover: offline round trip to the e
   const recipients = [publicOf(keys.sealing), created.json.publicKey]
   const tok = await srv.admin('POST', '/tokens', { host: 'web-1', ttlSeconds: 600 })
   await enroll(srv.transport, {
-    token: tok.body.token, name: 'web-1', keys,
-    volumes: [{ name: 'data', kind: 'luks', blob: await sealVolumeKey(vkData, recipients) }, { name: 'home', kind: 'fscrypt', blob: await sealVolumeKey(vkHome, recipients) }],
+    token: tok.body.token,
+    name: 'web-1',
+    keys,
+    volumes: [
+      { name: 'data', kind: 'luks', blob: await sealVolumeKey(vkData, recipients) },
+      { name: 'home', kind: 'fscrypt', blob: await sealVolumeKey(vkHome, recipients) },
+    ],
   })
 
   const env = { UNLOCKD_URL: srv.url, UNLOCKD_TOKEN: srv.token }
   const exportFile = join(dir, 'web-1.escrow.json')
-  const ex = await runCli(['escrow', 'export', '--host', 'web-1', '--out', exportFile, '--json'], env)
+  const ex = await runCli(
+    ['escrow', 'export', '--host', 'web-1', '--out', exportFile, '--json'],
+    env,
+  )
   t.is(ex.code, 0, ex.stderr)
   t.is(mode(exportFile), 0o600)
   const doc = parseEscrowExport(JSON.parse(readFileSync(exportFile, 'utf8')))
-  t.deepEqual(doc.volumes.map((v) => v.name), ['data', 'home'])
+  t.deepEqual(
+    doc.volumes.map((v) => v.name),
+    ['data', 'home'],
+  )
   t.is(doc.volumes[0]!.recipients.length, 2)
-  t.deepEqual(await openEscrowBlob(doc.volumes[0]!.blob, keys.sealing), vkData, 'the host key opens it too: only the KEK layer was removed')
+  t.deepEqual(
+    await openEscrowBlob(doc.volumes[0]!.blob, keys.sealing),
+    vkData,
+    'the host key opens it too: only the KEK layer was removed',
+  )
   const entries = (await srv.admin('GET', '/audit?limit=10000')).body.entries as AuditEntry[]
   t.true(entries.some((e) => e.action === 'escrow.export' && e.actor === 'operator:admin'))
 
   // recover: to a 0600 file...
   const vkFile = join(dir, 'vk.bin')
-  const rec = await runCli(['recover', '--blob', exportFile, '--volume', 'data', '--recovery-key', rk, '--out', vkFile, '--json'])
+  const rec = await runCli([
+    'recover',
+    '--blob',
+    exportFile,
+    '--volume',
+    'data',
+    '--recovery-key',
+    rk,
+    '--out',
+    vkFile,
+    '--json',
+  ])
   t.is(rec.code, 0, rec.stderr)
   t.is(mode(vkFile), 0o600)
   t.deepEqual(new Uint8Array(readFileSync(vkFile)), vkData)
   // ...or to a pipe.
-  const piped = await runRaw(['recover', '--blob', exportFile, '--volume', 'home', '--recovery-key', rk])
+  const piped = await runRaw([
+    'recover',
+    '--blob',
+    exportFile,
+    '--volume',
+    'home',
+    '--recovery-key',
+    rk,
+  ])
   t.is(piped.code, 0, piped.stderr)
   t.deepEqual(new Uint8Array(piped.stdout), vkHome)
   // A bare blob works as well.
@@ -136,19 +209,52 @@ test('recovery-key create + escrow export + recover: offline round trip to the e
   const fromBare = await runRaw(['recover', '--blob', bare, '--recovery-key', rk])
   t.deepEqual(new Uint8Array(fromBare.stdout), vkHome)
 
-  const ambiguous = await runCli(['recover', '--blob', exportFile, '--recovery-key', rk, '--out', join(dir, 'x.bin')])
+  const ambiguous = await runCli([
+    'recover',
+    '--blob',
+    exportFile,
+    '--recovery-key',
+    rk,
+    '--out',
+    join(dir, 'x.bin'),
+  ])
   t.is(ambiguous.code, 2, 'two volumes: --volume is required')
   const otherKey = join(dir, 'other.jwk')
   t.is((await runCli(['recovery-key', 'create', '--out', otherKey])).code, 0)
-  const wrong = await runCli(['recover', '--blob', exportFile, '--volume', 'data', '--recovery-key', otherKey, '--out', join(dir, 'y.bin')])
+  const wrong = await runCli([
+    'recover',
+    '--blob',
+    exportFile,
+    '--volume',
+    'data',
+    '--recovery-key',
+    otherKey,
+    '--out',
+    join(dir, 'y.bin'),
+  ])
   t.not(wrong.code, 0)
   t.regex(wrong.stderr, /decryption_failed/)
-  const exists = await runCli(['recover', '--blob', exportFile, '--volume', 'data', '--recovery-key', rk, '--out', vkFile])
+  const exists = await runCli([
+    'recover',
+    '--blob',
+    exportFile,
+    '--volume',
+    'data',
+    '--recovery-key',
+    rk,
+    '--out',
+    vkFile,
+  ])
   t.not(exists.code, 0, 'never overwrites an existing file')
 
   // Once the host is shredded there is nothing to export.
   const alice = await addOperator(t, srv, 'alice')
-  const sh = await srv.transport({ method: 'POST', path: '/v1/admin/shred', bearer: alice.token, body: { host: 'web-1', code: codeNow(srv, alice) } })
+  const sh = await srv.transport({
+    method: 'POST',
+    path: '/v1/admin/shred',
+    bearer: alice.token,
+    body: { host: 'web-1', code: codeNow(srv, alice) },
+  })
   t.is(sh.status, 200, JSON.stringify(sh.body))
   const gone = await runCli(['escrow', 'export', '--host', 'web-1'], env)
   t.is(gone.code, 3)
@@ -161,20 +267,60 @@ test('keystore passwd: the old passphrase is refused, the server starts with the
   const d = await initDataDirCli(dir, 'old passphrase 1')
   const srv = await startCliServer(t, d)
   const tr = fetchTransport(srv.url)
-  const tok = await tr({ method: 'POST', path: '/v1/admin/tokens', bearer: d.token, body: { host: 'web-1', ttlSeconds: 600 } })
+  const tok = await tr({
+    method: 'POST',
+    path: '/v1/admin/tokens',
+    bearer: d.token,
+    body: { host: 'web-1', ttlSeconds: 600 },
+  })
   const keys = await generateHostKeys()
   const vk = randomBytes(64)
-  const e = await enroll(tr, { token: (tok.body as { token: string }).token, name: 'web-1', keys, volumes: [{ name: 'data', kind: 'luks', blob: await sealVolumeKey(vk, [publicOf(keys.sealing)]) }] })
+  const e = await enroll(tr, {
+    token: (tok.body as { token: string }).token,
+    name: 'web-1',
+    keys,
+    volumes: [
+      { name: 'data', kind: 'luks', blob: await sealVolumeKey(vk, [publicOf(keys.sealing)]) },
+    ],
+  })
   await srv.stop()
 
   const newFile = join(root, 'new.pass')
   writeFileSync(newFile, 'new passphrase 2\n', { mode: 0o600 })
-  const same = await runCli(['keystore', 'passwd', '--data', dir, '--passphrase-file', d.passFile, '--new-passphrase-file', d.passFile])
+  const same = await runCli([
+    'keystore',
+    'passwd',
+    '--data',
+    dir,
+    '--passphrase-file',
+    d.passFile,
+    '--new-passphrase-file',
+    d.passFile,
+  ])
   t.is(same.code, 2, same.stderr)
-  const wrongOld = await runCli(['keystore', 'passwd', '--data', dir, '--passphrase-file', newFile, '--new-passphrase-file', newFile])
+  const wrongOld = await runCli([
+    'keystore',
+    'passwd',
+    '--data',
+    dir,
+    '--passphrase-file',
+    newFile,
+    '--new-passphrase-file',
+    newFile,
+  ])
   t.not(wrongOld.code, 0)
   t.regex(wrongOld.stderr, /keystore_locked/)
-  const ok = await runCli(['keystore', 'passwd', '--data', dir, '--passphrase-file', d.passFile, '--new-passphrase-file', newFile, '--json'])
+  const ok = await runCli([
+    'keystore',
+    'passwd',
+    '--data',
+    dir,
+    '--passphrase-file',
+    d.passFile,
+    '--new-passphrase-file',
+    newFile,
+    '--json',
+  ])
   t.is(ok.code, 0, ok.stderr)
 
   // Both copies refuse the old passphrase and open with the new one, with the same KEKs.
@@ -195,24 +341,46 @@ test('keystore passwd: the old passphrase is refused, the server starts with the
   const tr2 = fetchTransport(srv2.url)
   const un = await requestUnlock(tr2, { keys, hostId: e.hostId, bootId: 'boot-0001', volumes: [] })
   t.is(un.status, 'released')
-  if (un.status === 'released') t.deepEqual(await openEscrowBlob(un.volumes[0]!.blob, keys.sealing), vk)
+  if (un.status === 'released')
+    t.deepEqual(await openEscrowBlob(un.volumes[0]!.blob, keys.sealing), vk)
 
   // Changing it again while this server runs: the server must not write its stale copy back.
   const newer = join(root, 'newer.pass')
   writeFileSync(newer, 'newer passphrase 3\n', { mode: 0o600 })
-  t.is((await runCli(['keystore', 'passwd', '--data', dir, '--passphrase-file', newFile, '--new-passphrase-file', newer])).code, 0)
+  t.is(
+    (
+      await runCli([
+        'keystore',
+        'passwd',
+        '--data',
+        dir,
+        '--passphrase-file',
+        newFile,
+        '--new-passphrase-file',
+        newer,
+      ])
+    ).code,
+    0,
+  )
   const rot = await tr2({ method: 'POST', path: '/v1/admin/kek/rotate', bearer: d.token, body: {} })
-  t.not(rot.status, 200, 'a rotation would have re-sealed the keystore under the replaced passphrase')
+  t.not(
+    rot.status,
+    200,
+    'a rotation would have re-sealed the keystore under the replaced passphrase',
+  )
   t.is((rot.body as { error?: string }).error, 'keystore_invalid')
   await srv2.stop()
   const srv3 = await startCliServer(t, { dir, passFile: newer })
   const tr3 = fetchTransport(srv3.url)
   // The interrupted rotation had journalled itself; the start with the right passphrase finished it.
-  const status = parseKekStatus((await tr3({ method: 'GET', path: '/v1/admin/kek', bearer: d.token })).body)
+  const status = parseKekStatus(
+    (await tr3({ method: 'GET', path: '/v1/admin/kek', bearer: d.token })).body,
+  )
   t.deepEqual(status.versions, [2])
   t.is(status.pending, null)
   const un3 = await requestUnlock(tr3, { keys, hostId: e.hostId, bootId: 'boot-0002', volumes: [] })
   t.is(un3.status, 'released')
-  if (un3.status === 'released') t.deepEqual(await openEscrowBlob(un3.volumes[0]!.blob, keys.sealing), vk)
+  if (un3.status === 'released')
+    t.deepEqual(await openEscrowBlob(un3.volumes[0]!.blob, keys.sealing), vk)
   await srv3.stop()
 })

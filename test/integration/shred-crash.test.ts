@@ -13,7 +13,15 @@
 import test, { type ExecutionContext } from 'ava'
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { enroll, generateHostKeys, openEscrowBlob, publicOf, requestUnlock, sealVolumeKey, watch } from '../../shared/client/host-client.ts'
+import {
+  enroll,
+  generateHostKeys,
+  openEscrowBlob,
+  publicOf,
+  requestUnlock,
+  sealVolumeKey,
+  watch,
+} from '../../shared/client/host-client.ts'
 import { fetchTransport, type Transport } from '../../shared/client/transport.ts'
 import { randomBytes } from '../../shared/crypto/bytes.ts'
 import type { HostKeys } from '../../shared/crypto/keys.ts'
@@ -29,7 +37,12 @@ import { tempDir } from '../helpers/tmp.ts'
 
 const PASSPHRASE = 'crash test passphrase'
 
-interface Host { name: string; keys: HostKeys; hostId: string; vk: Uint8Array }
+interface Host {
+  name: string
+  keys: HostKeys
+  hostId: string
+  vk: Uint8Array
+}
 
 interface World {
   d: DataDir
@@ -42,8 +55,20 @@ interface World {
 
 const nowSec = (): number => Math.floor(Date.now() / 1000)
 
-async function admin(tr: Transport, token: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; body: any }> {
-  return (await tr({ method, path: `/v1/admin${path}`, bearer: token, ...(body === undefined ? {} : { body }), timeoutMs: 60_000 })) as { status: number; body: any }
+async function admin(
+  tr: Transport,
+  token: string,
+  method: 'GET' | 'POST',
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; body: any }> {
+  return (await tr({
+    method,
+    path: `/v1/admin${path}`,
+    bearer: token,
+    ...(body === undefined ? {} : { body }),
+    timeoutMs: 60_000,
+  })) as { status: number; body: any }
 }
 
 async function enrollOne(tr: Transport, token: string, name: string): Promise<Host> {
@@ -52,7 +77,12 @@ async function enrollOne(tr: Transport, token: string, name: string): Promise<Ho
   const keys = await generateHostKeys()
   const vk = randomBytes(64)
   const blob = await sealVolumeKey(vk, [publicOf(keys.sealing)])
-  const r = await enroll(tr, { token: tok.body.token, name, keys, volumes: [{ name: 'data', kind: 'luks', blob }] })
+  const r = await enroll(tr, {
+    token: tok.body.token,
+    name,
+    keys,
+    volumes: [{ name: 'data', kind: 'luks', blob }],
+  })
   return { name, keys, hostId: r.hostId, vk }
 }
 
@@ -81,7 +111,12 @@ async function world(t: ExecutionContext): Promise<World> {
 }
 
 /** Start with the fault, fire the request that hits it, and make sure the process died by SIGKILL. */
-async function crashAt(t: ExecutionContext, w: World, fault: string, request: (tr: Transport) => Promise<unknown>): Promise<void> {
+async function crashAt(
+  t: ExecutionContext,
+  w: World,
+  fault: string,
+  request: (tr: Transport) => Promise<unknown>,
+): Promise<void> {
   const srv = await startCliServer(t, w.d, { UNLOCKD_FAULT: fault })
   const tr = fetchTransport(srv.url)
   await request(tr).catch(() => undefined) // the connection dies with the server
@@ -90,7 +125,11 @@ async function crashAt(t: ExecutionContext, w: World, fault: string, request: (t
 }
 
 function shredVictim(w: World, stepOffset = 0) {
-  return (tr: Transport) => admin(tr, w.alice.token, 'POST', '/shred', { host: 'web-1', code: totpCodeAt(w.alice.secret, nowSec() + stepOffset) })
+  return (tr: Transport) =>
+    admin(tr, w.alice.token, 'POST', '/shred', {
+      host: 'web-1',
+      code: totpCodeAt(w.alice.secret, nowSec() + stepOffset),
+    })
 }
 
 async function keystoreVersions(file: string, scratch: string): Promise<number[]> {
@@ -102,11 +141,26 @@ async function keystoreVersions(file: string, scratch: string): Promise<number[]
   return v
 }
 
-async function assertSurvivorsOpen(t: ExecutionContext, tr: Transport, hosts: Host[], boot: string): Promise<void> {
+async function assertSurvivorsOpen(
+  t: ExecutionContext,
+  tr: Transport,
+  hosts: Host[],
+  boot: string,
+): Promise<void> {
   for (const h of hosts) {
-    const r = await requestUnlock(tr, { keys: h.keys, hostId: h.hostId, bootId: `${boot}-${h.name}`, volumes: [] })
+    const r = await requestUnlock(tr, {
+      keys: h.keys,
+      hostId: h.hostId,
+      bootId: `${boot}-${h.name}`,
+      volumes: [],
+    })
     t.is(r.status, 'released', h.name)
-    if (r.status === 'released') t.deepEqual(await openEscrowBlob(r.volumes[0]!.blob, h.keys.sealing), h.vk, `${h.name} opens to its exact key`)
+    if (r.status === 'released')
+      t.deepEqual(
+        await openEscrowBlob(r.volumes[0]!.blob, h.keys.sealing),
+        h.vk,
+        `${h.name} opens to its exact key`,
+      )
   }
 }
 
@@ -123,10 +177,26 @@ async function assertShredComplete(t: ExecutionContext, w: World): Promise<void>
   t.is(kek.pending, null)
   t.is(kek.behind, 0)
   await assertSurvivorsOpen(t, tr, w.survivors, 'boot-after')
-  const denied = await t.throwsAsync(requestUnlock(tr, { keys: w.victim.keys, hostId: w.victim.hostId, bootId: 'boot-victim', volumes: [] }))
+  const denied = await t.throwsAsync(
+    requestUnlock(tr, {
+      keys: w.victim.keys,
+      hostId: w.victim.hostId,
+      bootId: 'boot-victim',
+      volumes: [],
+    }),
+  )
   t.is((denied as { code?: string }).code, 'host_shredded')
-  t.deepEqual(await watch(tr, { keys: w.victim.keys, hostId: w.victim.hostId, bootId: 'boot-victim', holdMs: 1000 }), { order: 'shred', volumes: ['data'] })
-  const entries = (await admin(tr, w.d.token, 'GET', '/audit?limit=10000')).body.entries as AuditEntry[]
+  t.deepEqual(
+    await watch(tr, {
+      keys: w.victim.keys,
+      hostId: w.victim.hostId,
+      bootId: 'boot-victim',
+      holdMs: 1000,
+    }),
+    { order: 'shred', volumes: ['data'] },
+  )
+  const entries = (await admin(tr, w.d.token, 'GET', '/audit?limit=10000')).body
+    .entries as AuditEntry[]
   t.true((await verifyAuditChain(entries)).ok, 'audit chain intact')
   t.is(entries.filter((e) => e.action === 'host.shred').length, 1)
   t.true(entries.some((e) => e.action === 'kek.rotate'))
@@ -144,11 +214,21 @@ async function assertShredComplete(t: ExecutionContext, w: World): Promise<void>
   t.deepEqual(await keystoreVersions(ksPath, scratch), [w.kekBefore + 1])
   t.deepEqual(await keystoreVersions(backupPathOf(ksPath), scratch), [w.kekBefore + 1])
   const db = join(w.d.dir, 'unlockd.db')
-  const bytes = Buffer.concat([readFileSync(db), existsSync(`${db}-wal`) ? readFileSync(`${db}-wal`) : Buffer.alloc(0)])
+  const bytes = Buffer.concat([
+    readFileSync(db),
+    existsSync(`${db}-wal`) ? readFileSync(`${db}-wal`) : Buffer.alloc(0),
+  ])
   t.is(bytes.indexOf(Buffer.from(w.victimCt)), -1, 'blob bytes gone from the database files')
 }
 
-for (const fault of ['shred-after-delete', 'shred-after-scrub', 'keystore-between-copies', 'rotate-after-addkek', 'rotate-after-rewrap', 'rotate-after-destroy']) {
+for (const fault of [
+  'shred-after-delete',
+  'shred-after-scrub',
+  'keystore-between-copies',
+  'rotate-after-addkek',
+  'rotate-after-rewrap',
+  'rotate-after-destroy',
+]) {
   test(`SIGKILL at ${fault} during shred: the restart finishes it`, async (t) => {
     const w = await world(t)
     await crashAt(t, w, fault, shredVictim(w))
@@ -160,12 +240,25 @@ test('SIGKILL between the keystore copies while destroying the old KEK (resume o
   const w = await world(t)
   await crashAt(t, w, 'rotate-after-rewrap', shredVictim(w))
   // The resume runs before the server listens; it dies in destroyBelow, main file written, backup not.
-  const dying = await startCliServer(t, w.d, { UNLOCKD_FAULT: 'keystore-between-copies' }, { expectDeath: true })
+  const dying = await startCliServer(
+    t,
+    w.d,
+    { UNLOCKD_FAULT: 'keystore-between-copies' },
+    { expectDeath: true },
+  )
   t.is((await dying.exited).signal, 'SIGKILL')
   const scratch = await tempDir(t, 'unlockd-scratch-')
   const ksPath = join(w.d.dir, 'keystore.json')
-  t.deepEqual(await keystoreVersions(ksPath, scratch), [w.kekBefore + 1], 'main copy already without the old KEK')
-  t.deepEqual(await keystoreVersions(backupPathOf(ksPath), scratch), [w.kekBefore, w.kekBefore + 1], 'backup still behind')
+  t.deepEqual(
+    await keystoreVersions(ksPath, scratch),
+    [w.kekBefore + 1],
+    'main copy already without the old KEK',
+  )
+  t.deepEqual(
+    await keystoreVersions(backupPathOf(ksPath), scratch),
+    [w.kekBefore, w.kekBefore + 1],
+    'backup still behind',
+  )
   await assertShredComplete(t, w)
 })
 
@@ -179,9 +272,18 @@ test('SIGKILL inside the shred transaction: nothing of the shred happened, and s
   t.deepEqual(kek.versions, [w.kekBefore])
   t.is(kek.pending, null)
   await assertSurvivorsOpen(t, tr, [w.victim, ...w.survivors], 'boot-rolled-back')
-  const entries = (await admin(tr, w.d.token, 'GET', '/audit?limit=10000')).body.entries as AuditEntry[]
+  const entries = (await admin(tr, w.d.token, 'GET', '/audit?limit=10000')).body
+    .entries as AuditEntry[]
   t.false(entries.some((e) => e.action === 'host.shred'))
-  t.deepEqual(await watch(tr, { keys: w.victim.keys, hostId: w.victim.hostId, bootId: 'boot-victim', holdMs: 2000 }), { order: 'none', volumes: [] })
+  t.deepEqual(
+    await watch(tr, {
+      keys: w.victim.keys,
+      hostId: w.victim.hostId,
+      bootId: 'boot-victim',
+      holdMs: 2000,
+    }),
+    { order: 'none', volumes: [] },
+  )
   // The crash rolled the TOTP step back with the rest, so the same step is accepted again.
   const r = await shredVictim(w)(tr)
   t.is(r.status, 200, JSON.stringify(r.body))
@@ -189,7 +291,12 @@ test('SIGKILL inside the shred transaction: nothing of the shred happened, and s
   await assertShredComplete(t, w)
 })
 
-for (const fault of ['rotate-after-addkek', 'rotate-after-rewrap', 'keystore-between-copies', 'rotate-after-destroy']) {
+for (const fault of [
+  'rotate-after-addkek',
+  'rotate-after-rewrap',
+  'keystore-between-copies',
+  'rotate-after-destroy',
+]) {
   test(`SIGKILL at ${fault} during \`kek rotate\`: the restart finishes the rotation, nothing is lost`, async (t) => {
     const w = await world(t)
     await crashAt(t, w, fault, (tr) => admin(tr, w.d.token, 'POST', '/kek/rotate', {}))

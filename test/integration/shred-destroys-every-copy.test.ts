@@ -38,7 +38,10 @@ function contains(hay: Buffer, needle: Uint8Array): boolean {
 
 /** The bytes of a SQLite database as they sit on disk: main file plus WAL. */
 function dbBytes(path: string): Buffer {
-  return Buffer.concat([readFileSync(path), existsSync(`${path}-wal`) ? readFileSync(`${path}-wal`) : Buffer.alloc(0)])
+  return Buffer.concat([
+    readFileSync(path),
+    existsSync(`${path}-wal`) ? readFileSync(`${path}-wal`) : Buffer.alloc(0),
+  ])
 }
 
 /** Open one keystore file on its own (in a scratch dir, so the original is never touched). */
@@ -58,7 +61,12 @@ async function rowsIn(dbPath: string, hostId: string): Promise<VolumeRow[]> {
 }
 
 async function recoverWith(ks: Keystore, row: VolumeRow, keys: HostKeys): Promise<Uint8Array> {
-  const plain = unwrap(ks.kek(row.kekVersion), row.iv, row.ct, blobAad(row.hostId, row.name, row.kekVersion))
+  const plain = unwrap(
+    ks.kek(row.kekVersion),
+    row.iv,
+    row.ct,
+    blobAad(row.hostId, row.name, row.kekVersion),
+  )
   return openEscrowBlob(parseEscrowBlob(JSON.parse(fromUtf8(plain))), keys.sealing)
 }
 
@@ -83,13 +91,30 @@ test('after a shred, no copy unlockd controls recovers the volume key (and pre-s
   const oldKek = liveRow.kekVersion
   // The search below means something: the wrapped bytes are in the files before the shred,
   // and the KEK layer means the blob's own JWE ciphertext never is.
-  t.true(contains(dbBytes(dbPath), liveRow.ct), 'wrapped blob is in the live files before the shred')
-  const jweCiphertext = parseEscrowBlob(JSON.parse(fromUtf8(unwrap(srv.deps.keystore.kek(oldKek), liveRow.iv, liveRow.ct, blobAad(victim.hostId, 'data', oldKek))))).ciphertext
+  t.true(
+    contains(dbBytes(dbPath), liveRow.ct),
+    'wrapped blob is in the live files before the shred',
+  )
+  const jweCiphertext = parseEscrowBlob(
+    JSON.parse(
+      fromUtf8(
+        unwrap(
+          srv.deps.keystore.kek(oldKek),
+          liveRow.iv,
+          liveRow.ct,
+          blobAad(victim.hostId, 'data', oldKek),
+        ),
+      ),
+    ),
+  ).ciphertext
   t.false(dbBytes(dbPath).includes(jweCiphertext), 'the JWE is stored only under the KEK layer')
 
   // --- shred -------------------------------------------------------------------------------
   clock.advance(30)
-  const r = await asOperator(srv, alice, 'POST', '/shred', { host: 'web-1', code: codeNow(srv, alice) })
+  const r = await asOperator(srv, alice, 'POST', '/shred', {
+    host: 'web-1',
+    code: codeNow(srv, alice),
+  })
   t.is(r.status, 200, JSON.stringify(r.body))
   const res = parseShredResult(r.body)
   t.is(res.kek?.status, 'rotated')
@@ -99,10 +124,16 @@ test('after a shred, no copy unlockd controls recovers the volume key (and pre-s
   const scratch = await tempDir(t, 'unlockd-scratch-')
   const liveMain = openAlone(ksPath, scratch)
   const liveBackup = openAlone(backupPathOf(ksPath), scratch)
-  t.teardown(() => { liveMain.close(); liveBackup.close() })
+  t.teardown(() => {
+    liveMain.close()
+    liveBackup.close()
+  })
   t.false(liveMain.versions.includes(oldKek), 'old KEK absent from keystore.json')
   t.false(liveBackup.versions.includes(oldKek), 'old KEK absent from keystore.json.bak')
-  t.true(liveMain.versions.every((v) => v > oldKek) && liveBackup.versions.every((v) => v > oldKek), 'no KEK at or below the shredded one survives')
+  t.true(
+    liveMain.versions.every((v) => v > oldKek) && liveBackup.versions.every((v) => v > oldKek),
+    'no KEK at or below the shredded one survives',
+  )
 
   // The old database copy (old disk image's host keys at hand) vs every KEK the server still holds.
   const [oldRow] = await rowsIn(join(before, 'unlockd.db'), victim.hostId)
@@ -111,7 +142,17 @@ test('after a shred, no copy unlockd controls recovers the volume key (and pre-s
   for (const ks of [liveMain, liveBackup]) {
     for (const v of ks.versions) {
       for (const aadVersion of new Set([oldRow.kekVersion, v])) {
-        t.throws(() => unwrap(ks.kek(v), oldRow.iv, oldRow.ct, blobAad(oldRow.hostId, oldRow.name, aadVersion)), { any: true }, `KEK v${v} must not unwrap the old blob`)
+        t.throws(
+          () =>
+            unwrap(
+              ks.kek(v),
+              oldRow.iv,
+              oldRow.ct,
+              blobAad(oldRow.hostId, oldRow.name, aadVersion),
+            ),
+          { any: true },
+          `KEK v${v} must not unwrap the old blob`,
+        )
       }
     }
     t.throws(() => ks.kek(oldRow.kekVersion), { any: true })
@@ -121,28 +162,50 @@ test('after a shred, no copy unlockd controls recovers the volume key (and pre-s
   // The live database files hold neither the row nor its bytes (secure_delete + VACUUM + checkpoint).
   t.deepEqual(await srv.deps.store.tx((tx) => tx.listVolumes(victim.hostId)), [])
   const liveBytes = dbBytes(dbPath)
-  t.false(contains(liveBytes, liveRow.ct), 'wrapped blob bytes are gone from unlockd.db and its WAL')
+  t.false(
+    contains(liveBytes, liveRow.ct),
+    'wrapped blob bytes are gone from unlockd.db and its WAL',
+  )
   t.false(contains(liveBytes, liveRow.ct.subarray(0, 32)), 'not even a fragment of it')
   t.false(contains(liveBytes, liveRow.iv), 'nor its IV')
 
   // The live server refuses the host keys from the old image.
-  const denied = await t.throwsAsync(requestUnlock(srv.transport, { keys: hostKeysOnOldImage, hostId: victim.hostId, bootId: 'boot-0001', volumes: [] }))
+  const denied = await t.throwsAsync(
+    requestUnlock(srv.transport, {
+      keys: hostKeysOnOldImage,
+      hostId: victim.hostId,
+      bootId: 'boot-0001',
+      volumes: [],
+    }),
+  )
   t.is((denied as { code?: string }).code, 'host_shredded')
 
   // A survivor still opens to its exact key.
-  const un = await requestUnlock(srv.transport, { keys: survivor.keys, hostId: survivor.hostId, bootId: 'boot-0002', volumes: [] })
+  const un = await requestUnlock(srv.transport, {
+    keys: survivor.keys,
+    hostId: survivor.hostId,
+    bootId: 'boot-0002',
+    volumes: [],
+  })
   t.is(un.status, 'released')
-  if (un.status === 'released') t.deepEqual(await openEscrowBlob(un.volumes[0]!.blob, survivor.keys.sealing), survivor.vk)
+  if (un.status === 'released')
+    t.deepEqual(await openEscrowBlob(un.volumes[0]!.blob, survivor.keys.sealing), survivor.vk)
 
   // --- what shred cannot do: copies it does not control -------------------------------------
   // A pre-shred keystore copy + the passphrase + a pre-shred DB copy + the old host keys still
   // recover the key. The live post-shred database with that old keystore does not (no row).
   const oldKeystore = openAlone(join(before, 'keystore.json'), scratch)
   t.teardown(() => oldKeystore.close())
-  t.deepEqual(await recoverWith(oldKeystore, oldRow, hostKeysOnOldImage), victim.vk, 'outside copies of keystore + DB are the operator\'s to destroy')
+  t.deepEqual(
+    await recoverWith(oldKeystore, oldRow, hostKeysOnOldImage),
+    victim.vk,
+    "outside copies of keystore + DB are the operator's to destroy",
+  )
   t.deepEqual(await rowsIn(dbPath, victim.hostId), [])
   // Without the passphrase the old keystore copy is useless.
-  t.throws(() => openAlone(join(before, 'keystore.json'), scratch, 'not the passphrase'), { any: true })
+  t.throws(() => openAlone(join(before, 'keystore.json'), scratch, 'not the passphrase'), {
+    any: true,
+  })
   // ...and that limit is what the operator is told.
   t.true(SHRED_CANNOT.some((line) => line.includes('keystore AND the database')))
   t.deepEqual(res.cannot, SHRED_CANNOT)

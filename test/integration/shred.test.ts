@@ -9,7 +9,17 @@
 import test from 'ava'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { enroll, fetchNonce, generateHostKeys, openEscrowBlob, publicOf, report, requestUnlock, sealVolumeKey, watch } from '../../shared/client/host-client.ts'
+import {
+  enroll,
+  fetchNonce,
+  generateHostKeys,
+  openEscrowBlob,
+  publicOf,
+  report,
+  requestUnlock,
+  sealVolumeKey,
+  watch,
+} from '../../shared/client/host-client.ts'
 import { randomBytes } from '../../shared/crypto/bytes.ts'
 import { signHostRequest } from '../../shared/crypto/jws.ts'
 import { verifyAuditChain } from '../../shared/audit.ts'
@@ -18,9 +28,21 @@ import { parseKekStatus, parseShredResult } from '../../shared/protocol/shred.ts
 import { requestRotation, rotateIfDue, ROTATION_META } from '../../server/keys/rotation.ts'
 import { Keystore, backupPathOf } from '../../server/keys/keystore.ts'
 import { TEST_PASSPHRASE, startTestServer, type TestServer } from '../helpers/server.ts'
-import { addOperator, asOperator, codeNow, enrollHost, testClock, wrongCode, type TestHost, type TestOperator } from '../helpers/approval.ts'
+import {
+  addOperator,
+  asOperator,
+  codeNow,
+  enrollHost,
+  testClock,
+  wrongCode,
+  type TestHost,
+  type TestOperator,
+} from '../helpers/approval.ts'
 
-async function setup(t: Parameters<typeof startTestServer>[0], settings: Record<string, number> = {}) {
+async function setup(
+  t: Parameters<typeof startTestServer>[0],
+  settings: Record<string, number> = {},
+) {
   const clock = testClock()
   const srv = await startTestServer(t, { now: clock.now, settings })
   const alice = await addOperator(t, srv, 'alice')
@@ -35,10 +57,25 @@ function shredAs(srv: TestServer, clock: ReturnType<typeof testClock>, op: TestO
   }
 }
 
-async function unlockOk(t: Parameters<typeof startTestServer>[0], srv: TestServer, h: TestHost, bootId: string): Promise<void> {
-  const r = await requestUnlock(srv.transport, { keys: h.keys, hostId: h.hostId, bootId, volumes: [] })
+async function unlockOk(
+  t: Parameters<typeof startTestServer>[0],
+  srv: TestServer,
+  h: TestHost,
+  bootId: string,
+): Promise<void> {
+  const r = await requestUnlock(srv.transport, {
+    keys: h.keys,
+    hostId: h.hostId,
+    bootId,
+    volumes: [],
+  })
   t.is(r.status, 'released')
-  if (r.status === 'released') t.deepEqual(await openEscrowBlob(r.volumes[0]!.blob, h.keys.sealing), h.vk, `${h.name} opens to its exact key`)
+  if (r.status === 'released')
+    t.deepEqual(
+      await openEscrowBlob(r.volumes[0]!.blob, h.keys.sealing),
+      h.vk,
+      `${h.name} opens to its exact key`,
+    )
 }
 
 async function auditActions(srv: TestServer): Promise<AuditEntry[]> {
@@ -51,7 +88,10 @@ test('shred needs a valid TOTP code; a refused shred destroys nothing', async (t
   const none = await asOperator(srv, alice, 'POST', '/shred', { host: 'web-1' })
   t.is(none.status, 403)
   t.is(none.body.error, 'totp_invalid')
-  const bad = await asOperator(srv, alice, 'POST', '/shred', { host: 'web-1', code: wrongCode(alice.secret, srv.deps.now()) })
+  const bad = await asOperator(srv, alice, 'POST', '/shred', {
+    host: 'web-1',
+    code: wrongCode(alice.secret, srv.deps.now()),
+  })
   t.is(bad.status, 403)
   t.is(bad.body.error, 'totp_invalid')
   // The init operator has no TOTP at all: shred is refused outright.
@@ -73,7 +113,9 @@ test('--dry-run lists what would go and changes nothing', async (t) => {
   t.is(r.status, 200, JSON.stringify(r.body))
   const res = parseShredResult(r.body)
   t.true(res.dryRun)
-  t.deepEqual(res.targets, [{ host: 'web-1', id: h.hostId, wholeHost: true, alreadyShredded: false, volumes: ['data'] }])
+  t.deepEqual(res.targets, [
+    { host: 'web-1', id: h.hostId, wholeHost: true, alreadyShredded: false, volumes: ['data'] },
+  ])
   t.is(res.deletedBlobs, 0)
   t.true(res.cannot.length >= 3)
   // Nothing moved: audit, KEK, host state, blobs.
@@ -81,8 +123,13 @@ test('--dry-run lists what would go and changes nothing', async (t) => {
   t.deepEqual(parseKekStatus((await srv.admin('GET', '/kek')).body), kekBefore)
   t.is((await srv.admin('GET', '/hosts/web-1')).body.state, 'active')
   await unlockOk(t, srv, h, 'boot-0001')
-  const all = parseShredResult((await asOperator(srv, alice, 'POST', '/shred', { all: true, dryRun: true })).body)
-  t.deepEqual(all.targets.map((x) => x.host), ['web-1'])
+  const all = parseShredResult(
+    (await asOperator(srv, alice, 'POST', '/shred', { all: true, dryRun: true })).body,
+  )
+  t.deepEqual(
+    all.targets.map((x) => x.host),
+    ['web-1'],
+  )
 })
 
 test('shred: blobs gone, host tombstoned and refused, never enrolls again, KEK rotated; a second shred is a no-op', async (t) => {
@@ -106,13 +153,27 @@ test('shred: blobs gone, host tombstoned and refused, never enrolls again, KEK r
   t.is(view.state, 'shredded')
   t.is(view.stateReason, 'decommissioned')
   t.deepEqual(view.volumes, [])
-  const denied = await t.throwsAsync(requestUnlock(srv.transport, { keys: victim.keys, hostId: victim.hostId, bootId: 'boot-0002', volumes: [] }))
+  const denied = await t.throwsAsync(
+    requestUnlock(srv.transport, {
+      keys: victim.keys,
+      hostId: victim.hostId,
+      bootId: 'boot-0002',
+      volumes: [],
+    }),
+  )
   t.is((denied as { code?: string }).code, 'host_shredded')
   // The tombstone keeps the identity: the same keys can never enroll again, under any name.
   const tok = await srv.admin('POST', '/tokens', { host: 'web-1', ttlSeconds: 600 })
   t.is(tok.status, 201, 'the name is free for a new host')
   const blob = await sealVolumeKey(victim.vk, [publicOf(victim.keys.sealing)])
-  const again = await t.throwsAsync(enroll(srv.transport, { token: tok.body.token, name: 'web-1', keys: victim.keys, volumes: [{ name: 'data', kind: 'luks', blob }] }))
+  const again = await t.throwsAsync(
+    enroll(srv.transport, {
+      token: tok.body.token,
+      name: 'web-1',
+      keys: victim.keys,
+      volumes: [{ name: 'data', kind: 'luks', blob }],
+    }),
+  )
   t.is((again as { code?: string }).code, 'host_shredded')
   const exp = await srv.admin('POST', '/hosts/web-1/escrow-export', {})
   t.is(exp.status, 403)
@@ -125,7 +186,9 @@ test('shred: blobs gone, host tombstoned and refused, never enrolls again, KEK r
   const r2 = await doShred({ host: 'web-1' })
   t.is(r2.status, 200, JSON.stringify(r2.body))
   const res2 = parseShredResult(r2.body)
-  t.deepEqual(res2.targets, [{ host: 'web-1', id: victim.hostId, wholeHost: true, alreadyShredded: true, volumes: [] }])
+  t.deepEqual(res2.targets, [
+    { host: 'web-1', id: victim.hostId, wholeHost: true, alreadyShredded: true, volumes: [] },
+  ])
   t.is(res2.deletedBlobs, 0)
   t.is(res2.kek?.status, 'unchanged')
   t.is(srv.deps.keystore.currentVersion, kek0 + 1)
@@ -149,20 +212,41 @@ test('shred --volume removes only that volume; the host and its other volumes st
   const vkA = randomBytes(64)
   const vkB = randomBytes(64)
   const sealed = async (vk: Uint8Array) => sealVolumeKey(vk, [publicOf(keys.sealing)])
-  const e = await enroll(srv.transport, { token: tok.body.token, name: 'db-1', keys, volumes: [{ name: 'data', kind: 'luks', blob: await sealed(vkA) }, { name: 'backups', kind: 'fscrypt', blob: await sealed(vkB) }] })
+  const e = await enroll(srv.transport, {
+    token: tok.body.token,
+    name: 'db-1',
+    keys,
+    volumes: [
+      { name: 'data', kind: 'luks', blob: await sealed(vkA) },
+      { name: 'backups', kind: 'fscrypt', blob: await sealed(vkB) },
+    ],
+  })
   const doShred = shredAs(srv, clock, alice)
   const unknown = await doShred({ host: 'db-1', volumes: ['nope'] })
   t.is(unknown.body.error, 'volume_unknown')
   const r = parseShredResult((await doShred({ host: 'db-1', volumes: ['backups'] })).body)
-  t.deepEqual(r.targets, [{ host: 'db-1', id: e.hostId, wholeHost: false, alreadyShredded: false, volumes: ['backups'] }])
+  t.deepEqual(r.targets, [
+    { host: 'db-1', id: e.hostId, wholeHost: false, alreadyShredded: false, volumes: ['backups'] },
+  ])
   t.is(r.deletedBlobs, 1)
   const view = (await srv.admin('GET', '/hosts/db-1')).body
   t.is(view.state, 'active')
-  t.deepEqual(view.volumes.map((v: { name: string }) => v.name), ['data'])
-  const un = await requestUnlock(srv.transport, { keys, hostId: e.hostId, bootId: 'boot-0001', volumes: [] })
+  t.deepEqual(
+    view.volumes.map((v: { name: string }) => v.name),
+    ['data'],
+  )
+  const un = await requestUnlock(srv.transport, {
+    keys,
+    hostId: e.hostId,
+    bootId: 'boot-0001',
+    volumes: [],
+  })
   t.is(un.status, 'released')
   if (un.status === 'released') {
-    t.deepEqual(un.volumes.map((v) => v.name), ['data'])
+    t.deepEqual(
+      un.volumes.map((v) => v.name),
+      ['data'],
+    )
     t.deepEqual(await openEscrowBlob(un.volumes[0]!.blob, keys.sealing), vkA)
   }
   // Again: a no-op for a volume already shredded.
@@ -171,8 +255,18 @@ test('shred --volume removes only that volume; the host and its other volumes st
   // The order names the volume only.
   const w = await watch(srv.transport, { keys, hostId: e.hostId, bootId: 'boot-0001' })
   t.deepEqual(w, { order: 'shred', volumes: ['backups'] })
-  await report(srv.transport, { keys, hostId: e.hostId, event: 'shred_done', actions: ['fscrypt: removed key of backups'] })
-  const w2 = await watch(srv.transport, { keys, hostId: e.hostId, bootId: 'boot-0001', holdMs: 2000 })
+  await report(srv.transport, {
+    keys,
+    hostId: e.hostId,
+    event: 'shred_done',
+    actions: ['fscrypt: removed key of backups'],
+  })
+  const w2 = await watch(srv.transport, {
+    keys,
+    hostId: e.hostId,
+    bootId: 'boot-0001',
+    holdMs: 2000,
+  })
   t.deepEqual(w2, { order: 'none', volumes: [] }, 'a live host that reported is not told again')
 })
 
@@ -184,26 +278,68 @@ test('watch: none before; a waiting host is woken by the shred; a host that conn
 
   // Nothing to do: the watch ends with `none` once the hold passes (short hold for this one).
   srv.deps.settings.pollHold = 1
-  t.deepEqual(await watch(srv.transport, { keys: h.keys, hostId: h.hostId, bootId: 'boot-0001', holdMs: 1000 }), { order: 'none', volumes: [] })
+  t.deepEqual(
+    await watch(srv.transport, {
+      keys: h.keys,
+      hostId: h.hostId,
+      bootId: 'boot-0001',
+      holdMs: 1000,
+    }),
+    { order: 'none', volumes: [] },
+  )
   srv.deps.settings.pollHold = 20
 
   // A host already waiting is answered when the shred commits, well before its 20 s hold.
-  const waiting = watch(srv.transport, { keys: h.keys, hostId: h.hostId, bootId: 'boot-0001', holdMs: 20_000 })
+  const waiting = watch(srv.transport, {
+    keys: h.keys,
+    hostId: h.hostId,
+    bootId: 'boot-0001',
+    holdMs: 20_000,
+  })
   await new Promise((r) => setTimeout(r, 300))
   t.is((await doShred({ host: 'web-1' })).status, 200)
   t.deepEqual(await waiting, { order: 'shred', volumes: ['data'] })
 
   // Another host sees nothing.
   srv.deps.settings.pollHold = 1
-  t.deepEqual(await watch(srv.transport, { keys: other.keys, hostId: other.hostId, bootId: 'boot-0002', holdMs: 1000 }), { order: 'none', volumes: [] })
+  t.deepEqual(
+    await watch(srv.transport, {
+      keys: other.keys,
+      hostId: other.hostId,
+      bootId: 'boot-0002',
+      holdMs: 1000,
+    }),
+    { order: 'none', volumes: [] },
+  )
 
   // The order survives a restart: a host that was offline gets it at its next contact.
   const srv2 = await srv.restart()
   srv2.deps.settings.pollHold = 1
-  t.deepEqual(await watch(srv2.transport, { keys: h.keys, hostId: h.hostId, bootId: 'boot-0009', holdMs: 1000 }), { order: 'shred', volumes: ['data'] })
-  await report(srv2.transport, { keys: h.keys, hostId: h.hostId, event: 'shred_done', actions: ['luksErase /dev/vdb', 'deleted host keys'] })
+  t.deepEqual(
+    await watch(srv2.transport, {
+      keys: h.keys,
+      hostId: h.hostId,
+      bootId: 'boot-0009',
+      holdMs: 1000,
+    }),
+    { order: 'shred', volumes: ['data'] },
+  )
+  await report(srv2.transport, {
+    keys: h.keys,
+    hostId: h.hostId,
+    event: 'shred_done',
+    actions: ['luksErase /dev/vdb', 'deleted host keys'],
+  })
   // A shredded host is told on every contact, even after it reported (a restored disk image).
-  t.deepEqual(await watch(srv2.transport, { keys: h.keys, hostId: h.hostId, bootId: 'boot-0010', holdMs: 1000 }), { order: 'shred', volumes: ['data'] })
+  t.deepEqual(
+    await watch(srv2.transport, {
+      keys: h.keys,
+      hostId: h.hostId,
+      bootId: 'boot-0010',
+      holdMs: 1000,
+    }),
+    { order: 'shred', volumes: ['data'] },
+  )
   const entries = (await srv2.admin('GET', '/audit?limit=10000')).body.entries as AuditEntry[]
   const rep = entries.find((e) => e.action === 'shred.report')
   t.truthy(rep)
@@ -217,19 +353,42 @@ test('watch: a signed request is single-use and must be from the host', async (t
   const { srv } = await setup(t)
   const h = await enrollHost(t, srv, 'web-1')
   const stranger = await generateHostKeys()
-  const err = await t.throwsAsync(watch(srv.transport, { keys: stranger, hostId: h.hostId, bootId: 'boot-0001', holdMs: 1000 }))
+  const err = await t.throwsAsync(
+    watch(srv.transport, { keys: stranger, hostId: h.hostId, bootId: 'boot-0001', holdMs: 1000 }),
+  )
   t.is((err as { code?: string }).code, 'bad_signature')
   srv.deps.settings.pollHold = 1
   const nonce = await fetchNonce(srv.transport)
-  const jws = await signHostRequest('watch', { v: 1, host: h.hostId, nonce, bootId: 'boot-0001', iat: srv.deps.now() }, h.keys.signing, h.hostId)
+  const jws = await signHostRequest(
+    'watch',
+    { v: 1, host: h.hostId, nonce, bootId: 'boot-0001', iat: srv.deps.now() },
+    h.keys.signing,
+    h.hostId,
+  )
   const first = await srv.transport({ method: 'POST', path: '/v1/watch', body: { jws } })
   t.is(first.status, 200)
   const replay = await srv.transport({ method: 'POST', path: '/v1/watch', body: { jws } })
   t.is(replay.status, 403)
   t.is((replay.body as { error: string }).error, 'nonce_reused')
   // A JWS made for another purpose does not pass as a watch.
-  const unlockJws = await signHostRequest('unlock', { v: 1, host: h.hostId, volumes: [], nonce: await fetchNonce(srv.transport), bootId: 'boot-0001', iat: srv.deps.now() }, h.keys.signing, h.hostId)
-  const wrongPurpose = await srv.transport({ method: 'POST', path: '/v1/watch', body: { jws: unlockJws } })
+  const unlockJws = await signHostRequest(
+    'unlock',
+    {
+      v: 1,
+      host: h.hostId,
+      volumes: [],
+      nonce: await fetchNonce(srv.transport),
+      bootId: 'boot-0001',
+      iat: srv.deps.now(),
+    },
+    h.keys.signing,
+    h.hostId,
+  )
+  const wrongPurpose = await srv.transport({
+    method: 'POST',
+    path: '/v1/watch',
+    body: { jws: unlockJws },
+  })
   t.is(wrongPurpose.status, 400)
 })
 
@@ -252,9 +411,15 @@ test('kek rotate: survivors still unlock to their exact keys, TOTP secrets are r
   // alice's TOTP secret still verifies (it was re-wrapped): a dry run needs none, a real shred does.
   const shredB = await shredAs(srv, clock, alice)({ host: 'web-2' })
   t.is(shredB.status, 200, JSON.stringify(shredB.body))
-  for (const file of [join(srv.dataDir, 'keystore.json'), backupPathOf(join(srv.dataDir, 'keystore.json'))]) {
+  for (const file of [
+    join(srv.dataDir, 'keystore.json'),
+    backupPathOf(join(srv.dataDir, 'keystore.json')),
+  ]) {
     t.true(existsSync(file))
-    t.false(readFileSync(file, 'utf8').includes(`"version":${v0}`), 'sealed file never holds plaintext')
+    t.false(
+      readFileSync(file, 'utf8').includes(`"version":${v0}`),
+      'sealed file never holds plaintext',
+    )
   }
   await srv.close()
   const ks = Keystore.open(join(srv.dataDir, 'keystore.json'), TEST_PASSPHRASE)
@@ -292,7 +457,9 @@ test('a shred that commits while a rotation runs is not lost: the rotation goes 
   ;(store as { scrub: () => Promise<void> }).scrub = async () => {
     if (!injected) {
       injected = true
-      await store.tx((x) => requestRotation(x, srv.deps.keystore.currentVersion, 'shred', srv.deps.now()))
+      await store.tx((x) =>
+        requestRotation(x, srv.deps.keystore.currentVersion, 'shred', srv.deps.now()),
+      )
     }
     return realScrub()
   }

@@ -11,7 +11,14 @@ import { verifyAuditChain } from '../../shared/audit.ts'
 import { DEFAULT_POLICY } from '../../shared/protocol/policy.ts'
 import { openStore } from '../../server/store/open.ts'
 import { SqliteStore } from '../../server/store/sqlite.ts'
-import type { ApprovalRow, HostRow, OperatorRow, Store, TokenRow, VolumeRow } from '../../server/store/store.ts'
+import type {
+  ApprovalRow,
+  HostRow,
+  OperatorRow,
+  Store,
+  TokenRow,
+  VolumeRow,
+} from '../../server/store/store.ts'
 import { freshPgDatabase, inCi, pgSkipBanner, pgUnavailable } from '../helpers/pg.ts'
 import { tempDir } from '../helpers/tmp.ts'
 
@@ -71,29 +78,88 @@ const postgres: Backend = {
 // --- fixtures ----------------------------------------------------------------------------------
 
 let seq = 0
-const uid = (p: string): string => `${p}_${(++seq).toString(36)}_${Math.random().toString(36).slice(2, 8)}`
+const uid = (p: string): string =>
+  `${p}_${(++seq).toString(36)}_${Math.random().toString(36).slice(2, 8)}`
 // Constraint violations: better-sqlite3's SqliteError is not a native Error, so ava needs `any`.
 const ANY = { any: true } as const
 const BIG = 2 ** 41 // past 32 bits: BIGINT columns must come back as numbers, not strings
 
 function hostRow(o: Partial<HostRow> = {}): HostRow {
   return {
-    id: uid('h'), name: uid('web'), state: 'active', stateReason: null, signingJwk: '{"kty":"OKP"}', sealingJwk: '{"kty":"OKP","crv":"X25519"}',
-    policy: { ...DEFAULT_POLICY, cidrs: ['10.0.0.0/8'] }, createdAt: 1_700_000_000, lastSeenAt: null, lastUnlockAt: null,
-    lastBootId: null, lastSource: null, tang: false, ...o,
+    id: uid('h'),
+    name: uid('web'),
+    state: 'active',
+    stateReason: null,
+    signingJwk: '{"kty":"OKP"}',
+    sealingJwk: '{"kty":"OKP","crv":"X25519"}',
+    policy: { ...DEFAULT_POLICY, cidrs: ['10.0.0.0/8'] },
+    createdAt: 1_700_000_000,
+    lastSeenAt: null,
+    lastUnlockAt: null,
+    lastBootId: null,
+    lastSource: null,
+    tang: false,
+    ...o,
   }
 }
 function volumeRow(hostId: string, o: Partial<VolumeRow> = {}): VolumeRow {
-  return { hostId, name: 'data', kind: 'luks', ref: null, kekVersion: 1, iv: new Uint8Array([1, 2, 3]), ct: new Uint8Array([0, 255, 7, 8]), createdAt: 1_700_000_000, ...o }
+  return {
+    hostId,
+    name: 'data',
+    kind: 'luks',
+    ref: null,
+    kekVersion: 1,
+    iv: new Uint8Array([1, 2, 3]),
+    ct: new Uint8Array([0, 255, 7, 8]),
+    createdAt: 1_700_000_000,
+    ...o,
+  }
 }
 function tokenRow(o: Partial<TokenRow> = {}): TokenRow {
-  return { id: uid('tk'), hash: uid('hash'), hostName: 'web-1', cidrs: ['10.0.0.0/8'], createdAt: 100, expiresAt: 1000, usedAt: null, usedByHost: null, revokedAt: null, createdBy: 'operator:admin', ...o }
+  return {
+    id: uid('tk'),
+    hash: uid('hash'),
+    hostName: 'web-1',
+    cidrs: ['10.0.0.0/8'],
+    createdAt: 100,
+    expiresAt: 1000,
+    usedAt: null,
+    usedByHost: null,
+    revokedAt: null,
+    createdBy: 'operator:admin',
+    ...o,
+  }
 }
 function operatorRow(o: Partial<OperatorRow> = {}): OperatorRow {
-  return { id: uid('op'), name: uid('alice'), tokenHash: uid('oth'), totpKekVersion: null, totpIv: null, totpCt: null, totpLastStep: null, createdAt: 100, removedAt: null, ...o }
+  return {
+    id: uid('op'),
+    name: uid('alice'),
+    tokenHash: uid('oth'),
+    totpKekVersion: null,
+    totpIv: null,
+    totpCt: null,
+    totpLastStep: null,
+    createdAt: 100,
+    removedAt: null,
+    ...o,
+  }
 }
 function approvalRow(hostId: string, o: Partial<ApprovalRow> = {}): ApprovalRow {
-  return { id: uid('ap'), hostId, volumes: ['data'], bootId: 'boot-1', source: '10.0.0.5', rule: 'always', required: 2, createdAt: 100, expiresAt: 700, state: 'pending', decidedAt: null, reason: null, ...o }
+  return {
+    id: uid('ap'),
+    hostId,
+    volumes: ['data'],
+    bootId: 'boot-1',
+    source: '10.0.0.5',
+    rule: 'always',
+    required: 2,
+    createdAt: 100,
+    expiresAt: 700,
+    state: 'pending',
+    decidedAt: null,
+    reason: null,
+    ...o,
+  }
 }
 
 // --- the suite ---------------------------------------------------------------------------------
@@ -105,7 +171,9 @@ function declare(b: Backend, title: string, impl: (t: ExecutionContext) => Promi
   if (why === undefined) {
     test(full, impl)
   } else if (inCi()) {
-    test(full, (t) => { t.fail(`${why}; CI must run the PostgreSQL store suite (.ci/run sources .ci/pg.sh)`) })
+    test(full, (t) => {
+      t.fail(`${why}; CI must run the PostgreSQL store suite (.ci/run sources .ci/pg.sh)`)
+    })
   } else {
     pgSkipBanner(full)
     test.skip(`${full} [SKIPPED: ${why}]`, () => {})
@@ -117,62 +185,130 @@ function suite(b: Backend): void {
     declare(b, title, async (t) => impl(t, await b.fresh(t)))
   }
 
-  it('hosts: insert, get, by name, list and partial update round-trip every field', async (t, { store }) => {
-    const h = hostRow({ name: 'web-1', createdAt: BIG, tang: true, policy: { ...DEFAULT_POLICY, maxUnlocks: { count: 3, periodSeconds: 3600 }, approval: 'always', approvers: 2 } })
+  it('hosts: insert, get, by name, list and partial update round-trip every field', async (t, {
+    store,
+  }) => {
+    const h = hostRow({
+      name: 'web-1',
+      createdAt: BIG,
+      tang: true,
+      policy: {
+        ...DEFAULT_POLICY,
+        maxUnlocks: { count: 3, periodSeconds: 3600 },
+        approval: 'always',
+        approvers: 2,
+      },
+    })
     await store.tx((tx) => tx.insertHost(h))
     t.deepEqual(await store.tx((tx) => tx.getHost(h.id)), h)
     t.deepEqual(await store.tx((tx) => tx.getHostByName('web-1')), h)
     t.is(await store.tx((tx) => tx.getHost('nope')), undefined)
     t.is(await store.tx((tx) => tx.getHostByName('nope')), undefined)
 
-    await store.tx((tx) => tx.updateHost(h.id, { state: 'suspended', stateReason: 'stolen?', lastSeenAt: BIG + 1, lastBootId: 'b1', lastSource: '10.1.2.3', tang: false, policy: { ...h.policy, cidrs: [] } }))
+    await store.tx((tx) =>
+      tx.updateHost(h.id, {
+        state: 'suspended',
+        stateReason: 'stolen?',
+        lastSeenAt: BIG + 1,
+        lastBootId: 'b1',
+        lastSource: '10.1.2.3',
+        tang: false,
+        policy: { ...h.policy, cidrs: [] },
+      }),
+    )
     const got = await store.tx((tx) => tx.getHost(h.id))
-    t.deepEqual(got, { ...h, state: 'suspended', stateReason: 'stolen?', lastSeenAt: BIG + 1, lastBootId: 'b1', lastSource: '10.1.2.3', tang: false, policy: { ...h.policy, cidrs: [] } })
+    t.deepEqual(got, {
+      ...h,
+      state: 'suspended',
+      stateReason: 'stolen?',
+      lastSeenAt: BIG + 1,
+      lastBootId: 'b1',
+      lastSource: '10.1.2.3',
+      tang: false,
+      policy: { ...h.policy, cidrs: [] },
+    })
     t.is(typeof got?.createdAt, 'number')
     await store.tx((tx) => tx.updateHost(h.id, { stateReason: null }))
     t.is((await store.tx((tx) => tx.getHost(h.id)))?.stateReason, null)
     await store.tx((tx) => tx.updateHost(h.id, {})) // empty patch: no-op
     const other = hostRow({ name: 'a-first' })
     await store.tx((tx) => tx.insertHost(other))
-    t.deepEqual((await store.tx((tx) => tx.listHosts())).map((x) => x.name), ['a-first', 'web-1'])
+    t.deepEqual(
+      (await store.tx((tx) => tx.listHosts())).map((x) => x.name),
+      ['a-first', 'web-1'],
+    )
   })
 
-  it('hosts: one live host per name; a shredded tombstone does not block a new host of that name', async (t, { store }) => {
+  it('hosts: one live host per name; a shredded tombstone does not block a new host of that name', async (t, {
+    store,
+  }) => {
     const old = hostRow({ name: 'db-1', createdAt: 100 })
     await store.tx((tx) => tx.insertHost(old))
-    await t.throwsAsync(store.tx((tx) => tx.insertHost(hostRow({ name: 'db-1' }))), ANY)
+    await t.throwsAsync(
+      store.tx((tx) => tx.insertHost(hostRow({ name: 'db-1' }))),
+      ANY,
+    )
     await store.tx((tx) => tx.updateHost(old.id, { state: 'shredded' }))
     const fresh = hostRow({ name: 'db-1', createdAt: 50 }) // older timestamp: the live one must still win
     await store.tx((tx) => tx.insertHost(fresh))
     t.is((await store.tx((tx) => tx.getHostByName('db-1')))?.id, fresh.id)
     t.is((await store.tx((tx) => tx.listHosts())).length, 2)
-    await t.throwsAsync(store.tx((tx) => tx.insertHost(hostRow({ name: 'db-1' }))), ANY)
+    await t.throwsAsync(
+      store.tx((tx) => tx.insertHost(hostRow({ name: 'db-1' }))),
+      ANY,
+    )
   })
 
-  it('volumes: upsert inserts then replaces, bytes round-trip, delete by name or all, KEK listing', async (t, { store }) => {
+  it('volumes: upsert inserts then replaces, bytes round-trip, delete by name or all, KEK listing', async (t, {
+    store,
+  }) => {
     const h = hostRow()
     const h2 = hostRow()
-    await store.tx(async (tx) => { await tx.insertHost(h); await tx.insertHost(h2) })
+    await store.tx(async (tx) => {
+      await tx.insertHost(h)
+      await tx.insertHost(h2)
+    })
     const v1 = volumeRow(h.id, { name: 'data' })
     const v2 = volumeRow(h.id, { name: 'home', kind: 'fscrypt', ref: '/home', kekVersion: 2 })
     const v3 = volumeRow(h2.id, { name: 'tang', kind: 'tang', kekVersion: 0 })
-    await store.tx(async (tx) => { await tx.upsertVolume(v2); await tx.upsertVolume(v1); await tx.upsertVolume(v3) })
+    await store.tx(async (tx) => {
+      await tx.upsertVolume(v2)
+      await tx.upsertVolume(v1)
+      await tx.upsertVolume(v3)
+    })
     const list = await store.tx((tx) => tx.listVolumes(h.id))
     t.deepEqual(list, [v1, v2])
     t.true(list[0]?.iv instanceof Uint8Array)
     t.true(list[0]?.ct instanceof Uint8Array)
 
-    const replaced = { ...v1, kind: 'fscrypt' as const, ref: '/srv', kekVersion: 3, iv: new Uint8Array(12).fill(9), ct: new Uint8Array(300).fill(200), createdAt: 999 }
+    const replaced = {
+      ...v1,
+      kind: 'fscrypt' as const,
+      ref: '/srv',
+      kekVersion: 3,
+      iv: new Uint8Array(12).fill(9),
+      ct: new Uint8Array(300).fill(200),
+      createdAt: 999,
+    }
     await store.tx((tx) => tx.upsertVolume(replaced))
-    t.deepEqual((await store.tx((tx) => tx.listVolumes(h.id)))[0], { ...replaced, createdAt: v1.createdAt })
+    t.deepEqual((await store.tx((tx) => tx.listVolumes(h.id)))[0], {
+      ...replaced,
+      createdAt: v1.createdAt,
+    })
 
     t.is(await store.tx((tx) => tx.countVolumesWithKekBelow(3)), 2) // v2 (2) and v3 (0)
-    t.deepEqual((await store.tx((tx) => tx.listVolumesWithKekBelow(3, 10))).map((v) => v.name).sort(), ['home', 'tang'])
+    t.deepEqual(
+      (await store.tx((tx) => tx.listVolumesWithKekBelow(3, 10))).map((v) => v.name).sort(),
+      ['home', 'tang'],
+    )
     t.is((await store.tx((tx) => tx.listVolumesWithKekBelow(3, 1))).length, 1)
     t.is(await store.tx((tx) => tx.countVolumesWithKekBelow(0)), 0)
 
     t.is(await store.tx((tx) => tx.deleteVolumes(h.id, ['home', 'missing'])), 1)
-    t.deepEqual((await store.tx((tx) => tx.listVolumes(h.id))).map((v) => v.name), ['data'])
+    t.deepEqual(
+      (await store.tx((tx) => tx.listVolumes(h.id))).map((v) => v.name),
+      ['data'],
+    )
     t.is(await store.tx((tx) => tx.deleteVolumes(h.id, [])), 0)
     t.is(await store.tx((tx) => tx.deleteVolumes(h.id)), 1)
     t.deepEqual(await store.tx((tx) => tx.listVolumes(h.id)), [])
@@ -184,15 +320,25 @@ function suite(b: Backend): void {
   it('tokens: lookup, single use, revoke only while unused', async (t, { store }) => {
     const a = tokenRow({ expiresAt: BIG })
     const b = tokenRow({ createdAt: 200 })
-    await store.tx(async (tx) => { await tx.insertToken(a); await tx.insertToken(b) })
+    await store.tx(async (tx) => {
+      await tx.insertToken(a)
+      await tx.insertToken(b)
+    })
     t.deepEqual(await store.tx((tx) => tx.getToken(a.id)), a)
     t.deepEqual(await store.tx((tx) => tx.getTokenByHash(a.hash)), a)
     t.is(await store.tx((tx) => tx.getTokenByHash('nope')), undefined)
-    t.deepEqual((await store.tx((tx) => tx.listTokens())).map((x) => x.id), [b.id, a.id]) // newest first
+    t.deepEqual(
+      (await store.tx((tx) => tx.listTokens())).map((x) => x.id),
+      [b.id, a.id],
+    ) // newest first
 
     t.true(await store.tx((tx) => tx.useToken(a.id, 300, 'host-a')))
     t.false(await store.tx((tx) => tx.useToken(a.id, 301, 'host-b')))
-    t.like(await store.tx((tx) => tx.getToken(a.id)), { usedAt: 300, usedByHost: 'host-a', revokedAt: null })
+    t.like(await store.tx((tx) => tx.getToken(a.id)), {
+      usedAt: 300,
+      usedByHost: 'host-a',
+      revokedAt: null,
+    })
     t.false(await store.tx((tx) => tx.revokeToken(a.id, 302)))
 
     t.true(await store.tx((tx) => tx.revokeToken(b.id, 303)))
@@ -202,20 +348,38 @@ function suite(b: Backend): void {
     t.false(await store.tx((tx) => tx.useToken('missing', 306, 'h')))
   })
 
-  it('tokens: two instances racing to use the same token: exactly one wins', async (t, { store, peer }) => {
+  it('tokens: two instances racing to use the same token: exactly one wins', async (t, {
+    store,
+    peer,
+  }) => {
     const other = await peer()
     const tokens = Array.from({ length: 20 }, () => tokenRow())
-    await store.tx(async (tx) => { for (const tk of tokens) await tx.insertToken(tk) })
-    const results = await Promise.all(tokens.flatMap((tk) => [
-      store.tx(async (tx) => { await tx.getToken(tk.id); return tx.useToken(tk.id, 400, 'via-a') }),
-      other.tx(async (tx) => { await tx.getToken(tk.id); return tx.useToken(tk.id, 400, 'via-b') }),
-    ]))
-    for (let i = 0; i < tokens.length; i++) t.is([results[2 * i], results[2 * i + 1]].filter(Boolean).length, 1, `token ${i}`)
+    await store.tx(async (tx) => {
+      for (const tk of tokens) await tx.insertToken(tk)
+    })
+    const results = await Promise.all(
+      tokens.flatMap((tk) => [
+        store.tx(async (tx) => {
+          await tx.getToken(tk.id)
+          return tx.useToken(tk.id, 400, 'via-a')
+        }),
+        other.tx(async (tx) => {
+          await tx.getToken(tk.id)
+          return tx.useToken(tk.id, 400, 'via-b')
+        }),
+      ]),
+    )
+    for (let i = 0; i < tokens.length; i++)
+      t.is([results[2 * i], results[2 * i + 1]].filter(Boolean).length, 1, `token ${i}`)
     for (const tk of tokens) t.not((await store.tx((tx) => tx.getToken(tk.id)))?.usedAt, null)
   })
 
   it('nonces: ok once, then reused; expired; unknown; purge', async (t, { store }) => {
-    await store.tx(async (tx) => { await tx.insertNonce('n1', 1000); await tx.insertNonce('n2', 1000); await tx.insertNonce('n3', BIG) })
+    await store.tx(async (tx) => {
+      await tx.insertNonce('n1', 1000)
+      await tx.insertNonce('n2', 1000)
+      await tx.insertNonce('n3', BIG)
+    })
     t.is(await store.tx((tx) => tx.consumeNonce('n1', 999)), 'ok')
     t.is(await store.tx((tx) => tx.consumeNonce('n1', 999)), 'reused')
     t.is(await store.tx((tx) => tx.consumeNonce('n2', 1000)), 'expired') // expires_at is exclusive
@@ -227,23 +391,78 @@ function suite(b: Backend): void {
     t.is(await store.tx((tx) => tx.consumeNonce('n3', 1)), 'reused')
   })
 
-  it('nonces: a concurrent double consume from two instances gives exactly one ok', async (t, { store, peer }) => {
+  it('nonces: a concurrent double consume from two instances gives exactly one ok', async (t, {
+    store,
+    peer,
+  }) => {
     const other = await peer()
     const nonces = Array.from({ length: 20 }, (_, i) => `race-${i}`)
-    await store.tx(async (tx) => { for (const n of nonces) await tx.insertNonce(n, 5000) })
-    const results = await Promise.all(nonces.flatMap((n) => [store.tx((tx) => tx.consumeNonce(n, 10)), other.tx((tx) => tx.consumeNonce(n, 10))]))
-    for (let i = 0; i < nonces.length; i++) t.deepEqual([results[2 * i], results[2 * i + 1]].sort(), ['ok', 'reused'], nonces[i])
+    await store.tx(async (tx) => {
+      for (const n of nonces) await tx.insertNonce(n, 5000)
+    })
+    const results = await Promise.all(
+      nonces.flatMap((n) => [
+        store.tx((tx) => tx.consumeNonce(n, 10)),
+        other.tx((tx) => tx.consumeNonce(n, 10)),
+      ]),
+    )
+    for (let i = 0; i < nonces.length; i++)
+      t.deepEqual([results[2 * i], results[2 * i + 1]].sort(), ['ok', 'reused'], nonces[i])
   })
 
-  it('unlock events: counts by outcome and window; boot ids of releases only', async (t, { store }) => {
+  it('unlock events: counts by outcome and window; boot ids of releases only', async (t, {
+    store,
+  }) => {
     const h = hostRow()
     await store.tx(async (tx) => {
-      await tx.recordUnlock({ hostId: h.id, at: 100, bootId: 'b1', source: 's', outcome: 'released', code: null })
-      await tx.recordUnlock({ hostId: h.id, at: 200, bootId: 'b1', source: 's', outcome: 'released', code: null })
-      await tx.recordUnlock({ hostId: h.id, at: 300, bootId: 'b2', source: 's', outcome: 'released', code: null })
-      await tx.recordUnlock({ hostId: h.id, at: 300, bootId: 'b3', source: 's', outcome: 'denied', code: 'cidr_denied' })
-      await tx.recordUnlock({ hostId: h.id, at: 300, bootId: 'b4', source: 's', outcome: 'approval', code: null })
-      await tx.recordUnlock({ hostId: 'other', at: 300, bootId: 'b9', source: 's', outcome: 'released', code: null })
+      await tx.recordUnlock({
+        hostId: h.id,
+        at: 100,
+        bootId: 'b1',
+        source: 's',
+        outcome: 'released',
+        code: null,
+      })
+      await tx.recordUnlock({
+        hostId: h.id,
+        at: 200,
+        bootId: 'b1',
+        source: 's',
+        outcome: 'released',
+        code: null,
+      })
+      await tx.recordUnlock({
+        hostId: h.id,
+        at: 300,
+        bootId: 'b2',
+        source: 's',
+        outcome: 'released',
+        code: null,
+      })
+      await tx.recordUnlock({
+        hostId: h.id,
+        at: 300,
+        bootId: 'b3',
+        source: 's',
+        outcome: 'denied',
+        code: 'cidr_denied',
+      })
+      await tx.recordUnlock({
+        hostId: h.id,
+        at: 300,
+        bootId: 'b4',
+        source: 's',
+        outcome: 'approval',
+        code: null,
+      })
+      await tx.recordUnlock({
+        hostId: 'other',
+        at: 300,
+        bootId: 'b9',
+        source: 's',
+        outcome: 'released',
+        code: null,
+      })
     })
     t.is(await store.tx((tx) => tx.countUnlocks(h.id, 0, 'released')), 3)
     t.is(await store.tx((tx) => tx.countUnlocks(h.id, 200, 'released')), 2)
@@ -256,36 +475,79 @@ function suite(b: Backend): void {
 
   it('operators: lookups, removal, TOTP fields, failures, KEK listing', async (t, { store }) => {
     const o = operatorRow({ name: 'alice', createdAt: BIG })
-    const bob = operatorRow({ name: 'bob', totpKekVersion: 1, totpIv: new Uint8Array([1, 2]), totpCt: new Uint8Array([3, 4, 5]) })
-    await store.tx(async (tx) => { await tx.insertOperator(o); await tx.insertOperator(bob) })
+    const bob = operatorRow({
+      name: 'bob',
+      totpKekVersion: 1,
+      totpIv: new Uint8Array([1, 2]),
+      totpCt: new Uint8Array([3, 4, 5]),
+    })
+    await store.tx(async (tx) => {
+      await tx.insertOperator(o)
+      await tx.insertOperator(bob)
+    })
     t.deepEqual(await store.tx((tx) => tx.getOperator(o.id)), o)
     t.deepEqual(await store.tx((tx) => tx.getOperatorByName('alice')), o)
     t.deepEqual(await store.tx((tx) => tx.getOperatorByTokenHash(bob.tokenHash)), bob)
-    t.deepEqual((await store.tx((tx) => tx.listOperators())).map((x) => x.name), ['alice', 'bob'])
+    t.deepEqual(
+      (await store.tx((tx) => tx.listOperators())).map((x) => x.name),
+      ['alice', 'bob'],
+    )
 
-    await store.tx((tx) => tx.updateOperator(o.id, { totpKekVersion: 2, totpIv: new Uint8Array(12).fill(1), totpCt: new Uint8Array(40).fill(2) }))
+    await store.tx((tx) =>
+      tx.updateOperator(o.id, {
+        totpKekVersion: 2,
+        totpIv: new Uint8Array(12).fill(1),
+        totpCt: new Uint8Array(40).fill(2),
+      }),
+    )
     const got = await store.tx((tx) => tx.getOperator(o.id))
     t.deepEqual(got?.totpCt, new Uint8Array(40).fill(2))
     t.true(got?.totpIv instanceof Uint8Array)
-    t.deepEqual((await store.tx((tx) => tx.listOperatorsWithTotpKekBelow(2))).map((x) => x.name), ['bob'])
-    t.deepEqual((await store.tx((tx) => tx.listOperatorsWithTotpKekBelow(3))).map((x) => x.name), ['alice', 'bob'])
+    t.deepEqual(
+      (await store.tx((tx) => tx.listOperatorsWithTotpKekBelow(2))).map((x) => x.name),
+      ['bob'],
+    )
+    t.deepEqual(
+      (await store.tx((tx) => tx.listOperatorsWithTotpKekBelow(3))).map((x) => x.name),
+      ['alice', 'bob'],
+    )
 
-    await store.tx(async (tx) => { await tx.recordTotpFailure(o.id, 10); await tx.recordTotpFailure(o.id, 20); await tx.recordTotpFailure(bob.id, 20) })
+    await store.tx(async (tx) => {
+      await tx.recordTotpFailure(o.id, 10)
+      await tx.recordTotpFailure(o.id, 20)
+      await tx.recordTotpFailure(bob.id, 20)
+    })
     t.is(await store.tx((tx) => tx.countTotpFailures(o.id, 0)), 2)
     t.is(await store.tx((tx) => tx.countTotpFailures(o.id, 15)), 1)
 
     // Removal: gone from name/token lookups and the list, still readable by id; the name is free again.
-    await store.tx((tx) => tx.updateOperator(bob.id, { removedAt: 500, totpIv: null, totpCt: null, totpKekVersion: null }))
+    await store.tx((tx) =>
+      tx.updateOperator(bob.id, {
+        removedAt: 500,
+        totpIv: null,
+        totpCt: null,
+        totpKekVersion: null,
+      }),
+    )
     t.is(await store.tx((tx) => tx.getOperatorByName('bob')), undefined)
     t.is(await store.tx((tx) => tx.getOperatorByTokenHash(bob.tokenHash)), undefined)
     t.like(await store.tx((tx) => tx.getOperator(bob.id)), { removedAt: 500, totpCt: null })
-    t.deepEqual((await store.tx((tx) => tx.listOperators())).map((x) => x.name), ['alice'])
+    t.deepEqual(
+      (await store.tx((tx) => tx.listOperators())).map((x) => x.name),
+      ['alice'],
+    )
     await store.tx((tx) => tx.insertOperator(operatorRow({ name: 'bob' })))
-    await t.throwsAsync(store.tx((tx) => tx.insertOperator(operatorRow({ name: 'alice' }))), ANY)
+    await t.throwsAsync(
+      store.tx((tx) => tx.insertOperator(operatorRow({ name: 'alice' }))),
+      ANY,
+    )
     await store.scrub()
   })
 
-  it('operators: claimTotpStep only moves forward, and one of two racing claims wins', async (t, { store, peer }) => {
+  it('operators: claimTotpStep only moves forward, and one of two racing claims wins', async (t, {
+    store,
+    peer,
+  }) => {
     const o = operatorRow()
     await store.tx((tx) => tx.insertOperator(o))
     t.true(await store.tx((tx) => tx.claimTotpStep(o.id, 5)))
@@ -297,12 +559,18 @@ function suite(b: Backend): void {
 
     const other = await peer()
     for (let step = BIG + 1; step <= BIG + 10; step++) {
-      const r = await Promise.all([store.tx((tx) => tx.claimTotpStep(o.id, step)), other.tx((tx) => tx.claimTotpStep(o.id, step))])
+      const r = await Promise.all([
+        store.tx((tx) => tx.claimTotpStep(o.id, step)),
+        other.tx((tx) => tx.claimTotpStep(o.id, step)),
+      ])
       t.is(r.filter(Boolean).length, 1, `step ${step}`)
     }
   })
 
-  it('approvals: insert, list by state, update; one vote per operator, also when racing', async (t, { store, peer }) => {
+  it('approvals: insert, list by state, update; one vote per operator, also when racing', async (t, {
+    store,
+    peer,
+  }) => {
     const h = hostRow()
     const a = approvalRow(h.id, { expiresAt: BIG })
     const b = approvalRow(h.id, { createdAt: 200, state: 'denied', decidedAt: 201, reason: 'no' })
@@ -315,8 +583,14 @@ function suite(b: Backend): void {
     })
     t.deepEqual(await store.tx((tx) => tx.getApproval(a.id)), a)
     t.is(await store.tx((tx) => tx.getApproval('nope')), undefined)
-    t.deepEqual((await store.tx((tx) => tx.listApprovals())).map((x) => x.id), [a.id, b.id])
-    t.deepEqual((await store.tx((tx) => tx.listApprovals('pending'))).map((x) => x.id), [a.id])
+    t.deepEqual(
+      (await store.tx((tx) => tx.listApprovals())).map((x) => x.id),
+      [a.id, b.id],
+    )
+    t.deepEqual(
+      (await store.tx((tx) => tx.listApprovals('pending'))).map((x) => x.id),
+      [a.id],
+    )
     t.deepEqual(await store.tx((tx) => tx.listApprovals('used')), [])
 
     t.true(await store.tx((tx) => tx.addApprovalVote(a.id, ops[0].id, 300)))
@@ -326,8 +600,15 @@ function suite(b: Backend): void {
     t.deepEqual(await store.tx((tx) => tx.approvalVoters(a.id)), ['op-a', 'op-b'])
     t.is(await store.tx((tx) => tx.countApprovalVotes(b.id)), 0)
 
-    await store.tx((tx) => tx.updateApproval(a.id, { state: 'approved', decidedAt: 303, volumes: ['data', 'home'] }))
-    t.like(await store.tx((tx) => tx.getApproval(a.id)), { state: 'approved', decidedAt: 303, volumes: ['data', 'home'], reason: null })
+    await store.tx((tx) =>
+      tx.updateApproval(a.id, { state: 'approved', decidedAt: 303, volumes: ['data', 'home'] }),
+    )
+    t.like(await store.tx((tx) => tx.getApproval(a.id)), {
+      state: 'approved',
+      decidedAt: 303,
+      volumes: ['data', 'home'],
+      reason: null,
+    })
 
     const other = await peer()
     const racing = approvalRow(h.id)
@@ -340,19 +621,53 @@ function suite(b: Backend): void {
     t.is(await store.tx((tx) => tx.countApprovalVotes(racing.id)), 1)
   })
 
-  it('audit: appends from two instances at once keep one verifiable chain', async (t, { store, peer }) => {
+  it('audit: appends from two instances at once keep one verifiable chain', async (t, {
+    store,
+    peer,
+  }) => {
     const other = await peer()
     const n = 25
-    const appended = await Promise.all(Array.from({ length: n }, (_, i) => [
-      store.tx((tx) => tx.appendAudit({ at: 1000 + i, actor: 'system', action: 'test.a', host: null, detail: { i } })),
-      other.tx((tx) => tx.appendAudit({ at: 2000 + i, actor: `host:web-${i}`, action: 'test.b', host: `web-${i}`, detail: { i, nested: { z: 1, a: [1, 'x'] } } })),
-    ]).flat())
+    const appended = await Promise.all(
+      Array.from({ length: n }, (_, i) => [
+        store.tx((tx) =>
+          tx.appendAudit({
+            at: 1000 + i,
+            actor: 'system',
+            action: 'test.a',
+            host: null,
+            detail: { i },
+          }),
+        ),
+        other.tx((tx) =>
+          tx.appendAudit({
+            at: 2000 + i,
+            actor: `host:web-${i}`,
+            action: 'test.b',
+            host: `web-${i}`,
+            detail: { i, nested: { z: 1, a: [1, 'x'] } },
+          }),
+        ),
+      ]).flat(),
+    )
     const all = await store.tx((tx) => tx.listAudit(0, 1000))
     t.is(all.length, 2 * n)
-    t.deepEqual(all.map((e) => e.seq), Array.from({ length: 2 * n }, (_, i) => i + 1))
-    t.deepEqual(await verifyAuditChain(all), { ok: true, count: 2 * n, head: all[all.length - 1]?.hash as string })
-    t.deepEqual([...appended].sort((x, y) => x.seq - y.seq), all) // what appendAudit returned is what was stored
-    t.deepEqual((await store.tx((tx) => tx.listAudit(10, 5))).map((e) => e.seq), [11, 12, 13, 14, 15])
+    t.deepEqual(
+      all.map((e) => e.seq),
+      Array.from({ length: 2 * n }, (_, i) => i + 1),
+    )
+    t.deepEqual(await verifyAuditChain(all), {
+      ok: true,
+      count: 2 * n,
+      head: all[all.length - 1]?.hash as string,
+    })
+    t.deepEqual(
+      [...appended].sort((x, y) => x.seq - y.seq),
+      all,
+    ) // what appendAudit returned is what was stored
+    t.deepEqual(
+      (await store.tx((tx) => tx.listAudit(10, 5))).map((e) => e.seq),
+      [11, 12, 13, 14, 15],
+    )
     t.deepEqual(await store.tx((tx) => tx.listAudit(2 * n, 5)), [])
   })
 
@@ -366,18 +681,22 @@ function suite(b: Backend): void {
     await store.tx((tx) => tx.setMeta('k', undefined)) // deleting a missing key is fine
   })
 
-  it('tx: a throw rolls everything back and rethrows; a return value passes through', async (t, { store }) => {
+  it('tx: a throw rolls everything back and rethrows; a return value passes through', async (t, {
+    store,
+  }) => {
     const h = hostRow()
     const boom = new Error('boom')
-    const err = await t.throwsAsync(store.tx(async (tx) => {
-      await tx.insertHost(h)
-      await tx.upsertVolume(volumeRow(h.id))
-      await tx.insertToken(tokenRow({ id: 'tk-rb' }))
-      await tx.insertNonce('n-rb', 1000)
-      await tx.setMeta('rb', 'x')
-      await tx.appendAudit({ at: 1, actor: 'system', action: 'rb', host: null, detail: {} })
-      throw boom
-    }))
+    const err = await t.throwsAsync(
+      store.tx(async (tx) => {
+        await tx.insertHost(h)
+        await tx.upsertVolume(volumeRow(h.id))
+        await tx.insertToken(tokenRow({ id: 'tk-rb' }))
+        await tx.insertNonce('n-rb', 1000)
+        await tx.setMeta('rb', 'x')
+        await tx.appendAudit({ at: 1, actor: 'system', action: 'rb', host: null, detail: {} })
+        throw boom
+      }),
+    )
     t.is(err, boom)
     t.is(await store.tx((tx) => tx.getHost(h.id)), undefined)
     t.deepEqual(await store.tx((tx) => tx.listVolumes(h.id)), [])
@@ -386,18 +705,30 @@ function suite(b: Backend): void {
     t.is(await store.tx((tx) => tx.getMeta('rb')), undefined)
     t.deepEqual(await store.tx((tx) => tx.listAudit(0, 10)), [])
     // A failed statement inside fn also rolls back the statements before it.
-    await t.throwsAsync(store.tx(async (tx) => {
-      await tx.setMeta('rb2', 'x')
-      await tx.insertHost(h)
-      await tx.insertHost(h) // duplicate primary key
-    }), ANY)
+    await t.throwsAsync(
+      store.tx(async (tx) => {
+        await tx.setMeta('rb2', 'x')
+        await tx.insertHost(h)
+        await tx.insertHost(h) // duplicate primary key
+      }),
+      ANY,
+    )
     t.is(await store.tx((tx) => tx.getMeta('rb2')), undefined)
-    t.is(await store.tx(async (tx) => { await tx.setMeta('ok', '1'); return 42 }), 42)
+    t.is(
+      await store.tx(async (tx) => {
+        await tx.setMeta('ok', '1')
+        return 42
+      }),
+      42,
+    )
   })
 
   it('state survives closing and reopening; migrations are not reapplied', async (t, db) => {
     const h = hostRow()
-    await db.store.tx(async (tx) => { await tx.insertHost(h); await tx.appendAudit({ at: 1, actor: 'system', action: 'x', host: null, detail: {} }) })
+    await db.store.tx(async (tx) => {
+      await tx.insertHost(h)
+      await tx.appendAudit({ at: 1, actor: 'system', action: 'x', host: null, detail: {} })
+    })
     const again = await db.reopen()
     t.deepEqual(await again.tx((tx) => tx.getHost(h.id)), h)
     t.is((await again.tx((tx) => tx.listAudit(0, 10))).length, 1)
@@ -407,10 +738,14 @@ function suite(b: Backend): void {
 suite(sqlite)
 suite(postgres)
 
-declare(postgres, 'three instances starting at once on an empty database all migrate cleanly', async (t) => {
-  const url = await freshPgDatabase(t)
-  const stores = await Promise.all([openStore(url), openStore(url), openStore(url)])
-  for (const s of stores) t.teardown(() => s.close())
-  await stores[0]?.tx((tx) => tx.setMeta('k', 'v'))
-  for (const s of stores) t.is(await s.tx((tx) => tx.getMeta('k')), 'v')
-})
+declare(
+  postgres,
+  'three instances starting at once on an empty database all migrate cleanly',
+  async (t) => {
+    const url = await freshPgDatabase(t)
+    const stores = await Promise.all([openStore(url), openStore(url), openStore(url)])
+    for (const s of stores) t.teardown(() => s.close())
+    await stores[0]?.tx((tx) => tx.setMeta('k', 'v'))
+    for (const s of stores) t.is(await s.tx((tx) => tx.getMeta('k')), 'v')
+  },
+)

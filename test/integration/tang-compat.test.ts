@@ -33,8 +33,23 @@ import {
   verifyAdvertisement,
   type TangAdvertisement,
 } from '../../shared/tang/adv.ts'
-import { fetchTangAdvertisement, inspectTangJwe, tangDecrypt, tangEncrypt, type FetchLike, type FetchResponseLike } from '../../shared/tang/client.ts'
-import { createEcmrServer, parseEcPrivateJwk, provision, recover, startRecovery, type EcmrServer, type EcPrivateJwk } from '../../shared/tang/mcr.ts'
+import {
+  fetchTangAdvertisement,
+  inspectTangJwe,
+  tangDecrypt,
+  tangEncrypt,
+  type FetchLike,
+  type FetchResponseLike,
+} from '../../shared/tang/client.ts'
+import {
+  createEcmrServer,
+  parseEcPrivateJwk,
+  provision,
+  recover,
+  startRecovery,
+  type EcmrServer,
+  type EcPrivateJwk,
+} from '../../shared/tang/mcr.ts'
 
 // ------------------------------------------------------------------------------------------------
 // Tool discovery and skip policy
@@ -53,7 +68,9 @@ function executable(file: string): boolean {
 }
 
 function onPath(bin: string): boolean {
-  return (process.env['PATH'] ?? '').split(path.delimiter).some((dir) => dir !== '' && executable(path.join(dir, bin)))
+  return (process.env['PATH'] ?? '')
+    .split(path.delimiter)
+    .some((dir) => dir !== '' && executable(path.join(dir, bin)))
 }
 
 const missing = [
@@ -89,7 +106,12 @@ interface RunResult {
 }
 
 /** Run a command asynchronously (our Hono server lives in this process), bounded by a timeout. */
-function run(cmd: string, args: readonly string[], input?: string | Uint8Array, timeoutMs = 30_000): Promise<RunResult> {
+function run(
+  cmd: string,
+  args: readonly string[],
+  input?: string | Uint8Array,
+  timeoutMs = 30_000,
+): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] })
     const out: Buffer[] = []
@@ -110,12 +132,16 @@ function run(cmd: string, args: readonly string[], input?: string | Uint8Array, 
   })
 }
 
-async function mustRun(cmd: string, args: readonly string[], input?: string | Uint8Array): Promise<Buffer> {
+async function mustRun(
+  cmd: string,
+  args: readonly string[],
+  input?: string | Uint8Array,
+): Promise<Buffer> {
   const r = await run(cmd, args, input)
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${String(r.code)}: ${r.stderr}`)
+  if (r.code !== 0)
+    throw new Error(`${cmd} ${args.join(' ')} exited ${String(r.code)}: ${r.stderr}`)
   return r.stdout
 }
-
 
 /**
  * A FetchLike over node:http with a fresh connection per request (`agent: false`), like clevis's
@@ -136,7 +162,10 @@ const httpFetch: FetchLike = (url, init) =>
         path: `${u.pathname}${u.search}`,
         method: init.method,
         agent: false,
-        headers: { ...init.headers, ...(body === undefined ? {} : { 'Content-Length': String(body.length) }) },
+        headers: {
+          ...init.headers,
+          ...(body === undefined ? {} : { 'Content-Length': String(body.length) }),
+        },
         timeout: 10_000,
       },
       (res) => {
@@ -156,15 +185,34 @@ const httpFetch: FetchLike = (url, init) =>
   })
 
 /** Raw POST returning status, content type and the exact body text. */
-async function rawPost(url: string, body: string): Promise<{ status: number; contentType: string | undefined; text: string }> {
+async function rawPost(
+  url: string,
+  body: string,
+): Promise<{ status: number; contentType: string | undefined; text: string }> {
   return new Promise((resolve, reject) => {
     const u = new URL(url)
     const req = http.request(
-      { host: '127.0.0.1', port: Number(u.port), path: u.pathname, method: 'POST', agent: false, headers: { 'Content-Type': REC_CONTENT_TYPE, 'Content-Length': String(Buffer.byteLength(body)) } },
+      {
+        host: '127.0.0.1',
+        port: Number(u.port),
+        path: u.pathname,
+        method: 'POST',
+        agent: false,
+        headers: {
+          'Content-Type': REC_CONTENT_TYPE,
+          'Content-Length': String(Buffer.byteLength(body)),
+        },
+      },
       (res) => {
         const chunks: Buffer[] = []
         res.on('data', (c: Buffer) => chunks.push(c))
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, contentType: res.headers['content-type'], text: Buffer.concat(chunks).toString('utf8') }))
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            contentType: res.headers['content-type'],
+            text: Buffer.concat(chunks).toString('utf8'),
+          }),
+        )
         res.on('error', reject)
       },
     )
@@ -218,13 +266,20 @@ async function startRealTang(): Promise<RealTang> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'unlockd-tangd-'))
   await mustRun(TANGD_KEYGEN, [dir])
   const port = await freePort()
-  const proc = spawn('socat', [`TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr,fork`, `EXEC:${TANGD} ${dir}`], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const proc = spawn(
+    'socat',
+    [`TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr,fork`, `EXEC:${TANGD} ${dir}`],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  )
   proc.stderr?.resume()
   const url = `http://127.0.0.1:${port}`
   await waitForAdv(url)
   const files: { name: string; jwk: EcPrivateJwk }[] = []
   for (const name of (await readdir(dir)).filter((n) => n.endsWith('.jwk'))) {
-    files.push({ name, jwk: parseEcPrivateJwk(JSON.parse(await readFile(path.join(dir, name), 'utf8')) as unknown) })
+    files.push({
+      name,
+      jwk: parseEcPrivateJwk(JSON.parse(await readFile(path.join(dir, name), 'utf8')) as unknown),
+    })
   }
   return { url, dir, proc, files }
 }
@@ -240,7 +295,8 @@ async function startOurTang(): Promise<OurTang> {
   const hits = { adv: 0, rec: 0 }
   const app = new Hono()
   const advBody = JSON.stringify(adv)
-  const sendAdv = (body: string): Response => new Response(body, { status: 200, headers: { 'Content-Type': ADV_CONTENT_TYPE } })
+  const sendAdv = (body: string): Response =>
+    new Response(body, { status: 200, headers: { 'Content-Type': ADV_CONTENT_TYPE } })
   app.get('/adv', () => {
     hits.adv++
     return sendAdv(advBody)
@@ -253,7 +309,11 @@ async function startOurTang(): Promise<OurTang> {
     hits.adv++
     const key = signIndex.get(c.req.param('thp'))
     if (key === undefined) return c.body(null, 404)
-    return sendAdv(JSON.stringify(await buildAdvertisement({ signing, exchange: [exchange], extraSigning: [key] })))
+    return sendAdv(
+      JSON.stringify(
+        await buildAdvertisement({ signing, exchange: [exchange], extraSigning: [key] }),
+      ),
+    )
   })
   app.post('/rec/:kid', async (c) => {
     hits.rec++
@@ -268,14 +328,19 @@ async function startOurTang(): Promise<OurTang> {
     }
     try {
       const rep = await srv.recover(req)
-      return new Response(JSON.stringify(rep), { status: 200, headers: { 'Content-Type': REC_CONTENT_TYPE } })
+      return new Response(JSON.stringify(rep), {
+        status: 200,
+        headers: { 'Content-Type': REC_CONTENT_TYPE },
+      })
     } catch (e) {
       if (isUnlockdError(e, 'bad_request')) return c.body(null, 400)
       throw e
     }
   })
   const server = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 })
-  await new Promise<void>((resolve) => (server.listening ? resolve() : server.once('listening', () => resolve())))
+  await new Promise<void>((resolve) =>
+    server.listening ? resolve() : server.once('listening', () => resolve()),
+  )
   const addr = server.address()
   if (typeof addr !== 'object' || addr === null) throw new Error('no address')
   return {
@@ -316,7 +381,11 @@ function need<T>(v: T | undefined): T {
 test('sha224 matches node:crypto', (t) => {
   for (const len of [0, 1, 55, 56, 63, 64, 65, 200, 1000]) {
     const data = new Uint8Array(len).map((_, i) => (i * 31 + 7) & 0xff)
-    t.is(Buffer.from(sha224(data)).toString('hex'), createHash('sha224').update(data).digest('hex'), `length ${len}`)
+    t.is(
+      Buffer.from(sha224(data)).toString('hex'),
+      createHash('sha224').update(data).digest('hex'),
+      `length ${len}`,
+    )
   }
 })
 
@@ -341,8 +410,20 @@ test('recover rejects malformed and off-curve points with bad_request', async (t
   const yBytes = Buffer.from(good.y, 'base64url')
   yBytes[65] = (yBytes[65] ?? 0) ^ 1
   const offCurve = { ...good, y: yBytes.toString('base64url') }
-  for (const bad of [offCurve, { ...good, crv: 'P-256' }, { ...good, alg: 'ES512' }, { ...good, key_ops: ['sign'] }, { ...good, kty: 'OKP' }, 'x', null]) {
-    t.throws(() => recover(exch, bad), { instanceOf: UnlockdError, message: /.+/ }, JSON.stringify(bad))
+  for (const bad of [
+    offCurve,
+    { ...good, crv: 'P-256' },
+    { ...good, alg: 'ES512' },
+    { ...good, key_ops: ['sign'] },
+    { ...good, kty: 'OKP' },
+    'x',
+    null,
+  ]) {
+    t.throws(
+      () => recover(exch, bad),
+      { instanceOf: UnlockdError, message: /.+/ },
+      JSON.stringify(bad),
+    )
     await t.throwsAsync(srv.recover(bad), { instanceOf: UnlockdError })
     try {
       recover(exch, bad)
@@ -364,52 +445,75 @@ test('advertisement: built, verified, tamper detected, thumbprint pin enforced',
   t.deepEqual(v.exchangeKeys[0]?.key_ops, ['deriveKey'])
   t.false(JSON.stringify(v.jwks).includes('"d"'))
   // one signature missing -> every verify key must have signed
-  await t.throwsAsync(verifyAdvertisement({ ...adv, signatures: adv.signatures.slice(0, 1) }), { instanceOf: UnlockdError, message: /missing a signature/ })
+  await t.throwsAsync(verifyAdvertisement({ ...adv, signatures: adv.signatures.slice(0, 1) }), {
+    instanceOf: UnlockdError,
+    message: /missing a signature/,
+  })
   // payload swapped
-  const other = await buildAdvertisement({ signing: [generateSigningKey()], exchange: [generateExchangeKey()] })
+  const other = await buildAdvertisement({
+    signing: [generateSigningKey()],
+    exchange: [generateExchangeKey()],
+  })
   await t.throwsAsync(verifyAdvertisement({ payload: other.payload, signatures: adv.signatures }))
   // pin
   const thp = await jwkThumbprint(publicJwk(signing[1] as EcPrivateJwk))
   await t.notThrowsAsync(verifyAdvertisement(adv, { trustedThumbprint: thp }))
   const s1 = await jwkThumbprint(publicJwk(signing[0] as EcPrivateJwk), 'S1')
   await t.notThrowsAsync(verifyAdvertisement(adv, { trustedThumbprint: s1 }))
-  await t.throwsAsync(verifyAdvertisement(adv, { trustedThumbprint: await jwkThumbprint(publicJwk(exchange)) }), { message: /trusted key/ })
+  await t.throwsAsync(
+    verifyAdvertisement(adv, { trustedThumbprint: await jwkThumbprint(publicJwk(exchange)) }),
+    { message: /trusted key/ },
+  )
 })
 
 // ------------------------------------------------------------------------------------------------
 // 1. Our client against Debian's tangd
 // ------------------------------------------------------------------------------------------------
 
-toolTest('tangd: advertisement verifies; thumbprints match tangd key names and `jose jwk thp` for every hash', async (t) => {
-  const r = need(real)
-  const { adv } = await fetchTangAdvertisement(r.url, httpFetch)
-  t.is(adv.signingKeys.length, 1)
-  t.is(adv.exchangeKeys.length, 1)
-  for (const f of r.files) {
-    t.is(await jwkThumbprint(f.jwk, 'S256'), f.name.replace(/\.jwk$/, ''), 'tangd-keygen names files by S256 thumbprint')
-    for (const alg of THUMBPRINT_ALGS) {
-      const theirs = (await mustRun('jose', ['jwk', 'thp', '-i', path.join(r.dir, f.name), '-a', alg])).toString().trim()
-      t.is(await jwkThumbprint(f.jwk, alg), theirs, `${alg} of ${f.name}`)
+toolTest(
+  'tangd: advertisement verifies; thumbprints match tangd key names and `jose jwk thp` for every hash',
+  async (t) => {
+    const r = need(real)
+    const { adv } = await fetchTangAdvertisement(r.url, httpFetch)
+    t.is(adv.signingKeys.length, 1)
+    t.is(adv.exchangeKeys.length, 1)
+    for (const f of r.files) {
+      t.is(
+        await jwkThumbprint(f.jwk, 'S256'),
+        f.name.replace(/\.jwk$/, ''),
+        'tangd-keygen names files by S256 thumbprint',
+      )
+      for (const alg of THUMBPRINT_ALGS) {
+        const theirs = (
+          await mustRun('jose', ['jwk', 'thp', '-i', path.join(r.dir, f.name), '-a', alg])
+        )
+          .toString()
+          .trim()
+        t.is(await jwkThumbprint(f.jwk, alg), theirs, `${alg} of ${f.name}`)
+      }
     }
-  }
-})
+  },
+)
 
-toolTest('tangd: our recover() reproduces tangd /rec replies byte for byte (S256 and S1 kid)', async (t) => {
-  const r = need(real)
-  const exch = r.files.find((f) => f.jwk.alg === 'ECMR')
-  if (exch === undefined) throw new Error('no ECMR key in tangd dir')
-  const pub = publicJwk(exch.jwk)
-  const srv = await createEcmrServer(exch.jwk)
-  for (const alg of ['S256', 'S1'] as const) {
-    const req = startRecovery(provision(pub).epk, pub).request
-    const kid = await jwkThumbprint(pub, alg)
-    const res = await rawPost(`${r.url}/rec/${kid}`, JSON.stringify(req))
-    t.is(res.status, 200)
-    t.is(res.contentType, REC_CONTENT_TYPE)
-    t.is(JSON.stringify(recover(exch.jwk, req)), res.text)
-    t.is(JSON.stringify(await srv.recover(req)), res.text)
-  }
-})
+toolTest(
+  'tangd: our recover() reproduces tangd /rec replies byte for byte (S256 and S1 kid)',
+  async (t) => {
+    const r = need(real)
+    const exch = r.files.find((f) => f.jwk.alg === 'ECMR')
+    if (exch === undefined) throw new Error('no ECMR key in tangd dir')
+    const pub = publicJwk(exch.jwk)
+    const srv = await createEcmrServer(exch.jwk)
+    for (const alg of ['S256', 'S1'] as const) {
+      const req = startRecovery(provision(pub).epk, pub).request
+      const kid = await jwkThumbprint(pub, alg)
+      const res = await rawPost(`${r.url}/rec/${kid}`, JSON.stringify(req))
+      t.is(res.status, 200)
+      t.is(res.contentType, REC_CONTENT_TYPE)
+      t.is(JSON.stringify(recover(exch.jwk, req)), res.text)
+      t.is(JSON.stringify(await srv.recover(req)), res.text)
+    }
+  },
+)
 
 toolTest('tangd: tangEncrypt then tangDecrypt round trip', async (t) => {
   const r = need(real)
@@ -422,7 +526,10 @@ toolTest('tangd: tangEncrypt then tangDecrypt round trip', async (t) => {
   t.is(dec(await tangDecrypt(jwe, httpFetch)), secret)
   // binary plaintext too
   const bin = new Uint8Array(300).map((_, i) => i & 0xff)
-  t.deepEqual(Buffer.from(await tangDecrypt(await tangEncrypt(bin, jws, r.url), httpFetch)), Buffer.from(bin))
+  t.deepEqual(
+    Buffer.from(await tangDecrypt(await tangEncrypt(bin, jws, r.url), httpFetch)),
+    Buffer.from(bin),
+  )
 })
 
 toolTest('tangd: stock `clevis decrypt` opens the JWE tangEncrypt made', async (t) => {
@@ -435,63 +542,100 @@ toolTest('tangd: stock `clevis decrypt` opens the JWE tangEncrypt made', async (
   t.is(out.stdout.toString(), secret)
 })
 
-toolTest('tangd: tangDecrypt opens a stock `clevis encrypt tang` JWE; tampering is detected', async (t) => {
-  const r = need(real)
-  const secret = 'made by clevis, opened by unlockd'
-  const jwe = (await mustRun('clevis', ['encrypt', 'tang', JSON.stringify({ url: r.url }), '-y'], secret)).toString()
-  t.is(dec(await tangDecrypt(jwe, httpFetch)), secret)
-  const parts = jwe.split('.')
-  const ct = Buffer.from(parts[3] ?? '', 'base64url')
-  ct[0] = (ct[0] ?? 0) ^ 0x80
-  parts[3] = ct.toString('base64url')
-  await t.throwsAsync(tangDecrypt(parts.join('.'), httpFetch), { instanceOf: UnlockdError, message: /does not decrypt/ })
-})
+toolTest(
+  'tangd: tangDecrypt opens a stock `clevis encrypt tang` JWE; tampering is detected',
+  async (t) => {
+    const r = need(real)
+    const secret = 'made by clevis, opened by unlockd'
+    const jwe = (
+      await mustRun('clevis', ['encrypt', 'tang', JSON.stringify({ url: r.url }), '-y'], secret)
+    ).toString()
+    t.is(dec(await tangDecrypt(jwe, httpFetch)), secret)
+    const parts = jwe.split('.')
+    const ct = Buffer.from(parts[3] ?? '', 'base64url')
+    ct[0] = (ct[0] ?? 0) ^ 0x80
+    parts[3] = ct.toString('base64url')
+    await t.throwsAsync(tangDecrypt(parts.join('.'), httpFetch), {
+      instanceOf: UnlockdError,
+      message: /does not decrypt/,
+    })
+  },
+)
 
 // ------------------------------------------------------------------------------------------------
 // 2. Stock clevis against our Hono tang
 // ------------------------------------------------------------------------------------------------
 
-toolTest('our tang: stock `clevis encrypt tang -y` + `clevis decrypt` work against it', async (t) => {
-  const o = need(ours)
-  const before = { ...o.hits }
-  const secret = 'stock clevis, unlockd tang'
-  const enc = await run('clevis', ['encrypt', 'tang', JSON.stringify({ url: o.url }), '-y'], secret)
-  t.is(enc.code, 0, enc.stderr)
-  const jwe = enc.stdout.toString()
-  const out = await run('clevis', ['decrypt'], jwe)
-  t.is(out.code, 0, out.stderr)
-  t.is(out.stdout.toString(), secret)
-  t.true(o.hits.adv > before.adv, 'clevis fetched our /adv')
-  t.true(o.hits.rec > before.rec, 'clevis used our /rec')
-  // and our own client reads clevis's JWE through our server too
-  t.is(dec(await tangDecrypt(jwe, httpFetch)), secret)
-})
+toolTest(
+  'our tang: stock `clevis encrypt tang -y` + `clevis decrypt` work against it',
+  async (t) => {
+    const o = need(ours)
+    const before = { ...o.hits }
+    const secret = 'stock clevis, unlockd tang'
+    const enc = await run(
+      'clevis',
+      ['encrypt', 'tang', JSON.stringify({ url: o.url }), '-y'],
+      secret,
+    )
+    t.is(enc.code, 0, enc.stderr)
+    const jwe = enc.stdout.toString()
+    const out = await run('clevis', ['decrypt'], jwe)
+    t.is(out.code, 0, out.stderr)
+    t.is(out.stdout.toString(), secret)
+    t.true(o.hits.adv > before.adv, 'clevis fetched our /adv')
+    t.true(o.hits.rec > before.rec, 'clevis used our /rec')
+    // and our own client reads clevis's JWE through our server too
+    t.is(dec(await tangDecrypt(jwe, httpFetch)), secret)
+  },
+)
 
-toolTest('our tang: clevis with a pinned thp (fetches /adv/{thp}) and with an offline adv', async (t) => {
-  const o = need(ours)
-  const thp = await jwkThumbprint(publicJwk(o.signing[1] as EcPrivateJwk))
-  const secret = 'pinned'
-  const enc = await run('clevis', ['encrypt', 'tang', JSON.stringify({ url: o.url, thp })], secret)
-  t.is(enc.code, 0, enc.stderr)
-  const out = await run('clevis', ['decrypt'], enc.stdout)
-  t.is(out.stdout.toString(), secret, out.stderr)
-  // an unknown thp is refused by our /adv/{thp} and so by clevis
-  const bad = await run('clevis', ['encrypt', 'tang', JSON.stringify({ url: o.url, thp: await jwkThumbprint(publicJwk(o.exchange)) })], secret)
-  t.not(bad.code, 0)
-  // offline binding: advertisement passed inline (General JWS with two signatures, checked by `jose jws ver -a`)
-  const off = await run('clevis', ['encrypt', 'tang', JSON.stringify({ url: o.url, adv: o.adv })], 'offline')
-  t.is(off.code, 0, off.stderr)
-  t.is(dec(await tangDecrypt(off.stdout.toString(), httpFetch)), 'offline')
-})
+toolTest(
+  'our tang: clevis with a pinned thp (fetches /adv/{thp}) and with an offline adv',
+  async (t) => {
+    const o = need(ours)
+    const thp = await jwkThumbprint(publicJwk(o.signing[1] as EcPrivateJwk))
+    const secret = 'pinned'
+    const enc = await run(
+      'clevis',
+      ['encrypt', 'tang', JSON.stringify({ url: o.url, thp })],
+      secret,
+    )
+    t.is(enc.code, 0, enc.stderr)
+    const out = await run('clevis', ['decrypt'], enc.stdout)
+    t.is(out.stdout.toString(), secret, out.stderr)
+    // an unknown thp is refused by our /adv/{thp} and so by clevis
+    const bad = await run(
+      'clevis',
+      [
+        'encrypt',
+        'tang',
+        JSON.stringify({ url: o.url, thp: await jwkThumbprint(publicJwk(o.exchange)) }),
+      ],
+      secret,
+    )
+    t.not(bad.code, 0)
+    // offline binding: advertisement passed inline (General JWS with two signatures, checked by `jose jws ver -a`)
+    const off = await run(
+      'clevis',
+      ['encrypt', 'tang', JSON.stringify({ url: o.url, adv: o.adv })],
+      'offline',
+    )
+    t.is(off.code, 0, off.stderr)
+    t.is(dec(await tangDecrypt(off.stdout.toString(), httpFetch)), 'offline')
+  },
+)
 
-toolTest('our tang: JWE from tangEncrypt opens with stock `clevis decrypt` via our /rec', async (t) => {
-  const o = need(ours)
-  const { jws } = await fetchTangAdvertisement(o.url, httpFetch)
-  const jwe = await tangEncrypt('both ends unlockd, clevis in the middle', jws, o.url)
-  const out = await run('clevis', ['decrypt'], jwe)
-  t.is(out.code, 0, out.stderr)
-  t.is(out.stdout.toString(), 'both ends unlockd, clevis in the middle')
-})
+toolTest(
+  'our tang: JWE from tangEncrypt opens with stock `clevis decrypt` via our /rec',
+  async (t) => {
+    const o = need(ours)
+    const { jws } = await fetchTangAdvertisement(o.url, httpFetch)
+    const jwe = await tangEncrypt('both ends unlockd, clevis in the middle', jws, o.url)
+    const out = await run('clevis', ['decrypt'], jwe)
+    t.is(out.code, 0, out.stderr)
+    t.is(out.stdout.toString(), 'both ends unlockd, clevis in the middle')
+  },
+)
 
 toolTest('our tang: bad requests get tang status codes', async (t) => {
   const o = need(ours)
@@ -500,7 +644,15 @@ toolTest('our tang: bad requests get tang status codes', async (t) => {
   const req = startRecovery(provision(pub).epk, pub).request
   t.is((await rawPost(`${o.url}/rec/${kid}`, JSON.stringify({ ...req, y: req.x }))).status, 400)
   t.is((await rawPost(`${o.url}/rec/${kid}`, 'not json')).status, 400)
-  t.is((await rawPost(`${o.url}/rec/${await jwkThumbprint(publicJwk(o.signing[0] as EcPrivateJwk))}`, JSON.stringify(req))).status, 404)
+  t.is(
+    (
+      await rawPost(
+        `${o.url}/rec/${await jwkThumbprint(publicJwk(o.signing[0] as EcPrivateJwk))}`,
+        JSON.stringify(req),
+      )
+    ).status,
+    404,
+  )
   const res = await rawPost(`${o.url}/rec/${kid}`, JSON.stringify(req))
   t.is(res.status, 200)
   t.is(res.contentType, REC_CONTENT_TYPE)

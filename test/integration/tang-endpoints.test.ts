@@ -25,18 +25,27 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const CLI = path.join(ROOT, 'dist/unlockd.mjs')
 
 function onPath(bin: string): boolean {
-  return [...(process.env['PATH'] ?? '').split(path.delimiter), '/usr/sbin', '/sbin'].some((dir) => {
-    if (dir === '') return false
-    try {
-      accessSync(path.join(dir, bin), fsConstants.X_OK)
-      return true
-    } catch {
-      return false
-    }
-  })
+  return [...(process.env['PATH'] ?? '').split(path.delimiter), '/usr/sbin', '/sbin'].some(
+    (dir) => {
+      if (dir === '') return false
+      try {
+        accessSync(path.join(dir, bin), fsConstants.X_OK)
+        return true
+      } catch {
+        return false
+      }
+    },
+  )
 }
 
-const missing = ['clevis', 'clevis-luks-bind', 'clevis-luks-pass', 'jose', 'curl', 'cryptsetup'].filter((b) => !onPath(b))
+const missing = [
+  'clevis',
+  'clevis-luks-bind',
+  'clevis-luks-pass',
+  'jose',
+  'curl',
+  'cryptsetup',
+].filter((b) => !onPath(b))
 const inCi = Boolean(process.env['CI'])
 const toolTest = missing.length === 0 ? test.serial : test.skip
 
@@ -47,7 +56,9 @@ if (missing.length > 0) {
       t.fail(msg)
     })
   } else {
-    console.warn(`\n${'!'.repeat(78)}\n!! SKIPPING Tang endpoint tests: ${msg}\n${'!'.repeat(78)}\n`)
+    console.warn(
+      `\n${'!'.repeat(78)}\n!! SKIPPING Tang endpoint tests: ${msg}\n${'!'.repeat(78)}\n`,
+    )
     test('clevis tools are installed (skipping Tang endpoint tests)', (t) => {
       t.log(`SKIPPED: ${msg}`)
       t.pass()
@@ -66,9 +77,16 @@ interface RunResult {
 }
 
 /** Run a command asynchronously (the server lives in this process), bounded by a timeout. */
-function run(cmd: string, args: readonly string[], opts: { input?: string; env?: Record<string, string>; timeoutMs?: number } = {}): Promise<RunResult> {
+function run(
+  cmd: string,
+  args: readonly string[],
+  opts: { input?: string; env?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } })
+    const child = spawn(cmd, args, {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, ...opts.env },
+    })
     const out: Buffer[] = []
     const err: Buffer[] = []
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000)
@@ -80,7 +98,11 @@ function run(cmd: string, args: readonly string[], opts: { input?: string; env?:
     })
     child.on('close', (code) => {
       clearTimeout(timer)
-      resolve({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() })
+      resolve({
+        code,
+        stdout: Buffer.concat(out).toString(),
+        stderr: Buffer.concat(err).toString(),
+      })
     })
     child.stdin.on('error', () => {})
     child.stdin.end(opts.input ?? '')
@@ -102,7 +124,10 @@ async function setup(t: ExecutionContext): Promise<Env> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`)
   const clock = { offset: 0 }
   const srv = await startTestServer(t, { now: () => Math.floor(Date.now() / 1000) + clock.offset })
-  const cliRaw = (args: string[]): Promise<RunResult> => run(process.execPath, [CLI, ...args], { env: { UNLOCKD_URL: srv.url, UNLOCKD_TOKEN: srv.token, UNLOCKD_CONFIG: '/nonexistent' } })
+  const cliRaw = (args: string[]): Promise<RunResult> =>
+    run(process.execPath, [CLI, ...args], {
+      env: { UNLOCKD_URL: srv.url, UNLOCKD_TOKEN: srv.token, UNLOCKD_CONFIG: '/nonexistent' },
+    })
   let secret: string | undefined
   return {
     srv,
@@ -110,13 +135,15 @@ async function setup(t: ExecutionContext): Promise<Env> {
     cliRaw,
     async cli(args) {
       const r = await cliRaw([...args, '--json'])
-      if (r.code !== 0) throw new Error(`unlockd ${args.join(' ')} exited ${String(r.code)}: ${r.stderr}`)
+      if (r.code !== 0)
+        throw new Error(`unlockd ${args.join(' ')} exited ${String(r.code)}: ${r.stderr}`)
       return JSON.parse(r.stdout) as unknown
     },
     async code() {
       if (secret === undefined) {
         const res = await srv.admin('POST', '/operators/admin/totp', {})
-        if (res.status !== 200) throw new Error(`TOTP enrollment: HTTP ${res.status} ${JSON.stringify(res.body)}`)
+        if (res.status !== 200)
+          throw new Error(`TOTP enrollment: HTTP ${res.status} ${JSON.stringify(res.body)}`)
         const s = new URL(String(res.body.otpauthUri)).searchParams.get('secret')
         if (s === null) throw new Error('no secret in the otpauth URI')
         secret = s
@@ -127,13 +154,25 @@ async function setup(t: ExecutionContext): Promise<Env> {
   }
 }
 
-async function addTangHost(env: Env, name: string, cidrs: string[] = []): Promise<{ view: TangHostView; url: string }> {
-  const out = (await env.cli(['host', 'add', name, '--tang', ...cidrs.flatMap((c) => ['--cidr', c])])) as TangHostView & { url: string }
+async function addTangHost(
+  env: Env,
+  name: string,
+  cidrs: string[] = [],
+): Promise<{ view: TangHostView; url: string }> {
+  const out = (await env.cli([
+    'host',
+    'add',
+    name,
+    '--tang',
+    ...cidrs.flatMap((c) => ['--cidr', c]),
+  ])) as TangHostView & { url: string }
   return { view: out, url: out.url }
 }
 
 async function clevisEncrypt(url: string, secret: string): Promise<string> {
-  const r = await run('clevis', ['encrypt', 'tang', JSON.stringify({ url }), '-y'], { input: secret })
+  const r = await run('clevis', ['encrypt', 'tang', JSON.stringify({ url }), '-y'], {
+    input: secret,
+  })
   if (r.code !== 0) throw new Error(`clevis encrypt tang exited ${String(r.code)}: ${r.stderr}`)
   return r.stdout
 }
@@ -142,14 +181,27 @@ function clevisDecrypt(jwe: string): Promise<RunResult> {
   return run('clevis', ['decrypt'], { input: jwe })
 }
 
-async function auditOf(env: Env, host: string): Promise<{ action: string; detail: Record<string, unknown> }[]> {
+async function auditOf(
+  env: Env,
+  host: string,
+): Promise<{ action: string; detail: Record<string, unknown> }[]> {
   const res = await env.srv.admin('GET', '/audit?limit=10000')
-  return (res.body.entries as { action: string; host: string | null; detail: Record<string, unknown> }[]).filter((e) => e.host === host)
+  return (
+    res.body.entries as { action: string; host: string | null; detail: Record<string, unknown> }[]
+  ).filter((e) => e.host === host)
 }
 
 /** Raw /rec with an arbitrary body; returns status and parsed JSON error body (if any). */
-async function rawRec(url: string, kid: string, body: string): Promise<{ status: number; body: unknown }> {
-  const res = await fetch(`${url}/rec/${kid}`, { method: 'POST', headers: { 'Content-Type': 'application/jwk+json' }, body })
+async function rawRec(
+  url: string,
+  kid: string,
+  body: string,
+): Promise<{ status: number; body: unknown }> {
+  const res = await fetch(`${url}/rec/${kid}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/jwk+json' },
+    body,
+  })
   const text = await res.text()
   let parsed: unknown = text
   try {
@@ -185,45 +237,66 @@ function pointBody(jwe: string): string {
 // Tests
 // ------------------------------------------------------------------------------------------------
 
-toolTest('stock clevis encrypt + decrypt round trip against /tang/HOST; each /rec is an audited release', async (t) => {
-  const env = await setup(t)
-  const { view, url } = await addTangHost(env, 'nas-1')
-  t.true(view.host.id.length === 43)
-  t.is(view.path, '/tang/nas-1')
-  t.is(view.keys.length, 1)
-  t.is(view.keys[0]?.state, 'advertised')
+toolTest(
+  'stock clevis encrypt + decrypt round trip against /tang/HOST; each /rec is an audited release',
+  async (t) => {
+    const env = await setup(t)
+    const { view, url } = await addTangHost(env, 'nas-1')
+    t.true(view.host.id.length === 43)
+    t.is(view.path, '/tang/nas-1')
+    t.is(view.keys.length, 1)
+    t.is(view.keys[0]?.state, 'advertised')
 
-  // The advertisement is tang's: served with tangd's content type, signed by the advertised key.
-  const advRes = await fetch(`${url}/adv`)
-  t.is(advRes.status, 200)
-  t.is(advRes.headers.get('content-type'), 'application/jose+json')
-  const adv = await verifyAdvertisement(await advRes.text())
-  t.is(adv.exchangeKeys.length, 1)
+    // The advertisement is tang's: served with tangd's content type, signed by the advertised key.
+    const advRes = await fetch(`${url}/adv`)
+    t.is(advRes.status, 200)
+    t.is(advRes.headers.get('content-type'), 'application/jose+json')
+    const adv = await verifyAdvertisement(await advRes.text())
+    t.is(adv.exchangeKeys.length, 1)
 
-  const secret = 'unlockd speaks tang'
-  const jwe = await clevisEncrypt(url, secret)
-  t.is(kidOf(jwe), view.keys[0]?.exchange ?? '')
-  const dec = await clevisDecrypt(jwe)
-  t.is(dec.code, 0, dec.stderr)
-  t.is(dec.stdout, secret)
+    const secret = 'unlockd speaks tang'
+    const jwe = await clevisEncrypt(url, secret)
+    t.is(kidOf(jwe), view.keys[0]?.exchange ?? '')
+    const dec = await clevisDecrypt(jwe)
+    t.is(dec.code, 0, dec.stderr)
+    t.is(dec.stdout, secret)
 
-  const releases = (await auditOf(env, 'nas-1')).filter((e) => e.action === 'unlock.release')
-  t.is(releases.length, 1)
-  t.is(releases[0]?.detail['via'], 'tang')
-  t.is(releases[0]?.detail['kid'], view.keys[0]?.exchange)
-  const shown = (await env.cli(['host', 'show', 'nas-1'])) as { lastUnlockAt: number | null; volumes: { name: string; kind: string }[] }
-  t.not(shown.lastUnlockAt, null)
-  t.deepEqual(shown.volumes.map((v) => v.kind), ['tang'])
+    const releases = (await auditOf(env, 'nas-1')).filter((e) => e.action === 'unlock.release')
+    t.is(releases.length, 1)
+    t.is(releases[0]?.detail['via'], 'tang')
+    t.is(releases[0]?.detail['kid'], view.keys[0]?.exchange)
+    const shown = (await env.cli(['host', 'show', 'nas-1'])) as {
+      lastUnlockAt: number | null
+      volumes: { name: string; kind: string }[]
+    }
+    t.not(shown.lastUnlockAt, null)
+    t.deepEqual(
+      shown.volumes.map((v) => v.kind),
+      ['tang'],
+    )
 
-  // Tang status codes for bad input; unknown hosts and keys are 404 like tangd.
-  t.is((await fetch(`${env.srv.url}/tang/nobody/adv`)).status, 404)
-  t.is((await rawRec(url, kidOf(jwe), 'not json')).status, 400)
-  t.is((await rawRec(url, kidOf(jwe), JSON.stringify({ kty: 'EC', crv: 'P-521', x: 'AA', y: 'AA' }))).status, 400)
-  t.is((await rawRec(url, view.keys[0]?.signing ?? '', pointBody(jwe))).status, 404)
-  t.is((await rawRec(`${env.srv.url}/tang/nobody`, kidOf(jwe), pointBody(jwe))).status, 404)
-  t.not((await env.cliRaw(['host', 'add', 'nas-1', '--tang'])).code, 0, 'a live name cannot be added twice')
-  t.is((await env.cliRaw(['host', 'add', 'nas-2'])).code, 2, 'only --tang hosts are added by an operator')
-})
+    // Tang status codes for bad input; unknown hosts and keys are 404 like tangd.
+    t.is((await fetch(`${env.srv.url}/tang/nobody/adv`)).status, 404)
+    t.is((await rawRec(url, kidOf(jwe), 'not json')).status, 400)
+    t.is(
+      (await rawRec(url, kidOf(jwe), JSON.stringify({ kty: 'EC', crv: 'P-521', x: 'AA', y: 'AA' })))
+        .status,
+      400,
+    )
+    t.is((await rawRec(url, view.keys[0]?.signing ?? '', pointBody(jwe))).status, 404)
+    t.is((await rawRec(`${env.srv.url}/tang/nobody`, kidOf(jwe), pointBody(jwe))).status, 404)
+    t.not(
+      (await env.cliRaw(['host', 'add', 'nas-1', '--tang'])).code,
+      0,
+      'a live name cannot be added twice',
+    )
+    t.is(
+      (await env.cliRaw(['host', 'add', 'nas-2'])).code,
+      2,
+      'only --tang hosts are added by an operator',
+    )
+  },
+)
 
 toolTest('policy applies to /rec: CIDRs, suspension, max unlocks; /adv stays public', async (t) => {
   const env = await setup(t)
@@ -238,7 +311,14 @@ toolTest('policy applies to /rec: CIDRs, suspension, max unlocks; /adv stays pub
   t.is(raw.status, 403)
   t.like(raw.body, { error: 'cidr_denied', rule: 'cidrs' })
   const audit = await auditOf(env, 'far-1')
-  t.true(audit.some((e) => e.action === 'unlock.deny' && e.detail['code'] === 'cidr_denied' && e.detail['via'] === 'tang'))
+  t.true(
+    audit.some(
+      (e) =>
+        e.action === 'unlock.deny' &&
+        e.detail['code'] === 'cidr_denied' &&
+        e.detail['via'] === 'tang',
+    ),
+  )
   t.false(audit.some((e) => e.action === 'unlock.release'))
 
   // Opening the networks lets it through; suspension stops it; resume restores it.
@@ -257,52 +337,80 @@ toolTest('policy applies to /rec: CIDRs, suspension, max unlocks; /adv stays pub
   t.is((await clevisDecrypt(jwe)).stdout, 'outside')
   const limited = await clevisDecrypt(jwe)
   t.not(limited.code, 0)
-  t.true((await auditOf(env, 'far-1')).some((e) => e.action === 'unlock.deny' && e.detail['code'] === 'rate_limited'))
+  t.true(
+    (await auditOf(env, 'far-1')).some(
+      (e) => e.action === 'unlock.deny' && e.detail['code'] === 'rate_limited',
+    ),
+  )
 })
 
-toolTest('approval rule: /rec opens one approval request; after an operator approves, the retry succeeds once', async (t) => {
-  const env = await setup(t)
-  const { url } = await addTangHost(env, 'vault-1')
-  const jwe = await clevisEncrypt(url, 'needs a human')
-  await env.cli(['host', 'set', 'vault-1', '--approval', 'always'])
-  t.not((await clevisDecrypt(jwe)).code, 0)
-  t.not((await clevisDecrypt(jwe)).code, 0) // a retry does not open a second request
-  const pending = await env.srv.admin('GET', '/approvals')
-  const mine = (pending.body.approvals as { id: string; host: string; bootId: string }[]).filter((a) => a.host === 'vault-1')
-  t.is(mine.length, 1)
-  t.is(mine[0]?.bootId, 'tang-clevis')
-  const ok = await env.srv.admin('POST', `/approvals/${mine[0]?.id ?? ''}/approve`, { code: await env.code() })
-  t.is(ok.status, 200, JSON.stringify(ok.body))
-  const dec = await clevisDecrypt(jwe)
-  t.is(dec.code, 0, dec.stderr)
-  t.is(dec.stdout, 'needs a human')
-  t.not((await clevisDecrypt(jwe)).code, 0, 'the approval was spent')
-})
+toolTest(
+  'approval rule: /rec opens one approval request; after an operator approves, the retry succeeds once',
+  async (t) => {
+    const env = await setup(t)
+    const { url } = await addTangHost(env, 'vault-1')
+    const jwe = await clevisEncrypt(url, 'needs a human')
+    await env.cli(['host', 'set', 'vault-1', '--approval', 'always'])
+    t.not((await clevisDecrypt(jwe)).code, 0)
+    t.not((await clevisDecrypt(jwe)).code, 0) // a retry does not open a second request
+    const pending = await env.srv.admin('GET', '/approvals')
+    const mine = (pending.body.approvals as { id: string; host: string; bootId: string }[]).filter(
+      (a) => a.host === 'vault-1',
+    )
+    t.is(mine.length, 1)
+    t.is(mine[0]?.bootId, 'tang-clevis')
+    const ok = await env.srv.admin('POST', `/approvals/${mine[0]?.id ?? ''}/approve`, {
+      code: await env.code(),
+    })
+    t.is(ok.status, 200, JSON.stringify(ok.body))
+    const dec = await clevisDecrypt(jwe)
+    t.is(dec.code, 0, dec.stderr)
+    t.is(dec.stdout, 'needs a human')
+    t.not((await clevisDecrypt(jwe)).code, 0, 'the approval was spent')
+  },
+)
 
-toolTest('unlockd shred --host destroys the Tang keys: clevis decrypt fails for good, /adv is 404', async (t) => {
-  const env = await setup(t)
-  const { view, url } = await addTangHost(env, 'gone-1')
-  const { url: otherUrl } = await addTangHost(env, 'stays-1')
-  const jwe = await clevisEncrypt(url, 'shred me')
-  const other = await clevisEncrypt(otherUrl, 'keep me')
-  t.is((await clevisDecrypt(jwe)).stdout, 'shred me')
-  const cached = tangService(env.srv.deps).cachedHosts
-  t.is(cached, 2, 'prepared keys are cached per host')
+toolTest(
+  'unlockd shred --host destroys the Tang keys: clevis decrypt fails for good, /adv is 404',
+  async (t) => {
+    const env = await setup(t)
+    const { view, url } = await addTangHost(env, 'gone-1')
+    const { url: otherUrl } = await addTangHost(env, 'stays-1')
+    const jwe = await clevisEncrypt(url, 'shred me')
+    const other = await clevisEncrypt(otherUrl, 'keep me')
+    t.is((await clevisDecrypt(jwe)).stdout, 'shred me')
+    const cached = tangService(env.srv.deps).cachedHosts
+    t.is(cached, 2, 'prepared keys are cached per host')
 
-  const r = (await env.cli(['shred', '--host', 'gone-1', '--code', await env.code(), '--yes'])) as { deletedBlobs: number; targets: { volumes: string[] }[] }
-  t.is(r.deletedBlobs, 1)
-  t.deepEqual(r.targets[0]?.volumes, view.keys.map((k) => k.row))
-  // The wrapped key rows are gone from the store and the prepared keys from memory.
-  t.deepEqual(await env.srv.deps.store.tx((tx) => tx.listVolumes(view.host.id)), [])
-  t.is(tangService(env.srv.deps).cachedHosts, cached - 1)
-  const dec = await clevisDecrypt(jwe)
-  t.not(dec.code, 0)
-  t.not(dec.stdout, 'shred me')
-  t.is((await fetch(`${url}/adv`)).status, 404)
-  t.true((await auditOf(env, 'gone-1')).some((e) => e.action === 'unlock.deny' && e.detail['code'] === 'host_shredded'))
-  // Another Tang host survives the shred and the KEK rotation that follows it.
-  t.is((await clevisDecrypt(other)).stdout, 'keep me')
-})
+    const r = (await env.cli([
+      'shred',
+      '--host',
+      'gone-1',
+      '--code',
+      await env.code(),
+      '--yes',
+    ])) as { deletedBlobs: number; targets: { volumes: string[] }[] }
+    t.is(r.deletedBlobs, 1)
+    t.deepEqual(
+      r.targets[0]?.volumes,
+      view.keys.map((k) => k.row),
+    )
+    // The wrapped key rows are gone from the store and the prepared keys from memory.
+    t.deepEqual(await env.srv.deps.store.tx((tx) => tx.listVolumes(view.host.id)), [])
+    t.is(tangService(env.srv.deps).cachedHosts, cached - 1)
+    const dec = await clevisDecrypt(jwe)
+    t.not(dec.code, 0)
+    t.not(dec.stdout, 'shred me')
+    t.is((await fetch(`${url}/adv`)).status, 404)
+    t.true(
+      (await auditOf(env, 'gone-1')).some(
+        (e) => e.action === 'unlock.deny' && e.detail['code'] === 'host_shredded',
+      ),
+    )
+    // Another Tang host survives the shred and the KEK rotation that follows it.
+    t.is((await clevisDecrypt(other)).stdout, 'keep me')
+  },
+)
 
 toolTest('KEK rotation re-wraps Tang keys; bindings keep working', async (t) => {
   const env = await setup(t)
@@ -316,75 +424,121 @@ toolTest('KEK rotation re-wraps Tang keys; bindings keep working', async (t) => 
   t.is((await clevisDecrypt(jwe)).stdout, 'survives kek rotation')
 })
 
-toolTest('rotate-tang: old bindings still decrypt, /adv lists only the new keys; --purge retires them for good', async (t) => {
-  const env = await setup(t)
-  const { view, url } = await addTangHost(env, 'r-1')
-  const old = view.keys[0]
-  if (old === undefined) throw new Error('no key')
-  const jweOld = await clevisEncrypt(url, 'bound before rotation')
+toolTest(
+  'rotate-tang: old bindings still decrypt, /adv lists only the new keys; --purge retires them for good',
+  async (t) => {
+    const env = await setup(t)
+    const { view, url } = await addTangHost(env, 'r-1')
+    const old = view.keys[0]
+    if (old === undefined) throw new Error('no key')
+    const jweOld = await clevisEncrypt(url, 'bound before rotation')
 
-  const rotated = (await env.cli(['host', 'rotate-tang', 'r-1'])) as TangHostView
-  t.is(rotated.keys.length, 2)
-  const fresh = rotated.keys.find((k) => k.state === 'advertised')
-  t.truthy(fresh)
-  t.deepEqual(rotated.keys.find((k) => k.state === 'retired')?.exchange, old.exchange)
+    const rotated = (await env.cli(['host', 'rotate-tang', 'r-1'])) as TangHostView
+    t.is(rotated.keys.length, 2)
+    const fresh = rotated.keys.find((k) => k.state === 'advertised')
+    t.truthy(fresh)
+    t.deepEqual(rotated.keys.find((k) => k.state === 'retired')?.exchange, old.exchange)
 
-  const adv = await verifyAdvertisement(await (await fetch(`${url}/adv`)).text())
-  t.is(adv.exchangeKeys.length, 1)
-  t.is(adv.signingKeys.length, 1)
-  const advText = JSON.stringify(adv.jwks)
-  for (const k of headerOf(jweOld).clevis.tang.adv.keys) t.false(advText.includes(k.x), 'the retired keys are not advertised')
-  // The retired signing key still signs /adv/{thp} (tang's rule), the exchange key still recovers.
-  t.is((await fetch(`${url}/adv/${old.signing}`)).status, 200)
-  t.is((await clevisDecrypt(jweOld)).stdout, 'bound before rotation')
-  const jweNew = await clevisEncrypt(url, 'bound after rotation')
-  t.is(kidOf(jweNew), fresh?.exchange ?? '')
-  const releases = (await auditOf(env, 'r-1')).filter((e) => e.action === 'unlock.release')
-  t.true(releases.some((e) => e.detail['retiredKey'] === true))
+    const adv = await verifyAdvertisement(await (await fetch(`${url}/adv`)).text())
+    t.is(adv.exchangeKeys.length, 1)
+    t.is(adv.signingKeys.length, 1)
+    const advText = JSON.stringify(adv.jwks)
+    for (const k of headerOf(jweOld).clevis.tang.adv.keys)
+      t.false(advText.includes(k.x), 'the retired keys are not advertised')
+    // The retired signing key still signs /adv/{thp} (tang's rule), the exchange key still recovers.
+    t.is((await fetch(`${url}/adv/${old.signing}`)).status, 200)
+    t.is((await clevisDecrypt(jweOld)).stdout, 'bound before rotation')
+    const jweNew = await clevisEncrypt(url, 'bound after rotation')
+    t.is(kidOf(jweNew), fresh?.exchange ?? '')
+    const releases = (await auditOf(env, 'r-1')).filter((e) => e.action === 'unlock.release')
+    t.true(releases.some((e) => e.detail['retiredKey'] === true))
 
-  const purged = (await env.cli(['host', 'rotate-tang', 'r-1', '--purge', '--yes'])) as TangHostView
-  t.deepEqual(purged.purged, [old.row])
-  t.deepEqual(purged.keys.map((k) => k.state), ['advertised'])
-  t.not((await clevisDecrypt(jweOld)).code, 0, 'purged keys can no longer recover')
-  t.is((await clevisDecrypt(jweNew)).stdout, 'bound after rotation')
-  t.is((await fetch(`${url}/adv/${old.signing}`)).status, 404)
-  // Purging needs a confirmation when not interactive.
-  t.not((await env.cliRaw(['host', 'rotate-tang', 'r-1', '--purge'])).code, 0)
-})
+    const purged = (await env.cli([
+      'host',
+      'rotate-tang',
+      'r-1',
+      '--purge',
+      '--yes',
+    ])) as TangHostView
+    t.deepEqual(purged.purged, [old.row])
+    t.deepEqual(
+      purged.keys.map((k) => k.state),
+      ['advertised'],
+    )
+    t.not((await clevisDecrypt(jweOld)).code, 0, 'purged keys can no longer recover')
+    t.is((await clevisDecrypt(jweNew)).stdout, 'bound after rotation')
+    t.is((await fetch(`${url}/adv/${old.signing}`)).status, 404)
+    // Purging needs a confirmation when not interactive.
+    t.not((await env.cliRaw(['host', 'rotate-tang', 'r-1', '--purge'])).code, 0)
+  },
+)
 
-toolTest('clevis luks bind on a LUKS2 image file; the clevis slot passphrase opens the volume until shred', async (t) => {
-  const env = await setup(t)
-  const dir = await tempDir(t, 'unlockd-tang-luks-')
-  const img = path.join(dir, 'luks.img')
-  const pass = path.join(dir, 'pass')
-  await writeFile(img, Buffer.alloc(0))
-  const trunc = await run('truncate', ['-s', '32M', img])
-  t.is(trunc.code, 0, trunc.stderr)
-  await writeFile(pass, 'initial-passphrase', { mode: 0o600 })
-  const fmt = await run('cryptsetup', ['luksFormat', '--type', 'luks2', '--batch-mode', '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '--key-file', pass, img])
-  t.is(fmt.code, 0, fmt.stderr)
+toolTest(
+  'clevis luks bind on a LUKS2 image file; the clevis slot passphrase opens the volume until shred',
+  async (t) => {
+    const env = await setup(t)
+    const dir = await tempDir(t, 'unlockd-tang-luks-')
+    const img = path.join(dir, 'luks.img')
+    const pass = path.join(dir, 'pass')
+    await writeFile(img, Buffer.alloc(0))
+    const trunc = await run('truncate', ['-s', '32M', img])
+    t.is(trunc.code, 0, trunc.stderr)
+    await writeFile(pass, 'initial-passphrase', { mode: 0o600 })
+    const fmt = await run('cryptsetup', [
+      'luksFormat',
+      '--type',
+      'luks2',
+      '--batch-mode',
+      '--pbkdf',
+      'pbkdf2',
+      '--pbkdf-force-iterations',
+      '1000',
+      '--key-file',
+      pass,
+      img,
+    ])
+    t.is(fmt.code, 0, fmt.stderr)
 
-  const { url } = await addTangHost(env, 'disk-1')
-  const bind = await run('clevis', ['luks', 'bind', '-y', '-d', img, '-k', pass, 'tang', JSON.stringify({ url })])
-  t.is(bind.code, 0, bind.stderr)
-  const list = await run('clevis', ['luks', 'list', '-d', img])
-  t.is(list.code, 0, list.stderr)
-  t.true(list.stdout.includes(url), list.stdout)
-  const slot = /^(\d+):/.exec(list.stdout.trim())?.[1]
-  if (slot === undefined) throw new Error(`no clevis slot in: ${list.stdout}`)
+    const { url } = await addTangHost(env, 'disk-1')
+    const bind = await run('clevis', [
+      'luks',
+      'bind',
+      '-y',
+      '-d',
+      img,
+      '-k',
+      pass,
+      'tang',
+      JSON.stringify({ url }),
+    ])
+    t.is(bind.code, 0, bind.stderr)
+    const list = await run('clevis', ['luks', 'list', '-d', img])
+    t.is(list.code, 0, list.stderr)
+    t.true(list.stdout.includes(url), list.stdout)
+    const slot = /^(\d+):/.exec(list.stdout.trim())?.[1]
+    if (slot === undefined) throw new Error(`no clevis slot in: ${list.stdout}`)
 
-  // `clevis luks pass` runs clevis decrypt against /rec; cryptsetup checks the slot passphrase
-  // (no device-mapper needed, unlike `clevis luks unlock`).
-  const recovered = await run('clevis', ['luks', 'pass', '-d', img, '-s', slot])
-  t.is(recovered.code, 0, recovered.stderr)
-  const keyFile = path.join(dir, 'recovered.key')
-  await writeFile(keyFile, recovered.stdout, { mode: 0o600 })
-  const open = await run('cryptsetup', ['open', '--test-passphrase', '--key-slot', slot, '--key-file', keyFile, img])
-  t.is(open.code, 0, open.stderr)
+    // `clevis luks pass` runs clevis decrypt against /rec; cryptsetup checks the slot passphrase
+    // (no device-mapper needed, unlike `clevis luks unlock`).
+    const recovered = await run('clevis', ['luks', 'pass', '-d', img, '-s', slot])
+    t.is(recovered.code, 0, recovered.stderr)
+    const keyFile = path.join(dir, 'recovered.key')
+    await writeFile(keyFile, recovered.stdout, { mode: 0o600 })
+    const open = await run('cryptsetup', [
+      'open',
+      '--test-passphrase',
+      '--key-slot',
+      slot,
+      '--key-file',
+      keyFile,
+      img,
+    ])
+    t.is(open.code, 0, open.stderr)
 
-  await env.cli(['shred', '--host', 'disk-1', '--code', await env.code(), '--yes'])
-  const after = await run('clevis', ['luks', 'pass', '-d', img, '-s', slot])
-  t.not(after.code, 0)
-  t.is(after.stdout, '')
-  t.is((await readFile(pass, 'utf8')).length > 0, true)
-})
+    await env.cli(['shred', '--host', 'disk-1', '--code', await env.code(), '--yes'])
+    const after = await run('clevis', ['luks', 'pass', '-d', img, '-s', slot])
+    t.not(after.code, 0)
+    t.is(after.stdout, '')
+    t.is((await readFile(pass, 'utf8')).length > 0, true)
+  },
+)

@@ -5,35 +5,81 @@
  */
 import test from 'ava'
 import { startTestServer, type TestServer } from '../helpers/server.ts'
-import { enroll, fetchNonce, generateHostKeys, hostIdOf, openEscrowBlob, publicOf, requestUnlock, sealVolumeKey } from '../../shared/client/host-client.ts'
+import {
+  enroll,
+  fetchNonce,
+  generateHostKeys,
+  hostIdOf,
+  openEscrowBlob,
+  publicOf,
+  requestUnlock,
+  sealVolumeKey,
+} from '../../shared/client/host-client.ts'
 import { signHostRequest } from '../../shared/crypto/jws.ts'
 import { blobDigest } from '../../shared/crypto/blob.ts'
 import { randomBytes } from '../../shared/crypto/bytes.ts'
 import { verifyAuditChain } from '../../shared/audit.ts'
 import type { HostKeys } from '../../shared/crypto/keys.ts'
 
-async function enrolled(srv: TestServer, name: string, cidrs: string[] = []): Promise<{ keys: HostKeys; hostId: string; vk: Uint8Array }> {
+async function enrolled(
+  srv: TestServer,
+  name: string,
+  cidrs: string[] = [],
+): Promise<{ keys: HostKeys; hostId: string; vk: Uint8Array }> {
   const tok = await srv.admin('POST', '/tokens', { host: name, ttlSeconds: 600, cidrs })
   const keys = await generateHostKeys()
   const vk = randomBytes(64)
   const blob = await sealVolumeKey(vk, [publicOf(keys.sealing)])
-  const r = await enroll(srv.transport, { token: tok.body.token, name, keys, volumes: [{ name: 'data', kind: 'luks', blob }] })
+  const r = await enroll(srv.transport, {
+    token: tok.body.token,
+    name,
+    keys,
+    volumes: [{ name: 'data', kind: 'luks', blob }],
+  })
   return { keys, hostId: r.hostId, vk }
 }
 
-async function signedUnlock(srv: TestServer, keys: HostKeys, hostId: string, over: Record<string, unknown> = {}): Promise<string> {
+async function signedUnlock(
+  srv: TestServer,
+  keys: HostKeys,
+  hostId: string,
+  over: Record<string, unknown> = {},
+): Promise<string> {
   const nonce = await fetchNonce(srv.transport)
-  return signHostRequest('unlock', { v: 1, host: hostId, volumes: [], nonce, bootId: 'boot-aaaa', iat: Math.floor(Date.now() / 1000), ...over }, keys.signing, hostId)
+  return signHostRequest(
+    'unlock',
+    {
+      v: 1,
+      host: hostId,
+      volumes: [],
+      nonce,
+      bootId: 'boot-aaaa',
+      iat: Math.floor(Date.now() / 1000),
+      ...over,
+    },
+    keys.signing,
+    hostId,
+  )
 }
 
 async function post(srv: TestServer, jws: string): Promise<{ status: number; body: any }> {
-  return (await srv.transport({ method: 'POST', path: '/v1/unlock', body: { jws } })) as { status: number; body: any }
+  return (await srv.transport({ method: 'POST', path: '/v1/unlock', body: { jws } })) as {
+    status: number
+    body: any
+  }
 }
 
 test('host_unknown: a key that never enrolled', async (t) => {
   const srv = await startTestServer(t)
   const keys = await generateHostKeys()
-  const err = await t.throwsAsync(requestUnlock(srv.transport, { keys, hostId: await hostIdOf(keys), bootId: 'boot-aaaa', volumes: [] }))
+  const err = await t.throwsAsync(
+    requestUnlock(srv.transport, {
+      keys,
+      hostId: await hostIdOf(keys),
+      bootId: 'boot-aaaa',
+      volumes: [],
+    }),
+  )
   t.is((err as any).code, 'host_unknown')
 })
 
@@ -60,9 +106,24 @@ test('nonce_reused: the same signed request replayed', async (t) => {
 test('nonce_unknown and iat_skew: a made-up nonce and a stale request time', async (t) => {
   const srv = await startTestServer(t)
   const a = await enrolled(srv, 'a-1')
-  const made = await signHostRequest('unlock', { v: 1, host: a.hostId, volumes: [], nonce: 'A'.repeat(43), bootId: 'boot-aaaa', iat: Math.floor(Date.now() / 1000) }, a.keys.signing, a.hostId)
+  const made = await signHostRequest(
+    'unlock',
+    {
+      v: 1,
+      host: a.hostId,
+      volumes: [],
+      nonce: 'A'.repeat(43),
+      bootId: 'boot-aaaa',
+      iat: Math.floor(Date.now() / 1000),
+    },
+    a.keys.signing,
+    a.hostId,
+  )
   t.is((await post(srv, made)).body.error, 'nonce_unknown')
-  const stale = await post(srv, await signedUnlock(srv, a.keys, a.hostId, { iat: Math.floor(Date.now() / 1000) - 3600 }))
+  const stale = await post(
+    srv,
+    await signedUnlock(srv, a.keys, a.hostId, { iat: Math.floor(Date.now() / 1000) - 3600 }),
+  )
   t.is(stale.status, 400)
   t.is(stale.body.error, 'iat_skew')
 })
@@ -71,19 +132,54 @@ test('cidr_denied: the source address is outside the host networks', async (t) =
   const srv = await startTestServer(t)
   const a = await enrolled(srv, 'a-1')
   t.is((await srv.admin('PATCH', '/hosts/a-1/policy', { cidrs: ['203.0.113.0/24'] })).status, 200)
-  const err = await t.throwsAsync(requestUnlock(srv.transport, { keys: a.keys, hostId: a.hostId, bootId: 'boot-aaaa', volumes: [] }))
+  const err = await t.throwsAsync(
+    requestUnlock(srv.transport, {
+      keys: a.keys,
+      hostId: a.hostId,
+      bootId: 'boot-aaaa',
+      volumes: [],
+    }),
+  )
   t.is((err as any).code, 'cidr_denied')
   t.is((err as any).details.rule, 'cidrs')
   await srv.admin('PATCH', '/hosts/a-1/policy', { cidrs: ['127.0.0.0/8'] })
-  t.is((await requestUnlock(srv.transport, { keys: a.keys, hostId: a.hostId, bootId: 'boot-aaaa', volumes: [] })).status, 'released')
+  t.is(
+    (
+      await requestUnlock(srv.transport, {
+        keys: a.keys,
+        hostId: a.hostId,
+        bootId: 'boot-aaaa',
+        volumes: [],
+      })
+    ).status,
+    'released',
+  )
 })
 
 test('rate_limited: more unlocks than the policy window allows', async (t) => {
   const srv = await startTestServer(t)
   const a = await enrolled(srv, 'a-1')
   await srv.admin('PATCH', '/hosts/a-1/policy', { maxUnlocks: { count: 2, periodSeconds: 3600 } })
-  for (let i = 0; i < 2; i++) t.is((await requestUnlock(srv.transport, { keys: a.keys, hostId: a.hostId, bootId: 'boot-aaaa', volumes: [] })).status, 'released')
-  const err = await t.throwsAsync(requestUnlock(srv.transport, { keys: a.keys, hostId: a.hostId, bootId: 'boot-aaaa', volumes: [] }))
+  for (let i = 0; i < 2; i++)
+    t.is(
+      (
+        await requestUnlock(srv.transport, {
+          keys: a.keys,
+          hostId: a.hostId,
+          bootId: 'boot-aaaa',
+          volumes: [],
+        })
+      ).status,
+      'released',
+    )
+  const err = await t.throwsAsync(
+    requestUnlock(srv.transport, {
+      keys: a.keys,
+      hostId: a.hostId,
+      bootId: 'boot-aaaa',
+      volumes: [],
+    }),
+  )
   t.is((err as any).code, 'rate_limited')
 })
 
@@ -92,24 +188,77 @@ test('not_yet_valid and expired: validity dates', async (t) => {
   const a = await enrolled(srv, 'a-1')
   const now = Math.floor(Date.now() / 1000)
   await srv.admin('PATCH', '/hosts/a-1/policy', { notBefore: now + 3600 })
-  t.is(((await t.throwsAsync(requestUnlock(srv.transport, { keys: a.keys, hostId: a.hostId, bootId: 'boot-aaaa', volumes: [] }))) as any).code, 'not_yet_valid')
+  t.is(
+    (
+      (await t.throwsAsync(
+        requestUnlock(srv.transport, {
+          keys: a.keys,
+          hostId: a.hostId,
+          bootId: 'boot-aaaa',
+          volumes: [],
+        }),
+      )) as any
+    ).code,
+    'not_yet_valid',
+  )
   await srv.admin('PATCH', '/hosts/a-1/policy', { notBefore: null, notAfter: now - 10 })
-  t.is(((await t.throwsAsync(requestUnlock(srv.transport, { keys: a.keys, hostId: a.hostId, bootId: 'boot-aaaa', volumes: [] }))) as any).code, 'expired')
+  t.is(
+    (
+      (await t.throwsAsync(
+        requestUnlock(srv.transport, {
+          keys: a.keys,
+          hostId: a.hostId,
+          bootId: 'boot-aaaa',
+          volumes: [],
+        }),
+      )) as any
+    ).code,
+    'expired',
+  )
 })
 
 test('host_suspended, then resumed', async (t) => {
   const srv = await startTestServer(t)
   const a = await enrolled(srv, 'a-1')
   await srv.admin('POST', '/hosts/a-1/suspend', { reason: 'provider incident' })
-  t.is(((await t.throwsAsync(requestUnlock(srv.transport, { keys: a.keys, hostId: a.hostId, bootId: 'boot-aaaa', volumes: [] }))) as any).code, 'host_suspended')
+  t.is(
+    (
+      (await t.throwsAsync(
+        requestUnlock(srv.transport, {
+          keys: a.keys,
+          hostId: a.hostId,
+          bootId: 'boot-aaaa',
+          volumes: [],
+        }),
+      )) as any
+    ).code,
+    'host_suspended',
+  )
   await srv.admin('POST', '/hosts/a-1/resume')
-  t.is((await requestUnlock(srv.transport, { keys: a.keys, hostId: a.hostId, bootId: 'boot-aaaa', volumes: [] })).status, 'released')
+  t.is(
+    (
+      await requestUnlock(srv.transport, {
+        keys: a.keys,
+        hostId: a.hostId,
+        bootId: 'boot-aaaa',
+        volumes: [],
+      })
+    ).status,
+    'released',
+  )
 })
 
 test('volume_unknown: asking for a volume that was never enrolled', async (t) => {
   const srv = await startTestServer(t)
   const a = await enrolled(srv, 'a-1')
-  const err = await t.throwsAsync(requestUnlock(srv.transport, { keys: a.keys, hostId: a.hostId, bootId: 'boot-aaaa', volumes: ['nope'] }))
+  const err = await t.throwsAsync(
+    requestUnlock(srv.transport, {
+      keys: a.keys,
+      hostId: a.hostId,
+      bootId: 'boot-aaaa',
+      volumes: ['nope'],
+    }),
+  )
   t.is((err as any).code, 'volume_unknown')
 })
 
@@ -120,7 +269,9 @@ test('a blob tampered at rest fails authentication (integrity, not a wrong key) 
   const db = (srv.deps.store as unknown as { path: string }).path
   const Database = (await import('better-sqlite3')).default
   const raw = new Database(db)
-  const row = raw.prepare('SELECT ct FROM volumes WHERE host_id = ?').get(a.hostId) as { ct: Buffer }
+  const row = raw.prepare('SELECT ct FROM volumes WHERE host_id = ?').get(a.hostId) as {
+    ct: Buffer
+  }
   row.ct[10] = (row.ct[10] as number) ^ 1
   raw.prepare('UPDATE volumes SET ct = ? WHERE host_id = ?').run(row.ct, a.hostId)
   raw.close()
@@ -133,7 +284,12 @@ test('a blob tampered at rest fails authentication (integrity, not a wrong key) 
 test('a blob tampered in transit is an integrity error at the host, not a wrong key', async (t) => {
   const srv = await startTestServer(t)
   const a = await enrolled(srv, 'a-1')
-  const res = await requestUnlock(srv.transport, { keys: a.keys, hostId: a.hostId, bootId: 'boot-aaaa', volumes: [] })
+  const res = await requestUnlock(srv.transport, {
+    keys: a.keys,
+    hostId: a.hostId,
+    bootId: 'boot-aaaa',
+    volumes: [],
+  })
   if (res.status !== 'released') return t.fail()
   const blob = res.volumes[0]!.blob
   const digest = await blobDigest(blob)
@@ -143,7 +299,10 @@ test('a blob tampered in transit is an integrity error at the host, not a wrong 
   const err = await t.throwsAsync(openEscrowBlob(tampered, a.keys.sealing))
   t.is((err as any).code, 'integrity_failed')
   const other = await generateHostKeys()
-  t.is(((await t.throwsAsync(openEscrowBlob(blob, other.sealing))) as any).code, 'decryption_failed')
+  t.is(
+    ((await t.throwsAsync(openEscrowBlob(blob, other.sealing))) as any).code,
+    'decryption_failed',
+  )
   t.deepEqual(await openEscrowBlob(blob, a.keys.sealing), a.vk)
 })
 
@@ -152,17 +311,61 @@ test('enrollment tokens: single use, expiry, revocation, name binding and CIDRs 
   const keys = await generateHostKeys()
   const blob = await sealVolumeKey(randomBytes(32), [publicOf(keys.sealing)])
   const tok = await srv.admin('POST', '/tokens', { host: 'h-1', ttlSeconds: 600 })
-  const wrongName = await t.throwsAsync(enroll(srv.transport, { token: tok.body.token, name: 'h-2', keys, volumes: [] }))
+  const wrongName = await t.throwsAsync(
+    enroll(srv.transport, { token: tok.body.token, name: 'h-2', keys, volumes: [] }),
+  )
   t.is((wrongName as any).code, 'forbidden')
-  await enroll(srv.transport, { token: tok.body.token, name: 'h-1', keys, volumes: [{ name: 'd', kind: 'luks', blob }] })
+  await enroll(srv.transport, {
+    token: tok.body.token,
+    name: 'h-1',
+    keys,
+    volumes: [{ name: 'd', kind: 'luks', blob }],
+  })
   const other = await generateHostKeys()
-  t.is(((await t.throwsAsync(enroll(srv.transport, { token: tok.body.token, name: 'h-1', keys: other, volumes: [] }))) as any).code, 'token_used')
+  t.is(
+    (
+      (await t.throwsAsync(
+        enroll(srv.transport, { token: tok.body.token, name: 'h-1', keys: other, volumes: [] }),
+      )) as any
+    ).code,
+    'token_used',
+  )
   const tok2 = await srv.admin('POST', '/tokens', { host: 'h-3', ttlSeconds: 600 })
   t.is((await srv.admin('DELETE', `/tokens/${tok2.body.id}`)).body.state, 'revoked')
-  t.is(((await t.throwsAsync(enroll(srv.transport, { token: tok2.body.token, name: 'h-3', keys: other, volumes: [] }))) as any).code, 'token_revoked')
-  const tok3 = await srv.admin('POST', '/tokens', { host: 'h-4', ttlSeconds: 600, cidrs: ['198.51.100.0/24'] })
-  t.is(((await t.throwsAsync(enroll(srv.transport, { token: tok3.body.token, name: 'h-4', keys: other, volumes: [] }))) as any).code, 'cidr_denied')
-  t.is(((await t.throwsAsync(enroll(srv.transport, { token: 'ue_' + 'x'.repeat(43), name: 'h-4', keys: other, volumes: [] }))) as any).code, 'token_invalid')
+  t.is(
+    (
+      (await t.throwsAsync(
+        enroll(srv.transport, { token: tok2.body.token, name: 'h-3', keys: other, volumes: [] }),
+      )) as any
+    ).code,
+    'token_revoked',
+  )
+  const tok3 = await srv.admin('POST', '/tokens', {
+    host: 'h-4',
+    ttlSeconds: 600,
+    cidrs: ['198.51.100.0/24'],
+  })
+  t.is(
+    (
+      (await t.throwsAsync(
+        enroll(srv.transport, { token: tok3.body.token, name: 'h-4', keys: other, volumes: [] }),
+      )) as any
+    ).code,
+    'cidr_denied',
+  )
+  t.is(
+    (
+      (await t.throwsAsync(
+        enroll(srv.transport, {
+          token: 'ue_' + 'x'.repeat(43),
+          name: 'h-4',
+          keys: other,
+          volumes: [],
+        }),
+      )) as any
+    ).code,
+    'token_invalid',
+  )
   const listed = await srv.admin('GET', '/tokens')
   t.deepEqual(listed.body.tokens.map((x: any) => x.state).sort(), ['revoked', 'unused', 'used'])
   t.false(JSON.stringify(listed.body).includes(tok.body.token), 'token secrets are never listed')
@@ -174,27 +377,45 @@ test('expired enrollment token (server clock moved forward)', async (t) => {
   const tok = await srv.admin('POST', '/tokens', { host: 'h-1', ttlSeconds: 60 })
   now += 120
   const keys = await generateHostKeys()
-  const err = await t.throwsAsync(enroll(srv.transport, { token: tok.body.token, name: 'h-1', keys, volumes: [] }))
+  const err = await t.throwsAsync(
+    enroll(srv.transport, { token: tok.body.token, name: 'h-1', keys, volumes: [] }),
+  )
   t.true(['token_expired', 'iat_skew'].includes((err as any).code))
 })
 
 test('bad input: malformed bodies get 4xx with a code and a sentence, never a 500', async (t) => {
   const srv = await startTestServer(t)
-  const cases: [string, unknown][] = [['/v1/unlock', {}], ['/v1/unlock', { jws: 'a.b' }], ['/v1/unlock', { jws: 42 }], ['/v1/enroll', { jws: 'x.y.z' }], ['/v1/unlock', { jws: 'eyJhbGciOiJub25lIn0.e30.' }]]
+  const cases: [string, unknown][] = [
+    ['/v1/unlock', {}],
+    ['/v1/unlock', { jws: 'a.b' }],
+    ['/v1/unlock', { jws: 42 }],
+    ['/v1/enroll', { jws: 'x.y.z' }],
+    ['/v1/unlock', { jws: 'eyJhbGciOiJub25lIn0.e30.' }],
+  ]
   for (const [path, body] of cases) {
     const r = await srv.transport({ method: 'POST', path, body, bearer: 'ue_' + 'y'.repeat(43) })
     t.true(r.status >= 400 && r.status < 500, `${path} ${JSON.stringify(body)} → ${r.status}`)
     t.is(typeof (r.body as any).error, 'string')
     t.is(typeof (r.body as any).message, 'string')
   }
-  const raw = await fetch(`${srv.url}/v1/unlock`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{not json' })
+  const raw = await fetch(`${srv.url}/v1/unlock`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: '{not json',
+  })
   t.is(raw.status, 400)
   t.is(((await raw.json()) as any).error, 'bad_request')
-  const big = await fetch(`${srv.url}/v1/unlock`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ jws: 'a'.repeat(300_000) }) })
+  const big = await fetch(`${srv.url}/v1/unlock`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ jws: 'a'.repeat(300_000) }),
+  })
   t.is(big.status, 413)
   const noAuth = await fetch(`${srv.url}/v1/admin/hosts`)
   t.is(noAuth.status, 401)
-  const badAuth = await fetch(`${srv.url}/v1/admin/hosts`, { headers: { authorization: 'Bearer uo_' + 'z'.repeat(43) } })
+  const badAuth = await fetch(`${srv.url}/v1/admin/hosts`, {
+    headers: { authorization: 'Bearer uo_' + 'z'.repeat(43) },
+  })
   t.is(badAuth.status, 401)
 })
 
@@ -203,18 +424,35 @@ test('every decision is audited and the chain verifies; secrets never reach the 
   const tok = await srv.admin('POST', '/tokens', { host: 'a-1', ttlSeconds: 600 })
   const keys = await generateHostKeys()
   const blob = await sealVolumeKey(randomBytes(64), [publicOf(keys.sealing)])
-  const { hostId } = await enroll(srv.transport, { token: tok.body.token, name: 'a-1', keys, volumes: [{ name: 'data', kind: 'luks', blob }] })
+  const { hostId } = await enroll(srv.transport, {
+    token: tok.body.token,
+    name: 'a-1',
+    keys,
+    volumes: [{ name: 'data', kind: 'luks', blob }],
+  })
   await requestUnlock(srv.transport, { keys, hostId, bootId: 'boot-aaaa', volumes: [] })
   await srv.admin('POST', '/hosts/a-1/suspend')
-  await t.throwsAsync(requestUnlock(srv.transport, { keys, hostId, bootId: 'boot-aaaa', volumes: [] }))
+  await t.throwsAsync(
+    requestUnlock(srv.transport, { keys, hostId, bootId: 'boot-aaaa', volumes: [] }),
+  )
   const { body } = await srv.admin('GET', '/audit')
   const actions = body.entries.map((e: any) => e.action)
-  t.deepEqual(actions, ['server.init', 'token.create', 'host.enroll', 'unlock.release', 'host.suspend', 'unlock.deny'])
+  t.deepEqual(actions, [
+    'server.init',
+    'token.create',
+    'host.enroll',
+    'unlock.release',
+    'host.suspend',
+    'unlock.deny',
+  ])
   t.true((await verifyAuditChain(body.entries)).ok)
   const everything = JSON.stringify(body) + srv.logs.join('\n')
-  for (const secret of [tok.body.token, srv.token, blob.ciphertext, keys.signing.d, keys.sealing.d]) t.false(everything.includes(secret))
+  for (const secret of [tok.body.token, srv.token, blob.ciphertext, keys.signing.d, keys.sealing.d])
+    t.false(everything.includes(secret))
   // Tampering with one entry is caught and named.
-  const bad = body.entries.map((e: any) => (e.seq === 4 ? { ...e, detail: { ...e.detail, source: '10.9.9.9' } } : e))
+  const bad = body.entries.map((e: any) =>
+    e.seq === 4 ? { ...e, detail: { ...e.detail, source: '10.9.9.9' } } : e,
+  )
   const v = await verifyAuditChain(bad)
   t.false(v.ok)
   if (!v.ok) t.is(v.badSeq, 4)

@@ -58,7 +58,7 @@ function moduleVars(o: Partial<Record<string, string | boolean>> = {}): Record<s
 test('the module passes exactly the template variables, and the template uses only plain placeholders', async (t) => {
   const template = await readFile(TEMPLATE, 'utf8')
   const mainTf = await readFile(join(MODULE, 'main.tf'), 'utf8')
-  const call = /templatefile\("\$\{path\.module\}\/user-data\.yaml\.tftpl", \{([\s\S]*?)\n  \}\)/.exec(mainTf)
+  const call = /templatefile\("\$\{path\.module\}\/user-data\.yaml\.tftpl", \{([\s\S]*?)\n {2}\}\)/.exec(mainTf)
   t.truthy(call, 'main.tf renders user-data.yaml.tftpl with templatefile')
   const passed = [...(call?.[1] ?? '').matchAll(/^\s+([a-z_0-9]+)\s+=/gm)].map((m) => m[1] as string).sort()
   t.deepEqual(passed, templateVariables(template))

@@ -19,68 +19,107 @@ import { addOperator, asOperator, codeNow } from '../helpers/approval.ts'
 import { keyStatus } from '../../agent/volumes/fscrypt.ts'
 import { testKey } from '../../agent/volumes/luks.ts'
 
-rootTest('a running agent obeys a shred: fscrypt unreadable, LUKS header erased, host keys gone', async (t) => {
-  const srv = await startTestServer(t)
-  const fs = await mountExt4(t)
-  const dir = await tempDir(t)
-  const opKey = new TextEncoder().encode('operator key ks')
-  const img = await makeLuksImage(dir, opKey)
-  await writeFile(join(dir, 'k'), opKey, { mode: 0o600 })
-  const secrets = join(fs.mnt, 'secrets')
-  await mkdir(secrets)
-  const tok = await srv.admin('POST', '/tokens', { host: 'doomed-1', ttlSeconds: 600 })
-  const cfg = join(dir, 'etc')
-  const env = { UNLOCKD_LUKS_PBKDF: 'fast', UNLOCKD_RUN_DIR: join(dir, 'run'), UNLOCKD_ENROLL_TOKEN: tok.body.token }
-  const e = await runCli(['enroll', '--server', srv.url, '--name', 'doomed-1', '--config', cfg, '--luks', `${img}:data`, '--existing-key-file', join(dir, 'k'), '--fscrypt', `${secrets}:secrets`], env)
-  t.is(e.code, 0, e.stderr)
-  await writeFile(join(secrets, 'customer.db'), 'very private')
-  const keyCopy = join(dir, 'image-copy-of-etc')
-  await cp(cfg, keyCopy, { recursive: true }) // what a provider snapshot would hold
+rootTest(
+  'a running agent obeys a shred: fscrypt unreadable, LUKS header erased, host keys gone',
+  async (t) => {
+    const srv = await startTestServer(t)
+    const fs = await mountExt4(t)
+    const dir = await tempDir(t)
+    const opKey = new TextEncoder().encode('operator key ks')
+    const img = await makeLuksImage(dir, opKey)
+    await writeFile(join(dir, 'k'), opKey, { mode: 0o600 })
+    const secrets = join(fs.mnt, 'secrets')
+    await mkdir(secrets)
+    const tok = await srv.admin('POST', '/tokens', { host: 'doomed-1', ttlSeconds: 600 })
+    const cfg = join(dir, 'etc')
+    const env = {
+      UNLOCKD_LUKS_PBKDF: 'fast',
+      UNLOCKD_RUN_DIR: join(dir, 'run'),
+      UNLOCKD_ENROLL_TOKEN: tok.body.token,
+    }
+    const e = await runCli(
+      [
+        'enroll',
+        '--server',
+        srv.url,
+        '--name',
+        'doomed-1',
+        '--config',
+        cfg,
+        '--luks',
+        `${img}:data`,
+        '--existing-key-file',
+        join(dir, 'k'),
+        '--fscrypt',
+        `${secrets}:secrets`,
+      ],
+      env,
+    )
+    t.is(e.code, 0, e.stderr)
+    await writeFile(join(secrets, 'customer.db'), 'very private')
+    const keyCopy = join(dir, 'image-copy-of-etc')
+    await cp(cfg, keyCopy, { recursive: true }) // what a provider snapshot would hold
 
-  const child = spawn(process.execPath, [UNLOCKD, 'agent', '--config', cfg, '--test'], {
-    env: { PATH: process.env['PATH'] ?? '', UNLOCKD_RUN_DIR: join(dir, 'run'), UNLOCKD_BACKOFF_MS: '200', UNLOCKD_ASK_PASSWORD_DIR: join(dir, 'ask') },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  })
-  let log = ''
-  child.stderr.on('data', (d: Buffer) => (log += d.toString()))
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  t.teardown(() => { child.kill('SIGKILL') })
-  for (let i = 0; i < 100 && !/unlocked: /.test(log); i++) await sleep(100)
-  t.regex(log, /unlocked: /)
+    const child = spawn(process.execPath, [UNLOCKD, 'agent', '--config', cfg, '--test'], {
+      env: {
+        PATH: process.env['PATH'] ?? '',
+        UNLOCKD_RUN_DIR: join(dir, 'run'),
+        UNLOCKD_BACKOFF_MS: '200',
+        UNLOCKD_ASK_PASSWORD_DIR: join(dir, 'ask'),
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    let log = ''
+    child.stderr.on('data', (d: Buffer) => (log += d.toString()))
+    const exited = new Promise<number | null>((resolve) =>
+      child.on('exit', (code) => resolve(code)),
+    )
+    t.teardown(() => {
+      child.kill('SIGKILL')
+    })
+    for (let i = 0; i < 100 && !/unlocked: /.test(log); i++) await sleep(100)
+    t.regex(log, /unlocked: /)
 
-  const alice = await addOperator(t, srv, 'alice')
-  const shred = await asOperator(srv, alice, 'POST', '/shred', { host: 'doomed-1', code: codeNow(srv, alice) })
-  t.is(shred.status, 200, JSON.stringify(shred.body))
+    const alice = await addOperator(t, srv, 'alice')
+    const shred = await asOperator(srv, alice, 'POST', '/shred', {
+      host: 'doomed-1',
+      code: codeNow(srv, alice),
+    })
+    t.is(shred.status, 200, JSON.stringify(shred.body))
 
-  const code = await Promise.race([exited, sleep(30_000).then(() => 'timeout' as const)])
-  t.not(code, 'timeout', `agent did not finish the shred: ${log}`)
-  t.regex(log, /shred order received/)
+    const code = await Promise.race([exited, sleep(30_000).then(() => 'timeout' as const)])
+    t.not(code, 'timeout', `agent did not finish the shred: ${log}`)
+    t.regex(log, /shred order received/)
 
-  // fscrypt: key gone, names are ciphertext, content unreachable.
-  const conf = JSON.parse(await readFile(join(keyCopy, 'agent.json'), 'utf8'))
-  const fsVol = conf.volumes.find((v: { kind: string }) => v.kind === 'fscrypt')
-  t.is(await keyStatus(fs.mnt, fsVol.keyId), 'absent')
-  const names = await readdir(secrets)
-  t.false(names.includes('customer.db'))
-  await t.throwsAsync(readFile(join(secrets, names[0] as string)))
-  // LUKS: no keyslots left; not even the operator's own key opens it.
-  t.deepEqual(Object.keys((await luksMetadata(img)).keyslots), [])
-  t.false(await testKey(img, opKey))
-  // Host keys deleted.
-  t.false(existsSync(join(cfg, 'signing.jwk')))
-  t.false(existsSync(join(cfg, 'sealing.jwk')))
-  // The report is in the audit log.
-  for (let i = 0; i < 20; i++) {
+    // fscrypt: key gone, names are ciphertext, content unreachable.
+    const conf = JSON.parse(await readFile(join(keyCopy, 'agent.json'), 'utf8'))
+    const fsVol = conf.volumes.find((v: { kind: string }) => v.kind === 'fscrypt')
+    t.is(await keyStatus(fs.mnt, fsVol.keyId), 'absent')
+    const names = await readdir(secrets)
+    t.false(names.includes('customer.db'))
+    await t.throwsAsync(readFile(join(secrets, names[0] as string)))
+    // LUKS: no keyslots left; not even the operator's own key opens it.
+    t.deepEqual(Object.keys((await luksMetadata(img)).keyslots), [])
+    t.false(await testKey(img, opKey))
+    // Host keys deleted.
+    t.false(existsSync(join(cfg, 'signing.jwk')))
+    t.false(existsSync(join(cfg, 'sealing.jwk')))
+    // The report is in the audit log.
+    for (let i = 0; i < 20; i++) {
+      const { body } = await srv.admin('GET', '/audit')
+      if (body.entries.some((x: { action: string }) => x.action === 'shred.report')) break
+      await sleep(100)
+    }
     const { body } = await srv.admin('GET', '/audit')
-    if (body.entries.some((x: { action: string }) => x.action === 'shred.report')) break
-    await sleep(100)
-  }
-  const { body } = await srv.admin('GET', '/audit')
-  const rep = body.entries.find((x: { action: string }) => x.action === 'shred.report')
-  t.truthy(rep)
-  t.is(rep.detail.event, 'shred_done')
-  // A snapshot's copy of the host keys cannot get anything any more.
-  const again = await runCli(['unlock', '--config', keyCopy, '--test'], { UNLOCKD_RUN_DIR: join(dir, 'run2') })
-  t.is(again.code, 3)
-  t.regex(again.stderr, /host_shredded/)
-}, { bins: ['cryptsetup', ...EXT4_NEEDS.bins] })
+    const rep = body.entries.find((x: { action: string }) => x.action === 'shred.report')
+    t.truthy(rep)
+    t.is(rep.detail.event, 'shred_done')
+    // A snapshot's copy of the host keys cannot get anything any more.
+    const again = await runCli(['unlock', '--config', keyCopy, '--test'], {
+      UNLOCKD_RUN_DIR: join(dir, 'run2'),
+    })
+    t.is(again.code, 3)
+    t.regex(again.stderr, /host_shredded/)
+  },
+  { bins: ['cryptsetup', ...EXT4_NEEDS.bins] },
+)

@@ -3,9 +3,9 @@
  * mounts its own image; teardown unmounts it (lazily if something is still busy) and detaches
  * its loop device, even when the test fails.
  */
-import test, { type ExecutionContext } from 'ava'
+import test from 'ava'
 import { randomBytes } from 'node:crypto'
-import { mkdir, mkdtemp, open, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   addKey,
@@ -18,12 +18,10 @@ import {
   setPolicy,
 } from '../../agent/volumes/fscrypt.ts'
 import { isUnlockdError } from '../../shared/errors.ts'
-import { mustRun, rootTest, tool } from '../helpers/root.ts'
-import { tempDir } from '../helpers/tmp.ts'
-import { mountExt4, detach, type Fs } from '../helpers/ext4.ts'
+import { rootTest } from '../helpers/root.ts'
+import { mountExt4 } from '../helpers/ext4.ts'
 
 const NEEDS = { bins: ['mkfs.ext4', 'mount', 'umount', 'losetup'] }
-
 
 function key64(): Uint8Array {
   return new Uint8Array(randomBytes(64))

@@ -42,16 +42,24 @@ function shellOf(path: string): 'sh' | 'bash' | undefined {
 }
 
 // Jinja templates (.j2) are not shell until rendered; the rendered forms are checked by their own tests.
-const scripts = ROOTS.flatMap((r) => walk(join(REPO, r))).filter((p) => !p.endsWith('.j2') && shellOf(p) !== undefined)
+const scripts = ROOTS.flatMap((r) => walk(join(REPO, r))).filter(
+  (p) => !p.endsWith('.j2') && shellOf(p) !== undefined,
+)
 const shellcheck = findBin('shellcheck')
 
 if (shellcheck === undefined && (process.env['CI'] ?? '') === '') {
-  console.warn(`\n${'!'.repeat(78)}\n!! SKIPPING shellcheck: not installed (apt-get install shellcheck)\n${'!'.repeat(78)}\n`)
+  console.warn(
+    `\n${'!'.repeat(78)}\n!! SKIPPING shellcheck: not installed (apt-get install shellcheck)\n${'!'.repeat(78)}\n`,
+  )
   test.skip('shell scripts pass shellcheck [SKIPPED: shellcheck is not installed]', () => {})
 } else {
   test('the boot and provisioning shell scripts are found', (t) => {
     const rel = scripts.map((p) => relative(REPO, p))
-    for (const must of ['initramfs-hooks/initramfs-tools/hooks/unlockd', 'initramfs-hooks/initramfs-tools/scripts/local-top/unlockd', 'initramfs-hooks/dracut/90unlockd/module-setup.sh']) {
+    for (const must of [
+      'initramfs-hooks/initramfs-tools/hooks/unlockd',
+      'initramfs-hooks/initramfs-tools/scripts/local-top/unlockd',
+      'initramfs-hooks/dracut/90unlockd/module-setup.sh',
+    ]) {
       t.true(rel.includes(must), `${must} is checked`)
     }
   })
@@ -62,7 +70,11 @@ if (shellcheck === undefined && (process.env['CI'] ?? '') === '') {
         t.fail('shellcheck is not installed; CI must install it (apt-get install shellcheck)')
         return
       }
-      const r = spawnSync(shellcheck, ['--shell', shellOf(path) as string, '--external-sources', '--format', 'gcc', path], { encoding: 'utf8', cwd: REPO })
+      const r = spawnSync(
+        shellcheck,
+        ['--shell', shellOf(path) as string, '--external-sources', '--format', 'gcc', path],
+        { encoding: 'utf8', cwd: REPO },
+      )
       t.is(r.status, 0, `${rel}:\n${r.stdout}${r.stderr}`)
     })
   }

@@ -11,11 +11,22 @@ import { verifyHostJws } from '../../server/escrow/jws-verify.ts'
 test('a host-signed request verifies and yields its payload, like verifyHostRequest', async (t) => {
   const keys = await generateHostKeys()
   const kid = await thumbprint(publicOf(keys.signing))
-  const payload = { v: 1, host: kid, volumes: ['root'], nonce: 'n'.repeat(43), bootId: 'boot-0001', iat: 1_700_000_000 }
+  const payload = {
+    v: 1,
+    host: kid,
+    volumes: ['root'],
+    nonce: 'n'.repeat(43),
+    bootId: 'boot-0001',
+    iat: 1_700_000_000,
+  }
   const jws = await signHostRequest('unlock', payload, keys.signing, kid)
   const stored = JSON.stringify(publicOf(keys.signing))
   t.deepEqual(verifyHostJws(jws, stored), payload)
-  t.deepEqual(verifyHostJws(jws, stored), await verifyHostRequest(jws, 'unlock', publicOf(keys.signing)), 'cached key, same answer')
+  t.deepEqual(
+    verifyHostJws(jws, stored),
+    await verifyHostRequest(jws, 'unlock', publicOf(keys.signing)),
+    'cached key, same answer',
+  )
 })
 
 test('tampering, another key, a malformed signature or an unusable stored key are refused', async (t) => {
@@ -25,7 +36,11 @@ test('tampering, another key, a malformed signature or an unusable stored key ar
   const jws = await signHostRequest('unlock', { a: 1 }, keys.signing, kid)
   const [h, p, s] = jws.split('.') as [string, string, string]
   const stored = JSON.stringify(publicOf(keys.signing))
-  const refuse = (compact: string, key = stored, code: 'bad_signature' | 'protocol_invalid' = 'bad_signature'): void => {
+  const refuse = (
+    compact: string,
+    key = stored,
+    code: 'bad_signature' | 'protocol_invalid' = 'bad_signature',
+  ): void => {
     const e = t.throws(() => verifyHostJws(compact, key))
     t.true(isUnlockdError(e, code), `${compact.slice(0, 40)}: ${String(e)}`)
   }

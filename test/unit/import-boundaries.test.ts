@@ -20,7 +20,11 @@ function files(dir: string): string[] {
 
 function imports(file: string): string[] {
   const src = readFileSync(join(root, file), 'utf8')
-  return [...src.matchAll(/(?:import|export)[^'"]*?from\s+['"]([^'"]+)['"]|import\(\s*['"]([^'"]+)['"]\s*\)/g)].map((m) => (m[1] ?? m[2]) as string)
+  return [
+    ...src.matchAll(
+      /(?:import|export)[^'"]*?from\s+['"]([^'"]+)['"]|import\(\s*['"]([^'"]+)['"]\s*\)/g,
+    ),
+  ].map((m) => (m[1] ?? m[2]) as string)
 }
 
 function resolvesInto(file: string, spec: string, dir: string): boolean {
@@ -29,20 +33,45 @@ function resolvesInto(file: string, spec: string, dir: string): boolean {
 }
 
 const RULES: { from: string; banned: (file: string, spec: string) => boolean; why: string }[] = [
-  { from: 'shared', banned: (f, s) => ['server', 'agent', 'platform'].some((d) => resolvesInto(f, s, d)) || /^(hono|@hono\/|node:fs|node:child_process|fs|child_process|better-sqlite3|pg)(\/|$)/.test(s), why: 'shared/ is pure and importable by both sides' },
-  { from: 'agent', banned: (f, s) => resolvesInto(f, s, 'server') || /^(hono|@hono\/|better-sqlite3|pg)(\/|$)/.test(s), why: 'the agent bundle ships in the initramfs and must not carry server code' },
-  { from: 'server', banned: (f, s) => resolvesInto(f, s, 'agent'), why: 'the server never runs host code' },
-  { from: 'platform', banned: (f, s) => resolvesInto(f, s, 'server') || resolvesInto(f, s, 'agent'), why: 'platform/ serves both sides' },
+  {
+    from: 'shared',
+    banned: (f, s) =>
+      ['server', 'agent', 'platform'].some((d) => resolvesInto(f, s, d)) ||
+      /^(hono|@hono\/|node:fs|node:child_process|fs|child_process|better-sqlite3|pg)(\/|$)/.test(s),
+    why: 'shared/ is pure and importable by both sides',
+  },
+  {
+    from: 'agent',
+    banned: (f, s) =>
+      resolvesInto(f, s, 'server') || /^(hono|@hono\/|better-sqlite3|pg)(\/|$)/.test(s),
+    why: 'the agent bundle ships in the initramfs and must not carry server code',
+  },
+  {
+    from: 'server',
+    banned: (f, s) => resolvesInto(f, s, 'agent'),
+    why: 'the server never runs host code',
+  },
+  {
+    from: 'platform',
+    banned: (f, s) => resolvesInto(f, s, 'server') || resolvesInto(f, s, 'agent'),
+    why: 'platform/ serves both sides',
+  },
 ]
 
 for (const rule of RULES) {
   test(`${rule.from}/ respects the import matrix`, (t) => {
-    const bad = files(rule.from).flatMap((f) => imports(f).filter((s) => rule.banned(f, s)).map((s) => `${f} imports ${s}`))
+    const bad = files(rule.from).flatMap((f) =>
+      imports(f)
+        .filter((s) => rule.banned(f, s))
+        .map((s) => `${f} imports ${s}`),
+    )
     t.deepEqual(bad, [], rule.why)
   })
 }
 
 test('agent/exec.ts is the only agent module that spawns processes', (t) => {
-  const spawners = files('agent').filter((f) => f !== 'agent/exec.ts' && imports(f).some((s) => s === 'node:child_process'))
+  const spawners = files('agent').filter(
+    (f) => f !== 'agent/exec.ts' && imports(f).some((s) => s === 'node:child_process'),
+  )
   t.deepEqual(spawners, [])
 })

@@ -31,7 +31,10 @@ test('instance B follows a rotation made by instance A', (t) => {
   Keystore.create(p, PASS, 1).close()
   const a = Keystore.open(p, PASS)
   const b = Keystore.open(p, PASS)
-  t.teardown(() => { a.close(); b.close() })
+  t.teardown(() => {
+    a.close()
+    b.close()
+  })
   const v2 = a.addKek(2)
   t.is(b.currentVersion, v2, 'B wraps new blobs with the KEK A just made')
   t.deepEqual(Buffer.from(b.kek(v2)), Buffer.from(a.kek(v2)))

@@ -52,7 +52,9 @@ test('rotation adds a KEK; destroyBelow removes the old one from both copies', (
   t.deepEqual(ks.versions, [2])
   const reopened = Keystore.open(p, 'passphrase-one')
   t.throws(() => reopened.kek(1), { message: /not in the keystore/ })
-  t.throws(() => unwrap(reopened.kek(2), old.iv, old.ct, blobAad('h', 'v', 1)), { message: /failed authentication/ })
+  t.throws(() => unwrap(reopened.kek(2), old.iv, old.ct, blobAad('h', 'v', 1)), {
+    message: /failed authentication/,
+  })
   // The backup alone (main deleted) has no v1 either.
   rmSync(p)
   t.deepEqual(Keystore.open(p, 'passphrase-one').versions, [2])
@@ -70,8 +72,15 @@ test('changing the passphrase keeps the KEKs', (t) => {
 test('the KEK layer binds host, volume and version', (t) => {
   const kek = new Uint8Array(32).fill(7)
   const w = wrap(kek, new TextEncoder().encode('secret blob'), blobAad('host-a', 'data', 3))
-  t.is(new TextDecoder().decode(unwrap(kek, w.iv, w.ct, blobAad('host-a', 'data', 3))), 'secret blob')
-  for (const aad of [blobAad('host-b', 'data', 3), blobAad('host-a', 'other', 3), blobAad('host-a', 'data', 4)]) {
+  t.is(
+    new TextDecoder().decode(unwrap(kek, w.iv, w.ct, blobAad('host-a', 'data', 3))),
+    'secret blob',
+  )
+  for (const aad of [
+    blobAad('host-b', 'data', 3),
+    blobAad('host-a', 'other', 3),
+    blobAad('host-a', 'data', 4),
+  ]) {
     t.throws(() => unwrap(kek, w.iv, w.ct, aad), { message: /failed authentication/ })
   }
 })

@@ -21,14 +21,35 @@ test('default policy allows', (t) => {
 
 test('state comes first: shredded and suspended deny whatever the rest says', (t) => {
   const p = { ...DEFAULT_POLICY, approval: 'always' }
-  t.like(evaluatePolicy(base({ policy: p, host: { state: 'shredded', lastSeenAt: null, createdAt: 0 } })), { kind: 'deny', code: 'host_shredded', rule: 'state' })
-  t.like(evaluatePolicy(base({ policy: p, host: { state: 'suspended', lastSeenAt: null, createdAt: 0 } })), { kind: 'deny', code: 'host_suspended' })
+  t.like(
+    evaluatePolicy(
+      base({ policy: p, host: { state: 'shredded', lastSeenAt: null, createdAt: 0 } }),
+    ),
+    { kind: 'deny', code: 'host_shredded', rule: 'state' },
+  )
+  t.like(
+    evaluatePolicy(
+      base({ policy: p, host: { state: 'suspended', lastSeenAt: null, createdAt: 0 } }),
+    ),
+    { kind: 'deny', code: 'host_suspended' },
+  )
 })
 
 test('validity dates', (t) => {
-  t.like(evaluatePolicy(base({ policy: { ...DEFAULT_POLICY, notBefore: 1_000_001 } })), { code: 'not_yet_valid', rule: 'notBefore' })
-  t.like(evaluatePolicy(base({ policy: { ...DEFAULT_POLICY, notAfter: 1_000_000 } })), { code: 'expired', rule: 'notAfter' })
-  t.like(evaluatePolicy(base({ policy: { ...DEFAULT_POLICY, notBefore: 1_000_000, notAfter: 1_000_001 } })), { kind: 'allow' })
+  t.like(evaluatePolicy(base({ policy: { ...DEFAULT_POLICY, notBefore: 1_000_001 } })), {
+    code: 'not_yet_valid',
+    rule: 'notBefore',
+  })
+  t.like(evaluatePolicy(base({ policy: { ...DEFAULT_POLICY, notAfter: 1_000_000 } })), {
+    code: 'expired',
+    rule: 'notAfter',
+  })
+  t.like(
+    evaluatePolicy(
+      base({ policy: { ...DEFAULT_POLICY, notBefore: 1_000_000, notAfter: 1_000_001 } }),
+    ),
+    { kind: 'allow' },
+  )
 })
 
 test('CIDRs deny outside, or ask for approval with outside-cidrs', (t) => {
@@ -36,24 +57,53 @@ test('CIDRs deny outside, or ask for approval with outside-cidrs', (t) => {
   t.like(evaluatePolicy(base({ policy: p })), { kind: 'deny', code: 'cidr_denied', rule: 'cidrs' })
   t.like(evaluatePolicy(base({ policy: p, source: '198.51.100.9' })), { kind: 'allow' })
   t.like(evaluatePolicy(base({ policy: p, source: '::ffff:198.51.100.9' })), { kind: 'allow' })
-  t.like(evaluatePolicy(base({ policy: { ...p, approval: 'outside-cidrs' } })), { kind: 'approval', rule: 'approval:outside-cidrs' })
-  t.like(evaluatePolicy(base({ policy: { ...p, approval: 'outside-cidrs' }, source: '198.51.100.9' })), { kind: 'allow' })
+  t.like(evaluatePolicy(base({ policy: { ...p, approval: 'outside-cidrs' } })), {
+    kind: 'approval',
+    rule: 'approval:outside-cidrs',
+  })
+  t.like(
+    evaluatePolicy(base({ policy: { ...p, approval: 'outside-cidrs' }, source: '198.51.100.9' })),
+    { kind: 'allow' },
+  )
 })
 
 test('rate limit counts releases in the window', (t) => {
   const p = { ...DEFAULT_POLICY, maxUnlocks: { count: 3, periodSeconds: 3600 } }
-  t.like(evaluatePolicy(base({ policy: p, history: { releasesInWindow: 2, recentBootIds: [] } })), { kind: 'allow' })
-  t.like(evaluatePolicy(base({ policy: p, history: { releasesInWindow: 3, recentBootIds: [] } })), { kind: 'deny', code: 'rate_limited' })
+  t.like(evaluatePolicy(base({ policy: p, history: { releasesInWindow: 2, recentBootIds: [] } })), {
+    kind: 'allow',
+  })
+  t.like(evaluatePolicy(base({ policy: p, history: { releasesInWindow: 3, recentBootIds: [] } })), {
+    kind: 'deny',
+    code: 'rate_limited',
+  })
 })
 
 test('approval rules: always, after-idle, clone detection', (t) => {
-  t.like(evaluatePolicy(base({ policy: { ...DEFAULT_POLICY, approval: 'always' } })), { kind: 'approval', rule: 'approval:always' })
+  t.like(evaluatePolicy(base({ policy: { ...DEFAULT_POLICY, approval: 'always' } })), {
+    kind: 'approval',
+    rule: 'approval:always',
+  })
   const idle = { ...DEFAULT_POLICY, approval: 'after-idle(1h)' }
   t.like(evaluatePolicy(base({ policy: idle })), { kind: 'allow' }) // seen 1000 s ago
-  t.like(evaluatePolicy(base({ policy: idle, host: { state: 'active', lastSeenAt: 1_000_000 - 3601, createdAt: 0 } })), { kind: 'approval', rule: 'approval:after-idle(1h)' })
+  t.like(
+    evaluatePolicy(
+      base({ policy: idle, host: { state: 'active', lastSeenAt: 1_000_000 - 3601, createdAt: 0 } }),
+    ),
+    { kind: 'approval', rule: 'approval:after-idle(1h)' },
+  )
   const clone = { ...DEFAULT_POLICY, cloneWindowSeconds: 600 }
-  t.like(evaluatePolicy(base({ policy: clone, history: { releasesInWindow: 0, recentBootIds: ['boot-1111'] } })), { kind: 'allow' })
-  t.like(evaluatePolicy(base({ policy: clone, history: { releasesInWindow: 0, recentBootIds: ['boot-2222'] } })), { kind: 'approval', rule: 'clone-detection' })
+  t.like(
+    evaluatePolicy(
+      base({ policy: clone, history: { releasesInWindow: 0, recentBootIds: ['boot-1111'] } }),
+    ),
+    { kind: 'allow' },
+  )
+  t.like(
+    evaluatePolicy(
+      base({ policy: clone, history: { releasesInWindow: 0, recentBootIds: ['boot-2222'] } }),
+    ),
+    { kind: 'approval', rule: 'clone-detection' },
+  )
 })
 
 test('policy parsing rejects bad rules and values', (t) => {

@@ -6,11 +6,15 @@ import { fileURLToPath } from 'node:url'
 import { findBin } from '../helpers/root.ts'
 
 const dir = fileURLToPath(new URL('../../systemd/', import.meta.url))
-const units = readdirSync(dir).filter((f) => /\.(service|path|socket)$/.test(f)).map((f) => dir + f)
+const units = readdirSync(dir)
+  .filter((f) => /\.(service|path|socket)$/.test(f))
+  .map((f) => dir + f)
 const analyze = findBin('systemd-analyze')
 
 if (!analyze && !process.env['CI']) {
-  console.warn('!!! SKIPPING systemd unit checks: systemd-analyze is not installed (apt-get install systemd)')
+  console.warn(
+    '!!! SKIPPING systemd unit checks: systemd-analyze is not installed (apt-get install systemd)',
+  )
   test.skip('systemd units verify [SKIPPED: no systemd-analyze]', () => {})
 } else {
   test('every unit file passes systemd-analyze verify cleanly', (t) => {
@@ -21,6 +25,13 @@ if (!analyze && !process.env['CI']) {
   })
   test('the agent unit is Type=notify, ordered before cryptsetup and hardened', (t) => {
     const r = spawnSync('cat', [dir + 'unlockd-agent.service'], { encoding: 'utf8' })
-    for (const line of ['Type=notify', 'Before=cryptsetup.target', 'ProtectSystem=strict', 'PrivateTmp=yes', 'NoNewPrivileges=yes']) t.true(r.stdout.includes(line), line)
+    for (const line of [
+      'Type=notify',
+      'Before=cryptsetup.target',
+      'ProtectSystem=strict',
+      'PrivateTmp=yes',
+      'NoNewPrivileges=yes',
+    ])
+      t.true(r.stdout.includes(line), line)
   })
 }

@@ -31,7 +31,11 @@ test('node:crypto ECMR replies equal the reference byte for byte and unblind to 
 
 test('system libcrypto ECMR (the default on Debian) replies equal the reference byte for byte', async (t) => {
   const backend = await ecmrBackend()
-  if (existsSync('/usr/lib/x86_64-linux-gnu/libcrypto.so.3') || existsSync('/usr/lib/aarch64-linux-gnu/libcrypto.so.3')) t.is(backend, 'libcrypto')
+  if (
+    existsSync('/usr/lib/x86_64-linux-gnu/libcrypto.so.3') ||
+    existsSync('/usr/lib/aarch64-linux-gnu/libcrypto.so.3')
+  )
+    t.is(backend, 'libcrypto')
   else t.log(`no system libcrypto.so.3: the Tang endpoints use ${backend}`)
   const exch = generateExchangeKey()
   const pub = publicJwk(exch)
@@ -56,7 +60,17 @@ test('node:crypto ECMR refuses what tangd refuses, with bad_request', async (t) 
   const good = startRecovery(provision(publicJwk(exch)).epk, publicJwk(exch)).request
   const y = Buffer.from(good.y, 'base64url')
   y[65] = (y[65] ?? 0) ^ 1
-  for (const bad of [{ ...good, y: y.toString('base64url') }, { ...good, crv: 'P-256' }, { ...good, alg: 'ES512' }, { ...good, key_ops: ['sign'] }, { ...good, use: 'sig' }, { ...good, x: 'AA' }, null, 'x', []]) {
+  for (const bad of [
+    { ...good, y: y.toString('base64url') },
+    { ...good, crv: 'P-256' },
+    { ...good, alg: 'ES512' },
+    { ...good, key_ops: ['sign'] },
+    { ...good, use: 'sig' },
+    { ...good, x: 'AA' },
+    null,
+    'x',
+    [],
+  ]) {
     const e = await t.throwsAsync(srv.recover(bad))
     t.true(isUnlockdError(e, 'bad_request'), `${JSON.stringify(bad)}: ${String(e)}`)
   }
@@ -69,7 +83,10 @@ test('node:crypto ECMR rejects an exchange key that is not one', (t) => {
 })
 
 test('server.json hostRateLimit: object, "off", or refused', (t) => {
-  t.deepEqual(parseServerConfig('{"hostRateLimit":{"perSecond":5000,"burst":20000}}').settings.hostRateLimit, { perSecond: 5000, burst: 20000 })
+  t.deepEqual(
+    parseServerConfig('{"hostRateLimit":{"perSecond":5000,"burst":20000}}').settings.hostRateLimit,
+    { perSecond: 5000, burst: 20000 },
+  )
   t.is(parseServerConfig('{"hostRateLimit":"off"}').settings.hostRateLimit, null)
   t.is(parseServerConfig('{}').settings.hostRateLimit, undefined)
   t.throws(() => parseServerConfig('{"hostRateLimit":{"perSecond":0,"burst":1}}'))
