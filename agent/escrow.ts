@@ -3,7 +3,7 @@
  * answer, and cancel the rest, so one dead server never delays a boot. A denial from any server
  * is final only if no other server releases. Approval waits continue on the server that asked.
  */
-import { UnlockdError } from '../shared/errors.ts'
+import { ERRORS, UnlockdError } from '../shared/errors.ts'
 import type { AgentConfig, ServerEntry } from '../shared/config/agent.ts'
 import type { HostKeys } from '../shared/crypto/keys.ts'
 import { pollApproval, requestUnlock, watch, report } from '../shared/client/host-client.ts'
@@ -20,17 +20,10 @@ export interface Progress {
   ): void
 }
 
-function rank(e: UnlockdError): number {
-  // Report the most informative failure: a policy decision beats a network error.
-  if (e.code === 'server_unreachable') return 0
-  if (e.code === 'tls_pin_mismatch') return 1
-  if (e.code === 'protocol_invalid') return 2
-  return 3
-}
-
+/** The most informative of several servers' failures (ERRORS rank: a decision beats a network error). */
 export function bestError(errors: UnlockdError[]): UnlockdError {
   return (
-    [...errors].sort((a, b) => rank(b) - rank(a))[0] ??
+    [...errors].sort((a, b) => ERRORS[b.code].rank - ERRORS[a.code].rank)[0] ??
     new UnlockdError('server_unreachable', 'no escrow server configured')
   )
 }
@@ -127,8 +120,7 @@ export async function obtainRelease(
       const e =
         err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', String(err))
       // A restarting server is normal: keep waiting with capped backoff. Denials are final.
-      if (e.code !== 'server_unreachable' && e.code !== 'protocol_invalid' && e.code !== 'internal')
-        throw e
+      if (!ERRORS[e.code].retry) throw e
       progress?.({ kind: 'attempt', server: first.server.url, error: e })
       failures++
       await sleep(Math.min(10_000, 500 * 2 ** Math.min(failures, 5)), signal)

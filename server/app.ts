@@ -4,7 +4,7 @@
  */
 import { Hono } from 'hono'
 import type { ServerDeps } from './context.ts'
-import { renderError } from './http/errors.ts'
+import { renderError, statusFor } from './http/errors.ts'
 import { accessLog, type AppEnv } from './http/middleware.ts'
 import { adminRoutes } from './routes/admin-api.ts'
 import { hostRoutes } from './routes/host-api.ts'
@@ -31,7 +31,9 @@ export function createApp(deps: ServerDeps): Hono<AppEnv> {
   app.route('/v1', watchRoutes(deps))
   // Tang hosts (issue 8): stock clevis against /tang/NAME, with per-host policy and shred.
   app.route('/tang', tangRoutes(deps))
-  app.notFound((c) => c.json({ error: 'not_found', message: 'no such route' }, 404))
+  app.notFound((c) =>
+    c.json({ error: 'not_found', message: 'no such route' }, statusFor('not_found')),
+  )
   app.onError((err, c) => renderError(c, err, deps.log))
   return app
 }

@@ -80,6 +80,172 @@ export const ERROR_CODES = [
 
 export type UnlockdErrorCode = (typeof ERROR_CODES)[number]
 
+/** The HTTP statuses an error answer may carry. */
+export type ErrorStatus = 400 | 401 | 403 | 404 | 405 | 409 | 413 | 429 | 500 | 503
+
+/**
+ * CLI exit class of a code (platform/cli/exit.ts maps it to the documented number): `refused`
+ * by the server (policy, auth, approval denied), `unreachable` server or TLS failure, `pending`
+ * approval, `usage` error, or any other runtime `error`.
+ */
+export type ExitClass = 'error' | 'usage' | 'refused' | 'unreachable' | 'pending'
+
+/** Everything each edge decides about a code. Adding a code means deciding each of these. */
+export interface ErrorInfo {
+  /** HTTP status the server answers with (5xx bodies say only "see server logs"). */
+  readonly status: ErrorStatus
+  /** What the CLI exits with. */
+  readonly exit: ExitClass
+  /** The agent keeps waiting on an approval through this failure (a restarting server). */
+  readonly retry: boolean
+  /**
+   * How informative the failure is when several servers answer and none releases: the agent
+   * reports the highest. A decision (3) beats a malformed answer (2), a TLS pin failure (1) and
+   * an unreachable server (0).
+   */
+  readonly rank: 0 | 1 | 2 | 3
+  /** The sentence the CLI prints under the error, or null when the message already says it. */
+  readonly remedy: string | null
+}
+
+const TOKEN_REMEDY = 'Create a fresh one-time token: `unlockd token create --host NAME`.'
+
+/**
+ * The one catalogue of error facts, one line per code: HTTP status, CLI exit class, whether the
+ * agent keeps waiting through it, its rank among several servers' failures, and the remedy.
+ */
+export const ERRORS = {
+  bad_request: { status: 400, exit: 'error', retry: false, rank: 3, remedy: null },
+  payload_too_large: { status: 413, exit: 'error', retry: false, rank: 3, remedy: null },
+  not_found: { status: 404, exit: 'error', retry: false, rank: 3, remedy: null },
+  method_not_allowed: { status: 405, exit: 'error', retry: false, rank: 3, remedy: null },
+  unauthorized: {
+    status: 401,
+    exit: 'refused',
+    retry: false,
+    rank: 3,
+    remedy:
+      'Set UNLOCKD_TOKEN (or UNLOCKD_TOKEN_FILE) to an operator API token printed by `unlockd server init` or `unlockd operator add`.',
+  },
+  forbidden: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  token_invalid: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: TOKEN_REMEDY },
+  token_used: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: TOKEN_REMEDY },
+  token_expired: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: TOKEN_REMEDY },
+  token_revoked: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: TOKEN_REMEDY },
+  host_unknown: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  bad_signature: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  nonce_reused: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  nonce_unknown: { status: 403, exit: 'error', retry: false, rank: 3, remedy: null },
+  nonce_expired: { status: 403, exit: 'error', retry: false, rank: 3, remedy: null },
+  iat_skew: {
+    status: 400,
+    exit: 'error',
+    retry: false,
+    rank: 3,
+    remedy: 'Fix the clock on this host (systemd-timesyncd or chrony).',
+  },
+  cidr_denied: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  // A policy rate limit (a host over its unlock budget) is 403, while the per-address DoS guard in
+  // server/http/middleware.ts answers 429 with the same code. Unifying the two is a protocol change
+  // (agents and scripts see the status), so each use keeps its own status for now.
+  rate_limited: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  not_yet_valid: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  expired: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  host_suspended: {
+    status: 403,
+    exit: 'refused',
+    retry: false,
+    rank: 3,
+    remedy: 'An operator can run `unlockd host resume NAME` after checking why it was suspended.',
+  },
+  host_shredded: {
+    status: 403,
+    exit: 'refused',
+    retry: false,
+    rank: 3,
+    remedy:
+      'This host was crypto-shredded; its data cannot be unlocked. Re-provision it and enroll new keys.',
+  },
+  volume_unknown: { status: 403, exit: 'error', retry: false, rank: 3, remedy: null },
+  clone_suspected: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  approval_pending: { status: 403, exit: 'pending', retry: false, rank: 3, remedy: null },
+  approval_denied: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  approval_expired: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  approval_unknown: { status: 404, exit: 'error', retry: false, rank: 3, remedy: null },
+  approval_used: { status: 409, exit: 'error', retry: false, rank: 3, remedy: null },
+  totp_invalid: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  totp_replayed: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
+  totp_locked: { status: 429, exit: 'refused', retry: false, rank: 3, remedy: null },
+  already_approved: { status: 409, exit: 'error', retry: false, rank: 3, remedy: null },
+  host_exists: { status: 409, exit: 'error', retry: false, rank: 3, remedy: null },
+  operator_exists: { status: 409, exit: 'error', retry: false, rank: 3, remedy: null },
+  operator_unknown: { status: 404, exit: 'error', retry: false, rank: 3, remedy: null },
+  conflict: { status: 409, exit: 'error', retry: false, rank: 3, remedy: null },
+  decryption_failed: { status: 403, exit: 'error', retry: false, rank: 3, remedy: null },
+  integrity_failed: { status: 500, exit: 'error', retry: false, rank: 3, remedy: null },
+  keystore_locked: {
+    status: 503,
+    exit: 'error',
+    retry: false,
+    rank: 3,
+    remedy:
+      'Give the keystore passphrase with --passphrase-file, UNLOCKD_PASSPHRASE, or a systemd credential named unlockd-passphrase.',
+  },
+  keystore_invalid: { status: 403, exit: 'error', retry: false, rank: 3, remedy: null },
+  kek_missing: { status: 500, exit: 'error', retry: false, rank: 3, remedy: null },
+  config_invalid: { status: 403, exit: 'error', retry: false, rank: 3, remedy: null },
+  store_failed: { status: 500, exit: 'error', retry: false, rank: 3, remedy: null },
+  server_unreachable: {
+    status: 403,
+    exit: 'unreachable',
+    retry: true,
+    rank: 0,
+    remedy:
+      'Check the server URL, that `unlockd server start` is running, and the network path (firewall, ip= on the kernel command line).',
+  },
+  tls_pin_mismatch: {
+    status: 403,
+    exit: 'unreachable',
+    retry: false,
+    rank: 1,
+    remedy:
+      'The server certificate does not match the pinned CA/key: re-copy the CA with --ca, or re-enroll if the server key was replaced on purpose.',
+  },
+  protocol_invalid: { status: 400, exit: 'error', retry: true, rank: 2, remedy: null },
+  volume_invalid: { status: 403, exit: 'error', retry: false, rank: 3, remedy: null },
+  volume_busy: { status: 403, exit: 'error', retry: false, rank: 3, remedy: null },
+  luks_failed: { status: 403, exit: 'error', retry: false, rank: 3, remedy: null },
+  fscrypt_failed: { status: 403, exit: 'error', retry: false, rank: 3, remedy: null },
+  fscrypt_unsupported: {
+    status: 403,
+    exit: 'error',
+    retry: false,
+    rank: 3,
+    remedy: 'Enable the feature on the unmounted filesystem: tune2fs -O encrypt /dev/DEVICE',
+  },
+  not_enrolled: {
+    status: 403,
+    exit: 'error',
+    retry: false,
+    rank: 3,
+    remedy: 'Run `unlockd enroll --server URL --token TOKEN ...` first.',
+  },
+  destructive_needs_force: {
+    status: 403,
+    exit: 'error',
+    retry: false,
+    rank: 3,
+    remedy: 'Re-run interactively, or add --yes to confirm.',
+  },
+  usage: { status: 403, exit: 'usage', retry: false, rank: 3, remedy: null },
+  internal: { status: 500, exit: 'error', retry: true, rank: 3, remedy: null },
+} as const satisfies Record<UnlockdErrorCode, ErrorInfo>
+
+/** The catalogue entry of `code`. */
+export function errorInfo(code: UnlockdErrorCode): ErrorInfo {
+  return ERRORS[code]
+}
+
 const CODE_SET: ReadonlySet<string> = new Set(ERROR_CODES)
 
 /** True when `value` is one of our stable codes (used when parsing a server's error body). */

@@ -1,39 +1,17 @@
 /**
- * The HTTP edge of errors: map a stable code to a status, render `{ error, message[, rule] }`,
+ * The HTTP edge of errors: take a code's status from the catalogue (shared/errors.ts ERRORS), render `{ error, message[, rule] }`,
  * and log the cause with the request id. Unknown errors are 500 "see server logs" and nothing
  * more: no stack trace or internal message ever reaches a client.
  */
 import type { Context } from 'hono'
 import type { ContentfulStatusCode } from 'hono/utils/http-status'
-import { UnlockdError, type UnlockdErrorCode } from '../../shared/errors.ts'
+import { ERRORS, UnlockdError, type UnlockdErrorCode } from '../../shared/errors.ts'
 import type { ErrorBody } from '../../shared/protocol/messages.ts'
 import type { Logger } from '../log.ts'
 
-const STATUS: Partial<Record<UnlockdErrorCode, ContentfulStatusCode>> = {
-  bad_request: 400,
-  protocol_invalid: 400,
-  iat_skew: 400,
-  payload_too_large: 413,
-  unauthorized: 401,
-  not_found: 404,
-  approval_unknown: 404,
-  operator_unknown: 404,
-  method_not_allowed: 405,
-  host_exists: 409,
-  operator_exists: 409,
-  conflict: 409,
-  already_approved: 409,
-  approval_used: 409,
-  totp_locked: 429,
-  keystore_locked: 503,
-  store_failed: 500,
-  kek_missing: 500,
-  integrity_failed: 500,
-  internal: 500,
-}
-
+/** The status of `code`, from the one catalogue in shared/errors.ts. */
 export function statusFor(code: UnlockdErrorCode): ContentfulStatusCode {
-  return STATUS[code] ?? 403
+  return ERRORS[code].status
 }
 
 export function errorBody(err: UnlockdError): ErrorBody {

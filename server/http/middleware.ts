@@ -93,6 +93,9 @@ export function operatorAuth(deps: ServerDeps): MiddlewareHandler<AppEnv> {
   }
 }
 
+/** The per-address guard's own status for `rate_limited` (see ERRORS.rate_limited). */
+const GUARD_STATUS = 429
+
 /** Token bucket per source address, in process memory: a DoS guard, not a policy. */
 export function perAddressLimit(ratePerSec: number, burst: number): MiddlewareHandler<AppEnv> {
   const buckets = new Map<string, { tokens: number; at: number }>()
@@ -104,9 +107,11 @@ export function perAddressLimit(ratePerSec: number, burst: number): MiddlewareHa
     b.at = now
     if (b.tokens < 1) {
       c.header('Retry-After', '1')
+      // 429 here, where a policy rate limit is 403 (ERRORS.rate_limited): kept per use, since
+      // unifying the two statuses of this code is a protocol change.
       return c.json(
         { error: 'rate_limited', message: 'too many requests from this address; slow down' },
-        429,
+        GUARD_STATUS,
       )
     }
     b.tokens -= 1

@@ -12,7 +12,6 @@
  * if (res.status === 'released') vk = await openEscrowBlob(res.volumes[0].blob, keys.sealing)
  * ```
  */
-import { UnlockdError } from '../errors.ts'
 import { signHostRequest } from '../crypto/jws.ts'
 import { publicOf, thumbprint, type HostKeys } from '../crypto/keys.ts'
 import {
@@ -195,12 +194,4 @@ export async function report(
   )
   const res = await t({ method: 'POST', path: '/v1/report', body: { jws } })
   if (res.status !== 200) throw errorFromResponse(res, 'report')
-}
-
-export function isDenial(err: unknown): err is UnlockdError {
-  return (
-    err instanceof UnlockdError &&
-    err.code !== 'server_unreachable' &&
-    err.code !== 'protocol_invalid'
-  )
 }
