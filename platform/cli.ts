@@ -16,5 +16,5 @@ export {
 export { EXIT, exitCodeFor, reportError, suggestionFor } from './cli/exit.ts'
 export { runCommand } from './cli/run.ts'
 export { fmtTime, formatTable, output } from './cli/output.ts'
-export { ask, confirm } from './cli/prompt.ts'
+export { ask, confirm, readStdinLine } from './cli/prompt.ts'
 export { readSecret } from './cli/secret.ts'

@@ -41,3 +41,20 @@ export async function confirm(io: CliIo, question: string, yes: boolean): Promis
   if (!/^y(es)?$/i.test(await ask(`${question} [y/N] `)))
     throw new UnlockdError('destructive_needs_force', 'cancelled')
 }
+
+/** The first line of a non-terminal stdin (a pipe or a file), trimmed; '' at end of input. */
+export async function readStdinLine(): Promise<string> {
+  const { createInterface } = await import('node:readline')
+  const rl = createInterface({ input: process.stdin, terminal: false })
+  return new Promise<string>((resolve) => {
+    let done = false
+    const finish = (line: string): void => {
+      if (done) return
+      done = true
+      rl.close()
+      resolve(line.trim())
+    }
+    rl.once('line', finish)
+    rl.once('close', () => finish(''))
+  })
+}

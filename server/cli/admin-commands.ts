@@ -1,6 +1,14 @@
 /** Operator commands over the admin API: hosts, host suspend/resume/show/set, tokens, audit. */
 import { UnlockdError } from '../../shared/errors.ts'
-import type { AuditEntry, HostView, TokenView } from '../../shared/protocol/messages.ts'
+import {
+  parseAuditPage,
+  parseCreatedToken,
+  parseHostList,
+  parseHostView,
+  parseTokenList,
+  parseTokenView,
+} from '../../shared/protocol/admin-replies.ts'
+import type { AuditEntry, HostView } from '../../shared/protocol/messages.ts'
 import { parseMaxUnlocks, APPROVAL_RULE_RE } from '../../shared/protocol/policy.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import { parseCidr } from '../../shared/util/cidr.ts'
@@ -8,13 +16,7 @@ import { formatDuration, parseDuration } from '../../shared/util/duration.ts'
 import { verifyAuditChain } from '../../shared/audit.ts'
 import { EXIT, fmtTime, formatTable, output, usage, type Command } from '../../platform/cli.ts'
 import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
-
-function hostArg(positionals: string[]): string {
-  const name = positionals[0]
-  if (name === undefined || positionals.length !== 1) usage('expected exactly one host NAME')
-  if (!NAME_RE.test(name)) usage('host NAME must be 1-64 chars of a-z 0-9 _ . -')
-  return name
-}
+import { hostArg } from './positionals.ts'
 
 function policyLines(h: HostView): string {
   const p = h.policy
@@ -42,9 +44,7 @@ export const hostsList: Command = {
   usage: 'unlockd hosts [--json]',
   options: { ...CLIENT_OPTIONS },
   async run({ values, io }) {
-    const { hosts } = (await operatorClient(values, io).call('GET', '/hosts')) as {
-      hosts: HostView[]
-    }
+    const { hosts } = await operatorClient(values, io).call('GET', '/hosts', parseHostList)
     output(io, values, hosts, () =>
       formatTable(
         ['NAME', 'STATE', 'VOLUMES', 'LAST UNLOCK', 'ID'],
@@ -68,10 +68,11 @@ export const hostShow: Command = {
   options: { ...CLIENT_OPTIONS },
   positionals: true,
   async run({ values, positionals, io }) {
-    const h = (await operatorClient(values, io).call(
+    const h = await operatorClient(values, io).call(
       'GET',
       `/hosts/${hostArg(positionals)}`,
-    )) as HostView
+      parseHostView,
+    )
     output(io, values, h, () => policyLines(h))
     return EXIT.ok
   },
@@ -94,11 +95,12 @@ function stateCommand(state: 'suspend' | 'resume'): Command {
       const name = hostArg(positionals)
       const body =
         state === 'suspend' && values['reason'] ? { reason: values['reason'] } : undefined
-      const h = (await operatorClient(values, io).call(
+      const h = await operatorClient(values, io).call(
         'POST',
         `/hosts/${name}/${state}`,
+        parseHostView,
         body,
-      )) as HostView
+      )
       output(io, values, h, () => `${h.name}: ${h.state}\n`)
       return EXIT.ok
     },
@@ -190,11 +192,12 @@ export const hostSet: Command = {
       patch[key] = d
     }
     if (Object.keys(patch).length === 0) usage('nothing to change: give at least one policy option')
-    const h = (await operatorClient(values, io).call(
+    const h = await operatorClient(values, io).call(
       'PATCH',
       `/hosts/${name}/policy`,
+      parseHostView,
       patch,
-    )) as HostView
+    )
     output(io, values, h, () => policyLines(h))
     return EXIT.ok
   },
@@ -221,11 +224,11 @@ export const tokenCreate: Command = {
     if (ttl === undefined) usage('--ttl must be a duration such as 15m or 1h')
     const cidrs = (values['cidr'] as string[] | undefined) ?? []
     for (const c of cidrs) if (!parseCidr(c)) usage(`--cidr ${c} is not a CIDR`)
-    const r = (await operatorClient(values, io).call('POST', '/tokens', {
+    const r = await operatorClient(values, io).call('POST', '/tokens', parseCreatedToken, {
       host,
       ttlSeconds: ttl,
       cidrs,
-    })) as TokenView & { token: string }
+    })
     output(io, values, r, () => `${r.token}\n`)
     if (!values['json'])
       io.stderr(`token ${r.id} for ${r.host}, expires ${fmtTime(r.expiresAt)}, single use\n`)
@@ -239,9 +242,7 @@ export const tokenList: Command = {
   usage: 'unlockd token list [--json]',
   options: { ...CLIENT_OPTIONS },
   async run({ values, io }) {
-    const { tokens } = (await operatorClient(values, io).call('GET', '/tokens')) as {
-      tokens: TokenView[]
-    }
+    const { tokens } = await operatorClient(values, io).call('GET', '/tokens', parseTokenList)
     output(io, values, tokens, () =>
       formatTable(
         ['ID', 'HOST', 'STATE', 'EXPIRES', 'CIDRS'],
@@ -268,10 +269,11 @@ export const tokenRevoke: Command = {
     const id = positionals[0]
     if (!id || positionals.length !== 1)
       usage('expected exactly one token ID (see `unlockd token list`)')
-    const r = (await operatorClient(values, io).call(
+    const r = await operatorClient(values, io).call(
       'DELETE',
       `/tokens/${encodeURIComponent(id)}`,
-    )) as TokenView
+      parseTokenView,
+    )
     output(io, values, r, () => `${r.id}: ${r.state}\n`)
     return EXIT.ok
   },
@@ -284,9 +286,7 @@ async function fetchAll(
   const client = operatorClient(values as never, io)
   const all: AuditEntry[] = []
   for (let after = 0; ;) {
-    const { entries } = (await client.call('GET', `/audit?after=${after}&limit=5000`)) as {
-      entries: AuditEntry[]
-    }
+    const { entries } = await client.call('GET', `/audit?after=${after}&limit=5000`, parseAuditPage)
     all.push(...entries)
     if (entries.length < 5000) return all
     after = (entries[entries.length - 1] as AuditEntry).seq

@@ -1,12 +1,10 @@
 /**
  * Operator commands for human approval: `approvals`, `approve`, `deny`, and operator
- * management (`operator add|list|remove|totp`). TOTP codes are one-time 6-digit values and may
- * be given with --code; API tokens never go in argv (UNLOCKD_TOKEN / UNLOCKD_TOKEN_FILE).
+ * management (`operator add|list|remove|totp`). TOTP codes are one-time 6-digit values, read by
+ * ./totp-code.ts; API tokens never go in argv (UNLOCKD_TOKEN / UNLOCKD_TOKEN_FILE).
  */
 import { createRequire } from 'node:module'
 import {
-  APPROVAL_ID_RE,
-  TOTP_CODE_RE,
   parseApprovalList,
   parseApprovalView,
   parseOperatorList,
@@ -14,7 +12,7 @@ import {
   type ApprovalView,
   type OperatorSecrets,
 } from '../../shared/protocol/messages.ts'
-import { NAME_RE } from '../../shared/protocol/validate.ts'
+import { parseRemovedOperator } from '../../shared/protocol/admin-replies.ts'
 import { formatDuration } from '../../shared/util/duration.ts'
 import {
   EXIT,
@@ -27,32 +25,8 @@ import {
   type Values,
 } from '../../platform/cli.ts'
 import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
-
-function one(positionals: string[], what: string, re: RegExp, hint: string): string {
-  const v = positionals[0]
-  if (v === undefined || positionals.length !== 1) usage(`expected exactly one ${what}`)
-  if (!re.test(v)) usage(`${what} ${hint}`)
-  return v
-}
-const approvalArg = (p: string[]): string =>
-  one(
-    p,
-    'approval ID',
-    APPROVAL_ID_RE,
-    'must look like ap_ followed by 22 characters (see `unlockd approvals`)',
-  )
-const operatorArg = (p: string[]): string =>
-  one(p, 'operator NAME', NAME_RE, 'must be 1-64 chars of a-z 0-9 _ . -')
-
-function codeOption(values: Values, required: boolean): string | undefined {
-  const code = values['code'] as string | undefined
-  if (code === undefined) {
-    if (required) usage('--code is required: the 6-digit code from your authenticator app')
-    return undefined
-  }
-  if (!TOTP_CODE_RE.test(code)) usage('--code must be the 6-digit code from your authenticator app')
-  return code
-}
+import { approvalArg, operatorArg } from './positionals.ts'
+import { optionalTotpCode, readTotpCode } from './totp-code.ts'
 
 function describe(a: ApprovalView): string {
   switch (a.state) {
@@ -76,8 +50,10 @@ export const approvalsList: Command = {
   examples: ['unlockd approvals', 'unlockd approvals --all --json'],
   options: { ...CLIENT_OPTIONS, all: { type: 'boolean' } },
   async run({ values, io }) {
-    const { approvals } = parseApprovalList(
-      await operatorClient(values, io).call('GET', `/approvals${values['all'] ? '?all=1' : ''}`),
+    const { approvals } = await operatorClient(values, io).call(
+      'GET',
+      `/approvals${values['all'] ? '?all=1' : ''}`,
+      parseApprovalList,
     )
     output(io, values, approvals, () =>
       approvals.length === 0 && !values['all']
@@ -104,17 +80,20 @@ export const approvalsList: Command = {
 export const approveCommand: Command = {
   name: 'approve',
   summary: 'Approve a pending unlock request with your TOTP code.',
-  usage: 'unlockd approve ID --code 123456 [--json]',
+  usage: 'unlockd approve ID [--code 123456] [--json]',
   description:
-    'Your API token says who you are; the code proves you hold your authenticator. A code works once. When the host policy needs k approvers, the request stays pending until k distinct operators approve.',
+    'Your API token says who you are; the code proves you hold your authenticator. A code works once; without --code it is asked for on the terminal, or read from stdin. When the host policy needs k approvers, the request stays pending until k distinct operators approve.',
   examples: ['unlockd approve ap_1a2b3c4d5e6f7g8h9i0j1k --code 123456'],
   options: { ...CLIENT_OPTIONS, code: { type: 'string' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const id = approvalArg(positionals)
-    const code = codeOption(values, true) as string
-    const a = parseApprovalView(
-      await operatorClient(values, io).call('POST', `/approvals/${id}/approve`, { code }),
+    const code = await readTotpCode(values, io)
+    const a = await operatorClient(values, io).call(
+      'POST',
+      `/approvals/${id}/approve`,
+      parseApprovalView,
+      { code },
     )
     output(io, values, a, () => describe(a))
     return EXIT.ok
@@ -135,10 +114,13 @@ export const denyCommand: Command = {
     const reason = values['reason'] as string | undefined
     if (reason !== undefined && reason.length > 200)
       usage('--reason must be at most 200 characters')
-    const code = codeOption(values, false)
+    const code = optionalTotpCode(values)
     const body = { ...(reason ? { reason } : {}), ...(code ? { code } : {}) }
-    const a = parseApprovalView(
-      await operatorClient(values, io).call('POST', `/approvals/${id}/deny`, body),
+    const a = await operatorClient(values, io).call(
+      'POST',
+      `/approvals/${id}/deny`,
+      parseApprovalView,
+      body,
     )
     output(io, values, a, () => describe(a))
     return EXIT.ok
@@ -189,13 +171,11 @@ export const operatorAdd: Command = {
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
-    const code = codeOption(values, false)
-    const r = parseOperatorSecrets(
-      await operatorClient(values, io).call('POST', '/operators', {
-        name,
-        ...(code ? { code } : {}),
-      }),
-    )
+    const code = optionalTotpCode(values)
+    const r = await operatorClient(values, io).call('POST', '/operators', parseOperatorSecrets, {
+      name,
+      ...(code ? { code } : {}),
+    })
     showSecrets(io, values, r, 'Added operator')
     return EXIT.ok
   },
@@ -212,13 +192,12 @@ export const operatorTotp: Command = {
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
-    const code = codeOption(values, false)
-    const r = parseOperatorSecrets(
-      await operatorClient(values, io).call(
-        'POST',
-        `/operators/${name}/totp`,
-        code ? { code } : {},
-      ),
+    const code = optionalTotpCode(values)
+    const r = await operatorClient(values, io).call(
+      'POST',
+      `/operators/${name}/totp`,
+      parseOperatorSecrets,
+      code ? { code } : {},
     )
     showSecrets(io, values, r, 'New TOTP secret for')
     return EXIT.ok
@@ -231,8 +210,10 @@ export const operatorList: Command = {
   usage: 'unlockd operator list [--json]',
   options: { ...CLIENT_OPTIONS },
   async run({ values, io }) {
-    const { operators } = parseOperatorList(
-      await operatorClient(values, io).call('GET', '/operators'),
+    const { operators } = await operatorClient(values, io).call(
+      'GET',
+      '/operators',
+      parseOperatorList,
     )
     output(io, values, operators, () =>
       formatTable(
@@ -255,10 +236,11 @@ export const operatorRemove: Command = {
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
-    const code = codeOption(values, false)
+    const code = optionalTotpCode(values)
     const r = await operatorClient(values, io).call(
       'POST',
       `/operators/${name}/remove`,
+      parseRemovedOperator,
       code ? { code } : {},
     )
     output(io, values, r, () => `removed operator ${name}\n`)

@@ -28,13 +28,14 @@ const ConfigSchema = v.strictObject({
 
 export interface OperatorClient {
   url: string
-  call(
+  /** One admin API call; `reply` checks the success body (a parser from shared/protocol). */
+  call<T>(
     method: 'GET' | 'POST' | 'PATCH' | 'DELETE',
     path: string,
+    reply: (body: unknown) => T,
     body?: unknown,
     timeoutMs?: number,
-    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- untyped replies, to be replaced by per-route parsers
-  ): Promise<any>
+  ): Promise<T>
 }
 
 function readText(path: string, what: string): string {
@@ -79,7 +80,7 @@ export function operatorClient(values: Values, io: CliIo): OperatorClient {
   const t: Transport = nodeTransport(url, { ca: caPath ? readText(caPath, 'CA file') : undefined })
   return {
     url,
-    async call(method, path, body, timeoutMs) {
+    async call(method, path, reply, body, timeoutMs) {
       const res = await t({
         method,
         path: `/v1/admin${path}`,
@@ -88,7 +89,7 @@ export function operatorClient(values: Values, io: CliIo): OperatorClient {
         ...(timeoutMs ? { timeoutMs } : {}),
       })
       if (res.status < 200 || res.status >= 300) throw errorFromResponse(res, `${method} ${path}`)
-      return res.body
+      return reply(res.body)
     },
   }
 }

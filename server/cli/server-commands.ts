@@ -1,6 +1,5 @@
 /** `unlockd server init` and `unlockd server start`. */
 import { resolve } from 'node:path'
-import { UnlockdError } from '../../shared/errors.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import { EXIT, output, readSecret, usage, type Command } from '../../platform/cli.ts'
 import { jsonLogger } from '../log.ts'
@@ -110,11 +109,3 @@ export const serverStart: Command = {
     return EXIT.ok
   },
 }
-
-export function requireArg(positionals: string[], i: number, what: string): string {
-  const v = positionals[i]
-  if (v === undefined) usage(`missing ${what}`)
-  return v
-}
-
-export { UnlockdError }

@@ -5,7 +5,6 @@
 import { join, resolve } from 'node:path'
 import { UnlockdError } from '../../shared/errors.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
-import { TOTP_CODE_RE } from '../../shared/protocol/messages.ts'
 import {
   parseEscrowExport,
   parseKekStatus,
@@ -15,34 +14,22 @@ import {
 } from '../../shared/protocol/shred.ts'
 import {
   EXIT,
-  ask,
   confirm,
   fmtTime,
   output,
   readSecret,
   usage,
-  type CliIo,
   type Command,
-  type Values,
 } from '../../platform/cli.ts'
 import { writeNewPrivateFile } from '../../platform/private-file.ts'
 import { Keystore, backupPathOf } from '../keys/keystore.ts'
 import { KEYSTORE_FILE } from '../setup.ts'
 import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
 import { DEFAULT_DATA_DIR } from './server-commands.ts'
+import { readTotpCode } from './totp-code.ts'
 
 // Shred re-wraps every survivor and VACUUMs the database: give it longer than a plain call.
 const SLOW_CALL_MS = 10 * 60_000
-
-async function readCode(values: Values, io: CliIo): Promise<string> {
-  let code = values['code'] as string | undefined
-  if (code === undefined) {
-    if (!io.interactive) usage('--code CODE is required (your current TOTP code)')
-    code = await ask('TOTP code: ')
-  }
-  if (!TOTP_CODE_RE.test(code)) usage('--code must be a 6-digit TOTP code')
-  return code
-}
 
 function describeTargets(r: ShredResult, dry: boolean): string {
   if (r.targets.length === 0) return 'No hosts.\n'
@@ -73,7 +60,7 @@ export const shredCommand: Command = {
     "the audit entry is written and a shred order is queued for the host's agent (its watch channel). Then the database is",
     'scrubbed (checkpoint + VACUUM) and the KEK is rotated: survivors are re-wrapped and every old KEK is destroyed in the',
     'keystore and its backup, so database backups from before the shred become unreadable. A crash at any point is finished at',
-    'the next server start. Needs your TOTP code (--code, or a prompt) and a confirmation (a prompt, or --yes).',
+    'the next server start. Needs your TOTP code (a prompt, stdin, or --code) and a confirmation (a prompt, or --yes).',
     '--dry-run lists what would be destroyed and changes nothing (no code needed).',
   ].join('\n'),
   examples: [
@@ -109,7 +96,7 @@ export const shredCommand: Command = {
     }
     const client = operatorClient(values, io)
 
-    const preview = parseShredResult(await client.call('POST', '/shred', { ...body, dryRun: true }))
+    const preview = await client.call('POST', '/shred', parseShredResult, { ...body, dryRun: true })
     if (values['dry-run']) {
       output(
         io,
@@ -135,8 +122,8 @@ export const shredCommand: Command = {
         Boolean(values['yes']),
       )
     }
-    const code = await readCode(values, io)
-    const r = parseShredResult(await client.call('POST', '/shred', { ...body, code }, SLOW_CALL_MS))
+    const code = await readTotpCode(values, io)
+    const r = await client.call('POST', '/shred', parseShredResult, { ...body, code }, SLOW_CALL_MS)
     output(io, values, r, () => {
       const lines = [
         `Shredded:\n${describeTargets(r, false)}`,
@@ -182,7 +169,7 @@ export const kekStatusCommand: Command = {
   usage: 'unlockd kek status [--json]',
   options: { ...CLIENT_OPTIONS },
   async run({ values, io }) {
-    const s = parseKekStatus(await operatorClient(values, io).call('GET', '/kek'))
+    const s = await operatorClient(values, io).call('GET', '/kek', parseKekStatus)
     output(io, values, s, () => kekLines(s))
     return EXIT.ok
   },
@@ -197,8 +184,12 @@ export const kekRotateCommand: Command = {
     'Not destructive (nothing is lost: survivors are re-wrapped before the old KEK goes), so the operator token is enough. Database backups taken before the rotation can no longer be unwrapped with the server keystore.',
   options: { ...CLIENT_OPTIONS },
   async run({ values, io }) {
-    const s = parseKekStatus(
-      await operatorClient(values, io).call('POST', '/kek/rotate', {}, SLOW_CALL_MS),
+    const s = await operatorClient(values, io).call(
+      'POST',
+      '/kek/rotate',
+      parseKekStatus,
+      {},
+      SLOW_CALL_MS,
     )
     output(
       io,
@@ -223,8 +214,11 @@ export const escrowExportCommand: Command = {
   async run({ values, io }) {
     const host = values['host'] as string | undefined
     if (!host || !NAME_RE.test(host)) usage('--host NAME is required')
-    const x = parseEscrowExport(
-      await operatorClient(values, io).call('POST', `/hosts/${host}/escrow-export`, {}),
+    const x = await operatorClient(values, io).call(
+      'POST',
+      `/hosts/${host}/escrow-export`,
+      parseEscrowExport,
+      {},
     )
     const text = JSON.stringify(x, null, 2) + '\n'
     const out = values['out'] as string | undefined

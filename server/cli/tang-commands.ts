@@ -1,6 +1,6 @@
 /** Operator commands for Tang hosts (issue 8): `host add NAME --tang`, `host rotate-tang NAME`. */
+import { parseTangHostView } from '../../shared/protocol/admin-replies.ts'
 import type { TangHostView } from '../../shared/protocol/tang.ts'
-import { NAME_RE } from '../../shared/protocol/validate.ts'
 import { parseCidr } from '../../shared/util/cidr.ts'
 import {
   confirm,
@@ -12,13 +12,7 @@ import {
   type Command,
 } from '../../platform/cli.ts'
 import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
-
-function hostArg(positionals: string[]): string {
-  const name = positionals[0]
-  if (name === undefined || positionals.length !== 1) usage('expected exactly one host NAME')
-  if (!NAME_RE.test(name)) usage('host NAME must be 1-64 chars of a-z 0-9 _ . -')
-  return name
-}
+import { hostArg } from './positionals.ts'
 
 function keysTable(v: TangHostView): string {
   return formatTable(
@@ -60,7 +54,7 @@ export const hostAdd: Command = {
     const cidrs = (values['cidr'] as string[] | undefined) ?? []
     for (const c of cidrs) if (!parseCidr(c)) usage(`--cidr ${c} is not a CIDR`)
     const client = operatorClient(values, io)
-    const v = (await client.call('POST', '/hosts', { name, tang: true, cidrs })) as TangHostView
+    const v = await client.call('POST', '/hosts', parseTangHostView, { name, tang: true, cidrs })
     const url = clevisUrl(client.url, v)
     const key = v.keys.find((k) => k.state === 'advertised')
     output(
@@ -98,7 +92,7 @@ export const hostRotateTang: Command = {
         `WARNING: delete the retired Tang keys of ${name}? Bindings made to them can never be decrypted again.`,
         Boolean(values['yes']),
       )
-    const v = (await client.call('POST', `/hosts/${name}/tang/rotate`, { purge })) as TangHostView
+    const v = await client.call('POST', `/hosts/${name}/tang/rotate`, parseTangHostView, { purge })
     output(
       io,
       values,

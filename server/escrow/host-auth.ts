@@ -1,17 +1,25 @@
 /**
  * Authenticating a host-signed request: find the host by the JWS `kid`, verify the signature
- * with its enrolled key, check the request time. Nonce consumption happens in the caller's
+ * with its enrolled key, parse the payload, check that it names the signer and the request time
+ * (`hostRequest`, the one step every host route takes). Nonce consumption happens in the caller's
  * transaction so that a nonce is spent exactly when the decision is recorded.
  */
 import { UnlockdError } from '../../shared/errors.ts'
 import { b64uEncode, randomBytes } from '../../shared/crypto/bytes.ts'
 import { peekJwsKid } from '../../shared/crypto/jws.ts'
 import type { JwsPurpose } from '../../shared/crypto/algorithms.ts'
+import {
+  parseAddVolumesPayload,
+  parsePollPayload,
+  parseReportPayload,
+  parseUnlockPayload,
+  parseWatchPayload,
+} from '../../shared/protocol/messages.ts'
 import type { ServerDeps } from '../context.ts'
 import type { HostRow, StoreTx } from '../store/store.ts'
 import { verifyHostJws } from './jws-verify.ts'
 
-export async function authenticateHost(
+async function authenticateHost(
   deps: ServerDeps,
   jws: unknown,
   purpose: JwsPurpose,
@@ -24,7 +32,42 @@ export async function authenticateHost(
   return { host, payload }
 }
 
-export function checkIat(deps: ServerDeps, iat: number): void {
+/** The payload parser of each host-signed request, by its JWS purpose. */
+const PAYLOADS = {
+  unlock: parseUnlockPayload,
+  poll: parsePollPayload,
+  volumes: parseAddVolumesPayload,
+  watch: parseWatchPayload,
+  report: parseReportPayload,
+} satisfies Partial<Record<JwsPurpose, (raw: unknown) => { host: string; iat: number }>>
+
+export type HostPurpose = keyof typeof PAYLOADS
+
+/** A host-signed request that passed `hostRequest`; its nonce is not spent yet. */
+export interface HostRequest<K extends HostPurpose> {
+  /** The enrolled host whose key signed it, as read before the caller's transaction. */
+  signer: HostRow
+  payload: ReturnType<(typeof PAYLOADS)[K]>
+}
+
+/**
+ * The preamble of every host route: authenticate the signature, parse the payload of `purpose`,
+ * require it to name the signing host, and check its time against the server clock.
+ */
+export async function hostRequest<K extends HostPurpose>(
+  deps: ServerDeps,
+  jws: unknown,
+  purpose: K,
+): Promise<HostRequest<K>> {
+  const { host: signer, payload: raw } = await authenticateHost(deps, jws, purpose)
+  const payload = PAYLOADS[purpose](raw) as HostRequest<K>['payload']
+  if (payload.host !== signer.id)
+    throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
+  checkIat(deps, payload.iat)
+  return { signer, payload }
+}
+
+function checkIat(deps: ServerDeps, iat: number): void {
   if (Math.abs(deps.now() - iat) > deps.settings.iatSkew) {
     throw new UnlockdError(
       'iat_skew',

@@ -7,11 +7,11 @@
  */
 import { once } from 'node:events'
 import { UnlockdError } from '../../shared/errors.ts'
-import { parsePollPayload, type UnlockResponse } from '../../shared/protocol/messages.ts'
+import type { UnlockResponse } from '../../shared/protocol/messages.ts'
 import type { ServerDeps } from '../context.ts'
 import type { HostRow } from '../store/store.ts'
 import { audit } from './audit-log.ts'
-import { authenticateHost, checkIat, consumeNonceOrThrow } from './host-auth.ts'
+import { consumeNonceOrThrow, type HostRequest } from './host-auth.ts'
 import { PolicyDenied, releaseBlobs } from './release.ts'
 import { isIdleSuspended } from '../policy/idle.ts'
 
@@ -81,15 +81,11 @@ async function settle(
 
 export async function pollApproval(
   deps: ServerDeps,
-  jws: unknown,
+  req: HostRequest<'poll'>,
   source: string,
   signal?: AbortSignal,
 ): Promise<UnlockResponse> {
-  const { host: signer, payload: raw } = await authenticateHost(deps, jws, 'poll')
-  const p = parsePollPayload(raw)
-  if (p.host !== signer.id)
-    throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
-  checkIat(deps, p.iat)
+  const { signer, payload: p } = req
   // Waiting is not being seen (see release.ts): lastSeenAt moves only when keys are released.
   await deps.store.tx((t) => consumeNonceOrThrow(t, p.nonce, deps.now()), { host: signer.id })
   const deadline = Date.now() + deps.settings.pollHold * 1000

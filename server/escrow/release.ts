@@ -1,5 +1,5 @@
 /**
- * Unlock (POST /v1/unlock): authenticate, spend the nonce, evaluate policy, and either release
+ * Unlock (POST /v1/unlock), after the route's `hostRequest` authenticated it: spend the nonce, evaluate policy, and either release
  * the blobs (KEK layer removed; still sealed to the host), open an approval request (202), or
  * deny with a stable code. The nonce, the decision, the history row and the audit entry commit
  * together, so a replay is refused even if the response was lost.
@@ -7,18 +7,13 @@
 import { UnlockdError } from '../../shared/errors.ts'
 import { fromUtf8 } from '../../shared/crypto/bytes.ts'
 import { parseEscrowBlob } from '../../shared/crypto/blob.ts'
-import {
-  parseUnlockPayload,
-  type ReleasedVolume,
-  type UnlockResponse,
-  type UnlockPayload,
-} from '../../shared/protocol/messages.ts'
+import type { ReleasedVolume, UnlockResponse } from '../../shared/protocol/messages.ts'
 import type { ServerDeps } from '../context.ts'
 import { blobAad, unwrap } from '../keys/kek-wrap.ts'
 import { evaluatePolicy, type Decision } from '../policy/evaluate.ts'
 import type { HostRow, StoreTx } from '../store/store.ts'
 import { audit } from './audit-log.ts'
-import { authenticateHost, checkIat, consumeNonceOrThrow } from './host-auth.ts'
+import { consumeNonceOrThrow, type HostRequest } from './host-auth.ts'
 import { openApproval } from './approval-seam.ts'
 import { IDLE_SUSPEND_RULE } from '../policy/idle.ts'
 import { suspendIdle } from '../approvals/liveness.ts'
@@ -87,14 +82,10 @@ export async function decide(
 
 export async function unlock(
   deps: ServerDeps,
-  jws: unknown,
+  req: HostRequest<'unlock'>,
   source: string,
 ): Promise<UnlockResponse> {
-  const { host: signer, payload: raw } = await authenticateHost(deps, jws, 'unlock')
-  const payload: UnlockPayload = parseUnlockPayload(raw)
-  if (payload.host !== signer.id)
-    throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
-  checkIat(deps, payload.iat)
+  const { signer, payload } = req
   const now = deps.now()
 
   const result = await deps.store.tx(

@@ -3,22 +3,18 @@
  * fresh nonce. No token is needed: the host key already proves who it is.
  */
 import { UnlockdError } from '../../shared/errors.ts'
-import { parseAddVolumesPayload, type EnrollResponse } from '../../shared/protocol/messages.ts'
+import type { EnrollResponse } from '../../shared/protocol/messages.ts'
 import type { ServerDeps } from '../context.ts'
 import { audit } from './audit-log.ts'
 import { wrapVolume } from './enroll.ts'
-import { authenticateHost, checkIat, consumeNonceOrThrow } from './host-auth.ts'
+import { consumeNonceOrThrow, type HostRequest } from './host-auth.ts'
 
 export async function addVolumes(
   deps: ServerDeps,
-  jws: unknown,
+  req: HostRequest<'volumes'>,
   source: string,
 ): Promise<EnrollResponse> {
-  const { host: signer, payload: raw } = await authenticateHost(deps, jws, 'volumes')
-  const payload = parseAddVolumesPayload(raw)
-  if (payload.host !== signer.id)
-    throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
-  checkIat(deps, payload.iat)
+  const { signer, payload } = req
   const now = deps.now()
   return deps.store.tx(async (t) => {
     await consumeNonceOrThrow(t, payload.nonce, now)

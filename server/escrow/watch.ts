@@ -12,17 +12,12 @@
  * `after-idle` and idle suspension on its next unlock.
  */
 import { once } from 'node:events'
-import { UnlockdError } from '../../shared/errors.ts'
-import {
-  parseReportPayload,
-  parseWatchPayload,
-  type WatchResponse,
-} from '../../shared/protocol/messages.ts'
+import type { WatchResponse } from '../../shared/protocol/messages.ts'
 import type { ReportAck } from '../../shared/protocol/shred.ts'
 import type { ServerDeps } from '../context.ts'
 import type { HostRow } from '../store/store.ts'
 import { audit } from './audit-log.ts'
-import { authenticateHost, checkIat, consumeNonceOrThrow } from './host-auth.ts'
+import { consumeNonceOrThrow, type HostRequest } from './host-auth.ts'
 import { getShredOrder, orderOutstanding, setShredOrder } from './shred.ts'
 
 async function currentOrder(deps: ServerDeps, hostId: string): Promise<WatchResponse | undefined> {
@@ -47,14 +42,10 @@ async function currentOrder(deps: ServerDeps, hostId: string): Promise<WatchResp
 
 export async function watch(
   deps: ServerDeps,
-  jws: unknown,
+  req: HostRequest<'watch'>,
   signal?: AbortSignal,
 ): Promise<WatchResponse> {
-  const { host: signer, payload: raw } = await authenticateHost(deps, jws, 'watch')
-  const p = parseWatchPayload(raw)
-  if (p.host !== signer.id)
-    throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
-  checkIat(deps, p.iat)
+  const { signer, payload: p } = req
   await deps.store.tx(
     async (t) => {
       const now = deps.now()
@@ -87,12 +78,12 @@ export async function watch(
   }
 }
 
-export async function report(deps: ServerDeps, jws: unknown, source: string): Promise<ReportAck> {
-  const { host: signer, payload: raw } = await authenticateHost(deps, jws, 'report')
-  const p = parseReportPayload(raw)
-  if (p.host !== signer.id)
-    throw new UnlockdError('protocol_invalid', 'payload host does not match the signing key')
-  checkIat(deps, p.iat)
+export async function report(
+  deps: ServerDeps,
+  req: HostRequest<'report'>,
+  source: string,
+): Promise<ReportAck> {
+  const { signer, payload: p } = req
   return deps.store.tx(async (t) => {
     const now = deps.now()
     await consumeNonceOrThrow(t, p.nonce, now)

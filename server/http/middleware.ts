@@ -6,6 +6,7 @@
 import type { Context, MiddlewareHandler } from 'hono'
 import type { IncomingMessage } from 'node:http'
 import { UnlockdError } from '../../shared/errors.ts'
+import { parseJwsBody } from '../../shared/protocol/messages.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import type { ServerDeps } from '../context.ts'
 import type { OperatorRow } from '../store/store.ts'
@@ -65,6 +66,11 @@ export async function jsonBody(c: Context<AppEnv>, max = MAX_BODY): Promise<unkn
   } catch (cause) {
     throw new UnlockdError('bad_request', 'request body is not valid JSON', { cause })
   }
+}
+
+/** The `{ jws }` body every host-signed route takes. */
+export async function jwsBody(c: Context<AppEnv>): Promise<string> {
+  return parseJwsBody(await jsonBody(c)).jws
 }
 
 export function bearer(c: Context<AppEnv>): string | undefined {

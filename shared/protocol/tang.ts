@@ -54,6 +54,3 @@ export interface TangHostView {
   /** Rows deleted by a purge (empty otherwise). */
   purged: string[]
 }
-
-export const parseTangKeyList = (x: unknown): { keys: TangKeyView[] } =>
-  parseWith(v.object({ keys: v.array(TangKeyViewSchema) }), x, 'tang key list', 'protocol_invalid')

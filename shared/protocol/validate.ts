@@ -60,7 +60,3 @@ export const duration = v.pipe(
   v.string('must be a string'),
   v.check((s) => parseDuration(s) !== undefined, 'must be a duration such as 90s, 15m, 1h, 7d'),
 )
-export const isoDate = v.pipe(
-  v.string('must be a string'),
-  v.isoTimestamp('must be an ISO 8601 timestamp'),
-)

@@ -1,0 +1,25 @@
+/** Positional arguments of operator commands: exactly one host, approval or operator name. */
+import { APPROVAL_ID_RE } from '../../shared/protocol/messages.ts'
+import { NAME_RE } from '../../shared/protocol/validate.ts'
+import { usage } from '../../platform/cli.ts'
+
+function one(positionals: string[], what: string, re: RegExp, hint: string): string {
+  const v = positionals[0]
+  if (v === undefined || positionals.length !== 1) usage(`expected exactly one ${what}`)
+  if (!re.test(v)) usage(`${what} ${hint}`)
+  return v
+}
+
+export const hostArg = (p: string[]): string =>
+  one(p, 'host NAME', NAME_RE, 'must be 1-64 chars of a-z 0-9 _ . -')
+
+export const approvalArg = (p: string[]): string =>
+  one(
+    p,
+    'approval ID',
+    APPROVAL_ID_RE,
+    'must look like ap_ followed by 22 characters (see `unlockd approvals`)',
+  )
+
+export const operatorArg = (p: string[]): string =>
+  one(p, 'operator NAME', NAME_RE, 'must be 1-64 chars of a-z 0-9 _ . -')
