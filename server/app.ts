@@ -3,6 +3,7 @@
  * I/O. `server/main.ts` is what listens.
  */
 import { Hono } from 'hono'
+import { getPath } from 'hono/utils/url'
 import type { ServerDeps } from './context.ts'
 import { renderError } from './http/errors.ts'
 import { accessLog, type AppEnv } from './http/middleware.ts'
@@ -13,8 +14,17 @@ import { installNotifier } from './approvals/notify.ts'
 import { watchRoutes } from './routes/watch-api.ts'
 import { tangRoutes } from './routes/tang-api.ts'
 
+/**
+ * The routing path of a request. Under /tang/ runs of slashes count as one, as tangd's parser
+ * takes them: clevis given a URL with a trailing slash asks for `/tang/NAME//adv`.
+ */
+function routingPath(req: Request): string {
+  const path = getPath(req)
+  return path.startsWith('/tang/') ? path.replace(/\/{2,}/g, '/') : path
+}
+
 export function createApp(deps: ServerDeps): Hono<AppEnv> {
-  const app = new Hono<AppEnv>()
+  const app = new Hono<AppEnv>({ getPath: routingPath })
   app.use('*', accessLog(deps))
   app.use('*', async (c, next) => {
     await next()
