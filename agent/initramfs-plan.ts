@@ -14,6 +14,7 @@ import { UnlockdError, describeError } from '../shared/errors.ts'
 import type { AgentConfig, LuksVolumeConfig } from '../shared/config/agent.ts'
 import { configDir, requireEnrolled } from './config-dir.ts'
 import { run } from './exec.ts'
+import { isLuksVolume } from './volumes/registry.ts'
 
 export type Flavour = 'initramfs-tools' | 'dracut'
 
@@ -365,7 +366,7 @@ function planVolumes(
   warnings: string[],
 ): PlanVolume[] {
   if (!config) return []
-  const luks = config.volumes.filter((v): v is LuksVolumeConfig => v.kind === 'luks')
+  const luks = config.volumes.filter(isLuksVolume)
   if (luks.length === 0) {
     problems.push(
       'agent.json has no LUKS volume: nothing to unlock in the initramfs (enroll one with unlockd enroll --luks DEVICE)',
