@@ -164,23 +164,18 @@ export function rootMapping(fstab: string): string | undefined {
   return undefined
 }
 
-function readable(path: string): boolean {
+/** Whether `path` is a regular file this process may access with `mode` (R_OK, X_OK). */
+function fileWith(path: string, mode: number): boolean {
   try {
-    accessSync(path, constants.R_OK)
+    accessSync(path, mode)
     return statSync(path).isFile()
   } catch {
     return false
   }
 }
 
-function executable(path: string): boolean {
-  try {
-    accessSync(path, constants.X_OK)
-    return statSync(path).isFile()
-  } catch {
-    return false
-  }
-}
+const readable = (path: string): boolean => fileWith(path, constants.R_OK)
+const executable = (path: string): boolean => fileWith(path, constants.X_OK)
 
 /** Find `name` in PATH (plus the sbin directories a root shell has). */
 export function which(name: string, pathEnv: string | undefined): string | undefined {

@@ -6,7 +6,7 @@
  * asks which kind a volume is.
  */
 import type { VolumeConfig } from '../../shared/config/agent.ts'
-import { blobDigest, sealVolumeKey, type EscrowBlob } from '../../shared/crypto/blob.ts'
+import { blobDigest, sealVolumeKey } from '../../shared/crypto/blob.ts'
 import type { PublicOkpJwk } from '../../shared/crypto/keys.ts'
 import type { VolumeEnrollment } from '../../shared/protocol/messages.ts'
 
@@ -74,11 +74,26 @@ export interface VolumeBackend<K extends VolumeKind> {
   shred(vol: VolumeOf<K>, opts: ShredOptions): Promise<void>
 }
 
-/** Seal a new volume key for the escrow: the blob to register and the digest agent.json pins. */
-export async function sealKey(
+/**
+ * What `prepare` returns once `key` is on the volume: the key sealed to `recipients`, the
+ * agent.json record (the backend's fields, plus the blob digest it pins), and the enrollment the
+ * server stores, with `ref` (LUKS UUID, fscrypt key identifier) to tell volumes apart.
+ */
+export async function sealedBinding<K extends VolumeKind>(
+  req: RequestOf<K>,
   key: Uint8Array,
   recipients: PublicOkpJwk[],
-): Promise<{ blob: EscrowBlob; blobDigest: string }> {
+  bound: {
+    record: Omit<VolumeOf<K>, 'name' | 'kind' | 'blobDigest'>
+    ref: string
+    rollback: () => Promise<void>
+  },
+): Promise<Prepared> {
   const blob = await sealVolumeKey(key, recipients)
-  return { blob, blobDigest: await blobDigest(blob) }
+  const { name, kind } = req
+  return {
+    config: { name, kind, ...bound.record, blobDigest: await blobDigest(blob) } as VolumeOf<K>,
+    enrollment: { name, kind, ref: bound.ref, blob },
+    rollback: bound.rollback,
+  }
 }

@@ -6,7 +6,7 @@
 import { chownSync, mkdirSync, rmdirSync, statSync } from 'node:fs'
 import { randomBytes, zeroize } from '../../shared/crypto/bytes.ts'
 import { UnlockdError } from '../../shared/errors.ts'
-import { sealKey, type VolumeBackend } from './backend.ts'
+import { sealedBinding, type VolumeBackend } from './backend.ts'
 import {
   FSCRYPT_KEY_BYTES,
   addKey,
@@ -41,17 +41,9 @@ export const fscryptBackend: VolumeBackend<'fscrypt'> = {
     try {
       const id = await addKey(target.mountpoint, key)
       await setPolicy(target.dir, id)
-      const { blob, blobDigest } = await sealKey(key, recipients)
-      return {
-        config: {
-          name: req.name,
-          kind: 'fscrypt',
-          path: target.dir,
-          mountpoint: target.mountpoint,
-          keyId: id,
-          blobDigest,
-        },
-        enrollment: { name: req.name, kind: 'fscrypt', ref: id, blob },
+      return await sealedBinding(req, key, recipients, {
+        record: { path: target.dir, mountpoint: target.mountpoint, keyId: id },
+        ref: id,
         rollback: async () => {
           // The directory is still empty: drop the key and recreate it unencrypted, same owner and mode.
           await removeKey(target.mountpoint, id, { allUsers: true }).catch(() => undefined)
@@ -59,7 +51,7 @@ export const fscryptBackend: VolumeBackend<'fscrypt'> = {
           mkdirSync(target.dir, { mode: st.mode & 0o7777 })
           chownSync(target.dir, st.uid, st.gid)
         },
-      }
+      })
     } finally {
       zeroize(key)
     }

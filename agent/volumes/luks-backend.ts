@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs'
 import type { LuksVolumeConfig } from '../../shared/config/agent.ts'
 import { b64uEncode, randomBytes, utf8, zeroize } from '../../shared/crypto/bytes.ts'
 import { UnlockdError, describeError } from '../../shared/errors.ts'
-import { sealKey, type VolumeBackend } from './backend.ts'
+import { sealedBinding, type VolumeBackend } from './backend.ts'
 import {
   addKeyslot,
   closeVolume,
@@ -60,21 +60,13 @@ export const luksBackend: VolumeBackend<'luks'> = {
     const key = newLuksKey()
     try {
       const slot = await addKeyslot(req.device, req.existingKey, key)
-      const { blob, blobDigest } = await sealKey(key, recipients)
-      return {
-        config: {
-          name: req.name,
-          kind: 'luks',
-          device: req.device,
-          uuid: info.uuid,
-          keyslot: slot,
-          blobDigest,
-        },
-        enrollment: { name: req.name, kind: 'luks', ref: info.uuid, blob },
+      return await sealedBinding(req, key, recipients, {
+        record: { device: req.device, uuid: info.uuid, keyslot: slot },
+        ref: info.uuid,
         rollback: async () => {
           await killSlot(req.device, slot)
         },
-      }
+      })
     } finally {
       zeroize(key)
     }
