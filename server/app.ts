@@ -6,6 +6,7 @@ import { Hono } from 'hono'
 import { getPath } from 'hono/utils/url'
 import type { ServerDeps } from './context.ts'
 import { renderError } from './http/errors.ts'
+import { createMetrics } from './http/metrics.ts'
 import { accessLog, type AppEnv } from './http/middleware.ts'
 import { adminRoutes } from './routes/admin-api.ts'
 import { hostRoutes } from './routes/host-api.ts'
@@ -33,7 +34,10 @@ export function createApp(deps: ServerDeps): Hono<AppEnv> {
     if (!c.res.headers.has('Content-Security-Policy'))
       c.header('Content-Security-Policy', "default-src 'none'; frame-ancestors 'none'")
   })
+  const metrics = createMetrics(deps)
+  app.use('*', metrics.middleware)
   app.get('/healthz', (c) => c.json({ status: 'ok' }))
+  app.get('/metrics', metrics.handler)
   app.route('/v1', hostRoutes(deps))
   app.route('/v1/admin', adminRoutes(deps))
   app.route('/approve', approvePageRoutes(deps))

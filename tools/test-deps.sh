@@ -12,6 +12,8 @@ packages=(
   tang clevis clevis-luks jose curl jq
   # man pages and shell completion checks
   man-db zsh
+  # the metrics test reads /metrics with Prometheus's own text-format parser
+  python3-prometheus-client
   # PostgreSQL store
   postgresql postgresql-client
   # browser test of the approval page
