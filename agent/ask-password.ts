@@ -7,7 +7,7 @@ import { readdirSync, readFileSync, realpathSync } from 'node:fs'
 import { join } from 'node:path'
 import type { LuksVolumeConfig } from '../shared/config/agent.ts'
 import { run } from './exec.ts'
-import { luksDevice } from './apply.ts'
+import { luksDevice } from './volumes/luks-backend.ts'
 
 export interface AskRequest {
   file: string

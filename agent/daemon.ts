@@ -8,13 +8,13 @@
  */
 import { UnlockdError } from '../shared/errors.ts'
 import { zeroize } from '../shared/crypto/bytes.ts'
-import type { LuksVolumeConfig } from '../shared/config/agent.ts'
 import { requireEnrolled, type ConfigDir } from './config-dir.ts'
 import { sleep, watchOnce } from './escrow.ts'
 import { executeShred } from './kill-switch.ts'
 import { askDir, matchVolume, pendingAsks, replyPassword } from './ask-password.ts'
 import { fetchVolumeKey, unlockVolumes } from './unlock.ts'
 import * as sd from './sd-notify.ts'
+import { isLuksVolume } from './volumes/registry.ts'
 
 export interface AgentOptions {
   configDir: ConfigDir
@@ -88,7 +88,7 @@ async function answerAsks(o: AgentOptions): Promise<void> {
   const dir = askDir(o.env)
   while (!o.signal.aborted) {
     const { config, keys } = requireEnrolled(o.configDir)
-    const luks = config.volumes.filter((v): v is LuksVolumeConfig => v.kind === 'luks')
+    const luks = config.volumes.filter(isLuksVolume)
     for (const ask of pendingAsks(dir)) {
       if (answered.has(ask.file)) continue
       const vol = matchVolume(ask, luks)

@@ -5,11 +5,8 @@
  * alone. Order per volume: add the new key to the volume, then register; if registering fails,
  * the new key is removed again, so a failure half-way leaves the volume as it was.
  */
-import { mkdirSync, rmdirSync, statSync, chownSync } from 'node:fs'
 import { UnlockdError } from '../shared/errors.ts'
-import type { AgentConfig, ServerEntry, VolumeConfig } from '../shared/config/agent.ts'
-import { blobDigest, sealVolumeKey } from '../shared/crypto/blob.ts'
-import { b64uEncode, randomBytes, utf8, zeroize } from '../shared/crypto/bytes.ts'
+import type { AgentConfig, ServerEntry } from '../shared/config/agent.ts'
 import {
   generateHostKeys,
   publicOf,
@@ -18,7 +15,6 @@ import {
   type PublicOkpJwk,
 } from '../shared/crypto/keys.ts'
 import { addVolumes, enroll as enrollRequest } from '../shared/client/host-client.ts'
-import type { VolumeEnrollment } from '../shared/protocol/messages.ts'
 import {
   configDir,
   loadConfig,
@@ -28,20 +24,8 @@ import {
   transportFor,
   type ConfigDir,
 } from './config-dir.ts'
-import { addKeyslot, inspectLuks, killSlot, testKey } from './volumes/luks.ts'
-
-export interface LuksRequest {
-  kind: 'luks'
-  device: string
-  name: string
-  existingKey: Uint8Array
-}
-export interface FscryptRequest {
-  kind: 'fscrypt'
-  path: string
-  name: string
-}
-export type VolumeRequest = LuksRequest | FscryptRequest
+import type { Prepared, VolumeRequest } from './volumes/backend.ts'
+import { backendFor, sameTarget } from './volumes/registry.ts'
 
 export interface EnrollOptions {
   configDir?: string
@@ -60,91 +44,6 @@ export interface EnrollResult {
   added: string[]
   unchanged: string[]
   changed: boolean
-}
-
-/** LUKS keys are printable (base64url of 48 random bytes) so they also work as a typed or askpass passphrase. */
-export function newLuksKey(): Uint8Array {
-  const raw = randomBytes(48)
-  const key = utf8(b64uEncode(raw))
-  zeroize(raw)
-  return key
-}
-
-async function luksAlreadyBound(
-  vol: Extract<VolumeConfig, { kind: 'luks' }>,
-  device: string,
-): Promise<boolean> {
-  const info = await inspectLuks(device)
-  return info.uuid === vol.uuid && info.keyslots.includes(vol.keyslot)
-}
-
-interface Prepared {
-  config: VolumeConfig
-  enrollment: VolumeEnrollment
-  rollback: () => Promise<void>
-}
-
-async function prepareLuks(req: LuksRequest, recipients: PublicOkpJwk[]): Promise<Prepared> {
-  const info = await inspectLuks(req.device)
-  const key = newLuksKey()
-  try {
-    const slot = await addKeyslot(req.device, req.existingKey, key)
-    const blob = await sealVolumeKey(key, recipients)
-    return {
-      config: {
-        name: req.name,
-        kind: 'luks',
-        device: req.device,
-        uuid: info.uuid,
-        keyslot: slot,
-        blobDigest: await blobDigest(blob),
-      },
-      enrollment: { name: req.name, kind: 'luks', ref: info.uuid, blob },
-      rollback: async () => {
-        await killSlot(req.device, slot)
-      },
-    }
-  } finally {
-    zeroize(key)
-  }
-}
-
-async function prepareFscrypt(req: FscryptRequest, recipients: PublicOkpJwk[]): Promise<Prepared> {
-  const fs = await import('./volumes/fscrypt.ts')
-  const target = await fs.checkFilesystem(req.path)
-  if (target.policy !== undefined) {
-    throw new UnlockdError(
-      'volume_invalid',
-      `${req.path} is already encrypted with key ${target.policy}, which this host did not enroll; use an empty, unencrypted directory`,
-    )
-  }
-  const st = statSync(target.dir)
-  const key = randomBytes(fs.FSCRYPT_KEY_BYTES)
-  try {
-    const id = await fs.addKey(target.mountpoint, key)
-    await fs.setPolicy(target.dir, id)
-    const blob = await sealVolumeKey(key, recipients)
-    return {
-      config: {
-        name: req.name,
-        kind: 'fscrypt',
-        path: target.dir,
-        mountpoint: target.mountpoint,
-        keyId: id,
-        blobDigest: await blobDigest(blob),
-      },
-      enrollment: { name: req.name, kind: 'fscrypt', ref: id, blob },
-      rollback: async () => {
-        // The directory is still empty: drop the key and recreate it unencrypted, same owner and mode.
-        await fs.removeKey(target.mountpoint, id, { allUsers: true }).catch(() => undefined)
-        rmdirSync(target.dir)
-        mkdirSync(target.dir, { mode: st.mode & 0o7777 })
-        chownSync(target.dir, st.uid, st.gid)
-      },
-    }
-  } finally {
-    zeroize(key)
-  }
 }
 
 export async function enrollHost(o: EnrollOptions): Promise<EnrollResult> {
@@ -181,18 +80,16 @@ export async function enrollHost(o: EnrollOptions): Promise<EnrollResult> {
   const unchanged: string[] = []
   const todo: VolumeRequest[] = []
   for (const req of o.volumes) {
+    const backend = await backendFor(req)
     const known = config?.volumes.find((v) => v.name === req.name)
     if (!known) {
-      const sameTarget = config?.volumes.find(
-        (v) =>
-          (v.kind === 'luks' && req.kind === 'luks' && v.device === req.device) ||
-          (v.kind === 'fscrypt' && req.kind === 'fscrypt' && v.path === req.path),
-      )
-      if (sameTarget)
-        throw new UnlockdError(
-          'conflict',
-          `${req.kind === 'luks' ? req.device : req.path} is already enrolled as volume ${sameTarget.name}`,
-        )
+      for (const v of config?.volumes ?? []) {
+        if (await sameTarget(v, req))
+          throw new UnlockdError(
+            'conflict',
+            `${backend.target(req)} is already enrolled as volume ${v.name}`,
+          )
+      }
       todo.push(req)
       continue
     }
@@ -201,17 +98,7 @@ export async function enrollHost(o: EnrollOptions): Promise<EnrollResult> {
         'conflict',
         `volume ${req.name} is enrolled as ${known.kind}, not ${req.kind}`,
       )
-    if (known.kind === 'luks' && req.kind === 'luks') {
-      if (!(await luksAlreadyBound(known, req.device))) {
-        throw new UnlockdError(
-          'conflict',
-          `volume ${req.name}: keyslot ${known.keyslot} of ${req.device} no longer exists or the UUID changed; remove it from agent.json to enroll again`,
-        )
-      }
-      // The operator's existing key must still open it (catches a wrong --luks device early).
-      if (!(await testKey(req.device, req.existingKey)))
-        throw new UnlockdError('luks_failed', `the existing key does not open ${req.device}`)
-    }
+    await backend.checkBound(known, req)
     unchanged.push(req.name)
   }
 
@@ -230,11 +117,7 @@ export async function enrollHost(o: EnrollOptions): Promise<EnrollResult> {
   const prepared: Prepared[] = []
   try {
     for (const req of todo) {
-      prepared.push(
-        req.kind === 'luks'
-          ? await prepareLuks(req, recipients)
-          : await prepareFscrypt(req, recipients),
-      )
+      prepared.push(await (await backendFor(req)).prepare(req, recipients))
       log(`bound ${req.name}`)
     }
     const enrollments = prepared.map((p) => p.enrollment)

@@ -108,8 +108,6 @@ export function run(
 
     const out: Buffer[] = []
     const err: Buffer[] = []
-    let outBytes = 0
-    let errBytes = 0
     let failure: UnlockdError | undefined
     let settled = false
 
@@ -123,22 +121,20 @@ export function run(
       )
     }, timeoutMs)
 
-    child.stdout?.on('data', (chunk: Buffer) => {
-      outBytes += chunk.length
-      if (outBytes > maxOutput)
-        fail(
-          new UnlockdError(errorCode, `${cmd} wrote more than ${maxOutput} bytes and was killed`),
-        )
-      else out.push(chunk)
-    })
-    child.stderr?.on('data', (chunk: Buffer) => {
-      errBytes += chunk.length
-      if (errBytes > maxOutput)
-        fail(
-          new UnlockdError(errorCode, `${cmd} wrote more than ${maxOutput} bytes and was killed`),
-        )
-      else err.push(chunk)
-    })
+    // Each stream is capped on its own.
+    const collect = (into: Buffer[]): ((chunk: Buffer) => void) => {
+      let bytes = 0
+      return (chunk) => {
+        bytes += chunk.length
+        if (bytes > maxOutput)
+          fail(
+            new UnlockdError(errorCode, `${cmd} wrote more than ${maxOutput} bytes and was killed`),
+          )
+        else into.push(chunk)
+      }
+    }
+    child.stdout?.on('data', collect(out))
+    child.stderr?.on('data', collect(err))
 
     child.on('error', (e: NodeJS.ErrnoException) => {
       // Spawn failures (ENOENT, EACCES) arrive here and may not be followed by 'close'.

@@ -14,6 +14,7 @@ import { UnlockdError, describeError } from '../shared/errors.ts'
 import type { AgentConfig, LuksVolumeConfig } from '../shared/config/agent.ts'
 import { configDir, requireEnrolled } from './config-dir.ts'
 import { run } from './exec.ts'
+import { isLuksVolume } from './volumes/registry.ts'
 
 export type Flavour = 'initramfs-tools' | 'dracut'
 
@@ -163,23 +164,18 @@ export function rootMapping(fstab: string): string | undefined {
   return undefined
 }
 
-function readable(path: string): boolean {
+/** Whether `path` is a regular file this process may access with `mode` (R_OK, X_OK). */
+function fileWith(path: string, mode: number): boolean {
   try {
-    accessSync(path, constants.R_OK)
+    accessSync(path, mode)
     return statSync(path).isFile()
   } catch {
     return false
   }
 }
 
-function executable(path: string): boolean {
-  try {
-    accessSync(path, constants.X_OK)
-    return statSync(path).isFile()
-  } catch {
-    return false
-  }
-}
+const readable = (path: string): boolean => fileWith(path, constants.R_OK)
+const executable = (path: string): boolean => fileWith(path, constants.X_OK)
 
 /** Find `name` in PATH (plus the sbin directories a root shell has). */
 export function which(name: string, pathEnv: string | undefined): string | undefined {
@@ -365,7 +361,7 @@ function planVolumes(
   warnings: string[],
 ): PlanVolume[] {
   if (!config) return []
-  const luks = config.volumes.filter((v): v is LuksVolumeConfig => v.kind === 'luks')
+  const luks = config.volumes.filter(isLuksVolume)
   if (luks.length === 0) {
     problems.push(
       'agent.json has no LUKS volume: nothing to unlock in the initramfs (enroll one with unlockd enroll --luks DEVICE)',

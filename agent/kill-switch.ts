@@ -4,15 +4,14 @@
  * key, so the keys go last. Every step is attempted even if an earlier one failed, and every
  * outcome is logged and reported.
  */
-import { UnlockdError } from '../shared/errors.ts'
+import { UnlockdError, describeError } from '../shared/errors.ts'
 import type { AgentConfig } from '../shared/config/agent.ts'
 import type { HostKeys } from '../shared/crypto/keys.ts'
 import { shredFile } from '../platform/atomic-file.ts'
 import type { ConfigDir } from './config-dir.ts'
-import { luksDevice, mapperName } from './apply.ts'
 import { reportTo } from './escrow.ts'
 import { updateRunState } from './run-state.ts'
-import { closeVolume, eraseLuks } from './volumes/luks.ts'
+import { backendFor } from './volumes/registry.ts'
 
 export async function executeShred(
   c: ConfigDir,
@@ -27,37 +26,15 @@ export async function executeShred(
     ? config.volumes.filter((v) => volumes.includes(v.name))
     : config.volumes
   for (const v of targets) {
+    const report = (step: string): void => {
+      actions.push(`${v.kind} ${v.name}: ${step}`)
+    }
     try {
-      if (v.kind === 'fscrypt') {
-        const { removeKey } = await import('./volumes/fscrypt.ts')
-        let r = await removeKey(v.mountpoint, v.keyId, { allUsers: true })
-        // Open files keep a busy key alive; retry a few times, then report it.
-        for (let i = 0; r === 'busy' && i < 5; i++) {
-          await new Promise((res) => setTimeout(res, 1000))
-          r = await removeKey(v.mountpoint, v.keyId, { allUsers: true })
-        }
-        actions.push(
-          `fscrypt ${v.name}: key ${r === 'busy' ? 'removed but files still open (incompletely removed until they close)' : r}`,
-        )
-      } else {
-        if (config.onShred === 'close-then-erase') {
-          try {
-            await closeVolume(mapperName(v))
-            actions.push(`luks ${v.name}: closed`)
-          } catch (err) {
-            actions.push(
-              `luks ${v.name}: close failed (${err instanceof Error ? err.message : String(err)}); erasing anyway`,
-            )
-          }
-        }
-        await eraseLuks(luksDevice(v))
-        actions.push(`luks ${v.name}: header keyslots erased (luksErase)`)
-      }
+      const backend = await backendFor(v)
+      await backend.shred(v, { closeFirst: config.onShred === 'close-then-erase', report })
     } catch (err) {
       failed = true
-      actions.push(
-        `${v.kind} ${v.name}: FAILED: ${err instanceof Error ? err.message : String(err)}`,
-      )
+      report(`FAILED: ${describeError(err)}`)
     }
   }
   const shredded = new Set(targets.map((v) => v.name))

@@ -7,6 +7,7 @@
  * whether the message was sent and never throws: being unable to talk to systemd must not stop
  * an unlock, and the caller decides whether to log it.
  */
+import { openLibc } from './libc.ts'
 
 const AF_UNIX = 1
 const SOCK_DGRAM = 2
@@ -25,12 +26,7 @@ let libPromise: Promise<SocketLib | undefined> | undefined
 async function loadLib(): Promise<SocketLib | undefined> {
   try {
     const koffi = (await import('koffi')).default
-    let lib: ReturnType<typeof koffi.load>
-    try {
-      lib = koffi.load('libc.so.6')
-    } catch {
-      lib = koffi.load('libc.so') // musl
-    }
+    const lib = openLibc(koffi)
     const socket = lib.func('int socket(int domain, int type, int protocol)')
     const sendto = lib.func(
       'intptr_t sendto(int fd, const uint8_t *buf, size_t len, int flags, const uint8_t *addr, uint32_t addrlen)',

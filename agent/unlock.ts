@@ -5,10 +5,10 @@
 import { UnlockdError } from '../shared/errors.ts'
 import type { AgentConfig, VolumeConfig } from '../shared/config/agent.ts'
 import type { HostKeys } from '../shared/crypto/keys.ts'
-import { zeroize } from '../shared/crypto/bytes.ts'
 import type { ConfigDir } from './config-dir.ts'
 import { obtainRelease, type Progress } from './escrow.ts'
-import { isUnlocked, unlockFscrypt, unlockLuks, volumeKeyFrom } from './apply.ts'
+import { applyRelease, volumeKeyFrom } from './apply.ts'
+import { backendFor } from './volumes/registry.ts'
 import { updateRunState } from './run-state.ts'
 
 export interface UnlockOptions {
@@ -71,7 +71,10 @@ export async function unlockVolumes(
   const wanted = selectVolumes(config, o.volumes)
   const already: VolumeConfig[] = []
   const todo: VolumeConfig[] = []
-  for (const v of wanted) ((await isUnlocked(v, o.test ?? false)) ? already : todo).push(v)
+  for (const v of wanted) {
+    if (await (await backendFor(v)).isUnlocked(v, { test: o.test ?? false })) already.push(v)
+    else todo.push(v)
+  }
   if (todo.length === 0) return { unlocked: [], already: already.map((v) => v.name) }
   let released
   try {
@@ -105,13 +108,7 @@ export async function unlockVolumes(
     const rel = released.find((r) => r.name === v.name)
     try {
       if (!rel) throw new UnlockdError('volume_unknown', `the server released no key for ${v.name}`)
-      const key = await volumeKeyFrom(rel, v, keys)
-      try {
-        if (v.kind === 'luks') await unlockLuks(v, key, o.test ?? false)
-        else await unlockFscrypt(v, key)
-      } finally {
-        zeroize(key)
-      }
+      await applyRelease(rel, v, keys, o.test ?? false)
       unlocked.push(v.name)
       updateRunState((s) => {
         s.volumes[v.name] = { state: 'unlocked', at: now(), code: null, reason: null }

@@ -3,8 +3,10 @@
  * I/O. `server/main.ts` is what listens.
  */
 import { Hono } from 'hono'
+import { getPath } from 'hono/utils/url'
 import type { ServerDeps } from './context.ts'
 import { renderError, statusFor } from './http/errors.ts'
+import { createMetrics } from './http/metrics.ts'
 import { accessLog, type AppEnv } from './http/middleware.ts'
 import { adminRoutes } from './routes/admin-api.ts'
 import { hostRoutes } from './routes/host-api.ts'
@@ -13,8 +15,17 @@ import { installNotifier } from './approvals/notify.ts'
 import { watchRoutes } from './routes/watch-api.ts'
 import { tangRoutes } from './routes/tang-api.ts'
 
+/**
+ * The routing path of a request. Under /tang/ runs of slashes count as one, as tangd's parser
+ * takes them: clevis given a URL with a trailing slash asks for `/tang/NAME//adv`.
+ */
+function routingPath(req: Request): string {
+  const path = getPath(req)
+  return path.startsWith('/tang/') ? path.replace(/\/{2,}/g, '/') : path
+}
+
 export function createApp(deps: ServerDeps): Hono<AppEnv> {
-  const app = new Hono<AppEnv>()
+  const app = new Hono<AppEnv>({ getPath: routingPath })
   app.use('*', accessLog(deps))
   app.use('*', async (c, next) => {
     await next()
@@ -23,7 +34,10 @@ export function createApp(deps: ServerDeps): Hono<AppEnv> {
     if (!c.res.headers.has('Content-Security-Policy'))
       c.header('Content-Security-Policy', "default-src 'none'; frame-ancestors 'none'")
   })
+  const metrics = createMetrics(deps)
+  app.use('*', metrics.middleware)
   app.get('/healthz', (c) => c.json({ status: 'ok' }))
+  app.get('/metrics', metrics.handler)
   app.route('/v1', hostRoutes(deps))
   app.route('/v1/admin', adminRoutes(deps))
   app.route('/approve', approvePageRoutes(deps))

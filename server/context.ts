@@ -28,6 +28,8 @@ export interface ServerSettings {
    * policy); null disables it. Raise it when many hosts share one address (NAT) or for load tests.
    */
   hostRateLimit: { perSecond: number; burst: number } | null
+  /** SHA-256 (hex) of the read-only `/metrics` scrape token; null disables the endpoint. */
+  metricsTokenHash: string | null
 }
 
 export const DEFAULT_SETTINGS: ServerSettings = {
@@ -41,6 +43,7 @@ export const DEFAULT_SETTINGS: ServerSettings = {
   publicUrl: null,
   webhook: null,
   hostRateLimit: { perSecond: 200, burst: 400 },
+  metricsTokenHash: null,
 }
 
 export interface ServerDeps {

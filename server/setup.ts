@@ -4,7 +4,7 @@
  * server.json (settings). Files 0600, directory 0700.
  */
 import { EventEmitter } from 'node:events'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { UnlockdError } from '../shared/errors.ts'
 import { ensurePrivateDir, writeFileAtomic } from '../platform/atomic-file.ts'
@@ -91,6 +91,33 @@ export function loadServerConfig(dataDir: string): ServerConfig {
   return parseServerConfig(text, cfgPath)
 }
 
+/**
+ * The scrape token from `metrics.tokenFile`: 32-128 characters of A-Z a-z 0-9 _ -, in a file
+ * no one but the server's user can read. Only its hash is kept.
+ */
+async function scrapeTokenHash(file: string): Promise<string> {
+  let text: string
+  try {
+    if ((statSync(file).mode & 0o077) !== 0)
+      throw new UnlockdError(
+        'config_invalid',
+        `${file} is readable by others: chmod 600 ${file} (it holds the metrics scrape token)`,
+      )
+    text = readFileSync(file, 'utf8').trim()
+  } catch (cause) {
+    if (cause instanceof UnlockdError) throw cause
+    throw new UnlockdError('config_invalid', `cannot read the metrics token file ${file}`, {
+      cause,
+    })
+  }
+  if (!/^[A-Za-z0-9_-]{32,128}$/.test(text))
+    throw new UnlockdError(
+      'config_invalid',
+      `${file} must hold one token of 32-128 characters A-Z a-z 0-9 _ - (e.g. openssl rand -hex 32)`,
+    )
+  return hashToken(text)
+}
+
 export async function openDeps(
   dataDir: string,
   passphrase: string,
@@ -105,7 +132,11 @@ export async function openDeps(
     keystore,
     log,
     now: nowSeconds,
-    settings: { ...DEFAULT_SETTINGS, ...config.settings },
+    settings: {
+      ...DEFAULT_SETTINGS,
+      ...config.settings,
+      metricsTokenHash: config.metrics ? await scrapeTokenHash(config.metrics.tokenFile) : null,
+    },
     events: new EventEmitter().setMaxListeners(0),
   }
   await resumeRotation(deps)

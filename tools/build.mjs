@@ -3,6 +3,7 @@
 // lazily and only for fscrypt and sd-notify, so it stays external).
 import { build } from 'esbuild'
 import { statSync, readFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
 
 const common = {
   bundle: true,
@@ -42,3 +43,7 @@ const size = statSync('dist/unlockd-agent.mjs').size
 const BUDGET = 1024 * 1024
 if (size > BUDGET) throw new Error(`agent bundle is ${size} bytes, over the ${BUDGET} byte budget`)
 console.log(`built dist/unlockd.mjs and dist/unlockd-agent.mjs (${(size / 1024).toFixed(0)} KiB)`)
+
+// Manual pages and shell completion from the same command table as --help.
+execFileSync(process.execPath, ['--import', 'tsx/esm', 'tools/gen-docs.ts'], { stdio: 'inherit' })
+console.log('built dist/man and dist/completion')

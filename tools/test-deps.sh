@@ -10,6 +10,10 @@ packages=(
   cryptsetup-bin fscrypt e2fsprogs util-linux kmod socat systemd
   # Tang peers and stock clevis clients (compatibility tests and benchmarks)
   tang clevis clevis-luks jose curl jq
+  # man pages and shell completion checks
+  man-db zsh
+  # the metrics test reads /metrics with Prometheus's own text-format parser
+  python3-prometheus-client
   # PostgreSQL store
   postgresql postgresql-client
   # browser test of the approval page

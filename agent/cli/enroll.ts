@@ -8,7 +8,8 @@ import { NAME_RE } from '../../shared/protocol/validate.ts'
 import type { ServerEntry } from '../../shared/config/agent.ts'
 import { EXIT, output, usage, type Command } from '../../platform/cli.ts'
 import { ensurePrivateDir } from '../../platform/atomic-file.ts'
-import { enrollHost, type VolumeRequest } from '../enroll.ts'
+import { enrollHost } from '../enroll.ts'
+import type { VolumeRequest } from '../volumes/backend.ts'
 import { CONFIG_OPTION, cfgDir, defaultHostName, readKeyFile, readStdin } from './common.ts'
 
 function splitSpec(spec: string, flag: string): { target: string; name: string } {
@@ -93,14 +94,13 @@ export const enrollCommand: Command = {
         'give one --existing-key-file for all --luks volumes, or one per --luks in the same order',
       )
     const requests: VolumeRequest[] = []
+    // Every key read from a file, zeroed once enrollment is over.
+    const secrets: Uint8Array[] = []
     for (const [i, spec] of luks.entries()) {
       const { target, name: vname } = splitSpec(spec, '--luks')
-      requests.push({
-        kind: 'luks',
-        device: target,
-        name: vname,
-        existingKey: readKeyFile((keyFiles[i] ?? keyFiles[0]) as string, 'existing key file'),
-      })
+      const existingKey = readKeyFile((keyFiles[i] ?? keyFiles[0]) as string, 'existing key file')
+      secrets.push(existingKey)
+      requests.push({ kind: 'luks', device: target, name: vname, existingKey })
     }
     for (const spec of (values['fscrypt'] as string[] | undefined) ?? []) {
       const { target, name: vname } = splitSpec(spec, '--fscrypt')
@@ -144,7 +144,7 @@ export const enrollCommand: Command = {
       )
       return EXIT.ok
     } finally {
-      for (const r of requests) if (r.kind === 'luks') zeroize(r.existingKey)
+      for (const key of secrets) zeroize(key)
     }
   },
 }

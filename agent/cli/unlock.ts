@@ -5,7 +5,7 @@ import { zeroize } from '../../shared/crypto/bytes.ts'
 import { EXIT, fmtTime, formatTable, output, usage, type Command } from '../../platform/cli.ts'
 import { requireEnrolled } from '../config-dir.ts'
 import { fetchVolumeKey, selectVolumes, unlockVolumes } from '../unlock.ts'
-import { isUnlocked } from '../apply.ts'
+import { backendFor, isLuksVolume } from '../volumes/registry.ts'
 import { readRunState } from '../run-state.ts'
 import type { Progress } from '../escrow.ts'
 import { CONFIG_OPTION, cfgDir } from './common.ts'
@@ -51,7 +51,7 @@ export const unlockCommand: Command = {
       if (process.stdout.isTTY)
         usage('refusing to print a key to a terminal; redirect stdout to a pipe')
       const vol = selectVolumes(config, names)[0]
-      if (!vol || vol.kind !== 'luks') usage('--key-stdout works for LUKS volumes only')
+      if (!vol || !isLuksVolume(vol)) usage('--key-stdout works for LUKS volumes only')
       const key = await fetchVolumeKey(c, config, keys, vol, {
         ...(waitSeconds !== undefined ? { waitSeconds } : {}),
         progress,
@@ -95,11 +95,12 @@ export const statusCommand: Command = {
     const rows = await Promise.all(
       config.volumes.map(async (v) => {
         const s = state.volumes[v.name]
-        const unlocked = await isUnlocked(v, false).catch(() => false)
+        const backend = await backendFor(v)
+        const unlocked = await backend.isUnlocked(v, { test: false }).catch(() => false)
         return {
           name: v.name,
           kind: v.kind,
-          target: v.kind === 'luks' ? v.device : v.path,
+          target: backend.target(v),
           state: unlocked ? 'unlocked' : s?.state === 'shredded' ? 'shredded' : 'locked',
           lastUnlock: s?.state === 'unlocked' ? s.at : null,
           lastResult: s ? s.state : null,

@@ -19,6 +19,7 @@ import { constants as osConstants } from 'node:os'
 import { constants as fsConstants } from 'node:fs'
 import { open, readFile, readdir, realpath, stat, access } from 'node:fs/promises'
 import { UnlockdError, describeError } from '../../shared/errors.ts'
+import { openLibc } from '../libc.ts'
 
 export type KeyStatus = 'absent' | 'present' | 'incompletely_removed'
 /** 'busy': files are still open, the key is only partly gone; close them and remove again. */
@@ -87,12 +88,7 @@ async function loadLibc(): Promise<Libc> {
       { cause: err },
     )
   }
-  let lib: ReturnType<typeof koffi.load>
-  try {
-    lib = koffi.load('libc.so.6')
-  } catch {
-    lib = koffi.load('libc.so') // musl
-  }
+  const lib = openLibc(koffi)
   // Declared with a fixed third argument: identical to the variadic call for a pointer on Linux ABIs.
   const ioctl = lib.func('int ioctl(int fd, unsigned long request, _Inout_ uint8_t *arg)')
   return {

@@ -33,7 +33,10 @@ import { b64uEncode } from '../../shared/crypto/bytes.ts'
 import type { UnlockPayload } from '../../shared/protocol/messages.ts'
 import {
   buildAdvertisement,
+  serializeAdvertisement,
   THUMBPRINT_ALGS,
+  type AdvertisementForm,
+  type TangAdvertisement,
   jwkThumbprint,
   publicJwk,
 } from '../../shared/tang/adv.ts'
@@ -72,11 +75,11 @@ interface PreparedHost {
   /** Every signing key under every thumbprint hash, for /adv/{thp}. */
   signerByThp: Map<string, EcPrivateJwk>
   /** The default advertisement; undefined when no pair is advertised. */
-  adv: string | undefined
+  adv: TangAdvertisement | undefined
   advertisedSigning: EcPrivateJwk[]
   advertisedExchange: EcPrivateJwk[]
   /** Advertisements with an extra (possibly retired) signer, built on demand. */
-  advByThp: Map<string, Promise<string>>
+  advByThp: Map<string, Promise<TangAdvertisement>>
   lastUsed: number
   onShred: () => void
 }
@@ -209,9 +212,7 @@ export class TangService {
     const adv =
       advertisedSigning.length === 0
         ? undefined
-        : JSON.stringify(
-            await buildAdvertisement({ signing: advertisedSigning, exchange: advertisedExchange }),
-          )
+        : await buildAdvertisement({ signing: advertisedSigning, exchange: advertisedExchange })
     const entry: PreparedHost = {
       hostId,
       digest,
@@ -242,7 +243,11 @@ export class TangService {
    * `GET /tang/NAME/adv` (and `/adv/THP`): the signed advertisement. Public like tangd's, but
    * 404 for unknown and shredded hosts, and for a THP that is not one of the host's signing keys.
    */
-  async advertisement(hostName: string, thp?: string): Promise<string> {
+  async advertisement(
+    hostName: string,
+    thp?: string,
+    form: AdvertisementForm = 'tangd',
+  ): Promise<string> {
     if (thp !== undefined && !KID_RE.test(thp)) throw notFound('no such signing key')
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const snap = await this.#deps.store.tx(async (t) => {
@@ -255,7 +260,7 @@ export class TangService {
         this.#lookup(snap.hostId, snap.rows) ?? (await this.#prepare(snap.hostId, snap.rows))
       if (e.digest !== digestOf(snap.rows)) continue
       if (e.adv === undefined) throw notFound(`Tang host ${hostName} advertises no keys`)
-      if (thp === undefined) return e.adv
+      if (thp === undefined) return serializeAdvertisement(e.adv, form)
       const signer = e.signerByThp.get(thp)
       if (signer === undefined) throw notFound('no such signing key')
       let p = e.advByThp.get(thp)
@@ -264,11 +269,11 @@ export class TangService {
           signing: e.advertisedSigning,
           exchange: e.advertisedExchange,
           extraSigning: [signer],
-        }).then((a) => JSON.stringify(a))
+        })
         p.catch(() => e.advByThp.delete(thp))
         e.advByThp.set(thp, p)
       }
-      return p
+      return serializeAdvertisement(await p, form)
     }
     throw new UnlockdError('internal', 'tang keys kept changing while building the advertisement')
   }

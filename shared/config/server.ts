@@ -43,6 +43,8 @@ const Schema = v.strictObject({
       'must be "off" or { "perSecond": N, "burst": N }',
     ),
   ),
+  /** `GET /metrics` is served only with a scrape token, read from this file (0600). */
+  metrics: v.optional(v.strictObject({ tokenFile: v.pipe(v.string(), v.minLength(1)) })),
   webhook: v.optional(
     v.strictObject({
       url: v.pipe(v.string(), v.url('must be a URL'), v.regex(/^https?:\/\//, 'must be http(s)')),
@@ -57,6 +59,7 @@ export interface ServerConfig {
   tlsCert?: string
   tlsKey?: string
   webhook?: { url: string; secretFile?: string }
+  metrics?: { tokenFile: string }
   settings: {
     nonceTtl?: number
     iatSkew?: number
@@ -83,6 +86,7 @@ export function parseServerConfig(text: string, where = 'server.json'): ServerCo
   if (c.listen !== undefined) out.listen = c.listen
   if (c.tlsCert !== undefined) out.tlsCert = c.tlsCert
   if (c.tlsKey !== undefined) out.tlsKey = c.tlsKey
+  if (c.metrics !== undefined) out.metrics = { tokenFile: c.metrics.tokenFile }
   if (c.webhook !== undefined)
     out.webhook =
       c.webhook.secretFile === undefined

@@ -44,6 +44,28 @@ export interface TangAdvertisement {
   signatures: { protected: string; signature: string }[]
 }
 
+/** How an advertisement is written on the wire. */
+export type AdvertisementForm = 'tangd' | 'general'
+
+/**
+ * The advertisement as JSON text. `tangd` writes what tangd (libjose) sends: the flattened JWS
+ * serialization when there is one signature, the general one when there are several; `general`
+ * always writes the general serialization. Both parse with {@link verifyAdvertisement}.
+ */
+export function serializeAdvertisement(
+  adv: TangAdvertisement,
+  form: AdvertisementForm = 'tangd',
+): string {
+  const [only, ...more] = adv.signatures
+  if (form === 'tangd' && only !== undefined && more.length === 0)
+    return JSON.stringify({
+      payload: adv.payload,
+      protected: only.protected,
+      signature: only.signature,
+    })
+  return JSON.stringify({ payload: adv.payload, signatures: adv.signatures })
+}
+
 /** The advertisement payload: the server's public keys. Goes into clevis JWEs as `clevis.tang.adv`. */
 export interface TangJwkSet {
   keys: EcPublicJwk[]
@@ -215,9 +237,11 @@ export async function buildAdvertisement(keys: AdvertisementKeys): Promise<TangA
       'keystore_invalid',
       'a tang advertisement needs at least one exchange key',
     )
-  const signers = [...keys.signing, ...(keys.extraSigning ?? [])].map((k) =>
-    parseEcPrivateJwk(k, 'keystore_invalid'),
+  // A thumbprint of an advertised key adds no second signature by the same key (as tangd).
+  const extra = (keys.extraSigning ?? []).filter(
+    (e) => !keys.signing.some((k) => k.x === e.x && k.y === e.y),
   )
+  const signers = [...keys.signing, ...extra].map((k) => parseEcPrivateJwk(k, 'keystore_invalid'))
   for (const k of signers) {
     if (!keyAllows(k, 'sign', false))
       throw new UnlockdError('keystore_invalid', 'a tang signing key must allow "sign"')

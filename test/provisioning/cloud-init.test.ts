@@ -1,9 +1,8 @@
 /**
- * The Terraform module's cloud-init user-data. Terraform is not installable here, so the test
- * renders the template itself (support.ts renderTemplate: the template is kept to plain
- * placeholders, which makes this faithful), validates it with Debian's `cloud-init schema`, and
- * runs its first-boot script with bash against a real escrow server on loopback, with every
- * path pointed into a temporary prefix.
+ * The Terraform module's cloud-init user-data, rendered by the real terraform binary (the
+ * module's provider-free user-data sub-module), checked with `terraform fmt`, validated with
+ * Debian's `cloud-init schema`, and its first-boot script run with bash against a real escrow
+ * server on loopback, with every path pointed into a temporary prefix.
  */
 import test, { type ExecutionContext } from 'ava'
 import { createHash } from 'node:crypto'
@@ -14,10 +13,9 @@ import { FIXTURE_PBKDF } from '../helpers/luks.ts'
 import { findBin, mustRun, rootTest, tool } from '../helpers/root.ts'
 import { startTestServer } from '../helpers/server.ts'
 import { tempDir } from '../helpers/tmp.ts'
-import { REPO, renderTemplate, requireBuild, run, templateVariables } from './support.ts'
+import { REPO, renderUserData, requireBuild, run, type UserDataInputs } from './support.ts'
 
-const MODULE = join(REPO, 'provisioning/terraform/modules/unlockd-enrollment')
-const TEMPLATE = join(MODULE, 'user-data.yaml.tftpl')
+const TERRAFORM = join(REPO, 'provisioning/terraform')
 
 interface CloudConfig {
   write_files: { path: string; owner: string; permissions: string; content: string }[]
@@ -31,42 +29,56 @@ async function parseYaml(path: string): Promise<CloudConfig> {
   return JSON.parse(r.stdout) as CloudConfig
 }
 
-/** Values as the module passes them (main.tf), with the paths overridable for a prefix. */
-function moduleVars(o: Partial<Record<string, string | boolean>> = {}): Record<string, string | boolean> {
+/** Inputs as the parent module passes them (main.tf), with the paths overridable for a prefix. */
+function moduleInputs(o: Partial<UserDataInputs> = {}): UserDataInputs {
   return {
     server_url: 'https://escrow.example.net:8443',
     host_name: 'web-1',
     enroll_token: 'ue_' + 'A'.repeat(43),
-    ca_pem_b64: Buffer.from('-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n').toString('base64'),
+    ca_pem: '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n',
     agent_archive_url: 'https://downloads.example.net/unlockd/unlockd-agent.tar.gz',
     agent_archive_sha256: 'a'.repeat(64),
-    luks_volumes: '/dev/vdb:data UUID=0b5e7a2c-1111-2222-3333-444455556666:logs',
+    luks_volumes: [
+      { device: '/dev/vdb', name: 'data' },
+      { device: 'UUID=0b5e7a2c-1111-2222-3333-444455556666', name: 'logs' },
+    ],
     luks_existing_key_file: '/root/luks.key',
-    fscrypt_dirs: '/srv/secrets:secrets',
+    fscrypt_dirs: [{ path: '/srv/secrets', name: 'secrets' }],
     fscrypt_enable_ext4_encrypt: true,
     install_node: true,
-    node_bin: '/usr/bin/node',
-    install_dir: '/usr/lib/unlockd',
-    bin_dir: '/usr/local/bin',
-    config_dir: '/etc/unlockd',
-    systemd_dir: '/etc/systemd/system',
     manage_service: true,
     ...o,
-  } as Record<string, string | boolean>
+  }
 }
 
-test('the module passes exactly the template variables, and the template uses only plain placeholders', async (t) => {
-  const template = await readFile(TEMPLATE, 'utf8')
-  const mainTf = await readFile(join(MODULE, 'main.tf'), 'utf8')
-  const call = /templatefile\("\$\{path\.module\}\/user-data\.yaml\.tftpl", \{([\s\S]*?)\n {2}\}\)/.exec(mainTf)
-  t.truthy(call, 'main.tf renders user-data.yaml.tftpl with templatefile')
-  const passed = [...(call?.[1] ?? '').matchAll(/^\s+([a-z_0-9]+)\s+=/gm)].map((m) => m[1] as string).sort()
-  t.deepEqual(passed, templateVariables(template))
-  t.deepEqual(Object.keys(moduleVars()).sort(), templateVariables(template))
-  t.notThrows(() => renderTemplate(template, moduleVars()))
-  t.throws(() => renderTemplate('x ${a.b}', {}), { message: /not a plain variable/ })
-  t.throws(() => renderTemplate('%{ if x }y%{ endif }', {}), { message: /directives/ })
-  t.throws(() => renderTemplate('${missing}', {}), { message: /does not contain key/ })
+const terraformTest = findBin('terraform') !== undefined || (process.env['CI'] ?? '') !== '' ? test : test.skip
+
+terraformTest('terraform fmt finds nothing to change in the modules and examples', async (t) => {
+  const r = await run('terraform', ['fmt', '-check', '-recursive', '-diff', '-no-color', TERRAFORM], {
+    env: { TF_CLI_CONFIG_FILE: '/dev/null' },
+  })
+  t.is(r.code, 0, r.stdout + r.stderr)
+})
+
+terraformTest('terraform renders every value into the script, the CA in base64, and refuses a missing input', async (t) => {
+  const text = await renderUserData(t, moduleInputs())
+  t.true(text.startsWith('#cloud-config\n'))
+  t.false(text.includes('${'), 'no placeholder is left unrendered')
+  for (const line of [
+    "SERVER_URL='https://escrow.example.net:8443'",
+    "HOST_NAME='web-1'",
+    `ENROLL_TOKEN='ue_${'A'.repeat(43)}'`,
+    `CA_PEM_B64='${Buffer.from(moduleInputs().ca_pem ?? '').toString('base64')}'`,
+    "LUKS_VOLUMES='/dev/vdb:data UUID=0b5e7a2c-1111-2222-3333-444455556666:logs'",
+    "FSCRYPT_DIRS='/srv/secrets:secrets'",
+    "FSCRYPT_ENABLE_EXT4_ENCRYPT='true'",
+    "INSTALL_DIR='/usr/lib/unlockd'",
+  ]) {
+    t.true(text.includes(line), `rendered user-data has ${line}`)
+  }
+  const partial: Partial<UserDataInputs> = moduleInputs()
+  delete partial.host_name
+  await t.throwsAsync(() => renderUserData(t, partial as UserDataInputs), { message: /host_name/ })
 })
 
 const schemaTest = findBin('cloud-init') !== undefined || (process.env['CI'] ?? '') !== '' ? test : test.skip
@@ -78,11 +90,11 @@ schemaTest('the rendered user-data passes cloud-init schema, with a script that 
   t.truthy(findBin('cloud-init'), 'cloud-init is installed (apt-get install cloud-init); CI must run this test')
   const dir = await tempDir(t)
   for (const [label, vars] of [
-    ['all volume kinds', moduleVars()],
-    ['already enrolled: no token, no CA, no volumes', moduleVars({ enroll_token: '', ca_pem_b64: '', luks_volumes: '', luks_existing_key_file: '', fscrypt_dirs: '', fscrypt_enable_ext4_encrypt: false })],
+    ['all volume kinds', moduleInputs()],
+    ['already enrolled: no token, no CA, no volumes', moduleInputs({ enroll_token: '', ca_pem: '', luks_volumes: [], luks_existing_key_file: '', fscrypt_dirs: [], fscrypt_enable_ext4_encrypt: false })],
   ] as const) {
     const file = join(dir, 'user-data.yaml')
-    await writeFile(file, renderTemplate(await readFile(TEMPLATE, 'utf8'), vars))
+    await writeFile(file, await renderUserData(t, vars))
     const r = await run('cloud-init', ['schema', '--config-file', file])
     t.is(r.code, 0, `${label}: ${r.stdout}${r.stderr}`)
     t.regex(r.stdout, /Valid cloud-config/, label)
@@ -110,7 +122,7 @@ lintTest('the first-boot script and provisioning/pack.sh pass shellcheck', async
   t.truthy(findBin('shellcheck'), 'shellcheck is installed (apt-get install shellcheck); CI must run this test')
   const dir = await tempDir(t)
   const file = join(dir, 'user-data.yaml')
-  await writeFile(file, renderTemplate(await readFile(TEMPLATE, 'utf8'), moduleVars()))
+  await writeFile(file, await renderUserData(t, moduleInputs()))
   const sh = join(dir, 'enroll.sh')
   await writeFile(sh, (await parseYaml(file)).write_files[0]!.content)
   for (const script of [sh, join(REPO, 'provisioning/pack.sh')]) {
@@ -155,29 +167,31 @@ rootTest('the first-boot script installs the agent, enrolls a LUKS2 image and an
   t.is(tok.status, 201)
   const { img, luksKey, mnt } = await fixtures(t, w)
 
-  async function firstBoot(prefix: string, o: Partial<Record<string, string | boolean>> = {}): Promise<{ code: number | null; stdout: string; stderr: string; script: string }> {
-    const vars = moduleVars({
+  async function firstBoot(prefix: string, o: Partial<UserDataInputs> = {}): Promise<{ code: number | null; stdout: string; stderr: string; script: string }> {
+    const inputs = moduleInputs({
       server_url: srv.url,
       enroll_token: tok.body.token,
-      ca_pem_b64: '',
+      ca_pem: '',
       agent_archive_url: `file://${archive}`,
       agent_archive_sha256: sha256,
-      luks_volumes: `${img}:data`,
+      luks_volumes: [{ device: img, name: 'data' }],
       luks_existing_key_file: luksKey,
-      fscrypt_dirs: `${mnt}/secrets:secrets`,
+      fscrypt_dirs: [{ path: `${mnt}/secrets`, name: 'secrets' }],
       fscrypt_enable_ext4_encrypt: true,
       install_node: false,
-      node_bin: process.execPath,
-      install_dir: `${prefix}/usr/lib/unlockd`,
-      bin_dir: `${prefix}/usr/local/bin`,
-      config_dir: `${prefix}/etc/unlockd`,
-      systemd_dir: `${prefix}/etc/systemd/system`,
+      paths: {
+        node_bin: process.execPath,
+        install_dir: `${prefix}/usr/lib/unlockd`,
+        bin_dir: `${prefix}/usr/local/bin`,
+        config_dir: `${prefix}/etc/unlockd`,
+        systemd_dir: `${prefix}/etc/systemd/system`,
+      },
       manage_service: false,
       ...o,
     })
     await mkdir(prefix, { recursive: true })
     const userData = join(prefix, 'user-data.yaml')
-    await writeFile(userData, renderTemplate(await readFile(TEMPLATE, 'utf8'), vars), { mode: 0o600 })
+    await writeFile(userData, await renderUserData(t, inputs), { mode: 0o600 })
     const script = join(prefix, 'enroll.sh')
     await writeFile(script, (await parseYaml(userData)).write_files[0]!.content, { mode: 0o700 })
     // Test-only: a fast PBKDF for the new keyslot (the fixture image uses one too).
@@ -209,7 +223,7 @@ rootTest('the first-boot script installs the agent, enrolls a LUKS2 image and an
   t.like(JSON.parse(again.stdout), { changed: false })
 
   // A copy of the user-data (leaked, or a clone booting) cannot enroll: the token is spent.
-  const clone = await firstBoot(join(w, 'host-2'), { luks_volumes: '', luks_existing_key_file: '', fscrypt_dirs: '' })
+  const clone = await firstBoot(join(w, 'host-2'), { luks_volumes: [], luks_existing_key_file: '', fscrypt_dirs: [] })
   t.is(clone.code, 3, clone.stderr)
   t.like(JSON.parse(clone.stdout), { error: 'token_used' })
   t.false(existsSync(`${join(w, 'host-2')}/etc/unlockd/agent.json`))

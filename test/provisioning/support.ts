@@ -1,11 +1,13 @@
 /**
  * Helpers for the provisioning tests: run programs with bounded time, run the built CLI, start
- * `unlockd server start` as a real process, and render the cloud-init template the way
- * Terraform's templatefile() does for the plain placeholders it uses.
+ * `unlockd server start` as a real process, and render the Terraform module's cloud-init
+ * user-data with the real terraform binary.
  */
 import type { ExecutionContext } from 'ava'
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
+import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -109,25 +111,45 @@ export async function startCliServer(t: ExecutionContext, bundle: string, args: 
   return { url, stderr: () => err }
 }
 
-/**
- * Terraform templatefile() for the subset our template allows: plain `${name}` placeholders.
- * Anything else Terraform would treat specially (`%{` directives, `$${` / `%%{` escapes,
- * expressions inside `${...}`) is refused, so rendering here is exactly what Terraform renders.
- * Like templatefile(), a placeholder without a value is an error; booleans render as true/false.
- */
-export function renderTemplate(text: string, vars: Record<string, string | boolean | number>): string {
-  if (/%\{|\$\$\{|%%\{/.test(text)) throw new Error('template uses Terraform directives or escapes; keep it to plain ${name} placeholders')
-  for (const m of text.matchAll(/\$\{([^}]*)\}/g)) {
-    if (!/^[a-z_][a-z0-9_]*$/.test(m[1] as string)) throw new Error(`template placeholder \${${m[1]}} is not a plain variable name`)
-  }
-  return text.replace(/\$\{([a-z_][a-z0-9_]*)\}/g, (_, name: string) => {
-    const v = vars[name]
-    if (v === undefined) throw new Error(`vars map does not contain key "${name}"`)
-    return String(v)
-  })
+/** Inputs of provisioning/terraform/modules/unlockd-enrollment/user-data (its variables). */
+export interface UserDataInputs {
+  server_url: string
+  host_name: string
+  enroll_token: string
+  ca_pem?: string
+  agent_archive_url: string
+  agent_archive_sha256: string
+  luks_volumes?: { device: string; name: string }[]
+  luks_existing_key_file?: string
+  fscrypt_dirs?: { path: string; name: string }[]
+  fscrypt_enable_ext4_encrypt?: boolean
+  install_node?: boolean
+  paths?: Partial<Record<'node_bin' | 'install_dir' | 'bin_dir' | 'config_dir' | 'systemd_dir', string>>
+  manage_service?: boolean
 }
 
-/** Placeholder names used by a template (for checking the module passes exactly these). */
-export function templateVariables(text: string): string[] {
-  return [...new Set([...text.matchAll(/\$\{([a-z_][a-z0-9_]*)\}/g)].map((m) => m[1] as string))].sort()
+export const USER_DATA_MODULE = join(REPO, 'provisioning/terraform/modules/unlockd-enrollment/user-data')
+
+/**
+ * Renders the cloud-init user-data with the real terraform binary: the module's provider-free
+ * user-data sub-module is applied in a scratch copy (no provider, no network) and its output
+ * read back. Throws with terraform's own message when it refuses the inputs.
+ */
+export async function renderUserData(t: ExecutionContext, inputs: UserDataInputs): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'unlockd-tf-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  await cp(USER_DATA_MODULE, dir, { recursive: true })
+  await writeFile(join(dir, 'terraform.tfvars.json'), JSON.stringify(inputs), { mode: 0o600 })
+  await writeFile(join(dir, 'terraformrc'), '')
+  const env = { TF_CLI_CONFIG_FILE: join(dir, 'terraformrc'), TF_IN_AUTOMATION: '1', CHECKPOINT_DISABLE: '1' }
+  for (const args of [
+    ['init', '-input=false', '-no-color', '-backend=false'],
+    ['apply', '-auto-approve', '-input=false', '-no-color'],
+  ]) {
+    const r = await run('terraform', args, { cwd: dir, env })
+    if (r.code !== 0) throw new Error(`terraform ${args[0]} failed: ${r.stdout}${r.stderr}`)
+  }
+  const out = await run('terraform', ['output', '-raw', '-no-color', 'user_data'], { cwd: dir, env })
+  if (out.code !== 0) throw new Error(`terraform output failed: ${out.stderr}`)
+  return out.stdout
 }

@@ -12,28 +12,22 @@ locals {
   response         = try(jsondecode(data.http.enroll_token.response_body), {})
   token_created    = data.http.enroll_token.status_code == 201
   already_enrolled = data.http.enroll_token.status_code == 409 && try(local.response.error, "") == "host_exists"
+}
 
-  # The variable validations keep quotes, spaces and newlines out of these values: the template
-  # puts each one inside single quotes in a shell script (the CA goes in base64).
-  user_data = templatefile("${path.module}/user-data.yaml.tftpl", {
-    server_url                  = var.server_url
-    host_name                   = var.host_name
-    enroll_token                = local.token_created ? try(local.response.token, "") : ""
-    ca_pem_b64                  = var.ca_pem == "" ? "" : base64encode(var.ca_pem)
-    agent_archive_url           = var.agent_archive_url
-    agent_archive_sha256        = var.agent_archive_sha256
-    luks_volumes                = join(" ", [for v in var.luks_volumes : "${v.device}:${v.name}"])
-    luks_existing_key_file      = var.luks_existing_key_file
-    fscrypt_dirs                = join(" ", [for d in var.fscrypt_dirs : "${d.path}:${d.name}"])
-    fscrypt_enable_ext4_encrypt = var.fscrypt_enable_ext4_encrypt
-    install_node                = var.install_node
-    node_bin                    = "/usr/bin/node"
-    install_dir                 = "/usr/lib/unlockd"
-    bin_dir                     = "/usr/local/bin"
-    config_dir                  = "/etc/unlockd"
-    systemd_dir                 = "/etc/systemd/system"
-    manage_service              = true
-  })
+module "user_data" {
+  source = "./user-data"
+
+  server_url                  = var.server_url
+  host_name                   = var.host_name
+  enroll_token                = local.token_created ? try(local.response.token, "") : ""
+  ca_pem                      = var.ca_pem
+  agent_archive_url           = var.agent_archive_url
+  agent_archive_sha256        = var.agent_archive_sha256
+  luks_volumes                = var.luks_volumes
+  luks_existing_key_file      = var.luks_existing_key_file
+  fscrypt_dirs                = var.fscrypt_dirs
+  fscrypt_enable_ext4_encrypt = var.fscrypt_enable_ext4_encrypt
+  install_node                = var.install_node
 }
 
 data "http" "enroll_token" {

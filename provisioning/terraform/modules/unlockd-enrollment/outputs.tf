@@ -1,6 +1,6 @@
 output "user_data" {
   description = "cloud-init user-data for the instance. Holds the one-time token: sensitive."
-  value       = local.user_data
+  value       = module.user_data.user_data
   sensitive   = true
 }
 
