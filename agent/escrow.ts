@@ -20,7 +20,7 @@ export interface Progress {
   ): void
 }
 
-/** The most informative of several servers' failures (ERRORS rank: a decision beats a network error). */
+/** The most informative of several servers' failures: highest ERRORS rank, a decision first. */
 export function bestError(errors: UnlockdError[]): UnlockdError {
   return (
     [...errors].sort((a, b) => ERRORS[b.code].rank - ERRORS[a.code].rank)[0] ??

@@ -11,7 +11,10 @@
  * ```
  */
 
-/** Codes a server or agent may produce. Adding one is a protocol change: document it in README. */
+/**
+ * Codes a server or agent may produce. Adding one is a protocol change: decide its entry in
+ * `ERRORS` below (the compiler asks for it) and document it in README.
+ */
 export const ERROR_CODES = [
   // request shape
   'bad_request',

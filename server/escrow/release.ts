@@ -1,8 +1,9 @@
 /**
- * Unlock (POST /v1/unlock), after the route's `hostRequest` authenticated it: spend the nonce, evaluate policy, and either release
- * the blobs (KEK layer removed; still sealed to the host), open an approval request (202), or
- * deny with a stable code. The nonce, the decision, the history row and the audit entry commit
- * together, so a replay is refused even if the response was lost.
+ * Unlock (POST /v1/unlock), once the route's `hostRequest` authenticated it: spend the nonce,
+ * evaluate policy, and either release the blobs (KEK layer removed; still sealed to the host),
+ * open an approval request (202), or deny with a stable code. The nonce, the decision, the
+ * history row and the audit entry commit together, so a replay is refused even if the response
+ * was lost.
  */
 import { UnlockdError } from '../../shared/errors.ts'
 import { fromUtf8 } from '../../shared/crypto/bytes.ts'
