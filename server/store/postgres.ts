@@ -302,7 +302,7 @@ function txApi(c: pg.PoolClient, state: { done: boolean }): StoreTx {
       return r && hostFromRow(r)
     },
     listHosts: async () =>
-      (await rows('SELECT * FROM hosts ORDER BY name, created_at')).map(hostFromRow),
+      (await rows('SELECT * FROM hosts ORDER BY name, created_at, id')).map(hostFromRow),
     insertHost: async (h) => {
       await run(
         c,
@@ -445,7 +445,7 @@ function txApi(c: pg.PoolClient, state: { done: boolean }): StoreTx {
     recentBootIds: async (hostId, since) =>
       (
         await rows(
-          "SELECT DISTINCT boot_id FROM unlock_events WHERE host_id = $1 AND at >= $2 AND outcome = 'released'",
+          "SELECT DISTINCT boot_id FROM unlock_events WHERE host_id = $1 AND at >= $2 AND outcome = 'released' ORDER BY boot_id",
           [hostId, since],
         )
       ).map((r) => String(r['boot_id'])),
@@ -483,7 +483,7 @@ function txApi(c: pg.PoolClient, state: { done: boolean }): StoreTx {
       return r && operatorFromRow(r)
     },
     listOperators: async () =>
-      (await rows('SELECT * FROM operators WHERE removed_at IS NULL ORDER BY name')).map(
+      (await rows('SELECT * FROM operators WHERE removed_at IS NULL ORDER BY name, id')).map(
         operatorFromRow,
       ),
     updateOperator: (id, patch) => update('operators', OPERATOR_COLS, id, patch),
@@ -503,7 +503,7 @@ function txApi(c: pg.PoolClient, state: { done: boolean }): StoreTx {
     listOperatorsWithTotpKekBelow: async (version) =>
       (
         await rows(
-          'SELECT * FROM operators WHERE totp_kek_version IS NOT NULL AND totp_kek_version < $1 ORDER BY name',
+          'SELECT * FROM operators WHERE totp_kek_version IS NOT NULL AND totp_kek_version < $1 ORDER BY name, id',
           [version],
         )
       ).map(operatorFromRow),

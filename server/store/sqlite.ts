@@ -308,7 +308,9 @@ export class SqliteStore implements Store {
       return r && hostFromRow(r)
     },
     listHosts: async () =>
-      (this.#s('SELECT * FROM hosts ORDER BY name, created_at').all() as Row[]).map(hostFromRow),
+      (this.#s('SELECT * FROM hosts ORDER BY name, created_at, id').all() as Row[]).map(
+        hostFromRow,
+      ),
     insertHost: async (h) => {
       this.#s(
         `INSERT INTO hosts (id, name, state, state_reason, signing_jwk, sealing_jwk, policy, created_at, last_seen_at, last_unlock_at, last_boot_id, last_source, tang)
@@ -360,7 +362,10 @@ export class SqliteStore implements Store {
     },
     listVolumesWithKekBelow: async (version, limit) =>
       (
-        this.#s('SELECT * FROM volumes WHERE kek_version < ? LIMIT ?').all(version, limit) as Row[]
+        this.#s('SELECT * FROM volumes WHERE kek_version < ? ORDER BY host_id, name LIMIT ?').all(
+          version,
+          limit,
+        ) as Row[]
       ).map(volumeFromRow),
     countVolumesWithKekBelow: async (version) =>
       num(
@@ -402,7 +407,9 @@ export class SqliteStore implements Store {
         'UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL AND used_at IS NULL',
       ).run(now, id).changes === 1,
     listTokens: async () =>
-      (this.#s('SELECT * FROM tokens ORDER BY created_at DESC').all() as Row[]).map(tokenFromRow),
+      (this.#s('SELECT * FROM tokens ORDER BY created_at DESC, id').all() as Row[]).map(
+        tokenFromRow,
+      ),
 
     insertNonce: async (nonce, exp) => {
       this.#s('INSERT INTO nonces (nonce, expires_at, used_at) VALUES (?, ?, NULL)').run(nonce, exp)
@@ -438,7 +445,7 @@ export class SqliteStore implements Store {
     recentBootIds: async (hostId, since) =>
       (
         this.#s(
-          "SELECT DISTINCT boot_id FROM unlock_events WHERE host_id = ? AND at >= ? AND outcome = 'released'",
+          "SELECT DISTINCT boot_id FROM unlock_events WHERE host_id = ? AND at >= ? AND outcome = 'released' ORDER BY boot_id",
         ).all(hostId, since) as Row[]
       ).map((r) => String(r['boot_id'])),
 
@@ -474,7 +481,7 @@ export class SqliteStore implements Store {
     },
     listOperators: async () =>
       (
-        this.#s('SELECT * FROM operators WHERE removed_at IS NULL ORDER BY name').all() as Row[]
+        this.#s('SELECT * FROM operators WHERE removed_at IS NULL ORDER BY name, id').all() as Row[]
       ).map(operatorFromRow),
     updateOperator: async (id, patch) => this.#update('operators', OPERATOR_COLS, 'id', id, patch),
     claimTotpStep: async (id, step) =>
@@ -496,7 +503,7 @@ export class SqliteStore implements Store {
     listOperatorsWithTotpKekBelow: async (version) =>
       (
         this.#s(
-          'SELECT * FROM operators WHERE totp_kek_version IS NOT NULL AND totp_kek_version < ?',
+          'SELECT * FROM operators WHERE totp_kek_version IS NOT NULL AND totp_kek_version < ? ORDER BY name, id',
         ).all(version) as Row[]
       ).map(operatorFromRow),
 
@@ -524,8 +531,8 @@ export class SqliteStore implements Store {
     },
     listApprovals: async (state) =>
       (state === undefined
-        ? (this.#s('SELECT * FROM approvals ORDER BY created_at').all() as Row[])
-        : (this.#s('SELECT * FROM approvals WHERE state = ? ORDER BY created_at').all(
+        ? (this.#s('SELECT * FROM approvals ORDER BY created_at, id').all() as Row[])
+        : (this.#s('SELECT * FROM approvals WHERE state = ? ORDER BY created_at, id').all(
             state,
           ) as Row[])
       ).map(approvalFromRow),
@@ -543,7 +550,7 @@ export class SqliteStore implements Store {
     approvalVoters: async (aid) =>
       (
         this.#s(
-          'SELECT o.name FROM approval_votes v JOIN operators o ON o.id = v.operator_id WHERE v.approval_id = ? ORDER BY v.at',
+          'SELECT o.name FROM approval_votes v JOIN operators o ON o.id = v.operator_id WHERE v.approval_id = ? ORDER BY v.at, o.name',
         ).all(aid) as Row[]
       ).map((r) => String(r['name'])),
 
