@@ -807,6 +807,18 @@ function suite(b: Backend): void {
     )
   })
 
+  it('tx: a StoreTx kept past its transaction refuses every call', async (t, { store }) => {
+    const kept = await store.tx(async (tx) => tx)
+    await t.throwsAsync(kept.getMeta('k'), { instanceOf: TypeError })
+    await t.throwsAsync(kept.setMeta('k', 'v'), { instanceOf: TypeError })
+    await t.throwsAsync(
+      kept.appendAudit({ at: 1, actor: 'system', action: 'x', host: null, detail: {} }),
+      { instanceOf: TypeError },
+    )
+    t.is(await store.tx((tx) => tx.getMeta('k')), undefined)
+    t.deepEqual(await store.tx((tx) => tx.listAudit(0, 10)), [])
+  })
+
   it('state survives closing and reopening; migrations are not reapplied', async (t, db) => {
     const h = hostRow()
     await db.store.tx(async (tx) => {
