@@ -16,6 +16,7 @@ import {
 import type { ServerDeps } from '../context.ts'
 import { blobAad, unwrap } from '../keys/kek-wrap.ts'
 import { evaluatePolicy, type Decision } from '../policy/evaluate.ts'
+import { deny } from '../store/denial.ts'
 import type { HostRow, StoreTx } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { authenticateHost, checkIat, consumeNonceOrThrow } from './host-auth.ts'
@@ -97,8 +98,8 @@ export async function unlock(
   checkIat(deps, payload.iat)
   const now = deps.now()
 
-  const result = await deps.store.tx(
-    async (t): Promise<UnlockResponse | PolicyDenied> => {
+  return deps.store.tx(
+    async (t): Promise<UnlockResponse> => {
       await consumeNonceOrThrow(t, payload.nonce, now)
       const host = (await t.getHost(signer.id)) as HostRow // re-read inside the transaction
       const decision = await decide(t, host, payload.bootId, source, now)
@@ -118,8 +119,8 @@ export async function unlock(
           source,
           bootId: payload.bootId,
         })
-        // Returned, not thrown: the nonce and the audit entry must commit.
-        return new PolicyDenied(decision.code, decision.message, decision.rule)
+        // A denial: the nonce, the history row and the audit entry commit.
+        throw deny(new PolicyDenied(decision.code, decision.message, decision.rule))
       }
       if (decision.kind === 'approval') {
         // Asking is not being seen: bumping lastSeenAt here would let a second request slip past
@@ -164,6 +165,4 @@ export async function unlock(
     },
     { host: signer.id },
   )
-  if (result instanceof PolicyDenied) throw result
-  return result
 }

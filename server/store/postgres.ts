@@ -32,6 +32,7 @@
 import { createHash } from 'node:crypto'
 import pg from 'pg'
 import { UnlockdError } from '../../shared/errors.ts'
+import { commitDenials } from './denial.ts'
 import type { Row } from './rows.ts'
 import { MIGRATIONS } from './schema.ts'
 import { sqlStoreTx, type SqlDriver } from './sql-tx.ts'
@@ -147,7 +148,11 @@ export class PostgresStore implements Store {
     }
   }
 
-  async tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
+  tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
+    return commitDenials((body) => this.#tx(body, opts), fn)
+  }
+
+  async #tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions): Promise<T> {
     let c: pg.PoolClient
     try {
       c = await this.#pool.connect()

@@ -9,6 +9,7 @@
 import Database from 'better-sqlite3'
 import { chmodSync, existsSync } from 'node:fs'
 import { UnlockdError } from '../../shared/errors.ts'
+import { commitDenials } from './denial.ts'
 import type { Row } from './rows.ts'
 import { MIGRATIONS } from './schema.ts'
 import { sqlStoreTx, type SqlDriver } from './sql-tx.ts'
@@ -81,6 +82,10 @@ export class SqliteStore implements Store {
   }
 
   tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
+    return commitDenials((body) => this.#tx(body, opts), fn)
+  }
+
+  #tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions): Promise<T> {
     const volatile = opts.durable === false
     return this.#mutex.run(async () => {
       // In WAL mode NORMAL skips this commit's fsync; the next FULL commit syncs the WAL up to

@@ -12,7 +12,7 @@ import { verifyAuditChain } from '../../shared/audit.ts'
 import { generateHostKeys, hostIdOf, publicOf } from '../../shared/client/host-client.ts'
 import { signHostRequest } from '../../shared/crypto/jws.ts'
 import type { HostKeys } from '../../shared/crypto/keys.ts'
-import type { UnlockdError } from '../../shared/errors.ts'
+import { UnlockdError } from '../../shared/errors.ts'
 import { DEFAULT_POLICY, type Policy } from '../../shared/protocol/policy.ts'
 import { approveRequest, denyRequest } from '../../server/approvals/decide.ts'
 import { addOperator } from '../../server/approvals/operators.ts'
@@ -25,6 +25,7 @@ import { newId } from '../../server/escrow/secrets.ts'
 import { shred } from '../../server/escrow/shred.ts'
 import { Keystore } from '../../server/keys/keystore.ts'
 import { memoryLogger } from '../../server/log.ts'
+import { deny } from '../../server/store/denial.ts'
 import { openStore } from '../../server/store/open.ts'
 import { SqliteStore } from '../../server/store/sqlite.ts'
 import type {
@@ -805,6 +806,36 @@ function suite(b: Backend): void {
       }),
       42,
     )
+  })
+
+  it('tx: a refusal thrown as deny(err) commits first, then err itself is thrown', async (t, {
+    store,
+  }) => {
+    await store.tx((tx) => tx.insertNonce('n-deny', 1000))
+    const refusal = new UnlockdError('forbidden', 'refused after the nonce was spent')
+    const err = await t.throwsAsync(
+      store.tx(async (tx) => {
+        t.is(await tx.consumeNonce('n-deny', 10), 'ok')
+        await tx.appendAudit({ at: 1, actor: 'system', action: 'x.deny', host: null, detail: {} })
+        throw deny(refusal)
+      }),
+    )
+    t.is(err, refusal)
+    t.is(await store.tx((tx) => tx.consumeNonce('n-deny', 10)), 'reused')
+    t.deepEqual(await actions(store), ['x.deny'])
+    // The same refusal thrown unmarked rolls back like any other error.
+    await store.tx((tx) => tx.insertNonce('n-plain', 1000))
+    const plain = new UnlockdError('forbidden', 'refused')
+    t.is(
+      await t.throwsAsync(
+        store.tx(async (tx) => {
+          await tx.consumeNonce('n-plain', 10)
+          throw plain
+        }),
+      ),
+      plain,
+    )
+    t.is(await store.tx((tx) => tx.consumeNonce('n-plain', 10)), 'ok')
   })
 
   it('tx: a StoreTx kept past its transaction refuses every call', async (t, { store }) => {
