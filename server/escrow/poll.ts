@@ -13,7 +13,7 @@ import { deny } from '../store/denial.ts'
 import type { HostRow } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { authenticateHost, checkIat, consumeNonceOrThrow } from './host-auth.ts'
-import { PolicyDenied, releaseBlobs } from './release.ts'
+import { PolicyDenied, recordRelease, releaseBlobs } from './release.ts'
 import { isIdleSuspended } from '../policy/idle.ts'
 
 async function settle(
@@ -65,20 +65,12 @@ async function settle(
       // approved: release once, to this boot
       const volumes = await releaseBlobs(deps, t, host, a.volumes)
       await t.updateApproval(a.id, { state: 'used' })
-      await t.recordUnlock({ hostId, at: now, bootId, source, outcome: 'released', code: null })
-      await t.updateHost(hostId, {
-        lastSeenAt: now,
-        lastUnlockAt: now,
-        lastBootId: bootId,
-        lastSource: source,
-      })
-      await audit(t, now, `host:${host.name}`, 'unlock.release', host.name, {
-        rule: a.rule,
-        approval: a.id,
-        source,
-        bootId,
-        volumes: volumes.map((v) => v.name),
-      })
+      await recordRelease(
+        t,
+        host,
+        { now, bootId, source },
+        { rule: a.rule, approval: a.id, source, bootId, volumes: volumes.map((v) => v.name) },
+      )
       return { status: 'released', host: hostId, volumes }
     },
     { host: hostId },

@@ -41,8 +41,7 @@ import type { EcmrReplyJwk, EcmrServer, EcPrivateJwk } from '../../shared/tang/m
 import type { ServerDeps } from '../context.ts'
 import { suspendIdle } from '../approvals/liveness.ts'
 import { openApproval } from '../escrow/approval-seam.ts'
-import { audit } from '../escrow/audit-log.ts'
-import { decide, PolicyDenied } from '../escrow/release.ts'
+import { decide, PolicyDenied, recordDenial, recordRelease } from '../escrow/release.ts'
 import { IDLE_SUSPEND_RULE } from '../policy/idle.ts'
 import { deny } from '../store/denial.ts'
 import type { HostRow, StoreTx, VolumeRow } from '../store/store.ts'
@@ -304,25 +303,15 @@ export class TangService {
     if (found === undefined || !found.tang) throw deny(notFound(`no Tang host named ${hostName}`))
     const host = found
     const now = this.#deps.now()
-    const actor = `host:${host.name}` as const
     const decision = await decide(t, host, TANG_BOOT_ID, source, now)
-    if (decision.kind === 'deny') {
-      await t.recordUnlock({
-        hostId: host.id,
-        at: now,
-        bootId: TANG_BOOT_ID,
-        source,
-        outcome: 'denied',
-        code: decision.code,
-      })
-      await audit(t, now, actor, 'unlock.deny', host.name, {
-        code: decision.code,
-        rule: decision.rule,
-        source,
-        via: 'tang',
-      })
-      throw deny(new PolicyDenied(decision.code, decision.message, decision.rule))
-    }
+    if (decision.kind === 'deny')
+      throw await recordDenial(
+        t,
+        host,
+        decision,
+        { now, bootId: TANG_BOOT_ID, source },
+        { via: 'tang' },
+      )
     const rows = tangRows(await t.listVolumes(host.id))
     const prepared = this.#lookup(host.id, rows)
     if (prepared === undefined) return { kind: 'rebuild', hostId: host.id, rows }
@@ -333,27 +322,18 @@ export class TangService {
     let rule = decision.rule
     if (decision.kind === 'approval')
       rule = await this.#approval(t, host, decision.rule, source, now)
-    await t.recordUnlock({
-      hostId: host.id,
-      at: now,
-      bootId: TANG_BOOT_ID,
-      source,
-      outcome: 'released',
-      code: null,
-    })
-    await t.updateHost(host.id, {
-      lastSeenAt: now,
-      lastSource: source,
-      lastUnlockAt: now,
-      lastBootId: TANG_BOOT_ID,
-    })
-    await audit(t, now, actor, 'unlock.release', host.name, {
-      rule,
-      source,
-      via: 'tang',
-      kid: key.exchangeThp,
-      ...(key.advertised ? {} : { retiredKey: true }),
-    })
+    await recordRelease(
+      t,
+      host,
+      { now, bootId: TANG_BOOT_ID, source },
+      {
+        rule,
+        source,
+        via: 'tang',
+        kid: key.exchangeThp,
+        ...(key.advertised ? {} : { retiredKey: true }),
+      },
+    )
     return { kind: 'go', key }
   }
 
