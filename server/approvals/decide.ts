@@ -14,6 +14,7 @@ import type { ApprovalView } from '../../shared/protocol/messages.ts'
 import type { ServerDeps } from '../context.ts'
 import { audit } from '../escrow/audit-log.ts'
 import { isIdleSuspended } from '../policy/idle.ts'
+import { deny } from '../store/denial.ts'
 import type { ApprovalRow, HostRow, OperatorRow, StoreTx } from '../store/store.ts'
 import { checkOperatorCode } from './totp.ts'
 
@@ -69,37 +70,44 @@ export function showApproval(deps: ServerDeps, id: string): Promise<ApprovalView
   })
 }
 
-/** Inside a transaction: refuse anything but a live pending request (expiring it if due). */
+/**
+ * Inside a transaction: refuse anything but a live pending request. A request past its expiry
+ * is marked expired; the refusal is a denial, so that commits.
+ */
 async function requirePending(
   t: StoreTx,
   a: ApprovalRow | undefined,
   id: string,
   now: number,
   host: HostRow | undefined,
-): Promise<ApprovalRow | UnlockdError> {
-  if (!a) return new UnlockdError('approval_unknown', `no approval request ${id}`)
+): Promise<ApprovalRow> {
+  if (!a) throw deny(new UnlockdError('approval_unknown', `no approval request ${id}`))
   if (a.state === 'pending' && a.expiresAt <= now) {
     await t.updateApproval(a.id, { state: 'expired', decidedAt: now })
     await audit(t, now, 'system', 'approval.expire', host?.name ?? null, { approval: a.id })
-    return new UnlockdError(
-      'approval_expired',
-      'this approval request has expired; the host must ask again',
+    throw deny(
+      new UnlockdError(
+        'approval_expired',
+        'this approval request has expired; the host must ask again',
+      ),
     )
   }
   switch (a.state) {
     case 'pending':
       return a
     case 'expired':
-      return new UnlockdError(
-        'approval_expired',
-        'this approval request has expired; the host must ask again',
+      throw deny(
+        new UnlockdError(
+          'approval_expired',
+          'this approval request has expired; the host must ask again',
+        ),
       )
     case 'approved':
-      return new UnlockdError('already_approved', 'this request is already approved')
+      throw deny(new UnlockdError('already_approved', 'this request is already approved'))
     case 'used':
-      return new UnlockdError('approval_used', 'this request was already approved and used')
+      throw deny(new UnlockdError('approval_used', 'this request was already approved and used'))
     case 'denied':
-      return new UnlockdError('approval_denied', 'this request was denied')
+      throw deny(new UnlockdError('approval_denied', 'this request was denied'))
   }
 }
 
@@ -116,33 +124,35 @@ export async function approveRequest(
   code: string,
   via: Via,
 ): Promise<ApprovalView> {
-  const r = await deps.store.tx(async (t): Promise<ApprovalView | UnlockdError> => {
+  const r = await deps.store.tx(async (t) => {
     const now = deps.now()
     const row = await t.getApproval(id)
     const host = row && (await t.getHost(row.hostId))
     const a = await requirePending(t, row, id, now, host)
-    if (a instanceof UnlockdError) return a
     const hostName = host?.name ?? null
     // A second vote by the same operator must not spend a code or count twice.
     if ((await t.approvalVoters(a.id)).includes(op.name)) {
-      return new UnlockdError(
-        'already_approved',
-        `operator ${op.name} already approved this request; it needs ${a.required} distinct operators`,
+      throw deny(
+        new UnlockdError(
+          'already_approved',
+          `operator ${op.name} already approved this request; it needs ${a.required} distinct operators`,
+        ),
       )
     }
     // k-of-n must mean k people: an operator minted after the request was opened (possibly by
     // one of the approvers with a stolen token) does not count toward it.
     if (a.required > 1 && op.createdAt > a.createdAt) {
-      return new UnlockdError(
-        'forbidden',
-        `operator ${op.name} was added after this request was opened and cannot count toward its ${a.required} approvers`,
+      throw deny(
+        new UnlockdError(
+          'forbidden',
+          `operator ${op.name} was added after this request was opened and cannot count toward its ${a.required} approvers`,
+        ),
       )
     }
-    const check = await checkOperatorCode(deps, t, op, code, now, {
+    await checkOperatorCode(deps, t, op, code, now, {
       host: hostName,
       detail: { approval: a.id, via },
     })
-    if (!check.ok) return check.error
     await t.addApprovalVote(a.id, op.id, now)
     const votes = await t.countApprovalVotes(a.id)
     const actor = `operator:${op.name}` as const
@@ -171,7 +181,6 @@ export async function approveRequest(
     }
     return approvalView(deps, t, (await t.getApproval(a.id)) as ApprovalRow, now)
   })
-  if (r instanceof UnlockdError) throw r
   deps.events.emit(`approval:${id}`, r.state)
   return r
 }
@@ -185,20 +194,17 @@ export async function denyRequest(
   code: string | undefined,
   via: Via,
 ): Promise<ApprovalView> {
-  const r = await deps.store.tx(async (t): Promise<ApprovalView | UnlockdError> => {
+  const r = await deps.store.tx(async (t) => {
     const now = deps.now()
     const row = await t.getApproval(id)
     const host = row && (await t.getHost(row.hostId))
     const a = await requirePending(t, row, id, now, host)
-    if (a instanceof UnlockdError) return a
     const hostName = host?.name ?? null
-    if (code !== undefined) {
-      const check = await checkOperatorCode(deps, t, op, code, now, {
+    if (code !== undefined)
+      await checkOperatorCode(deps, t, op, code, now, {
         host: hostName,
         detail: { approval: a.id, via },
       })
-      if (!check.ok) return check.error
-    }
     await t.updateApproval(a.id, { state: 'denied', decidedAt: now, reason })
     await audit(t, now, `operator:${op.name}`, 'approval.deny', hostName, {
       approval: a.id,
@@ -208,7 +214,6 @@ export async function denyRequest(
     })
     return approvalView(deps, t, (await t.getApproval(a.id)) as ApprovalRow, now)
   })
-  if (r instanceof UnlockdError) throw r
   deps.events.emit(`approval:${id}`, r.state)
   return r
 }

@@ -10,6 +10,7 @@ import type { OperatorSecrets, OperatorView } from '../../shared/protocol/messag
 import type { ServerDeps } from '../context.ts'
 import { audit } from '../escrow/audit-log.ts'
 import { hashToken, newId, newToken } from '../escrow/secrets.ts'
+import { deny } from '../store/denial.ts'
 import type { OperatorRow, StoreTx } from '../store/store.ts'
 import { checkOperatorCode, newTotpSecret, otpauthUri } from './totp.ts'
 
@@ -18,25 +19,24 @@ export function operatorView(o: OperatorRow): OperatorView {
 }
 
 /**
- * Inside a transaction: the caller's code when the caller has TOTP. Returns the failure so the
- * transaction can commit the failure count before the caller throws it.
+ * Inside a transaction: the caller's code when the caller has TOTP. A refusal is a denial, so
+ * the transaction commits the failure count before it is thrown on.
  */
-async function callerCode(
+async function requireCallerCode(
   deps: ServerDeps,
   t: StoreTx,
   caller: OperatorRow,
   code: string | undefined,
   now: number,
   action: string,
-): Promise<UnlockdError | undefined> {
+): Promise<void> {
   const fresh = await t.getOperator(caller.id)
   if (!fresh || fresh.removedAt !== null)
-    return new UnlockdError('unauthorized', 'this operator was removed')
-  if (fresh.totpCt === null) return undefined
+    throw deny(new UnlockdError('unauthorized', 'this operator was removed'))
+  if (fresh.totpCt === null) return
   if (code === undefined)
-    return new UnlockdError('totp_invalid', `${action} needs your TOTP code (--code)`)
-  const r = await checkOperatorCode(deps, t, fresh, code, now, { detail: { action } })
-  return r.ok ? undefined : r.error
+    throw deny(new UnlockdError('totp_invalid', `${action} needs your TOTP code (--code)`))
+  await checkOperatorCode(deps, t, fresh, code, now, { detail: { action } })
 }
 
 export function listOperators(deps: ServerDeps): Promise<OperatorView[]> {
@@ -51,12 +51,11 @@ export async function addOperator(
 ): Promise<OperatorSecrets> {
   const token = newToken('uo')
   const tokenHash = await hashToken(token)
-  const r = await deps.store.tx(async (t) => {
+  return deps.store.tx(async (t) => {
     const now = deps.now()
-    const denied = await callerCode(deps, t, caller, code, now, 'operator add')
-    if (denied) return denied
+    await requireCallerCode(deps, t, caller, code, now, 'operator add')
     if (await t.getOperatorByName(name))
-      return new UnlockdError('operator_exists', `operator ${name} already exists`)
+      throw deny(new UnlockdError('operator_exists', `operator ${name} already exists`))
     const id = newId('op', 9)
     const { secret, stored } = newTotpSecret(deps, id)
     const row: OperatorRow = { id, name, tokenHash, ...stored, createdAt: now, removedAt: null }
@@ -67,8 +66,6 @@ export async function addOperator(
     })
     return { operator: operatorView(row), token, otpauthUri: otpauthUri(name, secret) }
   })
-  if (r instanceof UnlockdError) throw r
-  return r
 }
 
 export async function removeOperator(
@@ -77,16 +74,17 @@ export async function removeOperator(
   name: string,
   code: string | undefined,
 ): Promise<OperatorView> {
-  const r = await deps.store.tx(async (t) => {
+  return deps.store.tx(async (t) => {
     const now = deps.now()
-    const denied = await callerCode(deps, t, caller, code, now, 'operator remove')
-    if (denied) return denied
+    await requireCallerCode(deps, t, caller, code, now, 'operator remove')
     const op = await t.getOperatorByName(name)
-    if (!op) return new UnlockdError('operator_unknown', `no operator named ${name}`)
+    if (!op) throw deny(new UnlockdError('operator_unknown', `no operator named ${name}`))
     if ((await t.listOperators()).length <= 1)
-      return new UnlockdError(
-        'conflict',
-        `operator ${name} is the last one; add another before removing it`,
+      throw deny(
+        new UnlockdError(
+          'conflict',
+          `operator ${name} is the last one; add another before removing it`,
+        ),
       )
     // The wrapped TOTP secret goes with the operator; the token hash stays as a tombstone.
     await t.updateOperator(op.id, {
@@ -98,8 +96,6 @@ export async function removeOperator(
     await audit(t, now, `operator:${caller.name}`, 'operator.remove', null, { operator: name })
     return operatorView({ ...op, removedAt: now, totpCt: null })
   })
-  if (r instanceof UnlockdError) throw r
-  return r
 }
 
 /** Enroll (or replace) `name`'s TOTP secret; the new otpauth URI is shown once. */
@@ -109,12 +105,11 @@ export async function enrollTotp(
   name: string,
   code: string | undefined,
 ): Promise<OperatorSecrets> {
-  const r = await deps.store.tx(async (t) => {
+  return deps.store.tx(async (t) => {
     const now = deps.now()
-    const denied = await callerCode(deps, t, caller, code, now, 'operator totp')
-    if (denied) return denied
+    await requireCallerCode(deps, t, caller, code, now, 'operator totp')
     const op = await t.getOperatorByName(name)
-    if (!op) return new UnlockdError('operator_unknown', `no operator named ${name}`)
+    if (!op) throw deny(new UnlockdError('operator_unknown', `no operator named ${name}`))
     const { secret, stored } = newTotpSecret(deps, op.id)
     await t.updateOperator(op.id, stored)
     await audit(
@@ -127,6 +122,4 @@ export async function enrollTotp(
     )
     return { operator: operatorView({ ...op, ...stored }), otpauthUri: otpauthUri(name, secret) }
   })
-  if (r instanceof UnlockdError) throw r
-  return r
 }

@@ -14,6 +14,7 @@ import type { ServerDeps } from '../context.ts'
 import { totpAad, unwrap, wrap } from '../keys/kek-wrap.ts'
 import type { OperatorRow, StoreTx } from '../store/store.ts'
 import { audit } from '../escrow/audit-log.ts'
+import { deny } from '../store/denial.ts'
 
 export const TOTP_STEP = 30
 const TOTP_WINDOW = 1
@@ -57,12 +58,10 @@ export function matchStep(secret: string, code: string, now: number): number | u
   return found
 }
 
-export type CodeCheck = { ok: true } | { ok: false; error: UnlockdError }
-
 /**
- * Check `code` for `op` inside the caller's transaction. Failures are recorded and audited
- * here and *returned*: the caller must let the transaction commit, then throw, or the failure
- * count (the lockout) would roll back with it.
+ * Check `code` for `op` inside the caller's transaction. A failure is recorded and audited here
+ * and thrown as a denial (store/denial.ts), so the transaction commits the failure count (the
+ * lockout) and its audit entry before the error reaches the caller.
  */
 export async function checkOperatorCode(
   deps: ServerDeps,
@@ -71,15 +70,14 @@ export async function checkOperatorCode(
   code: string,
   now: number,
   about: { host?: string | null; detail?: Record<string, unknown> } = {},
-): Promise<CodeCheck> {
+): Promise<void> {
   if (op.totpCt === null || op.totpIv === null || op.totpKekVersion === null) {
-    return {
-      ok: false,
-      error: new UnlockdError(
+    throw deny(
+      new UnlockdError(
         'forbidden',
         `operator ${op.name} has no TOTP enrolled; run \`unlockd operator totp ${op.name}\``,
       ),
-    }
+    )
   }
   const failures = await t.countTotpFailures(op.id, now - deps.settings.totpFailureWindow)
   if (failures >= deps.settings.totpMaxFailures) {
@@ -88,13 +86,12 @@ export async function checkOperatorCode(
       failures,
       ...about.detail,
     })
-    return {
-      ok: false,
-      error: new UnlockdError(
+    throw deny(
+      new UnlockdError(
         'totp_locked',
         `too many wrong TOTP codes for operator ${op.name}; try again later`,
       ),
-    }
+    )
   }
   const secretBytes = unwrap(
     deps.keystore.kek(op.totpKekVersion),
@@ -118,7 +115,6 @@ export async function checkOperatorCode(
       reason: failure.code,
       ...about.detail,
     })
-    return { ok: false, error: new UnlockdError(failure.code, failure.message) }
+    throw deny(new UnlockdError(failure.code, failure.message))
   }
-  return { ok: true }
 }

@@ -36,6 +36,14 @@ export async function requireHost(t: StoreTx, name: string): Promise<HostRow> {
   return h
 }
 
+/** Like requireHost, refusing a shredded host; `why` finishes the sentence that says so. */
+export async function requireLiveHost(t: StoreTx, name: string, why?: string): Promise<HostRow> {
+  const h = await requireHost(t, name)
+  if (h.state === 'shredded')
+    throw new UnlockdError('host_shredded', `host ${h.name} was shredded${why ? `; ${why}` : ''}`)
+  return h
+}
+
 export function listHosts(deps: ServerDeps): Promise<HostView[]> {
   return deps.store.tx(async (t) => Promise.all((await t.listHosts()).map((h) => hostView(t, h))))
 }
@@ -52,12 +60,11 @@ export function setHostState(
   reason: string | null,
 ): Promise<HostView> {
   return deps.store.tx(async (t) => {
-    const h = await requireHost(t, name)
-    if (h.state === 'shredded')
-      throw new UnlockdError(
-        'host_shredded',
-        `host ${name} was shredded; it cannot be ${state === 'active' ? 'resumed' : 'suspended'}`,
-      )
+    const h = await requireLiveHost(
+      t,
+      name,
+      `it cannot be ${state === 'active' ? 'resumed' : 'suspended'}`,
+    )
     const now = deps.now()
     // Resuming counts as contact so after-idle rules and auto-suspension start afresh.
     await t.updateHost(
@@ -85,8 +92,7 @@ export function setHostPolicy(
   patch: PolicyPatch,
 ): Promise<HostView> {
   return deps.store.tx(async (t) => {
-    const h = await requireHost(t, name)
-    if (h.state === 'shredded') throw new UnlockdError('host_shredded', `host ${name} was shredded`)
+    const h = await requireLiveHost(t, name)
     const policy = parsePolicy({ ...h.policy, ...patch })
     if (
       policy.notBefore !== null &&

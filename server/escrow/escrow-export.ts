@@ -5,13 +5,12 @@
  * cannot open them, and neither can whoever reads the export without a private key. Audited;
  * refused for a shredded host (there is nothing left to give, and saying so is the point).
  */
-import { UnlockdError } from '../../shared/errors.ts'
 import { fromUtf8 } from '../../shared/crypto/bytes.ts'
 import { parseEscrowBlob } from '../../shared/crypto/blob.ts'
 import type { EscrowExport } from '../../shared/protocol/shred.ts'
 import type { ServerDeps } from '../context.ts'
 import { blobAad, unwrap } from '../keys/kek-wrap.ts'
-import { requireHost } from './admin.ts'
+import { requireLiveHost } from './admin.ts'
 import { audit, type Actor } from './audit-log.ts'
 
 export function exportEscrow(
@@ -20,12 +19,7 @@ export function exportEscrow(
   hostName: string,
 ): Promise<EscrowExport> {
   return deps.store.tx(async (t) => {
-    const host = await requireHost(t, hostName)
-    if (host.state === 'shredded')
-      throw new UnlockdError(
-        'host_shredded',
-        `host ${host.name} was shredded; its escrow blobs no longer exist`,
-      )
+    const host = await requireLiveHost(t, hostName, 'its escrow blobs no longer exist')
     const now = deps.now()
     const volumes: EscrowExport['volumes'] = []
     for (const v of await t.listVolumes(host.id)) {

@@ -9,10 +9,11 @@ import { once } from 'node:events'
 import { UnlockdError } from '../../shared/errors.ts'
 import type { UnlockResponse } from '../../shared/protocol/messages.ts'
 import type { ServerDeps } from '../context.ts'
+import { deny } from '../store/denial.ts'
 import type { HostRow } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { consumeNonceOrThrow, type HostRequest } from './host-auth.ts'
-import { PolicyDenied, releaseBlobs } from './release.ts'
+import { PolicyDenied, recordRelease, releaseBlobs } from './release.ts'
 import { isIdleSuspended } from '../policy/idle.ts'
 
 async function settle(
@@ -21,7 +22,7 @@ async function settle(
   approvalId: string,
   bootId: string,
   source: string,
-): Promise<UnlockResponse | PolicyDenied | 'wait'> {
+): Promise<UnlockResponse | 'wait'> {
   const now = deps.now()
   return deps.store.tx(
     async (t) => {
@@ -31,48 +32,45 @@ async function settle(
       if (a.bootId !== bootId)
         throw new UnlockdError('forbidden', 'this approval was requested by another boot')
       const host = (await t.getHost(hostId)) as HostRow
+      // Refusals are denials: an approval found expired is marked so (and audited) on the way.
       if (host.state === 'shredded')
-        return new PolicyDenied('host_shredded', 'this host was shredded', 'state')
+        throw deny(new PolicyDenied('host_shredded', 'this host was shredded', 'state'))
       // An idle suspension is what this approval is for; an operator's suspension ends the wait.
       if (host.state === 'suspended' && !isIdleSuspended(host))
-        return new PolicyDenied('host_suspended', 'this host is suspended', 'state')
+        throw deny(new PolicyDenied('host_suspended', 'this host is suspended', 'state'))
       if (a.state === 'denied')
-        return new PolicyDenied(
-          'approval_denied',
-          `an operator denied this request${a.reason ? `: ${a.reason}` : ''}`,
-          a.rule,
+        throw deny(
+          new PolicyDenied(
+            'approval_denied',
+            `an operator denied this request${a.reason ? `: ${a.reason}` : ''}`,
+            a.rule,
+          ),
         )
       if (a.state === 'used')
-        return new PolicyDenied('approval_used', 'this approval was already used', a.rule)
+        throw deny(new PolicyDenied('approval_used', 'this approval was already used', a.rule))
       if (a.state === 'expired' || (a.state === 'pending' && a.expiresAt <= now)) {
         if (a.state === 'pending') {
           await t.updateApproval(a.id, { state: 'expired', decidedAt: now })
           await audit(t, now, 'system', 'approval.expire', host.name, { approval: a.id })
         }
-        return new PolicyDenied(
-          'approval_expired',
-          'the approval request expired before an operator approved it',
-          a.rule,
+        throw deny(
+          new PolicyDenied(
+            'approval_expired',
+            'the approval request expired before an operator approved it',
+            a.rule,
+          ),
         )
       }
       if (a.state === 'pending') return 'wait'
       // approved: release once, to this boot
       const volumes = await releaseBlobs(deps, t, host, a.volumes)
       await t.updateApproval(a.id, { state: 'used' })
-      await t.recordUnlock({ hostId, at: now, bootId, source, outcome: 'released', code: null })
-      await t.updateHost(hostId, {
-        lastSeenAt: now,
-        lastUnlockAt: now,
-        lastBootId: bootId,
-        lastSource: source,
-      })
-      await audit(t, now, `host:${host.name}`, 'unlock.release', host.name, {
-        rule: a.rule,
-        approval: a.id,
-        source,
-        bootId,
-        volumes: volumes.map((v) => v.name),
-      })
+      await recordRelease(
+        t,
+        host,
+        { now, bootId, source },
+        { rule: a.rule, approval: a.id, source, bootId, volumes: volumes.map((v) => v.name) },
+      )
       return { status: 'released', host: hostId, volumes }
     },
     { host: hostId },
@@ -91,7 +89,6 @@ export async function pollApproval(
   const deadline = Date.now() + deps.settings.pollHold * 1000
   for (;;) {
     const r = await settle(deps, signer.id, p.approval, p.bootId, source)
-    if (r instanceof PolicyDenied) throw r
     if (r !== 'wait') return r
     const left = deadline - Date.now()
     const a = await deps.store.tx((t) => t.getApproval(p.approval), { host: signer.id })

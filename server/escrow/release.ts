@@ -12,6 +12,7 @@ import type { ReleasedVolume, UnlockResponse } from '../../shared/protocol/messa
 import type { ServerDeps } from '../context.ts'
 import { blobAad, unwrap } from '../keys/kek-wrap.ts'
 import { evaluatePolicy, type Decision } from '../policy/evaluate.ts'
+import { deny } from '../store/denial.ts'
 import type { HostRow, StoreTx } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { consumeNonceOrThrow, type HostRequest } from './host-auth.ts'
@@ -81,6 +82,63 @@ export async function decide(
   })
 }
 
+/**
+ * A release: the history row, the host's last contact and unlock, and the audit entry with
+ * `detail` (the caller's, in the order it is stored).
+ */
+export async function recordRelease(
+  t: StoreTx,
+  host: HostRow,
+  at: { now: number; bootId: string; source: string },
+  detail: Record<string, unknown>,
+): Promise<void> {
+  const { now, bootId, source } = at
+  await t.recordUnlock({
+    hostId: host.id,
+    at: now,
+    bootId,
+    source,
+    outcome: 'released',
+    code: null,
+  })
+  await t.updateHost(host.id, {
+    lastSeenAt: now,
+    lastSource: source,
+    lastUnlockAt: now,
+    lastBootId: bootId,
+  })
+  await audit(t, now, `host:${host.name}`, 'unlock.release', host.name, detail)
+}
+
+/**
+ * A policy refusal of an unlock: the history row and the audit entry, and the error to throw,
+ * marked as a denial so that they commit with it. `detail` adds to the audit entry.
+ */
+export async function recordDenial(
+  t: StoreTx,
+  host: HostRow,
+  decision: Extract<Decision, { kind: 'deny' }>,
+  at: { now: number; bootId: string; source: string },
+  detail: Record<string, unknown> = { bootId: at.bootId },
+): Promise<PolicyDenied> {
+  const { now, bootId, source } = at
+  await t.recordUnlock({
+    hostId: host.id,
+    at: now,
+    bootId,
+    source,
+    outcome: 'denied',
+    code: decision.code,
+  })
+  await audit(t, now, `host:${host.name}`, 'unlock.deny', host.name, {
+    code: decision.code,
+    rule: decision.rule,
+    source,
+    ...detail,
+  })
+  return deny(new PolicyDenied(decision.code, decision.message, decision.rule))
+}
+
 export async function unlock(
   deps: ServerDeps,
   req: HostRequest<'unlock'>,
@@ -89,30 +147,14 @@ export async function unlock(
   const { signer, payload } = req
   const now = deps.now()
 
-  const result = await deps.store.tx(
-    async (t): Promise<UnlockResponse | PolicyDenied> => {
+  return deps.store.tx(
+    async (t): Promise<UnlockResponse> => {
       await consumeNonceOrThrow(t, payload.nonce, now)
       const host = (await t.getHost(signer.id)) as HostRow // re-read inside the transaction
       const decision = await decide(t, host, payload.bootId, source, now)
-      const actor = `host:${host.name}` as const
-      if (decision.kind === 'deny') {
-        await t.recordUnlock({
-          hostId: host.id,
-          at: now,
-          bootId: payload.bootId,
-          source,
-          outcome: 'denied',
-          code: decision.code,
-        })
-        await audit(t, now, actor, 'unlock.deny', host.name, {
-          code: decision.code,
-          rule: decision.rule,
-          source,
-          bootId: payload.bootId,
-        })
-        // Returned, not thrown: the nonce and the audit entry must commit.
-        return new PolicyDenied(decision.code, decision.message, decision.rule)
-      }
+      // A denial: the nonce, the history row and the audit entry commit.
+      if (decision.kind === 'deny')
+        throw await recordDenial(t, host, decision, { now, bootId: payload.bootId, source })
       if (decision.kind === 'approval') {
         // Asking is not being seen: bumping lastSeenAt here would let a second request slip past
         // after-idle and idle suspension. An idle host is suspended now, so it stays so until an
@@ -132,30 +174,19 @@ export async function unlock(
         return { status: 'approval_required', host: host.id, approval: ticket }
       }
       const volumes = await releaseBlobs(deps, t, host, payload.volumes)
-      await t.recordUnlock({
-        hostId: host.id,
-        at: now,
-        bootId: payload.bootId,
-        source,
-        outcome: 'released',
-        code: null,
-      })
-      await t.updateHost(host.id, {
-        lastSeenAt: now,
-        lastSource: source,
-        lastUnlockAt: now,
-        lastBootId: payload.bootId,
-      })
-      await audit(t, now, actor, 'unlock.release', host.name, {
-        rule: decision.rule,
-        source,
-        bootId: payload.bootId,
-        volumes: volumes.map((v) => v.name),
-      })
+      await recordRelease(
+        t,
+        host,
+        { now, bootId: payload.bootId, source },
+        {
+          rule: decision.rule,
+          source,
+          bootId: payload.bootId,
+          volumes: volumes.map((v) => v.name),
+        },
+      )
       return { status: 'released', host: host.id, volumes }
     },
     { host: signer.id },
   )
-  if (result instanceof PolicyDenied) throw result
-  return result
 }

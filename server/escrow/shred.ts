@@ -23,6 +23,7 @@ import { SHRED_LIMITS } from '../../shared/protocol/shred.ts'
 import type { ServerDeps } from '../context.ts'
 import { checkOperatorCode } from '../approvals/totp.ts'
 import { completeRotation, faultPoint, requestRotation } from '../keys/rotation.ts'
+import { deny } from '../store/denial.ts'
 import type { HostRow, OperatorRow, StoreTx } from '../store/store.ts'
 import { requireHost } from './admin.ts'
 import { audit, type Actor } from './audit-log.ts'
@@ -152,14 +153,13 @@ export async function shred(
   const outcome = await deps.store.tx(async (t) => {
     const fresh = await t.getOperator(operator.id)
     if (!fresh || fresh.removedAt !== null)
-      return new UnlockdError('unauthorized', 'this operator was removed')
+      throw deny(new UnlockdError('unauthorized', 'this operator was removed'))
     const what = req.all ? '*' : (req.host as string)
-    const check = await checkOperatorCode(deps, t, fresh, code, now, {
+    // A wrong code is a denial: its failure count commits, and nothing below runs.
+    await checkOperatorCode(deps, t, fresh, code, now, {
       host: req.all ? null : what,
       detail: { action: 'shred' },
     })
-    // Returned, not thrown: the failure count must commit.
-    if (!check.ok) return check.error
     const planned = await plan(t, req)
     let deleted = 0
     let destroyedSomething = false
@@ -203,7 +203,6 @@ export async function shred(
       hostIds: planned.map((p) => p.host.id),
     }
   })
-  if (outcome instanceof UnlockdError) throw outcome
   for (const id of outcome.hostIds) deps.events.emit(`shred:${id}`)
   faultPoint('shred-after-delete')
 

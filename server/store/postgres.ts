@@ -25,39 +25,18 @@
  * UPDATE / INSERT ... ON CONFLICT DO NOTHING, and appendAudit takes its own advisory lock
  * before reading the head, so they stay correct if the store lock is ever narrowed.
  *
- * Types: BIGINT and count(*) arrive as strings (the row mappers shared with sqlite.ts call
- * Number(); every value we store is a Unix time, counter or step, far below 2^53), BYTEA as
- * Buffer (copied into Uint8Array by the mappers).
+ * The statements themselves are shared with SQLite (sql-tx.ts); this file is the transaction
+ * and locking scheme, array parameters, scrubbing and migrations. Types: BIGINT and count(*)
+ * arrive as strings and BYTEA as Buffer; the row mappers (rows.ts) convert both.
  */
 import { createHash } from 'node:crypto'
 import pg from 'pg'
-import { AUDIT_GENESIS, auditHash } from '../../shared/audit.ts'
 import { UnlockdError } from '../../shared/errors.ts'
-import type { AuditEntry } from '../../shared/protocol/messages.ts'
+import { commitDenials } from './denial.ts'
+import type { Row } from './rows.ts'
 import { MIGRATIONS } from './schema.ts'
-import {
-  APPROVAL_COLS,
-  HOST_COLS,
-  OPERATOR_COLS,
-  approvalFromRow,
-  auditFromRow,
-  hostFromRow,
-  operatorFromRow,
-  toDbValue,
-  tokenFromRow,
-  volumeFromRow,
-} from './sqlite.ts'
-import type {
-  ApprovalRow,
-  NewAudit,
-  NonceResult,
-  Store,
-  StoreTx,
-  TxOptions,
-  UnlockEventRow,
-} from './store.ts'
-
-type Row = Record<string, unknown>
+import { sqlStoreTx, type SqlDriver } from './sql-tx.ts'
+import type { Store, StoreTx, TxOptions } from './store.ts'
 
 // Advisory lock keys: 0x756e6c6b ("unlk") << 32 | n. Advisory locks are scoped to the current
 // database, so unlockd databases sharing one cluster do not contend.
@@ -169,7 +148,11 @@ export class PostgresStore implements Store {
     }
   }
 
-  async tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
+  tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
+    return commitDenials((body) => this.#tx(body, opts), fn)
+  }
+
+  async #tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions): Promise<T> {
     let c: pg.PoolClient
     try {
       c = await this.#pool.connect()
@@ -178,25 +161,25 @@ export class PostgresStore implements Store {
     }
     // A checked-out connection that dies between queries emits 'error'; the failed query reports it.
     c.on('error', noop)
-    const state = { done: false }
+    const api = sqlStoreTx(driverOn(c))
     let broken = false
     try {
-      await run(c, state, 'BEGIN ISOLATION LEVEL READ COMMITTED')
+      await run(c, 'BEGIN ISOLATION LEVEL READ COMMITTED')
       if (opts.durable === false) {
         // Non-durable work (issuing a random nonce) is one independent insert: it needs neither
         // the one-writer lock nor a synchronous commit, and taking them made storms lock-bound.
-        await run(c, state, 'SET LOCAL synchronous_commit = off')
+        await run(c, 'SET LOCAL synchronous_commit = off')
       } else if (opts.host !== undefined) {
         // Reader-writer scheme: host transactions share STORE_LOCK (whole-store transactions
         // such as shred or KEK rotation hold it exclusively) and exclude each other per host.
         // Lock order is always STORE_LOCK → host → AUDIT_LOCK, so no deadlock is possible.
-        await run(c, state, `SELECT pg_advisory_xact_lock_shared(${STORE_LOCK})`)
-        await c.query('SELECT pg_advisory_xact_lock($1::bigint)', [hostLockKey(opts.host)])
+        await run(c, `SELECT pg_advisory_xact_lock_shared(${STORE_LOCK})`)
+        await run(c, 'SELECT pg_advisory_xact_lock($1::bigint)', [hostLockKey(opts.host)])
       } else {
-        await run(c, state, `SELECT pg_advisory_xact_lock(${STORE_LOCK})`)
+        await run(c, `SELECT pg_advisory_xact_lock(${STORE_LOCK})`)
       }
-      const out = await fn(txApi(c, state))
-      const res = await run(c, state, 'COMMIT')
+      const out = await fn(api.tx)
+      const res = await run(c, 'COMMIT')
       // COMMIT of a transaction that already failed (fn swallowed an error) answers ROLLBACK.
       if (res.command !== 'COMMIT')
         throw new UnlockdError(
@@ -210,7 +193,7 @@ export class PostgresStore implements Store {
       })
       throw err
     } finally {
-      state.done = true
+      api.end()
       c.removeListener('error', noop)
       c.release(broken)
     }
@@ -248,360 +231,30 @@ export class PostgresStore implements Store {
   }
 }
 
+/** Every statement of a transaction: database errors become `store_failed`. */
 async function run(
   c: pg.PoolClient,
-  state: { done: boolean },
   sql: string,
-  params: unknown[] = [],
+  params: readonly unknown[] = [],
 ): Promise<pg.QueryResult<Row>> {
-  if (state.done) throw new TypeError('StoreTx used after its transaction ended')
   try {
-    return await c.query<Row>(sql, params)
+    return await c.query<Row>(sql, params as unknown[])
   } catch (err) {
     throw dbError(err, 'query failed')
   }
 }
 
-function txApi(c: pg.PoolClient, state: { done: boolean }): StoreTx {
-  const rows = async (sql: string, params: unknown[] = []): Promise<Row[]> =>
-    (await run(c, state, sql, params)).rows
-  const one = async (sql: string, params: unknown[] = []): Promise<Row | undefined> =>
-    (await run(c, state, sql, params)).rows[0]
-  const changes = async (sql: string, params: unknown[] = []): Promise<number> =>
-    (await run(c, state, sql, params)).rowCount ?? 0
-  const count = async (sql: string, params: unknown[] = []): Promise<number> =>
-    Number((await one(sql, params))?.['n'] ?? 0)
-  const update = async (
-    table: string,
-    cols: Record<string, string>,
-    id: string,
-    patch: Record<string, unknown>,
-  ): Promise<void> => {
-    // Column names come from the fixed maps, never from the patch.
-    const keys = Object.keys(patch).filter((k) => cols[k] !== undefined)
-    if (keys.length === 0) return
-    const sets = keys.map((k, i) => `${cols[k] as string} = $${i + 1}`).join(', ')
-    await run(c, state, `UPDATE ${table} SET ${sets} WHERE id = $${keys.length + 1}`, [
-      ...keys.map((k) => toDbValue(k, patch[k])),
-      id,
-    ])
-  }
-  const buf = (b: Uint8Array | null): Buffer | null => (b === null ? null : Buffer.from(b))
-
+function driverOn(c: pg.PoolClient): SqlDriver {
   return {
-    getHost: async (id) => {
-      const r = await one('SELECT * FROM hosts WHERE id = $1', [id])
-      return r && hostFromRow(r)
-    },
-    getHostByName: async (name) => {
-      // A live host wins over shredded tombstones of the same name.
-      const r = await one(
-        "SELECT * FROM hosts WHERE name = $1 ORDER BY (state = 'shredded'), created_at DESC LIMIT 1",
-        [name],
-      )
-      return r && hostFromRow(r)
-    },
-    listHosts: async () =>
-      (await rows('SELECT * FROM hosts ORDER BY name, created_at')).map(hostFromRow),
-    insertHost: async (h) => {
-      await run(
-        c,
-        state,
-        `INSERT INTO hosts (id, name, state, state_reason, signing_jwk, sealing_jwk, policy, created_at, last_seen_at, last_unlock_at, last_boot_id, last_source, tang)
-        VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)`,
-        [
-          h.id,
-          h.name,
-          h.state,
-          h.stateReason,
-          h.signingJwk,
-          h.sealingJwk,
-          JSON.stringify(h.policy),
-          h.createdAt,
-          h.lastSeenAt,
-          h.lastUnlockAt,
-          h.lastBootId,
-          h.lastSource,
-          h.tang ? 1 : 0,
-        ],
-      )
-    },
-    updateHost: (id, patch) => update('hosts', HOST_COLS, id, patch),
-
-    listVolumes: async (hostId) =>
-      (await rows('SELECT * FROM volumes WHERE host_id = $1 ORDER BY name', [hostId])).map(
-        volumeFromRow,
-      ),
-    upsertVolume: async (v) => {
-      await run(
-        c,
-        state,
-        `INSERT INTO volumes (host_id, name, kind, ref, kek_version, iv, ct, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
-        ON CONFLICT (host_id, name) DO UPDATE SET kind = EXCLUDED.kind, ref = EXCLUDED.ref, kek_version = EXCLUDED.kek_version, iv = EXCLUDED.iv, ct = EXCLUDED.ct`,
-        [
-          v.hostId,
-          v.name,
-          v.kind,
-          v.ref,
-          v.kekVersion,
-          Buffer.from(v.iv),
-          Buffer.from(v.ct),
-          v.createdAt,
-        ],
-      )
-    },
-    deleteVolumes: async (hostId, names) =>
-      names === undefined
-        ? changes('DELETE FROM volumes WHERE host_id = $1', [hostId])
-        : changes('DELETE FROM volumes WHERE host_id = $1 AND name = ANY($2::text[])', [
-            hostId,
-            [...names],
-          ]),
-    listVolumesWithKekBelow: async (version, limit) =>
-      (
-        await rows('SELECT * FROM volumes WHERE kek_version < $1 ORDER BY host_id, name LIMIT $2', [
-          version,
-          limit,
-        ])
-      ).map(volumeFromRow),
-    countVolumesWithKekBelow: (version) =>
-      count('SELECT count(*) AS n FROM volumes WHERE kek_version < $1', [version]),
-
-    insertToken: async (t) => {
-      await run(
-        c,
-        state,
-        'INSERT INTO tokens (id, hash, host_name, cidrs, created_at, expires_at, used_at, used_by_host, revoked_at, created_by) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)',
-        [
-          t.id,
-          t.hash,
-          t.hostName,
-          JSON.stringify(t.cidrs),
-          t.createdAt,
-          t.expiresAt,
-          t.usedAt,
-          t.usedByHost,
-          t.revokedAt,
-          t.createdBy,
-        ],
-      )
-    },
-    getTokenByHash: async (hash) => {
-      const r = await one('SELECT * FROM tokens WHERE hash = $1', [hash])
-      return r && tokenFromRow(r)
-    },
-    getToken: async (id) => {
-      const r = await one('SELECT * FROM tokens WHERE id = $1', [id])
-      return r && tokenFromRow(r)
-    },
-    // Conditional UPDATEs: a concurrent second caller blocks on the row lock, re-checks the
-    // WHERE against the committed row and changes nothing.
-    useToken: async (id, now, hostId) =>
-      (await changes(
-        'UPDATE tokens SET used_at = $1, used_by_host = $2 WHERE id = $3 AND used_at IS NULL AND revoked_at IS NULL',
-        [now, hostId, id],
-      )) === 1,
-    revokeToken: async (id, now) =>
-      (await changes(
-        'UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL AND used_at IS NULL',
-        [now, id],
-      )) === 1,
-    listTokens: async () =>
-      (await rows('SELECT * FROM tokens ORDER BY created_at DESC, id')).map(tokenFromRow),
-
-    insertNonce: async (nonce, exp) => {
-      await run(c, state, 'INSERT INTO nonces (nonce, expires_at, used_at) VALUES ($1, $2, NULL)', [
-        nonce,
-        exp,
-      ])
-    },
-    consumeNonce: async (nonce, now): Promise<NonceResult> => {
-      if (
-        (await changes(
-          'UPDATE nonces SET used_at = $1 WHERE nonce = $2 AND used_at IS NULL AND expires_at > $1',
-          [now, nonce],
-        )) === 1
-      )
-        return 'ok'
-      const r = await one('SELECT used_at, expires_at FROM nonces WHERE nonce = $1', [nonce])
-      if (!r) return 'unknown'
-      return r['used_at'] !== null ? 'reused' : 'expired'
-    },
-    purgeNonces: (olderThan) => changes('DELETE FROM nonces WHERE expires_at < $1', [olderThan]),
-
-    recordUnlock: async (u: UnlockEventRow) => {
-      await run(
-        c,
-        state,
-        'INSERT INTO unlock_events (host_id, at, boot_id, source, outcome, code) VALUES ($1,$2,$3,$4,$5,$6)',
-        [u.hostId, u.at, u.bootId, u.source, u.outcome, u.code],
-      )
-    },
-    countUnlocks: (hostId, since, outcome) =>
-      count(
-        'SELECT count(*) AS n FROM unlock_events WHERE host_id = $1 AND at >= $2 AND outcome = $3',
-        [hostId, since, outcome],
-      ),
-    recentBootIds: async (hostId, since) =>
-      (
-        await rows(
-          "SELECT DISTINCT boot_id FROM unlock_events WHERE host_id = $1 AND at >= $2 AND outcome = 'released'",
-          [hostId, since],
-        )
-      ).map((r) => String(r['boot_id'])),
-
-    insertOperator: async (o) => {
-      await run(
-        c,
-        state,
-        'INSERT INTO operators (id, name, token_hash, totp_kek_version, totp_iv, totp_ct, totp_last_step, created_at, removed_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)',
-        [
-          o.id,
-          o.name,
-          o.tokenHash,
-          o.totpKekVersion,
-          buf(o.totpIv),
-          buf(o.totpCt),
-          o.totpLastStep,
-          o.createdAt,
-          o.removedAt,
-        ],
-      )
-    },
-    getOperatorByTokenHash: async (h) => {
-      const r = await one('SELECT * FROM operators WHERE token_hash = $1 AND removed_at IS NULL', [
-        h,
-      ])
-      return r && operatorFromRow(r)
-    },
-    getOperatorByName: async (n) => {
-      const r = await one('SELECT * FROM operators WHERE name = $1 AND removed_at IS NULL', [n])
-      return r && operatorFromRow(r)
-    },
-    getOperator: async (id) => {
-      const r = await one('SELECT * FROM operators WHERE id = $1', [id])
-      return r && operatorFromRow(r)
-    },
-    listOperators: async () =>
-      (await rows('SELECT * FROM operators WHERE removed_at IS NULL ORDER BY name')).map(
-        operatorFromRow,
-      ),
-    updateOperator: (id, patch) => update('operators', OPERATOR_COLS, id, patch),
-    claimTotpStep: async (id, step) =>
-      (await changes(
-        'UPDATE operators SET totp_last_step = $1 WHERE id = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)',
-        [step, id],
-      )) === 1,
-    recordTotpFailure: async (id, at) => {
-      await run(c, state, 'INSERT INTO totp_failures (operator_id, at) VALUES ($1, $2)', [id, at])
-    },
-    countTotpFailures: (id, since) =>
-      count('SELECT count(*) AS n FROM totp_failures WHERE operator_id = $1 AND at >= $2', [
-        id,
-        since,
-      ]),
-    listOperatorsWithTotpKekBelow: async (version) =>
-      (
-        await rows(
-          'SELECT * FROM operators WHERE totp_kek_version IS NOT NULL AND totp_kek_version < $1 ORDER BY name',
-          [version],
-        )
-      ).map(operatorFromRow),
-
-    insertApproval: async (a: ApprovalRow) => {
-      await run(
-        c,
-        state,
-        'INSERT INTO approvals (id, host_id, volumes, boot_id, source, rule, required, created_at, expires_at, state, decided_at, reason) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)',
-        [
-          a.id,
-          a.hostId,
-          JSON.stringify(a.volumes),
-          a.bootId,
-          a.source,
-          a.rule,
-          a.required,
-          a.createdAt,
-          a.expiresAt,
-          a.state,
-          a.decidedAt,
-          a.reason,
-        ],
-      )
-    },
-    getApproval: async (id) => {
-      const r = await one('SELECT * FROM approvals WHERE id = $1', [id])
-      return r && approvalFromRow(r)
-    },
-    listApprovals: async (st) =>
-      (st === undefined
-        ? await rows('SELECT * FROM approvals ORDER BY created_at, id')
-        : await rows('SELECT * FROM approvals WHERE state = $1 ORDER BY created_at, id', [st])
-      ).map(approvalFromRow),
-    updateApproval: (id, patch) => update('approvals', APPROVAL_COLS, id, patch),
-    // The primary key (approval_id, operator_id) decides: a concurrent duplicate waits for the
-    // first insert to commit, then does nothing.
-    addApprovalVote: async (aid, oid, at) =>
-      (await changes(
-        'INSERT INTO approval_votes (approval_id, operator_id, at) VALUES ($1,$2,$3) ON CONFLICT DO NOTHING',
-        [aid, oid, at],
-      )) === 1,
-    countApprovalVotes: (aid) =>
-      count('SELECT count(*) AS n FROM approval_votes WHERE approval_id = $1', [aid]),
-    approvalVoters: async (aid) =>
-      (
-        await rows(
-          'SELECT o.name FROM approval_votes v JOIN operators o ON o.id = v.operator_id WHERE v.approval_id = $1 ORDER BY v.at, o.name',
-          [aid],
-        )
-      ).map((r) => String(r['name'])),
-
-    appendAudit: async (e: NewAudit) => {
-      // Held until this transaction ends; under READ COMMITTED the next statement then sees the
-      // head committed by whoever held it before, so the chain stays linear across instances.
-      await run(c, state, `SELECT pg_advisory_xact_lock(${AUDIT_LOCK})`)
-      const head = await one('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1')
-      const fields = {
-        seq: head ? Number(head['seq']) + 1 : 1,
-        prevHash: head ? String(head['hash']) : AUDIT_GENESIS,
-        ...e,
-      }
-      const entry: AuditEntry = { ...fields, hash: await auditHash(fields) }
-      await run(
-        c,
-        state,
-        'INSERT INTO audit (seq, at, actor, action, host, detail, prev_hash, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)',
-        [
-          entry.seq,
-          entry.at,
-          entry.actor,
-          entry.action,
-          entry.host,
-          JSON.stringify(entry.detail),
-          entry.prevHash,
-          entry.hash,
-        ],
-      )
-      return entry
-    },
-    listAudit: async (afterSeq, limit) =>
-      (
-        await rows('SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2', [afterSeq, limit])
-      ).map(auditFromRow),
-
-    getMeta: async (key) => {
-      const r = await one('SELECT value FROM meta WHERE key = $1', [key])
-      return r ? String(r['value']) : undefined
-    },
-    setMeta: async (key, value) => {
-      if (value === undefined) await run(c, state, 'DELETE FROM meta WHERE key = $1', [key])
-      else
-        await run(
-          c,
-          state,
-          'INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value',
-          [key, value],
-        )
+    placeholders: '$n',
+    rows: async (sql, params) => (await run(c, sql, params)).rows,
+    one: async (sql, params) => (await run(c, sql, params)).rows[0],
+    changes: async (sql, params) => (await run(c, sql, params)).rowCount ?? 0,
+    oneOf: (values) => ({ sql: '= ANY(?::text[])', params: [[...values]] }),
+    // Held until this transaction ends; under READ COMMITTED the next statement then sees the
+    // head committed by whoever held it before, so the chain stays linear across instances.
+    lockAuditHead: async () => {
+      await run(c, `SELECT pg_advisory_xact_lock(${AUDIT_LOCK})`)
     },
   }
 }

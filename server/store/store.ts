@@ -170,6 +170,10 @@ export interface TxOptions {
 
 export interface Store {
   readonly kind: 'sqlite' | 'postgres'
+  /**
+   * Run `fn` in one transaction: its return value commits; an exception rolls everything back
+   * and is rethrown, except a refusal marked with `deny()` (denial.ts), which commits first.
+   */
   tx<T>(fn: (t: StoreTx) => Promise<T>, opts?: TxOptions): Promise<T>
   /** Make deleted rows unrecoverable from the database files (SQLite: checkpoint + vacuum). */
   scrub(): Promise<void>

@@ -44,9 +44,9 @@ import type { EcmrReplyJwk, EcmrServer, EcPrivateJwk } from '../../shared/tang/m
 import type { ServerDeps } from '../context.ts'
 import { suspendIdle } from '../approvals/liveness.ts'
 import { openApproval } from '../escrow/approval-seam.ts'
-import { audit } from '../escrow/audit-log.ts'
-import { decide, PolicyDenied } from '../escrow/release.ts'
+import { decide, PolicyDenied, recordDenial, recordRelease } from '../escrow/release.ts'
 import { IDLE_SUSPEND_RULE } from '../policy/idle.ts'
+import { deny } from '../store/denial.ts'
 import type { HostRow, StoreTx, VolumeRow } from '../store/store.ts'
 import { createFastEcmrServer } from './ecmr-libcrypto.ts'
 import { checkRecoveryRequest } from './ecmr-node.ts'
@@ -114,9 +114,7 @@ function notFound(what: string): UnlockdError {
 }
 
 type RecAttempt =
-  | { kind: 'rebuild'; hostId: string; rows: VolumeRow[] }
-  | { kind: 'go'; key: PreparedKey }
-  | UnlockdError
+  { kind: 'rebuild'; hostId: string; rows: VolumeRow[] } | { kind: 'go'; key: PreparedKey }
 
 export class TangService {
   readonly #deps: ServerDeps
@@ -292,7 +290,6 @@ export class TangService {
     if (!KID_RE.test(kid)) throw notFound('no such exchange key')
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const r = await this.#deps.store.tx((t) => this.#decide(t, hostName, kid, source))
-      if (r instanceof UnlockdError) throw r
       if (r.kind === 'rebuild') {
         await this.#prepare(r.hostId, r.rows)
         continue
@@ -302,72 +299,53 @@ export class TangService {
     throw new UnlockdError('internal', 'tang keys kept changing while serving /rec')
   }
 
-  /** Inside the transaction: the host, its policy decision, and the key; records the outcome. */
+  /**
+   * Inside the transaction: the host, its policy decision, and the key; records the outcome.
+   * Refusals are denials, so the history row and the audit entry of a refusal commit.
+   */
   async #decide(t: StoreTx, hostName: string, kid: string, source: string): Promise<RecAttempt> {
     const found = await t.getHostByName(hostName)
-    if (found === undefined || !found.tang) return notFound(`no Tang host named ${hostName}`)
+    if (found === undefined || !found.tang) throw deny(notFound(`no Tang host named ${hostName}`))
     const host = found
     const now = this.#deps.now()
-    const actor = `host:${host.name}` as const
     const decision = await decide(t, host, TANG_BOOT_ID, source, now)
-    if (decision.kind === 'deny') {
-      await t.recordUnlock({
-        hostId: host.id,
-        at: now,
-        bootId: TANG_BOOT_ID,
-        source,
-        outcome: 'denied',
-        code: decision.code,
-      })
-      await audit(t, now, actor, 'unlock.deny', host.name, {
-        code: decision.code,
-        rule: decision.rule,
-        source,
-        via: 'tang',
-      })
-      // Returned, not thrown: the history row and the audit entry must commit.
-      return new PolicyDenied(decision.code, decision.message, decision.rule)
-    }
+    if (decision.kind === 'deny')
+      throw await recordDenial(
+        t,
+        host,
+        decision,
+        { now, bootId: TANG_BOOT_ID, source },
+        { via: 'tang' },
+      )
     const rows = tangRows(await t.listVolumes(host.id))
     const prepared = this.#lookup(host.id, rows)
     if (prepared === undefined) return { kind: 'rebuild', hostId: host.id, rows }
     const key = prepared.byKid.get(kid)
     // tangd answers 404 for a key it does not hold; nothing was released, so nothing is recorded.
-    if (key === undefined) return notFound('no such exchange key')
+    if (key === undefined) throw deny(notFound('no such exchange key'))
 
     let rule = decision.rule
-    if (decision.kind === 'approval') {
-      const spent = await this.#approval(t, host, decision.rule, source, now)
-      if (spent instanceof UnlockdError) return spent
-      rule = spent
-    }
-    await t.recordUnlock({
-      hostId: host.id,
-      at: now,
-      bootId: TANG_BOOT_ID,
-      source,
-      outcome: 'released',
-      code: null,
-    })
-    await t.updateHost(host.id, {
-      lastSeenAt: now,
-      lastSource: source,
-      lastUnlockAt: now,
-      lastBootId: TANG_BOOT_ID,
-    })
-    await audit(t, now, actor, 'unlock.release', host.name, {
-      rule,
-      source,
-      via: 'tang',
-      kid: key.exchangeThp,
-      ...(key.advertised ? {} : { retiredKey: true }),
-    })
+    if (decision.kind === 'approval')
+      rule = await this.#approval(t, host, decision.rule, source, now)
+    await recordRelease(
+      t,
+      host,
+      { now, bootId: TANG_BOOT_ID, source },
+      {
+        rule,
+        source,
+        via: 'tang',
+        kid: key.exchangeThp,
+        ...(key.advertised ? {} : { retiredKey: true }),
+      },
+    )
     return { kind: 'go', key }
   }
 
   /**
    * The approval branch: spend an approved request of this host (returns the rule to audit), or
-   * refuse with `approval_pending` after opening one (unless one is already waiting).
+   * refuse with `approval_pending` after opening one (unless one is already waiting); the
+   * refusal is a denial, so the opened request commits.
    */
   async #approval(
     t: StoreTx,
@@ -375,7 +353,7 @@ export class TangService {
     rule: string,
     source: string,
     now: number,
-  ): Promise<string | UnlockdError> {
+  ): Promise<string> {
     const ttl = this.#deps.settings.approvalTtl
     const mine = (await t.listApprovals('approved')).filter(
       (a) => a.hostId === host.id && a.bootId === TANG_BOOT_ID && (a.decidedAt ?? 0) + ttl > now,
@@ -408,10 +386,12 @@ export class TangService {
         code: null,
       })
     }
-    return new PolicyDenied(
-      'approval_pending',
-      `an operator must approve this host's next unlock (rule ${rule}); clevis will succeed on a retry after that`,
-      rule,
+    throw deny(
+      new PolicyDenied(
+        'approval_pending',
+        `an operator must approve this host's next unlock (rule ${rule}); clevis will succeed on a retry after that`,
+        rule,
+      ),
     )
   }
 }

@@ -6,9 +6,26 @@
  * share PostgreSQL. SQLite's deployment is one process per file, so its peer is the same store.
  */
 import test, { type ExecutionContext } from 'ava'
+import { EventEmitter } from 'node:events'
 import { join } from 'node:path'
 import { verifyAuditChain } from '../../shared/audit.ts'
-import { DEFAULT_POLICY } from '../../shared/protocol/policy.ts'
+import { generateHostKeys, hostIdOf, publicOf } from '../../shared/client/host-client.ts'
+import { signHostRequest } from '../../shared/crypto/jws.ts'
+import type { HostKeys } from '../../shared/crypto/keys.ts'
+import { UnlockdError } from '../../shared/errors.ts'
+import { DEFAULT_POLICY, type Policy } from '../../shared/protocol/policy.ts'
+import { approveRequest, denyRequest } from '../../server/approvals/decide.ts'
+import { addOperator } from '../../server/approvals/operators.ts'
+import { newTotpSecret, totpCodeAt, TOTP_STEP } from '../../server/approvals/totp.ts'
+import { DEFAULT_SETTINGS, type ServerDeps } from '../../server/context.ts'
+import { issueNonce } from '../../server/escrow/host-auth.ts'
+import { pollApproval } from '../../server/escrow/poll.ts'
+import { PolicyDenied, unlock } from '../../server/escrow/release.ts'
+import { newId } from '../../server/escrow/secrets.ts'
+import { shred } from '../../server/escrow/shred.ts'
+import { Keystore } from '../../server/keys/keystore.ts'
+import { memoryLogger } from '../../server/log.ts'
+import { deny } from '../../server/store/denial.ts'
 import { openStore } from '../../server/store/open.ts'
 import { SqliteStore } from '../../server/store/sqlite.ts'
 import type {
@@ -161,6 +178,74 @@ function approvalRow(hostId: string, o: Partial<ApprovalRow> = {}): ApprovalRow 
     ...o,
   }
 }
+
+// --- use cases on a store (what commits when a request is denied) ------------------------------
+
+const NOW = 1_800_000_000
+
+/** Server dependencies on `store`: a real keystore, a frozen clock, default settings. */
+async function depsOn(t: ExecutionContext, store: Store): Promise<ServerDeps> {
+  const keystore = Keystore.create(join(await tempDir(t), 'keystore.json'), 'test pass', NOW)
+  return {
+    store,
+    keystore,
+    log: memoryLogger(),
+    now: () => NOW,
+    settings: { ...DEFAULT_SETTINGS, pollHold: 0 },
+    events: new EventEmitter(),
+  }
+}
+
+/** A host with real signing keys (requests it signs verify), inserted into the store. */
+async function signingHost(
+  deps: ServerDeps,
+  policy: Policy,
+): Promise<{ keys: HostKeys; host: HostRow }> {
+  const keys = await generateHostKeys()
+  const host = hostRow({
+    id: await hostIdOf(keys),
+    signingJwk: JSON.stringify(publicOf(keys.signing)),
+    sealingJwk: JSON.stringify(publicOf(keys.sealing)),
+    policy,
+  })
+  await deps.store.tx((tx) => tx.insertHost(host))
+  return { keys, host }
+}
+
+async function signedUnlock(
+  deps: ServerDeps,
+  keys: HostKeys,
+  hostId: string,
+  volumes: string[] = [],
+): Promise<{ jws: string; nonce: string }> {
+  const { nonce } = await issueNonce(deps)
+  const payload = { v: 1, host: hostId, volumes, nonce, bootId: 'boot-aaaa', iat: NOW }
+  return { jws: await signHostRequest('unlock', payload, keys.signing, hostId), nonce }
+}
+
+/** An operator with TOTP enrolled, and a code that is valid now and one that is not. */
+async function totpOperator(
+  deps: ServerDeps,
+  o: Partial<OperatorRow> = {},
+): Promise<{ op: OperatorRow; good: string; bad: string }> {
+  const id = uid('op')
+  const { secret, stored } = newTotpSecret(deps, id)
+  const op = operatorRow({ id, ...stored, ...o })
+  await deps.store.tx((tx) => tx.insertOperator(op))
+  const near = [-1, 0, 1].map((d) => totpCodeAt(secret, NOW + d * TOTP_STEP))
+  let n = Number(near[1])
+  let bad = ''
+  do {
+    n = (n + 1) % 1_000_000
+    bad = String(n).padStart(6, '0')
+  } while (near.includes(bad))
+  return { op, good: near[1] as string, bad }
+}
+
+const actions = async (store: Store): Promise<string[]> =>
+  (await store.tx((tx) => tx.listAudit(0, 1000))).map((e) => e.action)
+
+const code = (err: unknown): string | undefined => (err as UnlockdError | undefined)?.code
 
 // --- the suite ---------------------------------------------------------------------------------
 
@@ -723,6 +808,48 @@ function suite(b: Backend): void {
     )
   })
 
+  it('tx: a refusal thrown as deny(err) commits first, then err itself is thrown', async (t, {
+    store,
+  }) => {
+    await store.tx((tx) => tx.insertNonce('n-deny', 1000))
+    const refusal = new UnlockdError('forbidden', 'refused after the nonce was spent')
+    const err = await t.throwsAsync(
+      store.tx(async (tx) => {
+        t.is(await tx.consumeNonce('n-deny', 10), 'ok')
+        await tx.appendAudit({ at: 1, actor: 'system', action: 'x.deny', host: null, detail: {} })
+        throw deny(refusal)
+      }),
+    )
+    t.is(err, refusal)
+    t.is(await store.tx((tx) => tx.consumeNonce('n-deny', 10)), 'reused')
+    t.deepEqual(await actions(store), ['x.deny'])
+    // The same refusal thrown unmarked rolls back like any other error.
+    await store.tx((tx) => tx.insertNonce('n-plain', 1000))
+    const plain = new UnlockdError('forbidden', 'refused')
+    t.is(
+      await t.throwsAsync(
+        store.tx(async (tx) => {
+          await tx.consumeNonce('n-plain', 10)
+          throw plain
+        }),
+      ),
+      plain,
+    )
+    t.is(await store.tx((tx) => tx.consumeNonce('n-plain', 10)), 'ok')
+  })
+
+  it('tx: a StoreTx kept past its transaction refuses every call', async (t, { store }) => {
+    const kept = await store.tx(async (tx) => tx)
+    await t.throwsAsync(kept.getMeta('k'), { instanceOf: TypeError })
+    await t.throwsAsync(kept.setMeta('k', 'v'), { instanceOf: TypeError })
+    await t.throwsAsync(
+      kept.appendAudit({ at: 1, actor: 'system', action: 'x', host: null, detail: {} }),
+      { instanceOf: TypeError },
+    )
+    t.is(await store.tx((tx) => tx.getMeta('k')), undefined)
+    t.deepEqual(await store.tx((tx) => tx.listAudit(0, 10)), [])
+  })
+
   it('state survives closing and reopening; migrations are not reapplied', async (t, db) => {
     const h = hostRow()
     await db.store.tx(async (tx) => {
@@ -732,6 +859,203 @@ function suite(b: Backend): void {
     const again = await db.reopen()
     t.deepEqual(await again.tx((tx) => tx.getHost(h.id)), h)
     t.is((await again.tx((tx) => tx.listAudit(0, 10))).length, 1)
+  })
+
+  it('lists: every list method has one order, ties included', async (t, { store }) => {
+    // Rows are inserted against the expected order, so insertion order cannot pass for it.
+    const hb = hostRow({ id: 'h-b', name: 'same', state: 'shredded', createdAt: 100 })
+    const ha = hostRow({ id: 'h-a', name: 'same', createdAt: 100 })
+    const first = hostRow({ id: 'h-z', name: 'alpha', createdAt: 900 })
+    const ops = [
+      operatorRow({ id: 'op-z', name: 'zed', totpKekVersion: 1 }),
+      operatorRow({ id: 'op-a', name: 'amy', totpKekVersion: 1 }),
+      operatorRow({ id: 'op-b', name: 'bob', totpKekVersion: 1 }),
+    ]
+    await store.tx(async (tx) => {
+      for (const h of [hb, ha, first]) await tx.insertHost(h)
+      await tx.upsertVolume(volumeRow('h-b', { name: 'z' }))
+      await tx.upsertVolume(volumeRow('h-a', { name: 'y' }))
+      await tx.upsertVolume(volumeRow('h-a', { name: 'x' }))
+      await tx.insertToken(tokenRow({ id: 'tk-b', createdAt: 100 }))
+      await tx.insertToken(tokenRow({ id: 'tk-c', createdAt: 200 }))
+      await tx.insertToken(tokenRow({ id: 'tk-a', createdAt: 100 }))
+      for (const o of ops) await tx.insertOperator(o)
+      await tx.insertApproval(approvalRow('h-a', { id: 'ap-b', createdAt: 100 }))
+      await tx.insertApproval(approvalRow('h-a', { id: 'ap-a', createdAt: 100 }))
+      await tx.insertApproval(approvalRow('h-a', { id: 'ap-c', createdAt: 50, state: 'used' }))
+      await tx.addApprovalVote('ap-a', 'op-z', 300)
+      await tx.addApprovalVote('ap-a', 'op-a', 300)
+      await tx.addApprovalVote('ap-a', 'op-b', 200)
+      for (const bootId of ['b3', 'b1', 'b2', 'b1'])
+        await tx.recordUnlock({
+          hostId: 'h-a',
+          at: 500,
+          bootId,
+          source: 's',
+          outcome: 'released',
+          code: null,
+        })
+    })
+    const ids = (xs: { id: string }[]): string[] => xs.map((x) => x.id)
+    const vols = (xs: VolumeRow[]): string[] => xs.map((v) => `${v.hostId}/${v.name}`)
+    t.deepEqual(ids(await store.tx((tx) => tx.listHosts())), ['h-z', 'h-a', 'h-b'])
+    t.deepEqual(vols(await store.tx((tx) => tx.listVolumes('h-a'))), ['h-a/x', 'h-a/y'])
+    t.deepEqual(vols(await store.tx((tx) => tx.listVolumesWithKekBelow(2, 10))), [
+      'h-a/x',
+      'h-a/y',
+      'h-b/z',
+    ])
+    t.deepEqual(vols(await store.tx((tx) => tx.listVolumesWithKekBelow(2, 2))), ['h-a/x', 'h-a/y'])
+    t.deepEqual(ids(await store.tx((tx) => tx.listTokens())), ['tk-c', 'tk-a', 'tk-b'])
+    t.deepEqual(ids(await store.tx((tx) => tx.listOperators())), ['op-a', 'op-b', 'op-z'])
+    t.deepEqual(ids(await store.tx((tx) => tx.listOperatorsWithTotpKekBelow(2))), [
+      'op-a',
+      'op-b',
+      'op-z',
+    ])
+    t.deepEqual(ids(await store.tx((tx) => tx.listApprovals())), ['ap-c', 'ap-a', 'ap-b'])
+    t.deepEqual(ids(await store.tx((tx) => tx.listApprovals('pending'))), ['ap-a', 'ap-b'])
+    t.deepEqual(await store.tx((tx) => tx.approvalVoters('ap-a')), ['bob', 'amy', 'zed'])
+    t.deepEqual(await store.tx((tx) => tx.recentBootIds('h-a', 0)), ['b1', 'b2', 'b3'])
+  })
+
+  it('denials commit: a refused unlock keeps the nonce spent, the history row and the audit entry', async (t, {
+    store,
+  }) => {
+    const deps = await depsOn(t, store)
+    const { keys, host } = await signingHost(deps, { ...DEFAULT_POLICY, cidrs: ['10.0.0.0/8'] })
+    const { jws, nonce } = await signedUnlock(deps, keys, host.id)
+    const err = await t.throwsAsync(unlock(deps, jws, '192.168.7.7'))
+    t.true(err instanceof PolicyDenied)
+    t.is(code(err), 'cidr_denied')
+    t.is((err as PolicyDenied).rule, 'cidrs')
+    t.is(await store.tx((tx) => tx.consumeNonce(nonce, NOW)), 'reused')
+    t.is(await store.tx((tx) => tx.countUnlocks(host.id, 0, 'denied')), 1)
+    t.deepEqual(await actions(store), ['unlock.deny'])
+    // The replay is refused by the spent nonce, before any policy runs.
+    t.is(code(await t.throwsAsync(unlock(deps, jws, '192.168.7.7'))), 'nonce_reused')
+    t.is(await store.tx((tx) => tx.countUnlocks(host.id, 0, 'denied')), 1)
+  })
+
+  it('denials commit, other errors roll back: an unknown volume leaves the nonce unspent', async (t, {
+    store,
+  }) => {
+    const deps = await depsOn(t, store)
+    const { keys, host } = await signingHost(deps, DEFAULT_POLICY)
+    const { jws, nonce } = await signedUnlock(deps, keys, host.id, ['missing'])
+    t.is(code(await t.throwsAsync(unlock(deps, jws, '10.1.1.1'))), 'volume_unknown')
+    t.is(await store.tx((tx) => tx.countUnlocks(host.id, 0, 'released')), 0)
+    t.deepEqual(await actions(store), [])
+    t.is(await store.tx((tx) => tx.consumeNonce(nonce, NOW)), 'ok')
+  })
+
+  it('denials commit: wrong and replayed TOTP codes on approve/deny are counted and audited', async (t, {
+    store,
+  }) => {
+    const deps = await depsOn(t, store)
+    const host = hostRow()
+    const open = (o: Partial<ApprovalRow> = {}): ApprovalRow =>
+      approvalRow(host.id, {
+        id: newId('ap'),
+        required: 1,
+        createdAt: NOW - 10,
+        expiresAt: NOW + 600,
+        ...o,
+      })
+    const [a1, a2, a3] = [open(), open(), open({ expiresAt: NOW - 1 })] as const
+    await store.tx(async (tx) => {
+      await tx.insertHost(host)
+      for (const a of [a1, a2, a3]) await tx.insertApproval(a)
+    })
+    const { op, good, bad } = await totpOperator(deps)
+
+    t.is(code(await t.throwsAsync(approveRequest(deps, op, a1.id, bad, 'api'))), 'totp_invalid')
+    t.is(await store.tx((tx) => tx.countTotpFailures(op.id, 0)), 1)
+    t.like(await store.tx((tx) => tx.getApproval(a1.id)), { state: 'pending' })
+    t.is(await store.tx((tx) => tx.countApprovalVotes(a1.id)), 0)
+    t.deepEqual(await actions(store), ['totp.fail'])
+
+    t.is((await approveRequest(deps, op, a1.id, good, 'api')).state, 'approved')
+    // The same code again (on another request) is a replay: refused, counted, audited.
+    t.is(
+      code(await t.throwsAsync(denyRequest(deps, op, a2.id, 'no', good, 'api'))),
+      'totp_replayed',
+    )
+    t.is(await store.tx((tx) => tx.countTotpFailures(op.id, 0)), 2)
+    t.like(await store.tx((tx) => tx.getApproval(a2.id)), { state: 'pending' })
+
+    // A request past its expiry is marked expired (and audited) although the call fails.
+    t.is(code(await t.throwsAsync(approveRequest(deps, op, a3.id, bad, 'api'))), 'approval_expired')
+    t.like(await store.tx((tx) => tx.getApproval(a3.id)), { state: 'expired', decidedAt: NOW })
+    t.is(await store.tx((tx) => tx.countTotpFailures(op.id, 0)), 2)
+    t.deepEqual(await actions(store), [
+      'totp.fail',
+      'approval.approve',
+      'totp.fail',
+      'approval.expire',
+    ])
+
+    // Past the limit the operator is locked out; the refusal is audited too.
+    await store.tx(async (tx) => {
+      for (let i = 0; i < deps.settings.totpMaxFailures; i++) await tx.recordTotpFailure(op.id, NOW)
+    })
+    t.is(code(await t.throwsAsync(approveRequest(deps, op, a2.id, bad, 'api'))), 'totp_locked')
+    t.is((await actions(store)).at(-1), 'totp.locked')
+  })
+
+  it('denials commit: operator changes refused after the caller code was checked keep its effects', async (t, {
+    store,
+  }) => {
+    const deps = await depsOn(t, store)
+    const { op: caller, good, bad } = await totpOperator(deps, { name: 'root' })
+    t.is(code(await t.throwsAsync(addOperator(deps, caller, 'eve', bad))), 'totp_invalid')
+    t.is(await store.tx((tx) => tx.countTotpFailures(caller.id, 0)), 1)
+    t.deepEqual(await actions(store), ['totp.fail'])
+    // A valid code, then a refusal: the spent step stays spent, so the code cannot be reused.
+    t.is(code(await t.throwsAsync(addOperator(deps, caller, 'root', good))), 'operator_exists')
+    t.is(
+      (await store.tx((tx) => tx.getOperator(caller.id)))?.totpLastStep,
+      Math.floor(NOW / TOTP_STEP),
+    )
+    t.is(code(await t.throwsAsync(addOperator(deps, caller, 'eve', good))), 'totp_replayed')
+    t.is(await store.tx((tx) => tx.getOperatorByName('eve')), undefined)
+    t.is(await store.tx((tx) => tx.countTotpFailures(caller.id, 0)), 2)
+  })
+
+  it('denials commit: a shred refused for a wrong code counts the failure and deletes nothing', async (t, {
+    store,
+  }) => {
+    const deps = await depsOn(t, store)
+    const host = hostRow({ name: 'web-9' })
+    await store.tx(async (tx) => {
+      await tx.insertHost(host)
+      await tx.upsertVolume(volumeRow(host.id))
+    })
+    const { op, bad } = await totpOperator(deps)
+    const err = await t.throwsAsync(shred(deps, op, { host: 'web-9', dryRun: false, code: bad }))
+    t.is(code(err), 'totp_invalid')
+    t.is(await store.tx((tx) => tx.countTotpFailures(op.id, 0)), 1)
+    t.is((await store.tx((tx) => tx.listVolumes(host.id))).length, 1)
+    t.like(await store.tx((tx) => tx.getHost(host.id)), { state: 'active' })
+    t.deepEqual(await actions(store), ['totp.fail'])
+  })
+
+  it('denials commit: an approval poll that finds its request expired marks it so', async (t, {
+    store,
+  }) => {
+    const deps = await depsOn(t, store)
+    const { keys, host } = await signingHost(deps, DEFAULT_POLICY)
+    const a = approvalRow(host.id, { id: newId('ap'), bootId: 'boot-aaaa', expiresAt: NOW - 1 })
+    await store.tx((tx) => tx.insertApproval(a))
+    const { nonce } = await issueNonce(deps)
+    const payload = { v: 1, host: host.id, approval: a.id, nonce, bootId: 'boot-aaaa', iat: NOW }
+    const jws = await signHostRequest('poll', payload, keys.signing, host.id)
+    const err = await t.throwsAsync(pollApproval(deps, jws, '10.0.0.5'))
+    t.true(err instanceof PolicyDenied)
+    t.is(code(err), 'approval_expired')
+    t.like(await store.tx((tx) => tx.getApproval(a.id)), { state: 'expired', decidedAt: NOW })
+    t.deepEqual(await actions(store), ['approval.expire'])
+    t.is(await store.tx((tx) => tx.consumeNonce(nonce, NOW)), 'reused')
   })
 }
 

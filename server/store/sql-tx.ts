@@ -1,0 +1,384 @@
+/**
+ * `StoreTx` written once, over the few things an SQL database must do for it (`SqlDriver`).
+ * The SQLite and PostgreSQL stores supply a driver per transaction and keep only what really
+ * differs between them: how a transaction begins, locks and commits, array parameters, the
+ * audit-head lock, scrubbing and migrations.
+ *
+ * Statements use `?` placeholders; a driver with numbered ones (`$1`) gets them renumbered.
+ * Every list has one total order (ties broken by a unique column), the same on every store.
+ */
+import { AUDIT_GENESIS, auditHash } from '../../shared/audit.ts'
+import type { AuditEntry } from '../../shared/protocol/messages.ts'
+import {
+  APPROVAL_COLS,
+  HOST_COLS,
+  OPERATOR_COLS,
+  approvalFromRow,
+  auditFromRow,
+  hostFromRow,
+  operatorFromRow,
+  toDbValue,
+  tokenFromRow,
+  volumeFromRow,
+  type Row,
+} from './rows.ts'
+import type { NonceResult, StoreTx } from './store.ts'
+
+export interface SqlDriver {
+  /** `?` (SQLite) or `$1, $2, ...` (PostgreSQL). */
+  readonly placeholders: '?' | '$n'
+  rows(sql: string, params: readonly unknown[]): Promise<Row[]>
+  one(sql: string, params: readonly unknown[]): Promise<Row | undefined>
+  /** Rows changed by an INSERT, UPDATE or DELETE. */
+  changes(sql: string, params: readonly unknown[]): Promise<number>
+  /** `column <this>`: "is one of `values`", as SQL (with `?`) and its parameters. */
+  oneOf(values: readonly string[]): { sql: string; params: unknown[] }
+  /**
+   * Called before reading the audit head; held until the transaction ends, so appends from
+   * other instances cannot fork the chain. A single-writer database needs nothing here.
+   */
+  lockAuditHead(): Promise<void>
+}
+
+const numbered = new Map<string, string>()
+
+/** `?` → `$1, $2, ...` (the statements hold no `?` inside literals). */
+function toNumbered(sql: string): string {
+  let out = numbered.get(sql)
+  if (out === undefined) {
+    let n = 0
+    out = sql.replace(/\?/g, () => `$${++n}`)
+    numbered.set(sql, out)
+  }
+  return out
+}
+
+const blob = (b: Uint8Array | null): Buffer | null => (b === null ? null : Buffer.from(b))
+
+/**
+ * The transaction API over `d`, and `end()`, after which every call throws (a `StoreTx`
+ * kept past its transaction would otherwise run statements outside it, or inside another).
+ */
+export function sqlStoreTx(d: SqlDriver): { tx: StoreTx; end(): void } {
+  let ended = false
+  const live = (): void => {
+    if (ended) throw new TypeError('StoreTx used after its transaction ended')
+  }
+  const sqlOf = (sql: string): string => {
+    live()
+    return d.placeholders === '$n' ? toNumbered(sql) : sql
+  }
+  const rows = async (sql: string, params: readonly unknown[] = []): Promise<Row[]> =>
+    d.rows(sqlOf(sql), params)
+  const one = async (sql: string, params: readonly unknown[] = []): Promise<Row | undefined> =>
+    d.one(sqlOf(sql), params)
+  const changes = async (sql: string, params: readonly unknown[] = []): Promise<number> =>
+    d.changes(sqlOf(sql), params)
+  const exec = async (sql: string, params: readonly unknown[] = []): Promise<void> => {
+    await changes(sql, params)
+  }
+  const count = async (sql: string, params: readonly unknown[]): Promise<number> =>
+    Number((await one(sql, params))?.['n'] ?? 0)
+  const update = async (
+    table: string,
+    cols: Readonly<Record<string, string>>,
+    id: string,
+    patch: Record<string, unknown>,
+  ): Promise<void> => {
+    // Column names come from the fixed maps, never from the patch.
+    const keys = Object.keys(patch).filter((k) => cols[k] !== undefined)
+    if (keys.length === 0) return
+    const sets = keys.map((k) => `${cols[k] as string} = ?`).join(', ')
+    await exec(`UPDATE ${table} SET ${sets} WHERE id = ?`, [
+      ...keys.map((k) => toDbValue(k, patch[k])),
+      id,
+    ])
+  }
+
+  const tx: StoreTx = {
+    getHost: async (id) => {
+      const r = await one('SELECT * FROM hosts WHERE id = ?', [id])
+      return r && hostFromRow(r)
+    },
+    getHostByName: async (name) => {
+      // A live host wins over shredded tombstones of the same name.
+      const r = await one(
+        "SELECT * FROM hosts WHERE name = ? ORDER BY (state = 'shredded'), created_at DESC LIMIT 1",
+        [name],
+      )
+      return r && hostFromRow(r)
+    },
+    listHosts: async () =>
+      (await rows('SELECT * FROM hosts ORDER BY name, created_at, id')).map(hostFromRow),
+    insertHost: (h) =>
+      exec(
+        `INSERT INTO hosts (id, name, state, state_reason, signing_jwk, sealing_jwk, policy, created_at, last_seen_at, last_unlock_at, last_boot_id, last_source, tang)
+        VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+        [
+          h.id,
+          h.name,
+          h.state,
+          h.stateReason,
+          h.signingJwk,
+          h.sealingJwk,
+          JSON.stringify(h.policy),
+          h.createdAt,
+          h.lastSeenAt,
+          h.lastUnlockAt,
+          h.lastBootId,
+          h.lastSource,
+          h.tang ? 1 : 0,
+        ],
+      ),
+    updateHost: (id, patch) => update('hosts', HOST_COLS, id, patch),
+
+    listVolumes: async (hostId) =>
+      (await rows('SELECT * FROM volumes WHERE host_id = ? ORDER BY name', [hostId])).map(
+        volumeFromRow,
+      ),
+    upsertVolume: (v) =>
+      exec(
+        `INSERT INTO volumes (host_id, name, kind, ref, kek_version, iv, ct, created_at) VALUES (?,?,?,?,?,?,?,?)
+        ON CONFLICT (host_id, name) DO UPDATE SET kind = excluded.kind, ref = excluded.ref, kek_version = excluded.kek_version, iv = excluded.iv, ct = excluded.ct`,
+        [v.hostId, v.name, v.kind, v.ref, v.kekVersion, blob(v.iv), blob(v.ct), v.createdAt],
+      ),
+    deleteVolumes: async (hostId, names) => {
+      if (names === undefined) return changes('DELETE FROM volumes WHERE host_id = ?', [hostId])
+      if (names.length === 0) return 0
+      const inNames = d.oneOf(names)
+      return changes(`DELETE FROM volumes WHERE host_id = ? AND name ${inNames.sql}`, [
+        hostId,
+        ...inNames.params,
+      ])
+    },
+    listVolumesWithKekBelow: async (version, limit) =>
+      (
+        await rows('SELECT * FROM volumes WHERE kek_version < ? ORDER BY host_id, name LIMIT ?', [
+          version,
+          limit,
+        ])
+      ).map(volumeFromRow),
+    countVolumesWithKekBelow: (version) =>
+      count('SELECT count(*) AS n FROM volumes WHERE kek_version < ?', [version]),
+
+    insertToken: (t) =>
+      exec(
+        'INSERT INTO tokens (id, hash, host_name, cidrs, created_at, expires_at, used_at, used_by_host, revoked_at, created_by) VALUES (?,?,?,?,?,?,?,?,?,?)',
+        [
+          t.id,
+          t.hash,
+          t.hostName,
+          JSON.stringify(t.cidrs),
+          t.createdAt,
+          t.expiresAt,
+          t.usedAt,
+          t.usedByHost,
+          t.revokedAt,
+          t.createdBy,
+        ],
+      ),
+    getTokenByHash: async (hash) => {
+      const r = await one('SELECT * FROM tokens WHERE hash = ?', [hash])
+      return r && tokenFromRow(r)
+    },
+    getToken: async (id) => {
+      const r = await one('SELECT * FROM tokens WHERE id = ?', [id])
+      return r && tokenFromRow(r)
+    },
+    // Single-use operations are one conditional statement each: a concurrent second caller
+    // (PostgreSQL: blocked on the row lock, then re-checking the WHERE) changes nothing.
+    useToken: async (id, now, hostId) =>
+      (await changes(
+        'UPDATE tokens SET used_at = ?, used_by_host = ? WHERE id = ? AND used_at IS NULL AND revoked_at IS NULL',
+        [now, hostId, id],
+      )) === 1,
+    revokeToken: async (id, now) =>
+      (await changes(
+        'UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL AND used_at IS NULL',
+        [now, id],
+      )) === 1,
+    listTokens: async () =>
+      (await rows('SELECT * FROM tokens ORDER BY created_at DESC, id')).map(tokenFromRow),
+
+    insertNonce: (nonce, exp) =>
+      exec('INSERT INTO nonces (nonce, expires_at, used_at) VALUES (?, ?, NULL)', [nonce, exp]),
+    consumeNonce: async (nonce, now): Promise<NonceResult> => {
+      if (
+        (await changes(
+          'UPDATE nonces SET used_at = ? WHERE nonce = ? AND used_at IS NULL AND expires_at > ?',
+          [now, nonce, now],
+        )) === 1
+      )
+        return 'ok'
+      const r = await one('SELECT used_at, expires_at FROM nonces WHERE nonce = ?', [nonce])
+      if (!r) return 'unknown'
+      return r['used_at'] !== null ? 'reused' : 'expired'
+    },
+    purgeNonces: (olderThan) => changes('DELETE FROM nonces WHERE expires_at < ?', [olderThan]),
+
+    recordUnlock: (u) =>
+      exec(
+        'INSERT INTO unlock_events (host_id, at, boot_id, source, outcome, code) VALUES (?,?,?,?,?,?)',
+        [u.hostId, u.at, u.bootId, u.source, u.outcome, u.code],
+      ),
+    countUnlocks: (hostId, since, outcome) =>
+      count(
+        'SELECT count(*) AS n FROM unlock_events WHERE host_id = ? AND at >= ? AND outcome = ?',
+        [hostId, since, outcome],
+      ),
+    recentBootIds: async (hostId, since) =>
+      (
+        await rows(
+          "SELECT DISTINCT boot_id FROM unlock_events WHERE host_id = ? AND at >= ? AND outcome = 'released' ORDER BY boot_id",
+          [hostId, since],
+        )
+      ).map((r) => String(r['boot_id'])),
+
+    insertOperator: (o) =>
+      exec(
+        'INSERT INTO operators (id, name, token_hash, totp_kek_version, totp_iv, totp_ct, totp_last_step, created_at, removed_at) VALUES (?,?,?,?,?,?,?,?,?)',
+        [
+          o.id,
+          o.name,
+          o.tokenHash,
+          o.totpKekVersion,
+          blob(o.totpIv),
+          blob(o.totpCt),
+          o.totpLastStep,
+          o.createdAt,
+          o.removedAt,
+        ],
+      ),
+    getOperatorByTokenHash: async (h) => {
+      const r = await one('SELECT * FROM operators WHERE token_hash = ? AND removed_at IS NULL', [
+        h,
+      ])
+      return r && operatorFromRow(r)
+    },
+    getOperatorByName: async (n) => {
+      const r = await one('SELECT * FROM operators WHERE name = ? AND removed_at IS NULL', [n])
+      return r && operatorFromRow(r)
+    },
+    getOperator: async (id) => {
+      const r = await one('SELECT * FROM operators WHERE id = ?', [id])
+      return r && operatorFromRow(r)
+    },
+    listOperators: async () =>
+      (await rows('SELECT * FROM operators WHERE removed_at IS NULL ORDER BY name, id')).map(
+        operatorFromRow,
+      ),
+    updateOperator: (id, patch) => update('operators', OPERATOR_COLS, id, patch),
+    claimTotpStep: async (id, step) =>
+      (await changes(
+        'UPDATE operators SET totp_last_step = ? WHERE id = ? AND (totp_last_step IS NULL OR totp_last_step < ?)',
+        [step, id, step],
+      )) === 1,
+    recordTotpFailure: (id, at) =>
+      exec('INSERT INTO totp_failures (operator_id, at) VALUES (?, ?)', [id, at]),
+    countTotpFailures: (id, since) =>
+      count('SELECT count(*) AS n FROM totp_failures WHERE operator_id = ? AND at >= ?', [
+        id,
+        since,
+      ]),
+    listOperatorsWithTotpKekBelow: async (version) =>
+      (
+        await rows(
+          'SELECT * FROM operators WHERE totp_kek_version IS NOT NULL AND totp_kek_version < ? ORDER BY name, id',
+          [version],
+        )
+      ).map(operatorFromRow),
+
+    insertApproval: (a) =>
+      exec(
+        'INSERT INTO approvals (id, host_id, volumes, boot_id, source, rule, required, created_at, expires_at, state, decided_at, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)',
+        [
+          a.id,
+          a.hostId,
+          JSON.stringify(a.volumes),
+          a.bootId,
+          a.source,
+          a.rule,
+          a.required,
+          a.createdAt,
+          a.expiresAt,
+          a.state,
+          a.decidedAt,
+          a.reason,
+        ],
+      ),
+    getApproval: async (id) => {
+      const r = await one('SELECT * FROM approvals WHERE id = ?', [id])
+      return r && approvalFromRow(r)
+    },
+    listApprovals: async (state) =>
+      (state === undefined
+        ? await rows('SELECT * FROM approvals ORDER BY created_at, id')
+        : await rows('SELECT * FROM approvals WHERE state = ? ORDER BY created_at, id', [state])
+      ).map(approvalFromRow),
+    updateApproval: (id, patch) => update('approvals', APPROVAL_COLS, id, patch),
+    // The primary key (approval_id, operator_id) decides: a concurrent duplicate waits for the
+    // first insert to commit, then does nothing.
+    addApprovalVote: async (aid, oid, at) =>
+      (await changes(
+        'INSERT INTO approval_votes (approval_id, operator_id, at) VALUES (?,?,?) ON CONFLICT DO NOTHING',
+        [aid, oid, at],
+      )) === 1,
+    countApprovalVotes: (aid) =>
+      count('SELECT count(*) AS n FROM approval_votes WHERE approval_id = ?', [aid]),
+    approvalVoters: async (aid) =>
+      (
+        await rows(
+          'SELECT o.name FROM approval_votes v JOIN operators o ON o.id = v.operator_id WHERE v.approval_id = ? ORDER BY v.at, o.name',
+          [aid],
+        )
+      ).map((r) => String(r['name'])),
+
+    appendAudit: async (e) => {
+      live()
+      await d.lockAuditHead()
+      const head = await one('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1')
+      const fields = {
+        seq: head ? Number(head['seq']) + 1 : 1,
+        prevHash: head ? String(head['hash']) : AUDIT_GENESIS,
+        ...e,
+      }
+      const entry: AuditEntry = { ...fields, hash: await auditHash(fields) }
+      await exec(
+        'INSERT INTO audit (seq, at, actor, action, host, detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?)',
+        [
+          entry.seq,
+          entry.at,
+          entry.actor,
+          entry.action,
+          entry.host,
+          JSON.stringify(entry.detail),
+          entry.prevHash,
+          entry.hash,
+        ],
+      )
+      return entry
+    },
+    listAudit: async (afterSeq, limit) =>
+      (await rows('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?', [afterSeq, limit])).map(
+        auditFromRow,
+      ),
+
+    getMeta: async (key) => {
+      const r = await one('SELECT value FROM meta WHERE key = ?', [key])
+      return r ? String(r['value']) : undefined
+    },
+    setMeta: (key, value) =>
+      value === undefined
+        ? exec('DELETE FROM meta WHERE key = ?', [key])
+        : exec(
+            'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
+            [key, value],
+          ),
+  }
+  return {
+    tx,
+    end: () => {
+      ended = true
+    },
+  }
+}
