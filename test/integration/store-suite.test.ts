@@ -18,7 +18,7 @@ import { approveRequest, denyRequest } from '../../server/approvals/decide.ts'
 import { addOperator } from '../../server/approvals/operators.ts'
 import { newTotpSecret, totpCodeAt, TOTP_STEP } from '../../server/approvals/totp.ts'
 import { DEFAULT_SETTINGS, type ServerDeps } from '../../server/context.ts'
-import { issueNonce } from '../../server/escrow/host-auth.ts'
+import { hostRequest, issueNonce } from '../../server/escrow/host-auth.ts'
 import { pollApproval } from '../../server/escrow/poll.ts'
 import { PolicyDenied, unlock } from '../../server/escrow/release.ts'
 import { newId } from '../../server/escrow/secrets.ts'
@@ -38,6 +38,14 @@ import type {
 } from '../../server/store/store.ts'
 import { freshPgDatabase, inCi, pgSkipBanner, pgUnavailable } from '../helpers/pg.ts'
 import { tempDir } from '../helpers/tmp.ts'
+
+/** The unlock and poll routes: the host request step, then the escrow call. */
+async function hostUnlock(deps: ServerDeps, jws: string, source: string) {
+  return unlock(deps, await hostRequest(deps, jws, 'unlock'), source)
+}
+async function hostPoll(deps: ServerDeps, jws: string, source: string) {
+  return pollApproval(deps, await hostRequest(deps, jws, 'poll'), source)
+}
 
 interface Db {
   /** The first store on this test's database. */
@@ -925,7 +933,7 @@ function suite(b: Backend): void {
     const deps = await depsOn(t, store)
     const { keys, host } = await signingHost(deps, { ...DEFAULT_POLICY, cidrs: ['10.0.0.0/8'] })
     const { jws, nonce } = await signedUnlock(deps, keys, host.id)
-    const err = await t.throwsAsync(unlock(deps, jws, '192.168.7.7'))
+    const err = await t.throwsAsync(hostUnlock(deps, jws, '192.168.7.7'))
     t.true(err instanceof PolicyDenied)
     t.is(code(err), 'cidr_denied')
     t.is((err as PolicyDenied).rule, 'cidrs')
@@ -933,7 +941,7 @@ function suite(b: Backend): void {
     t.is(await store.tx((tx) => tx.countUnlocks(host.id, 0, 'denied')), 1)
     t.deepEqual(await actions(store), ['unlock.deny'])
     // The replay is refused by the spent nonce, before any policy runs.
-    t.is(code(await t.throwsAsync(unlock(deps, jws, '192.168.7.7'))), 'nonce_reused')
+    t.is(code(await t.throwsAsync(hostUnlock(deps, jws, '192.168.7.7'))), 'nonce_reused')
     t.is(await store.tx((tx) => tx.countUnlocks(host.id, 0, 'denied')), 1)
   })
 
@@ -943,7 +951,7 @@ function suite(b: Backend): void {
     const deps = await depsOn(t, store)
     const { keys, host } = await signingHost(deps, DEFAULT_POLICY)
     const { jws, nonce } = await signedUnlock(deps, keys, host.id, ['missing'])
-    t.is(code(await t.throwsAsync(unlock(deps, jws, '10.1.1.1'))), 'volume_unknown')
+    t.is(code(await t.throwsAsync(hostUnlock(deps, jws, '10.1.1.1'))), 'volume_unknown')
     t.is(await store.tx((tx) => tx.countUnlocks(host.id, 0, 'released')), 0)
     t.deepEqual(await actions(store), [])
     t.is(await store.tx((tx) => tx.consumeNonce(nonce, NOW)), 'ok')
@@ -1050,7 +1058,7 @@ function suite(b: Backend): void {
     const { nonce } = await issueNonce(deps)
     const payload = { v: 1, host: host.id, approval: a.id, nonce, bootId: 'boot-aaaa', iat: NOW }
     const jws = await signHostRequest('poll', payload, keys.signing, host.id)
-    const err = await t.throwsAsync(pollApproval(deps, jws, '10.0.0.5'))
+    const err = await t.throwsAsync(hostPoll(deps, jws, '10.0.0.5'))
     t.true(err instanceof PolicyDenied)
     t.is(code(err), 'approval_expired')
     t.like(await store.tx((tx) => tx.getApproval(a.id)), { state: 'expired', decidedAt: NOW })
