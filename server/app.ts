@@ -5,7 +5,8 @@
 import { Hono } from 'hono'
 import type { ServerDeps } from './context.ts'
 import { renderError } from './http/errors.ts'
-import { accessLog, type AppEnv } from './http/middleware.ts'
+import { declaredBodyLimit } from './http/body.ts'
+import { accessLog, MAX_BODY, type AppEnv } from './http/middleware.ts'
 import { adminRoutes } from './routes/admin-api.ts'
 import { hostRoutes } from './routes/host-api.ts'
 import { approvePageRoutes } from './routes/approve-page.ts'
@@ -16,6 +17,8 @@ import { tangRoutes } from './routes/tang-api.ts'
 export function createApp(deps: ServerDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>()
   app.use('*', accessLog(deps))
+  // Routes read bodies through readBoundedBody with their own (smaller) bounds.
+  app.use('*', declaredBodyLimit(MAX_BODY))
   app.use('*', async (c, next) => {
     await next()
     c.header('X-Content-Type-Options', 'nosniff')

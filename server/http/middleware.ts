@@ -9,6 +9,7 @@ import { UnlockdError } from '../../shared/errors.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import type { ServerDeps } from '../context.ts'
 import type { OperatorRow } from '../store/store.ts'
+import { readBoundedBody } from './body.ts'
 import { hashToken, hashesEqual, newId, tokenFormatOk } from '../escrow/secrets.ts'
 
 export type AppEnv = {
@@ -52,14 +53,10 @@ export const MAX_BODY = 256 * 1024
 
 /** Parse a JSON body with a hard size limit; malformed JSON is a 400 with a code. */
 export async function jsonBody(c: Context<AppEnv>, max = MAX_BODY): Promise<unknown> {
-  const len = Number(c.req.header('content-length') ?? '0')
-  if (len > max) throw new UnlockdError('payload_too_large', `request body exceeds ${max} bytes`)
   const ct = c.req.header('content-type') ?? ''
   if (!/^application\/json(\s*;.*)?$/i.test(ct))
     throw new UnlockdError('bad_request', 'content-type must be application/json')
-  const buf = await c.req.arrayBuffer()
-  if (buf.byteLength > max)
-    throw new UnlockdError('payload_too_large', `request body exceeds ${max} bytes`)
+  const buf = await readBoundedBody(c, max)
   try {
     return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(buf)) as unknown
   } catch (cause) {
