@@ -10,6 +10,7 @@ import { NAME_RE } from '../../shared/protocol/validate.ts'
 import type { ServerDeps } from '../context.ts'
 import type { OperatorRow } from '../store/store.ts'
 import { readBoundedBody } from './body.ts'
+import { AddressBuckets } from './rate-limit.ts'
 import { hashToken, hashesEqual, newId, tokenFormatOk } from '../escrow/secrets.ts'
 
 export type AppEnv = {
@@ -92,23 +93,15 @@ export function operatorAuth(deps: ServerDeps): MiddlewareHandler<AppEnv> {
 
 /** Token bucket per source address, in process memory: a DoS guard, not a policy. */
 export function perAddressLimit(ratePerSec: number, burst: number): MiddlewareHandler<AppEnv> {
-  const buckets = new Map<string, { tokens: number; at: number }>()
+  const buckets = new AddressBuckets({ ratePerSec, burst })
   return async (c, next) => {
-    const ip = sourceAddress(c)
-    const now = performance.now() / 1000
-    const b = buckets.get(ip) ?? { tokens: burst, at: now }
-    b.tokens = Math.min(burst, b.tokens + (now - b.at) * ratePerSec)
-    b.at = now
-    if (b.tokens < 1) {
+    if (!buckets.take(sourceAddress(c), performance.now() / 1000)) {
       c.header('Retry-After', '1')
       return c.json(
         { error: 'rate_limited', message: 'too many requests from this address; slow down' },
         429,
       )
     }
-    b.tokens -= 1
-    buckets.set(ip, b)
-    if (buckets.size > 100_000) buckets.clear() // bounded memory under address spraying
     await next()
     return undefined
   }
