@@ -6,6 +6,7 @@ import { Hono } from 'hono'
 import type { ServerDeps } from './context.ts'
 import { renderError } from './http/errors.ts'
 import { declaredBodyLimit } from './http/body.ts'
+import { clientAddress } from './http/client-address.ts'
 import { accessLog, MAX_BODY, type AppEnv } from './http/middleware.ts'
 import { adminRoutes } from './routes/admin-api.ts'
 import { hostRoutes } from './routes/host-api.ts'
@@ -16,6 +17,7 @@ import { tangRoutes } from './routes/tang-api.ts'
 
 export function createApp(deps: ServerDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>()
+  app.use('*', clientAddress(deps.settings.trustedProxies))
   app.use('*', accessLog(deps))
   // Routes read bodies through readBoundedBody with their own (smaller) bounds.
   app.use('*', declaredBodyLimit(MAX_BODY))

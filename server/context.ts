@@ -28,6 +28,11 @@ export interface ServerSettings {
    * policy); null disables it. Raise it when many hosts share one address (NAT) or for load tests.
    */
   hostRateLimit: { perSecond: number; burst: number } | null
+  /**
+   * CIDRs of reverse proxies whose X-Forwarded-For is believed: behind one of them the client
+   * address is the rightmost forwarded hop that is not a trusted proxy. Empty: never believed.
+   */
+  trustedProxies: string[]
 }
 
 export const DEFAULT_SETTINGS: ServerSettings = {
@@ -41,6 +46,7 @@ export const DEFAULT_SETTINGS: ServerSettings = {
   publicUrl: null,
   webhook: null,
   hostRateLimit: { perSecond: 200, burst: 400 },
+  trustedProxies: [],
 }
 
 export interface ServerDeps {

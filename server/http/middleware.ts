@@ -15,10 +15,13 @@ import { hashToken, hashesEqual, newId, tokenFormatOk } from '../escrow/secrets.
 
 export type AppEnv = {
   Bindings: { incoming?: IncomingMessage }
-  Variables: { reqId: string; operator: OperatorRow; errCode: string }
+  Variables: { reqId: string; operator: OperatorRow; errCode: string; clientAddr: string }
 }
 
+/** The client address for policy and limits: see client-address.ts (trusted proxies). */
 export function sourceAddress(c: Context<AppEnv>): string {
+  const resolved = c.get('clientAddr') as string | undefined
+  if (resolved !== undefined) return resolved
   const addr = c.env?.incoming?.socket?.remoteAddress
   if (!addr) return '127.0.0.1' // app.request() in unit tests has no socket
   return addr.startsWith('::ffff:') ? addr.slice(7) : addr

@@ -3,7 +3,7 @@
  */
 import * as v from 'valibot'
 import { UnlockdError } from '../errors.ts'
-import { parseWith } from '../protocol/validate.ts'
+import { cidr, parseWith } from '../protocol/validate.ts'
 import { parseDuration } from '../util/duration.ts'
 
 const dur = v.pipe(
@@ -43,6 +43,8 @@ const Schema = v.strictObject({
       'must be "off" or { "perSecond": N, "burst": N }',
     ),
   ),
+  /** Reverse proxies whose X-Forwarded-For is believed (CIDRs); absent or empty: none. */
+  trustedProxies: v.optional(v.pipe(v.array(cidr), v.maxLength(256))),
   webhook: v.optional(
     v.strictObject({
       url: v.pipe(v.string(), v.url('must be a URL'), v.regex(/^https?:\/\//, 'must be http(s)')),
@@ -67,6 +69,7 @@ export interface ServerConfig {
     totpFailureWindow?: number
     publicUrl?: string
     hostRateLimit?: { perSecond: number; burst: number } | null
+    trustedProxies?: string[]
   }
 }
 
@@ -99,5 +102,6 @@ export function parseServerConfig(text: string, where = 'server.json'): ServerCo
   if (c.publicUrl !== undefined) s.publicUrl = c.publicUrl
   if (c.hostRateLimit !== undefined)
     s.hostRateLimit = c.hostRateLimit === 'off' ? null : c.hostRateLimit
+  if (c.trustedProxies !== undefined) s.trustedProxies = c.trustedProxies
   return out
 }
