@@ -7,7 +7,8 @@ import type { ServerDeps } from './context.ts'
 import { renderError } from './http/errors.ts'
 import { declaredBodyLimit } from './http/body.ts'
 import { clientAddress } from './http/client-address.ts'
-import { accessLog, MAX_BODY, type AppEnv } from './http/middleware.ts'
+import { accessLog, MAX_BODY, sourceAddress, type AppEnv } from './http/middleware.ts'
+import { auditAuthFailure } from './escrow/auth-failure-audit.ts'
 import { adminRoutes } from './routes/admin-api.ts'
 import { hostRoutes } from './routes/host-api.ts'
 import { approvePageRoutes } from './routes/approve-page.ts'
@@ -27,6 +28,12 @@ export function createApp(deps: ServerDeps): Hono<AppEnv> {
     c.header('Referrer-Policy', 'no-referrer')
     if (!c.res.headers.has('Content-Security-Policy'))
       c.header('Content-Security-Policy', "default-src 'none'; frame-ancestors 'none'")
+  })
+  // Host authentication failures become rate-limited audit summaries.
+  app.use('/v1/*', async (c, next) => {
+    await next()
+    if (c.error !== undefined && !c.req.path.startsWith('/v1/admin/'))
+      await auditAuthFailure(deps, c.error, sourceAddress(c))
   })
   app.get('/healthz', (c) => c.json({ status: 'ok' }))
   app.route('/v1', hostRoutes(deps))

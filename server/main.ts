@@ -15,6 +15,7 @@ import { createApp } from './app.ts'
 import type { ServerDeps } from './context.ts'
 import { closeDeps } from './setup.ts'
 import { runMaintenance } from './jobs.ts'
+import { flushAuthFailureAudit } from './escrow/auth-failure-audit.ts'
 
 export interface ListenOptions {
   listen: string
@@ -104,6 +105,7 @@ export async function startServer(deps: ServerDeps, opts: ListenOptions): Promis
           // In-flight long-polls get a bounded grace period.
           setTimeout(() => (server as HttpServer).closeAllConnections?.(), 3000).unref()
         })
+        await flushAuthFailureAudit(deps, true)
         await closeDeps(deps)
         deps.log.log('info', 'stopped', {})
       })()
