@@ -37,7 +37,17 @@ export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}):
     throw new UnlockdError('config_invalid', `server URL must be http(s): ${baseUrl}`)
   const prefix = base.pathname.replace(/\/+$/, '')
   return (req) =>
-    new Promise<TransportResponse>((resolve, reject) => {
+    new Promise<TransportResponse>((settle, fail) => {
+      // Listeners and timers go when the request settles (its 'close' may come a tick later).
+      let cleanup = (): void => undefined
+      const resolve = (v: TransportResponse): void => {
+        cleanup()
+        settle(v)
+      }
+      const reject = (e: unknown): void => {
+        cleanup()
+        fail(e)
+      }
       const body = req.body === undefined ? undefined : Buffer.from(JSON.stringify(req.body))
       const headers: Record<string, string> = { accept: 'application/json', connection: 'close' }
       if (body) {
@@ -117,15 +127,20 @@ export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}):
           ),
         timeout,
       )
-      r.on('close', () => clearTimeout(timer))
       r.on('error', (e) => reject(classify(e, baseUrl)))
-      if (req.signal) {
-        if (req.signal.aborted) r.destroy(new Error('aborted'))
-        req.signal.addEventListener(
-          'abort',
-          () => r.destroy(Object.assign(new Error('aborted'), { code: 'ABORT_ERR' })),
-          { once: true },
-        )
+      // One long-lived signal (the agent's) spans many requests: each request's listener goes
+      // away with the request, or they pile up on the signal.
+      const signal = req.signal
+      const onAbort = (): void =>
+        void r.destroy(Object.assign(new Error('aborted'), { code: 'ABORT_ERR' }))
+      cleanup = () => {
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+      }
+      r.on('close', cleanup)
+      if (signal) {
+        if (signal.aborted) onAbort()
+        else signal.addEventListener('abort', onAbort, { once: true })
       }
       r.end(body)
     })

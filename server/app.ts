@@ -7,7 +7,10 @@ import { getPath } from 'hono/utils/url'
 import type { ServerDeps } from './context.ts'
 import { renderError, statusFor } from './http/errors.ts'
 import { createMetrics } from './http/metrics.ts'
-import { accessLog, type AppEnv } from './http/middleware.ts'
+import { declaredBodyLimit } from './http/body.ts'
+import { clientAddress } from './http/client-address.ts'
+import { accessLog, MAX_BODY, sourceAddress, type AppEnv } from './http/middleware.ts'
+import { auditAuthFailure } from './escrow/auth-failure-audit.ts'
 import { adminRoutes } from './routes/admin-api.ts'
 import { hostRoutes } from './routes/host-api.ts'
 import { approvePageRoutes } from './routes/approve-page.ts'
@@ -26,7 +29,10 @@ function routingPath(req: Request): string {
 
 export function createApp(deps: ServerDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>({ getPath: routingPath })
+  app.use('*', clientAddress(deps.settings.trustedProxies))
   app.use('*', accessLog(deps))
+  // Routes read bodies through readBoundedBody with their own (smaller) bounds.
+  app.use('*', declaredBodyLimit(MAX_BODY))
   app.use('*', async (c, next) => {
     await next()
     c.header('X-Content-Type-Options', 'nosniff')
@@ -36,6 +42,12 @@ export function createApp(deps: ServerDeps): Hono<AppEnv> {
   })
   const metrics = createMetrics(deps)
   app.use('*', metrics.middleware)
+  // Host authentication failures become rate-limited audit summaries.
+  app.use('/v1/*', async (c, next) => {
+    await next()
+    if (c.error !== undefined && !c.req.path.startsWith('/v1/admin/'))
+      await auditAuthFailure(deps, c.error, sourceAddress(c))
+  })
   app.get('/healthz', (c) => c.json({ status: 'ok' }))
   app.get('/metrics', metrics.handler)
   app.route('/v1', hostRoutes(deps))

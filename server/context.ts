@@ -30,6 +30,11 @@ export interface ServerSettings {
   hostRateLimit: { perSecond: number; burst: number } | null
   /** SHA-256 (hex) of the read-only `/metrics` scrape token; null disables the endpoint. */
   metricsTokenHash: string | null
+  /**
+   * CIDRs of reverse proxies whose X-Forwarded-For is believed: behind one of them the client
+   * address is the rightmost forwarded hop that is not a trusted proxy. Empty: never believed.
+   */
+  trustedProxies: string[]
 }
 
 export const DEFAULT_SETTINGS: ServerSettings = {
@@ -44,6 +49,7 @@ export const DEFAULT_SETTINGS: ServerSettings = {
   webhook: null,
   hostRateLimit: { perSecond: 200, burst: 400 },
   metricsTokenHash: null,
+  trustedProxies: [],
 }
 
 export interface ServerDeps {

@@ -5,6 +5,7 @@
 import type { ServerDeps } from './context.ts'
 import { livenessJob } from './approvals/liveness.ts'
 import { rotateIfDue } from './keys/rotation.ts'
+import { flushAuthFailureAudit } from './escrow/auth-failure-audit.ts'
 
 type MaintenanceJob = (deps: ServerDeps) => Promise<void>
 
@@ -20,6 +21,8 @@ const jobs: MaintenanceJob[] = [
   async (deps) => {
     await rotateIfDue(deps)
   },
+  // Counts of host authentication failures whose summary minute has passed.
+  (deps) => flushAuthFailureAudit(deps),
 ]
 
 /** Run every job now and then every `intervalMs`; returns a stop function. */

@@ -15,6 +15,7 @@ import { createApp } from './app.ts'
 import type { ServerDeps } from './context.ts'
 import { closeDeps } from './setup.ts'
 import { runMaintenance } from './jobs.ts'
+import { flushAuthFailureAudit } from './escrow/auth-failure-audit.ts'
 
 export interface ListenOptions {
   listen: string
@@ -29,6 +30,23 @@ export function parseListen(text: string): { host: string; port: number } {
     throw new UnlockdError('usage', `--listen must be HOST:PORT (got ${text})`)
   return { host: (m[1] ?? m[2]) as string, port }
 }
+
+/**
+ * Per-connection bounds against slow or bloated requests. The timeouts cover *receiving* a
+ * request (headers, then the whole body), not answering it: a long-poll whose small body has
+ * arrived may be held for pollHold without tripping them. Node checks them every
+ * connectionsCheckingInterval, so that is their resolution.
+ */
+export const CONNECTION_LIMITS = {
+  /** Request line plus headers; ours are a bearer token and a few short fields. */
+  maxHeaderSize: 16 * 1024,
+  /** Headers must be complete this long after the connection (or previous request) starts. */
+  headersTimeout: 10_000,
+  /** The whole request, body included (bodies are at most 256 KiB). */
+  requestTimeout: 30_000,
+  connectionsCheckingInterval: 1000,
+  keepAliveTimeout: 5000,
+} as const
 
 export interface RunningServer {
   url: string
@@ -54,15 +72,13 @@ export async function startServer(deps: ServerDeps, opts: ListenOptions): Promis
         fetch: app.fetch,
         createServer: createHttpsServer,
         serverOptions: {
+          ...CONNECTION_LIMITS,
           cert: readFileSync(opts.tlsCert as string),
           key: readFileSync(opts.tlsKey as string),
           minVersion: 'TLSv1.2',
         },
       })
-    : createAdaptorServer({ fetch: app.fetch })
-  // Long-polls hold requests for up to pollHold; keep sockets alive a little longer than that.
-  ;(server as HttpServer).requestTimeout = (deps.settings.pollHold + 30) * 1000
-  ;(server as HttpServer).keepAliveTimeout = 5000
+    : createAdaptorServer({ fetch: app.fetch, serverOptions: CONNECTION_LIMITS })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(port, host, () => resolve())
@@ -89,6 +105,7 @@ export async function startServer(deps: ServerDeps, opts: ListenOptions): Promis
           // In-flight long-polls get a bounded grace period.
           setTimeout(() => (server as HttpServer).closeAllConnections?.(), 3000).unref()
         })
+        await flushAuthFailureAudit(deps, true)
         await closeDeps(deps)
         deps.log.log('info', 'stopped', {})
       })()

@@ -21,8 +21,32 @@ export function errorBody(err: UnlockdError): ErrorBody {
   return body
 }
 
+/**
+ * True when the client went away mid-request (connection reset while its body was being read,
+ * or the request's signal fired): nothing failed on our side, and nobody is left to answer.
+ */
+export function isClientAbort(c: Context, err: unknown): boolean {
+  if (err instanceof UnlockdError) return false
+  const e = err as { code?: unknown; name?: unknown; message?: unknown } | null
+  if (e !== null && typeof e === 'object') {
+    if (e.code === 'ECONNRESET' || e.code === 'ERR_STREAM_PREMATURE_CLOSE') return true
+    if (e.code === 'ABORT_ERR' || e.name === 'AbortError') return true
+    if (e.message === 'aborted') return true
+  }
+  return c.env !== undefined && (c.req.raw.signal as AbortSignal | undefined)?.aborted === true
+}
+
 export function renderError(c: Context, err: unknown, log: Logger): Response {
   const reqId = c.get('reqId' as never) as string | undefined
+  if (isClientAbort(c, err)) {
+    c.set('errCode' as never, 'client_aborted' as never)
+    log.log('info', 'request aborted by client', {
+      reqId,
+      err: err instanceof Error ? err.message : String(err),
+    })
+    // 499 in the access log, as reverse proxies record it; no client reads this response.
+    return c.body(null, 499 as ContentfulStatusCode)
+  }
   if (err instanceof UnlockdError) {
     const status = statusFor(err.code)
     if (status >= 500) {

@@ -23,6 +23,7 @@ import {
   renderMessagePage,
   type PageNotice,
 } from '../approvals/page.ts'
+import { readBoundedBody } from '../http/body.ts'
 import { statusFor } from '../http/errors.ts'
 import { perAddressLimit, type AppEnv } from '../http/middleware.ts'
 
@@ -116,16 +117,15 @@ export function approvePageRoutes(deps: ServerDeps): Hono<AppEnv> {
     const site = c.req.header('sec-fetch-site')
     if (site !== undefined && site !== 'same-origin' && site !== 'none')
       return message(c, 403, 'Refused', 'This form must be sent from its own page.')
-    const len = Number(c.req.header('content-length') ?? '0')
-    if (
-      !/^application\/x-www-form-urlencoded(\s*;.*)?$/i.test(c.req.header('content-type') ?? '') ||
-      len > MAX_FORM
-    ) {
+    if (!/^application\/x-www-form-urlencoded(\s*;.*)?$/i.test(c.req.header('content-type') ?? ''))
       return message(c, 400, 'Bad request', 'Send the form from the approval page.')
+    let buf: Uint8Array
+    try {
+      buf = await readBoundedBody(c, MAX_FORM)
+    } catch (err) {
+      if (!(err instanceof UnlockdError) || err.code !== 'payload_too_large') throw err
+      return message(c, 413, 'Too large', 'Send the form from the approval page.')
     }
-    const buf = await c.req.arrayBuffer()
-    if (buf.byteLength > MAX_FORM)
-      return message(c, 400, 'Bad request', 'Send the form from the approval page.')
     const form = new URLSearchParams(new TextDecoder().decode(buf))
     const a = await load(id)
     if (!a) return message(c, 404, 'No such request', 'There is no approval request with this id.')

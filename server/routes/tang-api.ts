@@ -16,6 +16,7 @@ import {
   type AdvertisementForm,
 } from '../../shared/tang/adv.ts'
 import type { ServerDeps } from '../context.ts'
+import { readBoundedBody } from '../http/body.ts'
 import { hostRateLimiter, sourceAddress, type AppEnv } from '../http/middleware.ts'
 import { tangService } from '../tang/service.ts'
 
@@ -45,12 +46,7 @@ export function tangRoutes(deps: ServerDeps): Hono<AppEnv> {
 
   r.post('/:host/rec/:kid', async (c) => {
     const name = hostName(c.req.param('host'))
-    const len = Number(c.req.header('content-length') ?? '0')
-    if (len > MAX_REC_BODY)
-      throw new UnlockdError('payload_too_large', `request body exceeds ${MAX_REC_BODY} bytes`)
-    const buf = await c.req.arrayBuffer()
-    if (buf.byteLength > MAX_REC_BODY)
-      throw new UnlockdError('payload_too_large', `request body exceeds ${MAX_REC_BODY} bytes`)
+    const buf = await readBoundedBody(c, MAX_REC_BODY)
     let text: string
     try {
       text = new TextDecoder('utf-8', { fatal: true }).decode(buf)

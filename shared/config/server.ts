@@ -3,7 +3,7 @@
  */
 import * as v from 'valibot'
 import { UnlockdError } from '../errors.ts'
-import { parseWith } from '../protocol/validate.ts'
+import { cidr, parseWith } from '../protocol/validate.ts'
 import { parseDuration } from '../util/duration.ts'
 
 const dur = v.pipe(
@@ -45,6 +45,8 @@ const Schema = v.strictObject({
   ),
   /** `GET /metrics` is served only with a scrape token, read from this file (0600). */
   metrics: v.optional(v.strictObject({ tokenFile: v.pipe(v.string(), v.minLength(1)) })),
+  /** Reverse proxies whose X-Forwarded-For is believed (CIDRs); absent or empty: none. */
+  trustedProxies: v.optional(v.pipe(v.array(cidr), v.maxLength(256))),
   webhook: v.optional(
     v.strictObject({
       url: v.pipe(v.string(), v.url('must be a URL'), v.regex(/^https?:\/\//, 'must be http(s)')),
@@ -70,6 +72,7 @@ export interface ServerConfig {
     totpFailureWindow?: number
     publicUrl?: string
     hostRateLimit?: { perSecond: number; burst: number } | null
+    trustedProxies?: string[]
   }
 }
 
@@ -103,5 +106,6 @@ export function parseServerConfig(text: string, where = 'server.json'): ServerCo
   if (c.publicUrl !== undefined) s.publicUrl = c.publicUrl
   if (c.hostRateLimit !== undefined)
     s.hostRateLimit = c.hostRateLimit === 'off' ? null : c.hostRateLimit
+  if (c.trustedProxies !== undefined) s.trustedProxies = c.trustedProxies
   return out
 }
