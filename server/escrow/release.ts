@@ -13,7 +13,7 @@ import type { ServerDeps } from '../context.ts'
 import { blobAad, unwrap } from '../keys/kek-wrap.ts'
 import { evaluatePolicy, type Decision } from '../policy/evaluate.ts'
 import { deny } from '../store/denial.ts'
-import type { HostRow, StoreTx } from '../store/store.ts'
+import type { HostRow, StoreTx, UnlockEventRow } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { consumeNonceOrThrow, type HostRequest } from './host-auth.ts'
 import { openApproval } from './approval-seam.ts'
@@ -82,6 +82,23 @@ export async function decide(
   })
 }
 
+/** When, from which boot and from where an unlock was asked. */
+export interface Attempt {
+  now: number
+  bootId: string
+  source: string
+}
+
+/** The unlock history row of an attempt. */
+export function historyRow(
+  host: HostRow,
+  at: Attempt,
+  outcome: UnlockEventRow['outcome'],
+  code: string | null = null,
+): UnlockEventRow {
+  return { hostId: host.id, at: at.now, bootId: at.bootId, source: at.source, outcome, code }
+}
+
 /**
  * A release: the history row, the host's last contact and unlock, and the audit entry with
  * `detail` (the caller's, in the order it is stored).
@@ -89,18 +106,11 @@ export async function decide(
 export async function recordRelease(
   t: StoreTx,
   host: HostRow,
-  at: { now: number; bootId: string; source: string },
+  at: Attempt,
   detail: Record<string, unknown>,
 ): Promise<void> {
   const { now, bootId, source } = at
-  await t.recordUnlock({
-    hostId: host.id,
-    at: now,
-    bootId,
-    source,
-    outcome: 'released',
-    code: null,
-  })
+  await t.recordUnlock(historyRow(host, at, 'released'))
   await t.updateHost(host.id, {
     lastSeenAt: now,
     lastSource: source,
@@ -118,18 +128,11 @@ export async function recordDenial(
   t: StoreTx,
   host: HostRow,
   decision: Extract<Decision, { kind: 'deny' }>,
-  at: { now: number; bootId: string; source: string },
+  at: Attempt,
   detail: Record<string, unknown> = { bootId: at.bootId },
 ): Promise<PolicyDenied> {
-  const { now, bootId, source } = at
-  await t.recordUnlock({
-    hostId: host.id,
-    at: now,
-    bootId,
-    source,
-    outcome: 'denied',
-    code: decision.code,
-  })
+  const { now, source } = at
+  await t.recordUnlock(historyRow(host, at, 'denied', decision.code))
   await audit(t, now, `host:${host.name}`, 'unlock.deny', host.name, {
     code: decision.code,
     rule: decision.rule,
@@ -163,14 +166,7 @@ export async function unlock(
         if (decision.rule === IDLE_SUSPEND_RULE && host.state === 'active')
           await suspendIdle(t, host, now)
         const ticket = await openApproval(deps, t, host, payload, source, decision.rule, now)
-        await t.recordUnlock({
-          hostId: host.id,
-          at: now,
-          bootId: payload.bootId,
-          source,
-          outcome: 'approval',
-          code: null,
-        })
+        await t.recordUnlock(historyRow(host, { now, bootId: payload.bootId, source }, 'approval'))
         return { status: 'approval_required', host: host.id, approval: ticket }
       }
       const volumes = await releaseBlobs(deps, t, host, payload.volumes)

@@ -44,7 +44,7 @@ import type { EcmrReplyJwk, EcmrServer, EcPrivateJwk } from '../../shared/tang/m
 import type { ServerDeps } from '../context.ts'
 import { suspendIdle } from '../approvals/liveness.ts'
 import { openApproval } from '../escrow/approval-seam.ts'
-import { decide, PolicyDenied, recordDenial, recordRelease } from '../escrow/release.ts'
+import { decide, historyRow, PolicyDenied, recordDenial, recordRelease } from '../escrow/release.ts'
 import { IDLE_SUSPEND_RULE } from '../policy/idle.ts'
 import { deny } from '../store/denial.ts'
 import type { HostRow, StoreTx, VolumeRow } from '../store/store.ts'
@@ -377,14 +377,7 @@ export class TangService {
         iat: now,
       }
       await openApproval(this.#deps, t, host, req, source, rule, now)
-      await t.recordUnlock({
-        hostId: host.id,
-        at: now,
-        bootId: TANG_BOOT_ID,
-        source,
-        outcome: 'approval',
-        code: null,
-      })
+      await t.recordUnlock(historyRow(host, { now, bootId: TANG_BOOT_ID, source }, 'approval'))
     }
     throw deny(
       new PolicyDenied(
