@@ -28,6 +28,11 @@ export interface RunOptions {
   errorCode?: UnlockdErrorCode | undefined
   /** Package to suggest when the binary is missing, e.g. 'cryptsetup-bin'. */
   installHint?: string | undefined
+  /**
+   * Called with each chunk as it arrives (for progress lines of long runs); the output is still
+   * collected and returned. Never pass secrets through a tool's output.
+   */
+  onOutput?: ((stream: 'stdout' | 'stderr', chunk: Buffer) => void) | undefined
 }
 
 export interface RunResult {
@@ -130,6 +135,7 @@ export function run(
           new UnlockdError(errorCode, `${cmd} wrote more than ${maxOutput} bytes and was killed`),
         )
       else out.push(chunk)
+      opts.onOutput?.('stdout', chunk)
     })
     child.stderr?.on('data', (chunk: Buffer) => {
       errBytes += chunk.length
@@ -138,6 +144,7 @@ export function run(
           new UnlockdError(errorCode, `${cmd} wrote more than ${maxOutput} bytes and was killed`),
         )
       else err.push(chunk)
+      opts.onOutput?.('stderr', chunk)
     })
 
     child.on('error', (e: NodeJS.ErrnoException) => {
