@@ -2,7 +2,7 @@
  * TEST HOOK, for the crash-recovery tests only: `UNLOCKD_TEST_CRASH_AT=STEP` makes `unlockd
  * encrypt` kill itself with SIGKILL inside the named step (and first any tool it started for
  * that step), exactly as a power cut would stop it. `UNLOCKD_TEST_CRASH_DELAY_MS` delays the kill
- * after the tool starts (default 0). Unset in production; it changes nothing when unset.
+ * after the tool starts (default 0), unless the step says when the tool is part-way. Unset in production; it changes nothing when unset.
  */
 import { observeSpawns } from '../exec.ts'
 
@@ -37,12 +37,23 @@ export async function withSpawnCrash<T>(
   step: string,
   cmd: string,
   fn: () => Promise<T>,
+  ready?: () => boolean,
 ): Promise<T> {
   if (!crashRequested(step)) return fn()
   const delay = Number(process.env['UNLOCKD_TEST_CRASH_DELAY_MS'] ?? '0')
   const stop = observeSpawns((e) => {
     if (e.cmd !== cmd) return
-    setTimeout(() => crashWithChild(e.pid), Number.isFinite(delay) ? delay : 0)
+    if (ready === undefined) {
+      setTimeout(() => crashWithChild(e.pid), Number.isFinite(delay) ? delay : 0)
+      return
+    }
+    // Poll until the tool has visibly done part of its work, then die.
+    const timer = setInterval(() => {
+      if (ready()) {
+        clearInterval(timer)
+        crashWithChild(e.pid)
+      }
+    }, 1)
   })
   try {
     return await fn()
