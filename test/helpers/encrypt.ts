@@ -164,3 +164,19 @@ export async function checkImage(
     await mustRun('umount', [mnt])
   }
 }
+
+/**
+ * The key the escrow server releases for `volume`, opened with the host's sealing key: what the
+ * agent would hand to cryptsetup at boot. Needs UNLOCKD_RUN_DIR-free code paths only.
+ */
+export async function escrowedKey(cfg: string, volume: string): Promise<Uint8Array> {
+  const { configDir, requireEnrolled } = await import('../../agent/config-dir.ts')
+  const { obtainRelease } = await import('../../agent/escrow.ts')
+  const { openEscrowBlob } = await import('../../shared/crypto/blob.ts')
+  const c = configDir(cfg)
+  const { config, keys } = requireEnrolled(c)
+  const released = await obtainRelease(c, config, keys, [volume], 30)
+  const v = released.find((r) => r.name === volume)
+  if (v === undefined) throw new Error(`the server released no key for ${volume}`)
+  return openEscrowBlob(v.blob, keys.sealing)
+}

@@ -15,6 +15,7 @@ import { runCli, type CliResult } from '../helpers/cli.ts'
 import { luksMetadata } from '../helpers/luks.ts'
 import { DATASET_NEEDS } from '../helpers/dataset.ts'
 import {
+  escrowedKey,
   checkImage,
   decryptCopy,
   enrolledHost,
@@ -97,7 +98,9 @@ async function assertConverted(
     undefined,
     'the header backup is removed at the end',
   )
-  const copy = await decryptCopy(w.dir, img, new TextEncoder().encode(FALLBACK))
+  const key = await escrowedKey(w.host.cfg, 'data')
+  t.true(await testKey(img, key), 'the escrowed key opens the volume (checked by cryptsetup)')
+  const copy = await decryptCopy(w.dir, img, key)
   const { fsck, fsckOut, after } = await checkImage(w.dir, copy)
   t.is(fsck, 0, fsckOut)
   t.true(Object.keys(before).length > 300)
@@ -164,6 +167,7 @@ for (const [step, delay] of [
       t.is(r.code, 0, r.stderr)
       t.is(r.json.status, 'converted')
       t.true(r.json.resumed)
+      t.regex(r.stderr, new RegExp(`resuming step ${step}`), 'the rerun knew where it stopped')
       await assertConverted(t, w, img, before)
     },
     NEEDS,
