@@ -121,10 +121,14 @@ export interface PlanInput {
 export async function planLuks(i: PlanInput): Promise<LuksPlan> {
   const dev = await deviceFacts(i.device)
   const refusals: Refusal[] = []
-  const fstype = (await probeType(dev.realPath)) ?? null
   const mounts = mountsOf(dev)
   const mountpoints = mounts.map((m) => m.mountpoint)
   const dm = await deviceMapperAvailable()
+  // Decided before the device is even read: the root filesystem is never converted here.
+  const isRoot = mountpoints.includes('/')
+  const fstype = isRoot
+    ? (mounts.find((m) => m.mountpoint === '/')?.fstype ?? null)
+    : ((await probeType(dev.realPath)) ?? null)
   const base = {
     device: i.device,
     name: i.name,
@@ -153,6 +157,24 @@ export async function planLuks(i: PlanInput): Promise<LuksPlan> {
       message:
         'refusing to encrypt without a second way in: give --recovery-key PUBLIC_JWK (made by `unlockd recovery-key create`) or --fallback-passphrase-file F (a 0600 file)',
     })
+  if (isRoot) {
+    refusals.push({
+      code: 'volume_busy',
+      reason: 'root_filesystem',
+      message: `${i.device} is the root filesystem, which cannot be unmounted while the system runs: use --root, which converts it from the initramfs at the next boot`,
+    })
+    return {
+      ...base,
+      fsUuid: null,
+      blockSize: 0,
+      fsBytes: 0,
+      freeBytes: 0,
+      minFsBytes: 0,
+      targetFsBytes: 0,
+      users: [],
+      refusals,
+    }
+  }
   if (fstype === 'crypto_LUKS') {
     refusals.push({
       code: 'volume_invalid',
@@ -191,13 +213,7 @@ export async function planLuks(i: PlanInput): Promise<LuksPlan> {
   }
   const fs = await ext4Facts(dev.realPath)
   const users = mountpoints.flatMap((m) => usersOf(m))
-  if (mountpoints.includes('/'))
-    refusals.push({
-      code: 'volume_busy',
-      reason: 'root_filesystem',
-      message: `${i.device} is the root filesystem, which cannot be unmounted while the system runs: use --root, which converts it from the initramfs at the next boot`,
-    })
-  else if (users.length > 0 && i.units.length === 0)
+  if (users.length > 0 && i.units.length === 0)
     refusals.push({
       code: 'volume_busy',
       reason: 'busy',

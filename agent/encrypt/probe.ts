@@ -11,6 +11,7 @@ import {
   realpathSync,
   statSync,
 } from 'node:fs'
+import { basename } from 'node:path'
 import { run, type RunResult } from '../exec.ts'
 import { UnlockdError } from '../../shared/errors.ts'
 
@@ -56,10 +57,17 @@ export async function deviceFacts(path: string): Promise<DeviceFacts> {
   }
   const st = statSync(real)
   if (st.isBlockDevice()) {
-    const r = await tool('blockdev', ['--getsize64', real])
-    if (r.code !== 0)
-      throw new UnlockdError('volume_invalid', `cannot read the size of ${path}: ${lastLine(r)}`)
-    return { path, realPath: real, isBlockDevice: true, sizeBytes: Number(r.stdout.toString()) }
+    // sysfs gives the size without opening the device: 512-byte sectors.
+    const name = basename(real)
+    let sectors: string
+    try {
+      sectors = readFileSync(`/sys/class/block/${name}/size`, 'utf8').trim()
+    } catch (cause) {
+      throw new UnlockdError('volume_invalid', `cannot read the size of ${path} from sysfs`, {
+        cause,
+      })
+    }
+    return { path, realPath: real, isBlockDevice: true, sizeBytes: Number(sectors) * 512 }
   }
   if (!st.isFile())
     throw new UnlockdError(

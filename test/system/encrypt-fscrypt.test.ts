@@ -23,7 +23,11 @@ import { enrolledHost, type EnrolledHost } from '../helpers/encrypt.ts'
 import { detach } from '../helpers/ext4.ts'
 import { removeKey } from '../../agent/volumes/fscrypt.ts'
 
-const NEEDS = { bins: ['mkfs.ext4', 'mount', 'umount', 'losetup', 'cp', ...DATASET_NEEDS] }
+// Serial: each test copies tens to hundreds of MiB; in parallel they starve a small machine.
+const NEEDS = {
+  serial: true,
+  bins: ['mkfs.ext4', 'mount', 'umount', 'losetup', 'cp', ...DATASET_NEEDS],
+}
 const LONG = { timeoutMs: 600_000 }
 
 interface World {

@@ -24,7 +24,9 @@ import {
 } from '../helpers/encrypt.ts'
 import { testKey } from '../../agent/volumes/luks.ts'
 
+// Serial: each test moves hundreds of MiB; in parallel they starve a small shared machine.
 const NEEDS = {
+  serial: true,
   bins: ['cryptsetup', 'mkfs.ext4', 'resize2fs', 'e2undo', 'mount', 'losetup', ...DATASET_NEEDS],
 }
 const FALLBACK = 'fallback passphrase for the test'
@@ -124,9 +126,30 @@ rootTest(
       'a dry run changes nothing',
     )
 
+    // Mounted but idle: the plan shows the mount, and the conversion unmounts it first.
+    const mnt = join(w.dir, 'live-mnt')
+    await mkdir(mnt)
+    await mustRun('mount', ['-o', 'loop', img, mnt])
+    t.teardown(async () => {
+      await tool('umount', [mnt])
+    })
+    const dry2 = await encrypt(w, `${img}:data`, ['--dry-run'])
+    t.deepEqual(dry2.json.plan.mountpoints, [mnt])
+    t.deepEqual(dry2.json.plan.users, [])
     const r = await encrypt(w, `${img}:data`)
     t.is(r.code, 0, r.stderr)
     t.is(r.json.status, 'converted')
+    t.false((await readFile('/proc/self/mountinfo', 'utf8')).includes(` ${mnt} `), 'unmounted')
+    const progress = r.stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { progress: string; doneBytes: number; totalBytes: number })
+    t.true(progress.length > 0, 'JSON progress lines on stderr')
+    const last = progress.at(-1)
+    t.is(last?.progress, 'encrypting')
+    t.true(
+      last !== undefined && last.totalBytes > 200 * 1048576 && last.doneBytes === last.totalBytes,
+    )
     await assertConverted(t, w, img, before)
 
     const sum = createHash('sha256')
@@ -294,5 +317,37 @@ rootTest(
     t.is(r5.json.reason, 'not_enrolled', r5.stderr)
     t.is((await tool('blkid', ['-p', '-o', 'value', '-s', 'TYPE', plain])).stdout.trim(), 'ext4')
   },
-  { bins: [...NEEDS.bins, 'mkswap'] },
+  { serial: true, bins: [...NEEDS.bins, 'mkswap'] },
+)
+
+rootTest(
+  'encrypt --luks --dry-run on the root filesystem refuses with use --root',
+  async (t) => {
+    const w = await world(t)
+    const root = (await readFile('/proc/self/mountinfo', 'utf8'))
+      .split('\n')
+      .map((l) => l.split(' '))
+      .find((f) => f[4] === '/')
+    const sep = root?.indexOf('-', 6) ?? -1
+    const source = root?.[sep + 2]
+    if (
+      root === undefined ||
+      root[sep + 1] !== 'ext4' ||
+      source === undefined ||
+      !source.startsWith('/dev/')
+    ) {
+      t.pass('the root filesystem here is not ext4 on a block device; nothing to check')
+      return
+    }
+    const r = await encrypt(w, `${source}:rootfs`, ['--dry-run'])
+    t.is(r.code, 1, r.stderr)
+    t.true(
+      r.json.plan.refusals.some(
+        (x: { reason: string; message: string }) =>
+          x.reason === 'root_filesystem' && /--root/.test(x.message),
+      ),
+      JSON.stringify(r.json.plan.refusals),
+    )
+  },
+  NEEDS,
 )
