@@ -28,6 +28,11 @@ export interface RunOptions {
   errorCode?: UnlockdErrorCode | undefined
   /** Package to suggest when the binary is missing, e.g. 'cryptsetup-bin'. */
   installHint?: string | undefined
+  /**
+   * Called with each chunk as it arrives (for progress lines of long runs); the output is still
+   * collected and returned. Never pass secrets through a tool's output.
+   */
+  onOutput?: ((stream: 'stdout' | 'stderr', chunk: Buffer) => void) | undefined
 }
 
 export interface RunResult {
@@ -121,8 +126,8 @@ export function run(
       )
     }, timeoutMs)
 
-    // Each stream is capped on its own.
-    const collect = (into: Buffer[]): ((chunk: Buffer) => void) => {
+    // Each stream is capped on its own; a caller may also watch it as it comes (progress).
+    const collect = (stream: 'stdout' | 'stderr', into: Buffer[]): ((chunk: Buffer) => void) => {
       let bytes = 0
       return (chunk) => {
         bytes += chunk.length
@@ -131,10 +136,11 @@ export function run(
             new UnlockdError(errorCode, `${cmd} wrote more than ${maxOutput} bytes and was killed`),
           )
         else into.push(chunk)
+        opts.onOutput?.(stream, chunk)
       }
     }
-    child.stdout?.on('data', collect(out))
-    child.stderr?.on('data', collect(err))
+    child.stdout?.on('data', collect('stdout', out))
+    child.stderr?.on('data', collect('stderr', err))
 
     child.on('error', (e: NodeJS.ErrnoException) => {
       // Spawn failures (ENOENT, EACCES) arrive here and may not be followed by 'close'.

@@ -12,6 +12,8 @@ packages=(
   tang clevis clevis-luks jose curl jq
   # man pages and shell completion checks
   man-db zsh
+  # xattr checks of the in-place encryption tests
+  attr
   # the metrics test reads /metrics with Prometheus's own text-format parser
   python3-prometheus-client
   # PostgreSQL store

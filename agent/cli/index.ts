@@ -11,3 +11,6 @@ agentCommands.push(initramfsCheck)
 
 import { recoverCommand, recoveryKeyCreateCommand } from './recover.ts'
 agentCommands.push(recoverCommand, recoveryKeyCreateCommand)
+
+import { encryptCommand } from './encrypt.ts'
+agentCommands.push(encryptCommand)
