@@ -27,6 +27,7 @@ import { shredFile } from '../../platform/atomic-file.ts'
 import { configDir, loadConfig, loadKeys } from '../config-dir.ts'
 import { enrollHost } from '../enroll.ts'
 import { newLuksKey } from '../volumes/luks-backend.ts'
+import { isLuksVolume } from '../volumes/registry.ts'
 import {
   addKeyslot,
   FAST_TEST_PBKDF,
@@ -145,7 +146,7 @@ export async function encryptLuks(o: LuksEncryptOptions): Promise<LuksEncryptRes
       'conflict',
       `the journal ${jpath} belongs to ${j.device}, not ${o.device}: give that device, or another :NAME`,
     )
-  const known = config?.volumes.find((v) => v.kind === 'luks' && v.device === o.device)
+  const known = config?.volumes.find((v) => isLuksVolume(v) && v.device === o.device)
   if (j === undefined && known !== undefined && (await isLuks(o.device))) {
     o.log(`${o.device} is already LUKS2 and enrolled as ${known.name}; nothing to do`)
     return { ...base, status: 'unchanged', resumed: false, plan: null }
