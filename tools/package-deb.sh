@@ -9,6 +9,7 @@
 # usage: tools/package-deb.sh [OUTDIR]     (default: dist/deb/)
 # Environment: UNLOCKD_DEB_COMPRESSION  xz (default), gzip or none (the package test uses none:
 #              compressing the server's 96 MB takes minutes on a busy machine)
+#              UNLOCKD_DEB_MAINTAINER  the Maintainer field (name <address>)
 #              UNLOCKD_SERVER_NODE  the Node.js binary to carry in unlockd-server (default: the
 #              node running the build, which is the one node_modules' native addons were built for)
 set -euo pipefail
@@ -27,6 +28,7 @@ done
 [ -d node_modules/koffi ] || die "node_modules/koffi is missing: run npm ci"
 
 VERSION=$(node -p 'require("./package.json").version')
+MAINTAINER=${UNLOCKD_DEB_MAINTAINER:-unlockd maintainers <maintainers@unlockd.example.org>}
 ARCH=$(dpkg --print-architecture)
 # koffi's prebuilt directory for this architecture (the other 17 are pruned).
 case "$ARCH" in
@@ -66,14 +68,19 @@ strip_elf() {
   done < <(find "$1" -type f \( -name '*.node' -o -name '*.so' -o -name '*.so.*' -o -perm -u+x \) -print0)
 }
 
-# Copy koffi with only this architecture's prebuilt binary.
+# Copy koffi with only this architecture's prebuilt binary (its lib/ holds C++ sources only).
 copy_koffi() {
   local dest=$1/node_modules/koffi
   mkdir -p "$dest/build/koffi"
   cp -a node_modules/koffi/package.json node_modules/koffi/index.js node_modules/koffi/indirect.js \
     node_modules/koffi/LICENSE.txt "$dest/"
-  if [ -d node_modules/koffi/lib ]; then cp -a node_modules/koffi/lib "$dest/"; fi
   cp -a "node_modules/koffi/build/koffi/$KOFFI" "$dest/build/koffi/"
+}
+
+# npm leaves modes as the tarballs had them: addons are loaded, not run (0644), and the npm
+# packages' own command-line scripts (#!/usr/bin/env node) are never run from here.
+fix_modes() {
+  find "$1" -type f -perm /111 ! -name node -exec chmod a-x {} +
 }
 
 # Debian changelog for a native package (lintian wants one, gzip -9n).
@@ -83,7 +90,7 @@ write_changelog() {
   {
     printf '%s (%s) unstable; urgency=medium\n\n' "$pkg" "$VERSION"
     printf '  * Built from the unlockd source tree with tools/package-deb.sh.\n\n'
-    printf ' -- unlockd maintainers <unlockd@localhost>  %s\n' \
+    printf ' -- %s  %s\n' "$MAINTAINER" \
       "$(date -u -R -d "@$SOURCE_DATE_EPOCH")"
   } | gzip -9n > "$dir/changelog.gz"
 }
@@ -126,7 +133,7 @@ write_control() { # PKG TREE CONTROL DEPENDS [extra fields file]
   size=$(du -sk --apparent-size "$tree" | cut -f1)
   {
     printf 'Package: %s\nVersion: %s\nArchitecture: %s\n' "$pkg" "$VERSION" "$ARCH"
-    printf 'Maintainer: unlockd maintainers <unlockd@localhost>\n'
+    printf 'Maintainer: %s\n' "$MAINTAINER"
     printf 'Installed-Size: %s\n' "$size"
     printf 'Depends: %s\n' "$depends"
     cat "$DEB/$pkg.control"
@@ -186,6 +193,7 @@ install -D -m 0644 initramfs-hooks/README.md "$A/usr/share/doc/unlockd-agent/REA
 write_changelog unlockd-agent "$A/usr/share/doc/unlockd-agent"
 install -D -m 0644 "$DEB/unlockd-agent.lintian-overrides" "$A/usr/share/lintian/overrides/unlockd-agent"
 strip_elf "$A/usr/lib/unlockd/node_modules"
+fix_modes "$A/usr/lib/unlockd/node_modules"
 install_scripts unlockd-agent "$A/DEBIAN"
 write_conffiles "$A" "$A/DEBIAN"
 agent_libs=$(shlibs_of "$A/usr/lib/unlockd")
@@ -215,9 +223,10 @@ find "$bs/build/Release" -mindepth 1 ! -name better_sqlite3.node -exec rm -rf {}
 rm -rf "$bs/deps" "$bs/src"
 # Build leftovers and files lintian rightly flags in a binary package.
 find "$L/node_modules" \( -name '*.md' ! -iname 'license*' -o -name '.*' ! -name '.' -o -name '*.ts' \
-  -o -name '*.map' -o -name 'Makefile' -o -name '*.gyp' -o -name '*.gypi' \) -prune -exec rm -rf {} +
+  -o -name '*.map' -o -name 'Makefile' -o -name '*.gyp' -o -name '*.gypi' -o -name '*.py' \) -prune -exec rm -rf {} +
 install -m 0755 "$SERVER_NODE" "$L/node"
 strip_elf "$L"
+fix_modes "$L/node_modules"
 "$L/node" --version >/dev/null || die "the stripped node does not run"
 install -D -m 0755 "$DEB/unlockd-server.sh" "$S/usr/bin/unlockd-server"
 install -D -m 0644 systemd/unlockd-server.service "$S/lib/systemd/system/unlockd-server.service"
