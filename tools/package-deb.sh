@@ -24,7 +24,9 @@ cd "$ROOT"
 for tool in dpkg-deb dpkg-shlibdeps strip node npm gzip; do
   command -v "$tool" >/dev/null || die "$tool is missing (apt-get install dpkg-dev binutils)"
 done
-[ -f dist/unlockd-agent.mjs ] && [ -f dist/unlockd.mjs ] || die "dist/ is missing the bundles: run npm run build"
+if [ ! -f dist/unlockd-agent.mjs ] || [ ! -f dist/unlockd.mjs ]; then
+  die "dist/ is missing the bundles: run npm run build"
+fi
 [ -d node_modules/koffi ] || die "node_modules/koffi is missing: run npm ci"
 
 VERSION=$(node -p 'require("./package.json").version')
@@ -182,7 +184,8 @@ for page in man/*.[1-8]; do
   [ -f "$page" ] || continue
   sec=${page##*.}
   mkdir -p "$A/usr/share/man/man$sec"
-  gzip -9n < "$page" > "$A/usr/share/man/man$sec/$(basename "$page").gz"
+  dest="$A/usr/share/man/man$sec/${page##*/}.gz"
+  gzip -9n < "$page" > "$dest"
 done
 if [ -f completion/unlockd.bash ]; then
   install -D -m 0644 completion/unlockd.bash "$A/usr/share/bash-completion/completions/unlockd"

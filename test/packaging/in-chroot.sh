@@ -40,7 +40,9 @@ step files 'dpkg -L unlockd-agent unlockd-server'
 step enabled 'ls /etc/systemd/system/cryptsetup.target.wants/'
 step user 'getent passwd unlockd'
 # Man pages and completion, only when the packages ship them.
+# shellcheck disable=SC2016 # these expand in the chroot's shell, not here
 step man 'set -e; for p in $(dpkg -L unlockd-agent unlockd-server | grep "^/usr/share/man/.*\.gz$"); do echo "== $p"; man -l "$p" > /dev/null; done'
+# shellcheck disable=SC2016 # expands in the chroot's shell
 step completion 'set -e; f=/usr/share/bash-completion/completions/unlockd; if [ -f $f ]; then bash -c ". $f && complete -p unlockd"; else echo "no completion shipped"; fi'
 step analyze 'systemd-analyze verify /lib/systemd/system/unlockd-agent.service /lib/systemd/system/unlockd-agent.path /lib/systemd/system/unlockd-server.service'
 step dropin 'systemd-analyze cat-config systemd/system/unlockd-server.service 2>/dev/null || cat /lib/systemd/system/unlockd-server.service.d/*.conf'
