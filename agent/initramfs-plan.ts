@@ -25,8 +25,8 @@ export const IMAGE_BUNDLE = '/usr/lib/unlockd/unlockd-agent.mjs'
 /** Host-side settings for the boot scripts (KEY=VALUE lines, also sourced by the shell scripts). */
 export const INITRAMFS_CONF = 'initramfs.conf'
 export const DEFAULT_BUNDLE = '/usr/lib/unlockd/unlockd-agent.mjs'
-/** Node's floor, as in package.json "engines". */
-const MIN_NODE: readonly [number, number] = [20, 19]
+/** The agent bundle's Node floor: Debian 12's nodejs (the server needs 20.19, package.json "engines"). */
+const MIN_NODE: readonly [number, number] = [18, 19]
 
 export type PlanKind = 'exec' | 'file' | 'secret'
 
@@ -243,7 +243,7 @@ export async function planInitramfs(o: PlanOptions): Promise<InitramfsPlan> {
   const node = o.node || settings.node || which('node', o.pathEnv) || ''
   if (node === '') {
     problems.push(
-      'Node.js was not found: install nodejs (20.19 or newer) or set UNLOCKD_NODE=/path/to/node in ' +
+      'Node.js was not found: install nodejs (18.19 or newer) or set UNLOCKD_NODE=/path/to/node in ' +
         confPath,
     )
   } else if (!executable(node)) {
@@ -255,7 +255,7 @@ export async function planInitramfs(o: PlanOptions): Promise<InitramfsPlan> {
       resolve(node) === resolve(process.execPath) ? process.version : await nodeVersion(node)
     if (version === undefined || !versionOk(version)) {
       problems.push(
-        `${node} is Node.js ${version ?? '(unknown version)'}; the agent needs 20.19 or newer: install a newer nodejs or set UNLOCKD_NODE`,
+        `${node} is Node.js ${version ?? '(unknown version)'}; the agent needs 18.19 or newer: install a newer nodejs or set UNLOCKD_NODE`,
       )
     } else {
       files.push({
@@ -264,6 +264,13 @@ export async function planInitramfs(o: PlanOptions): Promise<InitramfsPlan> {
         dest: IMAGE_NODE,
         why: `Node.js ${version} runs the agent (copied with its shared libraries)`,
       })
+      for (const f of await sharedBuiltins(node))
+        files.push({
+          kind: 'file',
+          source: f,
+          dest: f,
+          why: 'a builtin module this Node.js loads from outside its binary (Debian libnode)',
+        })
     }
   }
 
@@ -436,6 +443,36 @@ async function nodeVersion(node: string): Promise<string | undefined> {
   } catch {
     return undefined
   }
+}
+
+/**
+ * Debian's nodejs links libnode and loads some builtins at start-up from /usr/share/nodejs
+ * (acorn, acorn-walk, cjs-module-lexer, undici) instead of carrying them; their paths are
+ * compiled into libnode. Returns the ones that exist, so the image gets them next to node.
+ * A node with everything built in (upstream builds) gives an empty list.
+ */
+async function sharedBuiltins(node: string): Promise<string[]> {
+  let libs: string[]
+  try {
+    const r = await run('ldd', [node], { timeoutMs: 20_000 })
+    libs = [...r.stdout.toString('utf8').matchAll(/=>\s+(\/\S*libnode\.so[^\s]*)/g)].map(
+      (m) => m[1] as string,
+    )
+  } catch {
+    return []
+  }
+  const found = new Set<string>()
+  for (const lib of libs) {
+    let text: string
+    try {
+      text = readFileSync(lib).toString('latin1')
+    } catch {
+      continue
+    }
+    for (const m of text.matchAll(/\/usr\/share\/nodejs\/[A-Za-z0-9_.@/-]+\.js/g))
+      if (readable(m[0])) found.add(m[0])
+  }
+  return [...found].sort()
 }
 
 /** Tab-separated lines for the hooks: `exec|file|secret SRC DEST`, then `volume UUID NAME`. */

@@ -28,6 +28,7 @@ await build({
   ...common,
   entryPoints: ['bin/unlockd-agent.ts'],
   outfile: 'dist/unlockd-agent.mjs',
+  target: 'node18.19',
   external: ['koffi'],
   banner,
   minify: true,

@@ -47,7 +47,7 @@ export const initramfsCheck: Command = {
   usage:
     'unlockd initramfs check [--config DIR] [--flavour initramfs-tools|dracut] [--crypttab FILE] [--fstab FILE] [--node PATH] [--bundle PATH] [--format text|lines] [--json]',
   description: [
-    'Checks Node.js (20.19+), the agent bundle, agent.json, both host keys (mode 0600), pinned CAs and,',
+    'Checks Node.js (18.19+), the agent bundle, agent.json, both host keys (mode 0600), pinned CAs and,',
     'for initramfs-tools, a crypttab entry for the LUKS volume (no keyscript: the agent answers the prompt).',
     'Settings come from CONFIG/initramfs.conf (UNLOCKD_NODE, UNLOCKD_BUNDLE, UNLOCKD_TIMEOUT, UNLOCKD_IFDOWN).',
     '--format lines is what the initramfs hooks read: "exec|file|secret SRC DEST" and "volume UUID NAME", tab-separated.',

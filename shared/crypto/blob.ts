@@ -3,19 +3,13 @@
  * sealing key and optionally to the operator's recovery key. The server stores them but cannot
  * open them.
  */
-import { GeneralEncrypt, generalDecrypt, type GeneralJWE } from 'jose'
 import { UnlockdError } from '../errors.ts'
 import { BLOB_CTY, CONTENT_ENC, SEALING_ALG } from './algorithms.ts'
 import { sha256B64u } from './bytes.ts'
-import {
-  importSealingPrivate,
-  importSealingPublic,
-  thumbprint,
-  type PrivateOkpJwk,
-  type PublicOkpJwk,
-} from './keys.ts'
+import { thumbprint, type PrivateOkpJwk, type PublicOkpJwk } from './keys.ts'
+import { openGeneralJwe, sealGeneralJwe, type GeneralJwe } from './okp.ts'
 
-export type EscrowBlob = GeneralJWE
+export type EscrowBlob = GeneralJwe
 
 const MAX_BLOB_JSON = 16 * 1024
 
@@ -30,13 +24,9 @@ export async function sealVolumeKey(
   if (volumeKey.byteLength < 16 || volumeKey.byteLength > 512)
     throw new RangeError('volume key must be 16..512 bytes')
   if (recipients.length === 0) throw new RangeError('at least one recipient is required')
-  const enc = new GeneralEncrypt(volumeKey).setProtectedHeader({ enc: CONTENT_ENC, cty: BLOB_CTY })
-  for (const r of recipients) {
-    enc
-      .addRecipient(await importSealingPublic(r))
-      .setUnprotectedHeader({ alg: SEALING_ALG, kid: await thumbprint(r) })
-  }
-  return enc.encrypt()
+  const to = []
+  for (const r of recipients) to.push({ key: r, kid: await thumbprint(r) })
+  return sealGeneralJwe(volumeKey, { enc: CONTENT_ENC, cty: BLOB_CTY }, to)
 }
 
 /** Structural validation of an untrusted blob. Returns a fresh copy with only known members. */
@@ -114,24 +104,13 @@ export async function blobDigest(blob: EscrowBlob): Promise<string> {
 export async function openEscrowBlob(blob: EscrowBlob, key: PrivateOkpJwk): Promise<Uint8Array> {
   const parsed = parseEscrowBlob(blob)
   const kid = await thumbprint(key)
-  if (!parsed.recipients.some((r) => r.header?.kid === kid)) {
+  if (!parsed.recipients.some((r) => r.header.kid === kid)) {
     throw new UnlockdError('decryption_failed', 'blob is not sealed to this key')
   }
-  // Keep only our recipient so jose does not try (and fail on) the others.
-  const mine: EscrowBlob = {
-    ...parsed,
-    recipients: parsed.recipients.filter((r) => r.header?.kid === kid),
-  }
+  const mine = parsed.recipients.find((r) => r.header.kid === kid) as EscrowBlob['recipients'][0]
   try {
-    const { plaintext, protectedHeader } = await generalDecrypt(
-      mine,
-      await importSealingPrivate(key),
-      {
-        keyManagementAlgorithms: [SEALING_ALG],
-        contentEncryptionAlgorithms: [CONTENT_ENC],
-      },
-    )
-    if (protectedHeader?.['cty'] !== BLOB_CTY) {
+    const { plaintext, protectedHeader } = await openGeneralJwe(parsed, mine, key)
+    if (protectedHeader['cty'] !== BLOB_CTY) {
       plaintext.fill(0)
       throw new Error('unexpected cty')
     }

@@ -2,16 +2,12 @@
  * Host-signed requests: compact JWS, EdDSA only, `typ` bound to the purpose and `kid` naming the
  * host id. The server reads `kid` (unverified) only to find which enrolled key to verify with.
  */
-import { CompactSign, compactVerify, decodeProtectedHeader } from 'jose'
+import { decodeProtectedHeader } from 'jose'
 import { UnlockdError } from '../errors.ts'
 import { JWS_TYP, SIGNING_ALG, type JwsPurpose } from './algorithms.ts'
 import { fromUtf8, utf8 } from './bytes.ts'
-import {
-  importSigningPrivate,
-  importSigningPublic,
-  type PrivateOkpJwk,
-  type PublicOkpJwk,
-} from './keys.ts'
+import type { PrivateOkpJwk, PublicOkpJwk } from './keys.ts'
+import { signCompactEd25519, verifyCompactEd25519 } from './okp.ts'
 
 const MAX_JWS = 64 * 1024
 const COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/
@@ -26,9 +22,11 @@ export async function signHostRequest(
   key: PrivateOkpJwk,
   kid: string,
 ): Promise<string> {
-  return new CompactSign(utf8(JSON.stringify(payload)))
-    .setProtectedHeader({ alg: SIGNING_ALG, typ: JWS_TYP[purpose], kid })
-    .sign(await importSigningPrivate(key))
+  return signCompactEd25519(
+    { alg: SIGNING_ALG, typ: JWS_TYP[purpose], kid },
+    utf8(JSON.stringify(payload)),
+    key,
+  )
 }
 
 /** Read the `kid` of an untrusted compact JWS without verifying it. Throws `protocol_invalid`. */
@@ -67,10 +65,8 @@ export async function verifyHostRequest(
 ): Promise<unknown> {
   let payload: Uint8Array
   try {
-    const res = await compactVerify(compact, await importSigningPublic(key), {
-      algorithms: [SIGNING_ALG],
-    })
-    if (res.protectedHeader.typ !== JWS_TYP[purpose]) throw new Error('typ mismatch')
+    const res = verifyCompactEd25519(compact, key)
+    if (res.header['typ'] !== JWS_TYP[purpose]) throw new Error('typ mismatch')
     payload = res.payload
   } catch (cause) {
     throw new UnlockdError(

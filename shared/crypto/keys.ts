@@ -3,9 +3,10 @@
  * (recipient of escrow blobs). Keys travel as JWKs; the host id is the signing key's RFC 7638
  * thumbprint, so an id cannot be claimed without the key.
  */
-import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, type JWK } from 'jose'
+import { calculateJwkThumbprint, type JWK } from 'jose'
 import { UnlockdError } from '../errors.ts'
-import { SEALING_ALG, SEALING_CRV, SIGNING_ALG, SIGNING_CRV } from './algorithms.ts'
+import { SEALING_CRV, SIGNING_CRV } from './algorithms.ts'
+import { generateOkp } from './okp.ts'
 
 /** Public OKP JWK as it appears on the wire and in the database. */
 export interface PublicOkpJwk {
@@ -43,18 +44,15 @@ function asOkp(jwk: JWK, crv: string, priv: boolean): PublicOkpJwk | PrivateOkpJ
  * @example const keys = await generateHostKeys()
  */
 export async function generateHostKeys(): Promise<HostKeys> {
-  const sig = await generateKeyPair(SIGNING_ALG, { crv: SIGNING_CRV, extractable: true })
-  const seal = await generateKeyPair(SEALING_ALG, { crv: SEALING_CRV, extractable: true })
   return {
-    signing: asOkp(await exportJWK(sig.privateKey), SIGNING_CRV, true),
-    sealing: asOkp(await exportJWK(seal.privateKey), SEALING_CRV, true),
+    signing: asOkp(generateOkp(SIGNING_CRV), SIGNING_CRV, true),
+    sealing: asOkp(generateOkp(SEALING_CRV), SEALING_CRV, true),
   }
 }
 
 /** A key pair for the operator's offline recovery key (same shape as a sealing key). */
 export async function generateRecoveryKey(): Promise<PrivateOkpJwk> {
-  const seal = await generateKeyPair(SEALING_ALG, { crv: SEALING_CRV, extractable: true })
-  return asOkp(await exportJWK(seal.privateKey), SEALING_CRV, true)
+  return asOkp(generateOkp(SEALING_CRV), SEALING_CRV, true)
 }
 
 export function publicOf(jwk: PrivateOkpJwk | PublicOkpJwk): PublicOkpJwk {
@@ -102,17 +100,4 @@ export function parsePrivateKey(value: unknown, kind: 'signing' | 'sealing'): Pr
 /** RFC 7638 thumbprint (SHA-256, base64url). Used as host id and as recipient `kid`. */
 export async function thumbprint(jwk: PublicOkpJwk): Promise<string> {
   return calculateJwkThumbprint({ kty: jwk.kty, crv: jwk.crv, x: jwk.x }, 'sha256')
-}
-
-export async function importSigningPrivate(jwk: PrivateOkpJwk): Promise<CryptoKey> {
-  return (await importJWK(jwk, SIGNING_ALG)) as CryptoKey
-}
-export async function importSigningPublic(jwk: PublicOkpJwk): Promise<CryptoKey> {
-  return (await importJWK(jwk, SIGNING_ALG)) as CryptoKey
-}
-export async function importSealingPrivate(jwk: PrivateOkpJwk): Promise<CryptoKey> {
-  return (await importJWK(jwk, SEALING_ALG)) as CryptoKey
-}
-export async function importSealingPublic(jwk: PublicOkpJwk): Promise<CryptoKey> {
-  return (await importJWK(jwk, SEALING_ALG)) as CryptoKey
 }

@@ -12,7 +12,16 @@ import { join, relative } from 'node:path'
 import { findBin } from '../helpers/root.ts'
 
 const REPO = join(import.meta.dirname, '../..')
-const ROOTS = ['initramfs-hooks', 'vagrant', 'systemd', 'test/boot', 'tools', '.ci', 'provisioning']
+const ROOTS = [
+  'initramfs-hooks',
+  'vagrant',
+  'systemd',
+  'test/boot',
+  'test/packaging',
+  'tools',
+  '.ci',
+  'provisioning',
+]
 
 function walk(dir: string): string[] {
   let out: string[] = []
