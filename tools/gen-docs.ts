@@ -1,7 +1,8 @@
 /**
  * Writes the manual pages and shell completion of the CLI from its command table (the same
  * table `--help` prints): dist/man/unlockd.1, unlockd-server.8, unlockd-agent.8 and
- * dist/completion/unlockd (bash) and _unlockd (zsh). Run by `npm run build`.
+ * dist/completion/unlockd.bash and _unlockd (zsh), and the host-only unlockd-agent.bash and
+ * _unlockd-agent that the agent package installs. Run by `npm run build`.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { agentCommands } from '../agent/cli/index.ts'
@@ -77,6 +78,9 @@ for (const [name, section, text] of [
 ] as const) {
   writeFileSync(`dist/man/${name}.${section}`, text ?? '')
 }
+// The full CLI (a checkout's bin/unlockd.mjs), and the host-only one the agent package ships.
 const all = [...serverCommands, ...agentCommands]
-writeFileSync('dist/completion/unlockd', bashCompletion('unlockd', all))
+writeFileSync('dist/completion/unlockd.bash', bashCompletion('unlockd', all))
 writeFileSync('dist/completion/_unlockd', zshCompletion('unlockd', all))
+writeFileSync('dist/completion/unlockd-agent.bash', bashCompletion('unlockd', agentCommands))
+writeFileSync('dist/completion/_unlockd-agent', zshCompletion('unlockd', agentCommands))
