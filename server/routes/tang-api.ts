@@ -1,5 +1,5 @@
 /**
- * Tang endpoints of Tang hosts (issue 8), mounted at /tang: `GET /tang/NAME/adv`,
+ * Tang endpoints of Tang hosts, mounted at /tang: `GET /tang/NAME/adv`,
  * `GET /tang/NAME/adv/THP`, `POST /tang/NAME/rec/KID`, with tangd's content types so stock
  * clevis (`clevis encrypt tang '{"url":"https://server/tang/NAME"}'`) works unchanged.
  * The per-address limiter guards the P-521 work like it guards the host routes.

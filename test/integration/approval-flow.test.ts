@@ -21,6 +21,7 @@ import { suspendIdleHosts } from '../../server/approvals/liveness.ts'
 import { totpCodeAt } from '../../server/approvals/totp.ts'
 import { startTestServer, type TestServer } from '../helpers/server.ts'
 import { UNLOCKD, runCli } from '../helpers/cli.ts'
+import { until } from '../helpers/wait.ts'
 import {
   addOperator,
   askUnlock,
@@ -459,13 +460,6 @@ async function webhookReceiver(
     url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}/unlockd-topic`,
     received,
     close,
-  }
-}
-
-async function until(cond: () => boolean, what: string, maxMs = 15_000): Promise<void> {
-  for (let waited = 0; !cond(); waited += 50) {
-    if (waited > maxMs) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 50))
   }
 }
 

@@ -1,5 +1,5 @@
 /**
- * Shred and KEK rotation survive a crash at every step (DESIGN T6). The real CLI server runs as
+ * Shred and KEK rotation survive a crash at every step. The real CLI server runs as
  * a child process; `UNLOCKD_FAULT=<point>` makes it SIGKILL itself at that step (a real kill:
  * no finally blocks, no graceful close). It is then restarted without the fault, and the end
  * state must be the one an uninterrupted run reaches:

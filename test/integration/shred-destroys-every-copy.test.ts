@@ -1,5 +1,5 @@
 /**
- * What a shred destroys, proven against copies taken just before it (DESIGN T1/T3, issue 5).
+ * What a shred destroys, proven against copies taken just before it (a stolen disk image or database backup).
  *
  * Before the shred we copy everything an attacker could later hold: the database file with its
  * WAL, the keystore and its backup, and the host's private key JWKs (a disk image of the host).

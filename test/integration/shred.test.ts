@@ -1,5 +1,5 @@
 /**
- * Crypto-shred and the kill-switch channel over real HTTP (issue 5): TOTP required, dry run
+ * Crypto-shred and the kill-switch channel over real HTTP: TOTP required, dry run
  * changes nothing, shred is idempotent, a shredded host is refused and can never enroll again,
  * a volume-only shred leaves the host and its other volumes, the watch channel delivers the
  * order (to a host already waiting, and to one that connects later, even after a restart), the
@@ -28,6 +28,7 @@ import { parseKekStatus, parseShredResult } from '../../shared/protocol/shred.ts
 import { requestRotation, rotateIfDue, ROTATION_META } from '../../server/keys/rotation.ts'
 import { Keystore, backupPathOf } from '../../server/keys/keystore.ts'
 import { TEST_PASSPHRASE, startTestServer, type TestServer } from '../helpers/server.ts'
+import { until } from '../helpers/wait.ts'
 import {
   addOperator,
   asOperator,
@@ -296,7 +297,10 @@ test('watch: none before; a waiting host is woken by the shred; a host that conn
     bootId: 'boot-0001',
     holdMs: 20_000,
   })
-  await new Promise((r) => setTimeout(r, 300))
+  await until(
+    () => srv.deps.events.listenerCount(`shred:${h.hostId}`) > 0,
+    'the watch to wait for a shred order',
+  )
   t.is((await doShred({ host: 'web-1' })).status, 200)
   t.deepEqual(await waiting, { order: 'shred', volumes: ['data'] })
 

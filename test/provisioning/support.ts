@@ -5,6 +5,7 @@
  */
 import type { ExecutionContext } from 'ava'
 import { spawn } from 'node:child_process'
+import { run as spawnRun, type RunOptions, type RunResult } from '../helpers/spawn.ts'
 import { existsSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -12,47 +13,11 @@ import { fileURLToPath } from 'node:url'
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 export const DIST_CLI = join(REPO, 'dist/unlockd.mjs')
 
-export interface RunResult {
-  code: number | null
-  signal: NodeJS.Signals | null
-  stdout: string
-  stderr: string
-}
+export type { RunOptions, RunResult }
 
-export interface RunOptions {
-  env?: Record<string, string | undefined>
-  input?: string
-  cwd?: string
-  /** Kill the program after this long (default 5 minutes): every wait is bounded. */
-  timeoutMs?: number
-}
-
-/** Run a program to completion (no shell); never rejects for a non-zero exit. */
+/** `run` of spawn.ts, in the repository by default. */
 export function run(cmd: string, args: readonly string[], o: RunOptions = {}): Promise<RunResult> {
-  return new Promise((resolveRun, reject) => {
-    const child = spawn(cmd, [...args], {
-      cwd: o.cwd ?? REPO,
-      env: o.env ? { ...process.env, ...o.env } : process.env,
-      stdio: [o.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-    })
-    const out: Buffer[] = []
-    const err: Buffer[] = []
-    child.stdout?.on('data', (c: Buffer) => out.push(c))
-    child.stderr?.on('data', (c: Buffer) => err.push(c))
-    const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutMs ?? 5 * 60_000)
-    child.on('error', (e) => {
-      clearTimeout(timer)
-      reject(e)
-    })
-    child.on('close', (code, signal) => {
-      clearTimeout(timer)
-      resolveRun({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') })
-    })
-    if (o.input !== undefined) {
-      child.stdin?.on('error', () => {})
-      child.stdin?.end(o.input)
-    }
-  })
+  return spawnRun(cmd, args, { cwd: REPO, ...o })
 }
 
 /** Run the built `unlockd` (dist/unlockd.mjs). */
@@ -92,7 +57,7 @@ export async function startCliServer(t: ExecutionContext, bundle: string, args: 
     clearTimeout(killer)
   })
   const url = await new Promise<string>((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start within 30 s: ${err}`)), 30_000)
+    const timer = setTimeout(() => reject(new Error(`server did not start within 120 s: ${err}`)), 120_000)
     child.stderr?.on('data', (c: Buffer) => {
       err += c.toString('utf8')
       const m = /listening on (https?:\/\/\S+)/.exec(err)
