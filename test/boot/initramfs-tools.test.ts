@@ -227,7 +227,7 @@ rootTest(
     const w = await setup(t)
     const vm = await boot(t, w, { reachable: false, append: 'unlockd.timeout=600' })
     await vm.waitFor(/unlockd: the escrow server is unreachable; retrying/, BOOT_LIMIT_MS)
-    await vm.waitFor(/Please unlock disk cryptroot/, 10_000)
+    await vm.waitFor(/Please unlock disk cryptroot/, BOOT_LIMIT_MS)
     vm.type(`${w.disk.passphrase}\n`)
     const out = await finish(t, w, vm)
     t.notRegex(out, /gave up/, 'the agent was still trying when the passphrase was typed')

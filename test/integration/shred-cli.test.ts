@@ -25,6 +25,7 @@ import { addOperator, codeNow, enrollHost, testClock } from '../helpers/approval
 import { runCli } from '../helpers/cli.ts'
 import { initDataDirCli, startCliServer } from '../helpers/cli-server.ts'
 import { tempDir } from '../helpers/tmp.ts'
+import { rejectsWithCode } from '../helpers/errors.ts'
 
 const mode = (p: string): number => statSync(p).mode & 0o777
 
@@ -85,15 +86,16 @@ test('unlockd shred: dry run changes nothing; no terminal and no --yes refuses; 
     /What shred cannot do:[\s\S]*RAM of a running host[\s\S]*added by hand[\s\S]*keystore AND the database/,
   )
   t.is((await srv.admin('GET', '/hosts/web-1')).body.state, 'shredded')
-  const denied = await t.throwsAsync(
+  await rejectsWithCode(
+    t,
     requestUnlock(srv.transport, {
       keys: h.keys,
       hostId: h.hostId,
       bootId: 'boot-0001',
       volumes: [],
     }),
+    'host_shredded',
   )
-  t.is((denied as { code?: string }).code, 'host_shredded')
 
   const status = await runCli(['kek', 'status', '--json'], env)
   t.is(status.code, 0, status.stderr)

@@ -39,6 +39,7 @@ import {
   type TestHost,
   type TestOperator,
 } from '../helpers/approval.ts'
+import { rejectsWithCode } from '../helpers/errors.ts'
 
 async function setup(
   t: Parameters<typeof startTestServer>[0],
@@ -154,28 +155,30 @@ test('shred: blobs gone, host tombstoned and refused, never enrolls again, KEK r
   t.is(view.state, 'shredded')
   t.is(view.stateReason, 'decommissioned')
   t.deepEqual(view.volumes, [])
-  const denied = await t.throwsAsync(
+  await rejectsWithCode(
+    t,
     requestUnlock(srv.transport, {
       keys: victim.keys,
       hostId: victim.hostId,
       bootId: 'boot-0002',
       volumes: [],
     }),
+    'host_shredded',
   )
-  t.is((denied as { code?: string }).code, 'host_shredded')
   // The tombstone keeps the identity: the same keys can never enroll again, under any name.
   const tok = await srv.admin('POST', '/tokens', { host: 'web-1', ttlSeconds: 600 })
   t.is(tok.status, 201, 'the name is free for a new host')
   const blob = await sealVolumeKey(victim.vk, [publicOf(victim.keys.sealing)])
-  const again = await t.throwsAsync(
+  await rejectsWithCode(
+    t,
     enroll(srv.transport, {
       token: tok.body.token,
       name: 'web-1',
       keys: victim.keys,
       volumes: [{ name: 'data', kind: 'luks', blob }],
     }),
+    'host_shredded',
   )
-  t.is((again as { code?: string }).code, 'host_shredded')
   const exp = await srv.admin('POST', '/hosts/web-1/escrow-export', {})
   t.is(exp.status, 403)
   t.is(exp.body.error, 'host_shredded')
@@ -357,10 +360,11 @@ test('watch: a signed request is single-use and must be from the host', async (t
   const { srv } = await setup(t)
   const h = await enrollHost(t, srv, 'web-1')
   const stranger = await generateHostKeys()
-  const err = await t.throwsAsync(
+  await rejectsWithCode(
+    t,
     watch(srv.transport, { keys: stranger, hostId: h.hostId, bootId: 'boot-0001', holdMs: 1000 }),
+    'bad_signature',
   )
-  t.is((err as { code?: string }).code, 'bad_signature')
   srv.deps.settings.pollHold = 1
   const nonce = await fetchNonce(srv.transport)
   const jws = await signHostRequest(

@@ -9,19 +9,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { enroll, generateHostKeys } from '../../shared/client/host-client.ts'
-import { isUnlockdError } from '../../shared/errors.ts'
+import { rejectsWithCode } from '../helpers/errors.ts'
 import { startTestServer } from '../helpers/server.ts'
 import { cli, requireBuild } from './support.ts'
-
-async function enrollError(p: Promise<unknown>): Promise<{ code: string; status: unknown }> {
-  try {
-    await p
-  } catch (e) {
-    if (isUnlockdError(e)) return { code: e.code, status: e.details?.['status'] }
-    throw e
-  }
-  throw new Error('enrollment unexpectedly succeeded')
-}
 
 test('POST /v1/admin/tokens makes a single-use token bound to a host; reuse fails with token_used', async (t) => {
   const srv = await startTestServer(t)
@@ -39,14 +29,14 @@ test('POST /v1/admin/tokens makes a single-use token bound to a host; reuse fail
   t.like(list.body.tokens.find((x: { id: string }) => x.id === res.body.id), { host: 'web-1', state: 'unused' })
 
   // Bound to its host name.
-  t.like(await enrollError(enroll(srv.transport, { token: res.body.token, name: 'web-2', keys: await generateHostKeys(), volumes: [] })), { code: 'forbidden', status: 403 })
+  t.is((await rejectsWithCode(t, enroll(srv.transport, { token: res.body.token, name: 'web-2', keys: await generateHostKeys(), volumes: [] }), 'forbidden'))?.details?.['status'], 403)
 
   const first = await enroll(srv.transport, { token: res.body.token, name: 'web-1', keys: await generateHostKeys(), volumes: [] })
   t.is(first.name, 'web-1')
   t.like((await srv.admin('GET', '/tokens')).body.tokens.find((x: { id: string }) => x.id === res.body.id), { state: 'used' })
 
   // A second host (a copied user-data, a leaked state file) cannot use it again.
-  t.deepEqual(await enrollError(enroll(srv.transport, { token: res.body.token, name: 'web-1', keys: await generateHostKeys(), volumes: [] })), { code: 'token_used', status: 403 })
+  t.is((await rejectsWithCode(t, enroll(srv.transport, { token: res.body.token, name: 'web-1', keys: await generateHostKeys(), volumes: [] }), 'token_used'))?.details?.['status'], 403)
 
   // Once the host is enrolled, a new token for its name is refused: the Terraform module reads this 409.
   const again = await srv.admin('POST', '/tokens', { host: 'web-1', ttlSeconds: 900 })
@@ -60,20 +50,20 @@ test('tokens are refused outside their networks, after revocation and after expi
 
   const far = await srv.admin('POST', '/tokens', { host: 'db-1', cidrs: ['203.0.113.0/24'] })
   t.is(far.status, 201)
-  t.like(await enrollError(enroll(srv.transport, { token: far.body.token, name: 'db-1', keys: await generateHostKeys(), volumes: [] })), { code: 'cidr_denied' })
+  await rejectsWithCode(t, enroll(srv.transport, { token: far.body.token, name: 'db-1', keys: await generateHostKeys(), volumes: [] }), 'cidr_denied')
 
   const revoked = await srv.admin('POST', '/tokens', { host: 'db-2' })
   const r = await srv.admin('DELETE', `/tokens/${revoked.body.id}`)
   t.is(r.status, 200)
   t.is(r.body.state, 'revoked')
-  t.like(await enrollError(enroll(srv.transport, { token: revoked.body.token, name: 'db-2', keys: await generateHostKeys(), volumes: [] })), { code: 'token_revoked' })
+  await rejectsWithCode(t, enroll(srv.transport, { token: revoked.body.token, name: 'db-2', keys: await generateHostKeys(), volumes: [] }), 'token_revoked')
   const twice = await srv.admin('DELETE', `/tokens/${revoked.body.id}`)
   t.is(twice.status, 409)
   t.is(twice.body.error, 'conflict')
 
   const short = await srv.admin('POST', '/tokens', { host: 'db-3', ttlSeconds: 60 })
   now += 61
-  t.like(await enrollError(enroll(srv.transport, { token: short.body.token, name: 'db-3', keys: await generateHostKeys(), volumes: [] })), { code: 'token_expired' })
+  await rejectsWithCode(t, enroll(srv.transport, { token: short.body.token, name: 'db-3', keys: await generateHostKeys(), volumes: [] }), 'token_expired')
   t.like((await srv.admin('GET', '/tokens')).body.tokens.find((x: { id: string }) => x.id === short.body.id), { state: 'expired' })
 })
 
