@@ -242,6 +242,8 @@ rootTest(
     const w = await setup(t)
     const vm = await boot(t, w, { reachable: false, append: 'unlockd.timeout=15' })
     await vm.waitFor(/unlockd: gave up after 15 s; type the passphrase/, BOOT_LIMIT_MS)
+    // On a busy machine the 15 s can pass before cryptroot shows its prompt: type only once it has.
+    await vm.waitFor(/Please unlock disk cryptroot/, BOOT_LIMIT_MS)
     vm.type(`${w.disk.passphrase}\n`)
     const out = await finish(t, w, vm)
     report(t, 'scenario 4 (bounded wait)', out)
