@@ -58,7 +58,7 @@ try {
         'Method: closed loop; every request is one blinded McCallum-Relyea exchange (X = C + E, reply unblinded and checked)',
         '  on a NEW TCP connection (node:http agent:false, Connection: close), as clevis does with one curl per request.',
         '  Keep-alive is deliberately not used: tangd writes each response in two write()s without TCP_NODELAY, so on a',
-        '  reused connection Nagle + delayed ACK add ~40 ms per request (see PEER-BASELINES.md); that artefact is not tang.',
+        '  reused connection Nagle + delayed ACK add ~40 ms per request; that artefact is not tang.',
         `Machine: ${os.cpus().length} vCPU (${os.cpus()[0]?.model ?? 'unknown'}), node ${process.version}; load generator and server share the CPUs.`,
       ],
     },

@@ -54,6 +54,8 @@ dracut)
 	done
 	;;
 esac
+# Shared by both flavours: their hooks source it and copy it into the image.
+put 0644 "$here/unlockd-functions.sh" /usr/lib/unlockd/initramfs-functions
 if [ -n "$bundle" ]; then
 	put 0644 "$bundle" /usr/lib/unlockd/unlockd-agent.mjs
 fi

@@ -55,7 +55,7 @@ export function createApp(deps: ServerDeps): Hono<AppEnv> {
   app.route('/approve', approvePageRoutes(deps))
   installNotifier(deps) // webhook on every new approval request (listener only, no I/O here)
   app.route('/v1', watchRoutes(deps))
-  // Tang hosts (issue 8): stock clevis against /tang/NAME, with per-host policy and shred.
+  // Tang hosts: stock clevis against /tang/NAME, with per-host policy and shred.
   app.route('/tang', tangRoutes(deps))
   app.notFound((c) =>
     c.json({ error: 'not_found', message: 'no such route' }, statusFor('not_found')),

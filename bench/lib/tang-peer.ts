@@ -6,7 +6,7 @@
  *
  * Measuring: tangd writes each response in two write()s on a socket without TCP_NODELAY, so on
  * a reused (keep-alive) connection every response waits ~40 ms for the client's delayed ACK
- * (Nagle; see /work/shared/PEER-BASELINES.md). clevis runs one curl per request, i.e. a fresh
+ * (Nagle's algorithm on the server side). clevis runs one curl per request, i.e. a fresh
  * connection, which never hits that. So {@link tangRecExchange} opens a new connection per
  * request (node:http with `agent: false`).
  */

@@ -256,7 +256,7 @@ export async function agentSuite(ctx: SuiteContext): Promise<void> {
     [
       'x = median / median of clevis decrypt against tangd (<1 is faster).',
       `unlockd agent: node ${process.version} running dist/unlockd-agent.mjs (one process: start-up, config, nonce + signed unlock,`,
-      '  X25519 unsealing of the escrow blob); clevis: bash + ~16 jose and 1 curl processes per decrypt (PEER-BASELINES.md).',
+      '  X25519 unsealing of the escrow blob); clevis: bash + ~16 jose and 1 curl processes per decrypt.',
       'Peak RSS: GNU time %M of one run (the largest single process of the run). The last row is the floor any Node client pays.',
       `Both servers on this machine; ${os.cpus().length} vCPUs shared with the clients.`,
       '',

@@ -1,5 +1,5 @@
 /**
- * Suite `storm` (issue 8): N simulated hosts (default 10,000) all unlock at once, e.g. after a
+ * Suite `storm`: N simulated hosts (default 10,000) all unlock at once, e.g. after a
  * data-centre power cut. Each host does the agent's full exchange once (nonce + signed unlock,
  * fresh TCP connection per request). The hosts are written into the store beforehand
  * (bench/lib/hosts.ts seedHosts; enrollment time is not part of the figure).

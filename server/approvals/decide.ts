@@ -1,5 +1,5 @@
 /**
- * Deciding approval requests (DESIGN §6): list, approve with a TOTP code, deny. The request was
+ * Deciding approval requests (human approval of an unlock): list, approve with a TOTP code, deny. The request was
  * opened by escrow/approval-seam.ts; the waiting agent is released by escrow/poll.ts, which
  * this file wakes through `deps.events.emit('approval:' + id)` after the decision commits.
  *

@@ -1,7 +1,7 @@
 /**
  * Operator management: add (with a fresh API token and TOTP secret, both shown once), list,
  * remove, and (re-)enroll TOTP. A stolen API token must not be enough to mint a new operator
- * or reset a TOTP secret (DESIGN T5), so once the *calling* operator has TOTP, each of these
+ * or reset a TOTP secret, so once the *calling* operator has TOTP, each of these
  * changes also needs the caller's current code. The first operator (`server init`) has no
  * TOTP; it enrolls with `unlockd operator totp NAME` and from then on the rule applies.
  */

@@ -17,9 +17,7 @@ export const serverInit: Command = {
     'unlockd server init [--data DIR] [--operator NAME] [--db postgres://...] [--passphrase-file F] [--json]',
   description:
     'The keystore passphrase comes from --passphrase-file, UNLOCKD_PASSPHRASE, a systemd credential named unlockd-passphrase, or a prompt. The operator token is shown once and stored only as a hash.',
-  examples: [
-    'UNLOCKD_PASSPHRASE_FILE=... unlockd server init --data /var/lib/unlockd --passphrase-file /root/ks-pass --json',
-  ],
+  examples: ['unlockd server init --data /var/lib/unlockd --passphrase-file /root/ks-pass --json'],
   options: {
     data: { type: 'string' },
     operator: { type: 'string' },

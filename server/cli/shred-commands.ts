@@ -1,5 +1,5 @@
 /**
- * Issue 5 verbs: `shred` (operator, TOTP), `kek rotate` and `kek status` (operator),
+ * Shred and key-management verbs: `shred` (operator, TOTP), `kek rotate` and `kek status` (operator),
  * `escrow export` (operator) and `keystore passwd` (offline, on the server's data directory).
  */
 import { join, resolve } from 'node:path'

@@ -1,4 +1,4 @@
-/** Operator commands for Tang hosts (issue 8): `host add NAME --tang`, `host rotate-tang NAME`. */
+/** Operator commands for Tang hosts: `host add NAME --tang`, `host rotate-tang NAME`. */
 import { parseTangHostView } from '../../shared/protocol/admin-replies.ts'
 import type { TangHostView } from '../../shared/protocol/tang.ts'
 import { parseCidr } from '../../shared/util/cidr.ts'

@@ -1,5 +1,5 @@
 /**
- * Crypto-shred (DESIGN §7): destroy every copy of a host's (or some volumes') escrow blobs that
+ * Crypto-shred: destroy every copy of a host's (or some volumes') escrow blobs that
  * unlockd controls, for good.
  *
  * 1. One transaction: the operator's TOTP code is checked, the blobs are deleted (SQLite

@@ -1,5 +1,5 @@
 /**
- * Policy evaluation (DESIGN §5): a pure function of the request, the host, its history and its
+ * Policy evaluation (shared/protocol/policy.ts): a pure function of the request, the host, its history and its
  * policy, returning the decision and the rule that made it. No I/O, no clock: `now` is input.
  */
 import type { UnlockdErrorCode } from '../../shared/errors.ts'

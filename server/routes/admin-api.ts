@@ -76,7 +76,7 @@ export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
       throw new UnlockdError('bad_request', 'limit must be 1..10000')
     return c.json({ entries: await listAudit(deps, after, limit) })
   })
-  // Human approval and operators (issue 4); behind the bearer check above.
+  // Human approval and operators; behind the bearer check above.
   r.route('/', approvalAdminRoutes(deps))
   r.route('/', shredRoutes(deps))
   r.route('/', tangAdminRoutes(deps))

@@ -1,5 +1,5 @@
 /**
- * Operator routes of issue 5 under /v1/admin: crypto-shred, KEK rotation and status, escrow
+ * Operator routes of crypto-shred under /v1/admin: crypto-shred, KEK rotation and status, escrow
  * export. Mounted inside adminRoutes, behind its one operator-token check; shred (not its dry run) also needs the
  * operator's TOTP code in the body.
  */

@@ -1,5 +1,5 @@
 /**
- * Operator routes for Tang hosts (issue 8) under /v1/admin: add a host served only through the
+ * Operator routes for Tang hosts under /v1/admin: add a host served only through the
  * Tang endpoints, show its keys, rotate them and purge retired ones. Mounted inside adminRoutes,
  * behind its operator-token check.
  */

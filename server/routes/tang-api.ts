@@ -1,5 +1,5 @@
 /**
- * Tang endpoints of Tang hosts (issue 8), mounted at /tang: `GET /tang/NAME/adv`,
+ * Tang endpoints of Tang hosts, mounted at /tang: `GET /tang/NAME/adv`,
  * `GET /tang/NAME/adv/THP`, `POST /tang/NAME/rec/KID`, with tangd's content types and JWS form
  * so stock clevis (`clevis encrypt tang '{"url":"https://server/tang/NAME"}'`) works unchanged.
  * A URL given with a trailing slash (`.../tang/NAME/`) makes clevis ask for `NAME//adv`, which

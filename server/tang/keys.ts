@@ -1,5 +1,5 @@
 /**
- * Tang hosts (issue 8): a host that stock clevis reaches through `/tang/NAME/{adv,rec}` instead of
+ * Tang hosts: a host that stock clevis reaches through `/tang/NAME/{adv,rec}` instead of
  * an agent. Its Tang key pairs (ES512 signing + ECMR exchange, P-521, made here like
  * tangd-keygen does) are stored as `volumes` rows of kind `tang`, each wrapped with the current
  * KEK under the same AAD as escrow blobs. So KEK rotation re-wraps them, `unlockd shred --host`

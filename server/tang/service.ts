@@ -1,5 +1,5 @@
 /**
- * The Tang protocol for Tang hosts (issue 8): `GET /tang/NAME/adv[/THP]` and
+ * The Tang protocol for Tang hosts: `GET /tang/NAME/adv[/THP]` and
  * `POST /tang/NAME/rec/KID`, byte-compatible with tangd so stock clevis works, with unlockd's
  * per-host policy in front of every recovery.
  *

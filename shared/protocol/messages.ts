@@ -300,7 +300,7 @@ export interface AuditEntry {
   hash: string
 }
 
-// --- human approval and operators (issue 4) ---------------------------------------------------
+// --- human approval and operators ---------------------------------------------------------------
 
 export const APPROVAL_ID_RE = /^ap_[A-Za-z0-9_-]{22}$/
 /** A TOTP code (RFC 6238, 6 digits). One-time and short-lived: not a long-lived secret. */

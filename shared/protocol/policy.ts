@@ -1,6 +1,6 @@
 /**
- * Host policy: the declarative part of DESIGN §5. Stored per host, edited with
- * `unlockd host set`, evaluated on the server by a pure function.
+ * Host policy: what a host's unlock needs (source networks, validity dates, boots, approval).
+ * Stored per host, edited with `unlockd host set`, evaluated on the server by a pure function.
  */
 import * as v from 'valibot'
 import { cidr, parseWith } from './validate.ts'

@@ -1,5 +1,5 @@
 /**
- * Operator API messages of crypto-shred, KEK rotation and escrow export (issue 5), and their
+ * Operator API messages of crypto-shred, KEK rotation and escrow export, and their
  * single parsers. The host side of the kill switch (watch, report) is in messages.ts.
  */
 import * as v from 'valibot'

@@ -1,5 +1,5 @@
 /**
- * Operator API messages for hosts served through the Tang endpoints (issue 8), and their single
+ * Operator API messages for hosts served through the Tang endpoints, and their single
  * parsers. The Tang wire protocol itself (adv JWS, ECMR JWKs) lives in shared/tang/.
  */
 import * as v from 'valibot'

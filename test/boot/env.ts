@@ -26,6 +26,7 @@ import { copyFile, mkdir, readFile } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { findBin, mustRun } from '../helpers/root.ts'
+import { run } from '../helpers/spawn.ts'
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 export const CACHE = join(REPO, '.tmp/boot-cache')
@@ -75,38 +76,22 @@ function hashOf(...parts: (string | Buffer)[]): string {
 }
 
 /** Run a command with inherited-nothing stdio, capturing output into a log file; reject with its tail. */
-export function runLogged(
+export async function runLogged(
   cmd: string,
   args: readonly string[],
   log: string,
   opts: { timeoutMs: number; env?: NodeJS.ProcessEnv },
 ): Promise<void> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(cmd, [...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: opts.env ?? process.env,
-    })
-    const out: Buffer[] = []
-    child.stdout.on('data', (c: Buffer) => out.push(c))
-    child.stderr.on('data', (c: Buffer) => out.push(c))
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs)
-    child.on('error', (e) => {
-      clearTimeout(timer)
-      reject(e)
-    })
-    child.on('close', (code, signal) => {
-      clearTimeout(timer)
-      const text = Buffer.concat(out).toString('utf8')
-      writeFileSync(log, text)
-      if (code === 0) resolvePromise()
-      else
-        reject(
-          new Error(
-            `${cmd} ${args.join(' ')} failed (${signal ?? `exit ${code}`}); log ${log}:\n${text.split('\n').slice(-25).join('\n')}`,
-          ),
-        )
-    })
+  const r = await run(cmd, args, {
+    timeoutMs: opts.timeoutMs,
+    mergeStderr: true,
+    ...(opts.env === undefined ? {} : { cleanEnv: true, env: opts.env }),
   })
+  writeFileSync(log, r.stdout)
+  if (r.code !== 0)
+    throw new Error(
+      `${cmd} ${args.join(' ')} failed (${r.signal ?? `exit ${r.code}`}); log ${log}:\n${r.stdout.split('\n').slice(-25).join('\n')}`,
+    )
 }
 
 /** A crude cross-process lock (mkdir is atomic); stale locks of dead processes are taken over. */

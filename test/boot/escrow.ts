@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import type { ExecutionContext } from 'ava'
 import { authenticator } from 'otplib'
 import { mustRun } from '../helpers/root.ts'
+import { run, type RunResult } from '../helpers/spawn.ts'
 import { REPO } from './env.ts'
 
 export const CLI = join(REPO, 'dist/unlockd.mjs')
@@ -17,39 +18,14 @@ export const CLI = join(REPO, 'dist/unlockd.mjs')
 export const GUEST_HOST = '10.0.2.100'
 export const GUEST_PORT = 8443
 
-export interface CliResult {
-  code: number
-  stdout: string
-  stderr: string
-}
+export type CliResult = RunResult
 
 export function cli(
   args: readonly string[],
   env: NodeJS.ProcessEnv,
   stdin?: string,
 ): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-      env: { ...process.env, ...env },
-    })
-    const out: Buffer[] = []
-    const err: Buffer[] = []
-    child.stdout.on('data', (c: Buffer) => out.push(c))
-    child.stderr.on('data', (c: Buffer) => err.push(c))
-    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000)
-    child.on('error', reject)
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      resolve({
-        code: code ?? -1,
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8'),
-      })
-    })
-    child.stdin.on('error', () => {})
-    child.stdin.end(stdin ?? '')
-  })
+  return run(process.execPath, [CLI, ...args], { env, input: stdin ?? '' })
 }
 
 async function mustCli(
@@ -140,8 +116,8 @@ export async function startEscrow(
   })
   const port = await new Promise<number>((resolve, reject) => {
     const deadline = setTimeout(
-      () => reject(new Error(`the escrow server did not start within 30 s:\n${log}`)),
-      30_000,
+      () => reject(new Error(`the escrow server did not start within 120 s:\n${log}`)),
+      120_000,
     )
     const poll = setInterval(() => {
       const m = /listening on https:\/\/127\.0\.0\.1:(\d+)/.exec(log)

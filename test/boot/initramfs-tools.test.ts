@@ -101,6 +101,7 @@ rootTest(
     for (const p of [
       'usr/bin/node',
       'usr/lib/unlockd/unlockd-agent.mjs',
+      'usr/lib/unlockd/initramfs-functions',
       'etc/unlockd/agent.json',
       'etc/unlockd/signing.jwk',
       'etc/unlockd/sealing.jwk',
@@ -226,7 +227,7 @@ rootTest(
     const w = await setup(t)
     const vm = await boot(t, w, { reachable: false, append: 'unlockd.timeout=600' })
     await vm.waitFor(/unlockd: the escrow server is unreachable; retrying/, BOOT_LIMIT_MS)
-    await vm.waitFor(/Please unlock disk cryptroot/, 10_000)
+    await vm.waitFor(/Please unlock disk cryptroot/, BOOT_LIMIT_MS)
     vm.type(`${w.disk.passphrase}\n`)
     const out = await finish(t, w, vm)
     t.notRegex(out, /gave up/, 'the agent was still trying when the passphrase was typed')
@@ -241,6 +242,8 @@ rootTest(
     const w = await setup(t)
     const vm = await boot(t, w, { reachable: false, append: 'unlockd.timeout=15' })
     await vm.waitFor(/unlockd: gave up after 15 s; type the passphrase/, BOOT_LIMIT_MS)
+    // On a busy machine the 15 s can pass before cryptroot shows its prompt: type only once it has.
+    await vm.waitFor(/Please unlock disk cryptroot/, BOOT_LIMIT_MS)
     vm.type(`${w.disk.passphrase}\n`)
     const out = await finish(t, w, vm)
     report(t, 'scenario 4 (bounded wait)', out)

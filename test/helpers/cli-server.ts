@@ -98,8 +98,8 @@ export function startCliServer(
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL')
-      reject(new Error(`server did not start within ${opts.timeoutMs ?? 30_000} ms:\n${out}`))
-    }, opts.timeoutMs ?? 30_000)
+      reject(new Error(`server did not start within ${opts.timeoutMs ?? 120_000} ms:\n${out}`))
+    }, opts.timeoutMs ?? 120_000)
     const onData = (d: Buffer): void => {
       out += d.toString()
       const m = /listening on (http:\/\/\S+)/.exec(out)

@@ -68,7 +68,7 @@ export async function freshPgDatabase(
 
 /** Run one statement on its own short-lived connection (CREATE/DROP DATABASE, probes). */
 export async function adminQuery(url: string, sql: string): Promise<void> {
-  const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 })
+  const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 60_000 })
   c.on('error', () => {})
   await c.connect()
   try {

@@ -12,9 +12,9 @@
  * ```
  */
 import test, { type ExecutionContext } from 'ava'
-import { spawn } from 'node:child_process'
 import { accessSync, constants } from 'node:fs'
 import { delimiter, join } from 'node:path'
+import { mustRun as mustRunBytes, run, type RunResult } from './spawn.ts'
 
 export interface RootNeeds {
   /** Programs that must be found in PATH or an sbin directory. */
@@ -45,7 +45,7 @@ export function rootUnavailable(needs: RootNeeds = {}): string | undefined {
   if (process.getuid?.() !== 0) return 'needs root (CI runs the suite as root)'
   const missing = (needs.bins ?? []).filter((b) => findBin(b) === undefined)
   if (missing.length > 0)
-    return `needs ${missing.join(', ')} (see /work/shared/FEASIBILITY.md for the apt-get line)`
+    return `needs ${missing.join(', ')} (install the test dependencies: bash tools/test-deps.sh)`
   return undefined
 }
 
@@ -78,51 +78,22 @@ export function rootTest(
   }
 }
 
-export interface ToolResult {
-  code: number
-  stdout: string
-  stderr: string
-}
+export type ToolResult = RunResult
 
-/**
- * Run a system tool for test setup (mkfs, mount, cryptsetup luksDump...). Independent of
- * agent/exec.ts on purpose, so a bug there cannot hide behind the fixtures. No shell.
- */
+/** Run a system tool for test setup (mkfs, mount, cryptsetup luksDump...): `run` of spawn.ts. */
 export function tool(
   cmd: string,
   args: readonly string[],
   stdin?: Uint8Array,
 ): Promise<ToolResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, [...args], {
-      stdio: [stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-    })
-    const out: Buffer[] = []
-    const err: Buffer[] = []
-    child.stdout?.on('data', (c: Buffer) => out.push(c))
-    child.stderr?.on('data', (c: Buffer) => err.push(c))
-    child.on('error', reject)
-    child.on('close', (code) => {
-      resolve({
-        code: code ?? -1,
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8'),
-      })
-    })
-    if (stdin !== undefined) {
-      child.stdin?.on('error', () => {})
-      child.stdin?.end(stdin)
-    }
-  })
+  return run(cmd, args, { input: stdin })
 }
 
-/** `tool`, but throws with the tool's stderr unless it exits 0. */
+/** `tool`, but throws with the tool's stderr unless it exits 0; resolves its stdout. */
 export async function mustRun(
   cmd: string,
   args: readonly string[],
   stdin?: Uint8Array,
 ): Promise<string> {
-  const r = await tool(cmd, args, stdin)
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()}`)
-  return r.stdout
+  return (await mustRunBytes(cmd, args, { input: stdin })).stdout
 }

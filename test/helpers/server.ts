@@ -15,6 +15,8 @@ import { fetchTransport, type Transport } from '../../shared/client/transport.ts
 
 export const TEST_PASSPHRASE = 'correct horse battery staple'
 
+const REQUEST_TIMEOUT_MS = 120_000
+
 export interface TestServer {
   url: string
   dataDir: string
@@ -63,9 +65,12 @@ export async function startTestServer(
     listen: opts.listen ?? '127.0.0.1:0',
     ...(opts.tls ? { tlsCert: opts.tls.cert, tlsKey: opts.tls.key } : {}),
   })
-  const transport = opts.tls
+  const base = opts.tls
     ? nodeTransport(server.url, { ca: readFileSync(opts.tls.cert, 'utf8') })
     : fetchTransport(server.url)
+  // The clients' 10 s default is for real networks; a test on a busy 2-core machine can wait
+  // longer for its own server, so requests without their own bound get a generous one.
+  const transport: Transport = (req) => base({ timeoutMs: REQUEST_TIMEOUT_MS, ...req })
   let closed = false
   const ts: TestServer = {
     url: server.url,

@@ -5,7 +5,6 @@
  * with the new one, data intact, and a running server does not undo the change).
  */
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import { copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import {
@@ -23,31 +22,12 @@ import type { AuditEntry } from '../../shared/protocol/messages.ts'
 import { Keystore, backupPathOf } from '../../server/keys/keystore.ts'
 import { startTestServer } from '../helpers/server.ts'
 import { addOperator, codeNow, enrollHost, testClock } from '../helpers/approval.ts'
-import { UNLOCKD, runCli } from '../helpers/cli.ts'
+import { runCli } from '../helpers/cli.ts'
 import { initDataDirCli, startCliServer } from '../helpers/cli-server.ts'
 import { tempDir } from '../helpers/tmp.ts'
+import { rejectsWithCode } from '../helpers/errors.ts'
 
 const mode = (p: string): number => statSync(p).mode & 0o777
-
-/** Run the CLI and keep stdout as bytes (a volume key is binary). */
-function runRaw(args: string[]): Promise<{ code: number; stdout: Buffer; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [UNLOCKD, ...args], {
-      env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    const out: Buffer[] = []
-    let stderr = ''
-    child.stdout.on('data', (d: Buffer) => out.push(d))
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000)
-    child.on('error', reject)
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      resolve({ code: code ?? -1, stdout: Buffer.concat(out), stderr })
-    })
-  })
-}
 
 test('unlockd shred: dry run changes nothing; no terminal and no --yes refuses; --yes --code shreds and says what it cannot do', async (t) => {
   const clock = testClock()
@@ -106,15 +86,16 @@ test('unlockd shred: dry run changes nothing; no terminal and no --yes refuses; 
     /What shred cannot do:[\s\S]*RAM of a running host[\s\S]*added by hand[\s\S]*keystore AND the database/,
   )
   t.is((await srv.admin('GET', '/hosts/web-1')).body.state, 'shredded')
-  const denied = await t.throwsAsync(
+  await rejectsWithCode(
+    t,
     requestUnlock(srv.transport, {
       keys: h.keys,
       hostId: h.hostId,
       bootId: 'boot-0001',
       volumes: [],
     }),
+    'host_shredded',
   )
-  t.is((denied as { code?: string }).code, 'host_shredded')
 
   const status = await runCli(['kek', 'status', '--json'], env)
   t.is(status.code, 0, status.stderr)
@@ -192,7 +173,7 @@ test('recovery-key create + escrow export + recover: offline round trip to the e
   t.is(mode(vkFile), 0o600)
   t.deepEqual(new Uint8Array(readFileSync(vkFile)), vkData)
   // ...or to a pipe.
-  const piped = await runRaw([
+  const piped = await runCli([
     'recover',
     '--blob',
     exportFile,
@@ -202,12 +183,12 @@ test('recovery-key create + escrow export + recover: offline round trip to the e
     rk,
   ])
   t.is(piped.code, 0, piped.stderr)
-  t.deepEqual(new Uint8Array(piped.stdout), vkHome)
+  t.deepEqual(new Uint8Array(piped.raw), vkHome)
   // A bare blob works as well.
   const bare = join(dir, 'home.jwe.json')
   writeFileSync(bare, JSON.stringify(doc.volumes[1]!.blob))
-  const fromBare = await runRaw(['recover', '--blob', bare, '--recovery-key', rk])
-  t.deepEqual(new Uint8Array(fromBare.stdout), vkHome)
+  const fromBare = await runCli(['recover', '--blob', bare, '--recovery-key', rk])
+  t.deepEqual(new Uint8Array(fromBare.raw), vkHome)
 
   const ambiguous = await runCli([
     'recover',

@@ -1,5 +1,5 @@
 /**
- * Shred and KEK rotation survive a crash at every step (DESIGN T6). The real CLI server runs as
+ * Shred and KEK rotation survive a crash at every step. The real CLI server runs as
  * a child process; `UNLOCKD_FAULT=<point>` makes it SIGKILL itself at that step (a real kill:
  * no finally blocks, no graceful close). It is then restarted without the fault, and the end
  * state must be the one an uninterrupted run reaches:
@@ -34,6 +34,7 @@ import { SqliteStore } from '../../server/store/sqlite.ts'
 import { initDataDirCli, startCliServer, type DataDir } from '../helpers/cli-server.ts'
 import { secretOf } from '../helpers/approval.ts'
 import { tempDir } from '../helpers/tmp.ts'
+import { rejectsWithCode } from '../helpers/errors.ts'
 
 const PASSPHRASE = 'crash test passphrase'
 
@@ -177,15 +178,16 @@ async function assertShredComplete(t: ExecutionContext, w: World): Promise<void>
   t.is(kek.pending, null)
   t.is(kek.behind, 0)
   await assertSurvivorsOpen(t, tr, w.survivors, 'boot-after')
-  const denied = await t.throwsAsync(
+  await rejectsWithCode(
+    t,
     requestUnlock(tr, {
       keys: w.victim.keys,
       hostId: w.victim.hostId,
       bootId: 'boot-victim',
       volumes: [],
     }),
+    'host_shredded',
   )
-  t.is((denied as { code?: string }).code, 'host_shredded')
   t.deepEqual(
     await watch(tr, {
       keys: w.victim.keys,

@@ -1,5 +1,5 @@
 /**
- * Crypto-shred and the kill-switch channel over real HTTP (issue 5): TOTP required, dry run
+ * Crypto-shred and the kill-switch channel over real HTTP: TOTP required, dry run
  * changes nothing, shred is idempotent, a shredded host is refused and can never enroll again,
  * a volume-only shred leaves the host and its other volumes, the watch channel delivers the
  * order (to a host already waiting, and to one that connects later, even after a restart), the
@@ -28,6 +28,7 @@ import { parseKekStatus, parseShredResult } from '../../shared/protocol/shred.ts
 import { requestRotation, rotateIfDue, ROTATION_META } from '../../server/keys/rotation.ts'
 import { Keystore, backupPathOf } from '../../server/keys/keystore.ts'
 import { TEST_PASSPHRASE, startTestServer, type TestServer } from '../helpers/server.ts'
+import { until } from '../helpers/wait.ts'
 import {
   addOperator,
   asOperator,
@@ -38,6 +39,7 @@ import {
   type TestHost,
   type TestOperator,
 } from '../helpers/approval.ts'
+import { rejectsWithCode } from '../helpers/errors.ts'
 
 async function setup(
   t: Parameters<typeof startTestServer>[0],
@@ -153,28 +155,30 @@ test('shred: blobs gone, host tombstoned and refused, never enrolls again, KEK r
   t.is(view.state, 'shredded')
   t.is(view.stateReason, 'decommissioned')
   t.deepEqual(view.volumes, [])
-  const denied = await t.throwsAsync(
+  await rejectsWithCode(
+    t,
     requestUnlock(srv.transport, {
       keys: victim.keys,
       hostId: victim.hostId,
       bootId: 'boot-0002',
       volumes: [],
     }),
+    'host_shredded',
   )
-  t.is((denied as { code?: string }).code, 'host_shredded')
   // The tombstone keeps the identity: the same keys can never enroll again, under any name.
   const tok = await srv.admin('POST', '/tokens', { host: 'web-1', ttlSeconds: 600 })
   t.is(tok.status, 201, 'the name is free for a new host')
   const blob = await sealVolumeKey(victim.vk, [publicOf(victim.keys.sealing)])
-  const again = await t.throwsAsync(
+  await rejectsWithCode(
+    t,
     enroll(srv.transport, {
       token: tok.body.token,
       name: 'web-1',
       keys: victim.keys,
       volumes: [{ name: 'data', kind: 'luks', blob }],
     }),
+    'host_shredded',
   )
-  t.is((again as { code?: string }).code, 'host_shredded')
   const exp = await srv.admin('POST', '/hosts/web-1/escrow-export', {})
   t.is(exp.status, 403)
   t.is(exp.body.error, 'host_shredded')
@@ -296,7 +300,10 @@ test('watch: none before; a waiting host is woken by the shred; a host that conn
     bootId: 'boot-0001',
     holdMs: 20_000,
   })
-  await new Promise((r) => setTimeout(r, 300))
+  await until(
+    () => srv.deps.events.listenerCount(`shred:${h.hostId}`) > 0,
+    'the watch to wait for a shred order',
+  )
   t.is((await doShred({ host: 'web-1' })).status, 200)
   t.deepEqual(await waiting, { order: 'shred', volumes: ['data'] })
 
@@ -353,10 +360,11 @@ test('watch: a signed request is single-use and must be from the host', async (t
   const { srv } = await setup(t)
   const h = await enrollHost(t, srv, 'web-1')
   const stranger = await generateHostKeys()
-  const err = await t.throwsAsync(
+  await rejectsWithCode(
+    t,
     watch(srv.transport, { keys: stranger, hostId: h.hostId, bootId: 'boot-0001', holdMs: 1000 }),
+    'bad_signature',
   )
-  t.is((err as { code?: string }).code, 'bad_signature')
   srv.deps.settings.pollHold = 1
   const nonce = await fetchNonce(srv.transport)
   const jws = await signHostRequest(

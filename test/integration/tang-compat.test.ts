@@ -8,6 +8,8 @@
  * All traffic goes to 127.0.0.1.
  */
 import { freePort } from '../helpers/net.ts'
+import { mustRun, run } from '../helpers/spawn.ts'
+import { throwsWithCode } from '../helpers/errors.ts'
 import test from 'ava'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash } from 'node:crypto'
@@ -88,60 +90,13 @@ if (missing.length > 0) {
     })
   } else {
     console.warn(`SKIPPING tang/clevis compatibility tests: ${msg}`)
-    test('tang/clevis tools are installed (skipping compatibility tests)', (t) => {
-      t.log(`SKIPPED: ${msg}`)
-      t.pass()
-    })
+    test.skip(`tang/clevis compatibility tests [SKIPPED: ${msg}]`, () => {})
   }
 }
 
 // ------------------------------------------------------------------------------------------------
 // Helpers
 // ------------------------------------------------------------------------------------------------
-
-interface RunResult {
-  code: number | null
-  stdout: Buffer
-  stderr: string
-}
-
-/** Run a command asynchronously (our Hono server lives in this process), bounded by a timeout. */
-function run(
-  cmd: string,
-  args: readonly string[],
-  input?: string | Uint8Array,
-  timeoutMs = 30_000,
-): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] })
-    const out: Buffer[] = []
-    const err: Buffer[] = []
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
-    child.stdout.on('data', (b: Buffer) => out.push(b))
-    child.stderr.on('data', (b: Buffer) => err.push(b))
-    child.on('error', (e) => {
-      clearTimeout(timer)
-      reject(e)
-    })
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString() })
-    })
-    child.stdin.on('error', () => {})
-    child.stdin.end(input ?? '')
-  })
-}
-
-async function mustRun(
-  cmd: string,
-  args: readonly string[],
-  input?: string | Uint8Array,
-): Promise<Buffer> {
-  const r = await run(cmd, args, input)
-  if (r.code !== 0)
-    throw new Error(`${cmd} ${args.join(' ')} exited ${String(r.code)}: ${r.stderr}`)
-  return r.stdout
-}
 
 /**
  * A FetchLike over node:http with a fresh connection per request (`agent: false`), like clevis's
@@ -166,7 +121,7 @@ const httpFetch: FetchLike = (url, init) =>
           ...init.headers,
           ...(body === undefined ? {} : { 'Content-Length': String(body.length) }),
         },
-        timeout: 10_000,
+        timeout: 60_000,
       },
       (res) => {
         const chunks: Buffer[] = []
@@ -419,17 +374,9 @@ test('recover rejects malformed and off-curve points with bad_request', async (t
     'x',
     null,
   ]) {
-    t.throws(
-      () => recover(exch, bad),
-      { instanceOf: UnlockdError, message: /.+/ },
-      JSON.stringify(bad),
-    )
+    const e = throwsWithCode(t, () => recover(exch, bad), 'bad_request')
+    t.regex(e?.message ?? '', /.+/, JSON.stringify(bad))
     await t.throwsAsync(srv.recover(bad), { instanceOf: UnlockdError })
-    try {
-      recover(exch, bad)
-    } catch (e) {
-      t.true(isUnlockdError(e, 'bad_request'))
-    }
   }
 })
 
@@ -486,9 +433,7 @@ toolTest(
       for (const alg of THUMBPRINT_ALGS) {
         const theirs = (
           await mustRun('jose', ['jwk', 'thp', '-i', path.join(r.dir, f.name), '-a', alg])
-        )
-          .toString()
-          .trim()
+        ).stdout.trim()
         t.is(await jwkThumbprint(f.jwk, alg), theirs, `${alg} of ${f.name}`)
       }
     }
@@ -537,9 +482,9 @@ toolTest('tangd: stock `clevis decrypt` opens the JWE tangEncrypt made', async (
   const { jws } = await fetchTangAdvertisement(r.url, httpFetch)
   const secret = 'made by unlockd, opened by clevis'
   const jwe = await tangEncrypt(secret, jws, r.url)
-  const out = await run('clevis', ['decrypt'], jwe)
+  const out = await run('clevis', ['decrypt'], { input: jwe })
   t.is(out.code, 0, out.stderr)
-  t.is(out.stdout.toString(), secret)
+  t.is(out.stdout, secret)
 })
 
 toolTest(
@@ -548,8 +493,10 @@ toolTest(
     const r = need(real)
     const secret = 'made by clevis, opened by unlockd'
     const jwe = (
-      await mustRun('clevis', ['encrypt', 'tang', JSON.stringify({ url: r.url }), '-y'], secret)
-    ).toString()
+      await mustRun('clevis', ['encrypt', 'tang', JSON.stringify({ url: r.url }), '-y'], {
+        input: secret,
+      })
+    ).stdout
     t.is(dec(await tangDecrypt(jwe, httpFetch)), secret)
     const parts = jwe.split('.')
     const ct = Buffer.from(parts[3] ?? '', 'base64url')
@@ -572,16 +519,14 @@ toolTest(
     const o = need(ours)
     const before = { ...o.hits }
     const secret = 'stock clevis, unlockd tang'
-    const enc = await run(
-      'clevis',
-      ['encrypt', 'tang', JSON.stringify({ url: o.url }), '-y'],
-      secret,
-    )
+    const enc = await run('clevis', ['encrypt', 'tang', JSON.stringify({ url: o.url }), '-y'], {
+      input: secret,
+    })
     t.is(enc.code, 0, enc.stderr)
-    const jwe = enc.stdout.toString()
-    const out = await run('clevis', ['decrypt'], jwe)
+    const jwe = enc.stdout
+    const out = await run('clevis', ['decrypt'], { input: jwe })
     t.is(out.code, 0, out.stderr)
-    t.is(out.stdout.toString(), secret)
+    t.is(out.stdout, secret)
     t.true(o.hits.adv > before.adv, 'clevis fetched our /adv')
     t.true(o.hits.rec > before.rec, 'clevis used our /rec')
     // and our own client reads clevis's JWE through our server too
@@ -595,14 +540,12 @@ toolTest(
     const o = need(ours)
     const thp = await jwkThumbprint(publicJwk(o.signing[1] as EcPrivateJwk))
     const secret = 'pinned'
-    const enc = await run(
-      'clevis',
-      ['encrypt', 'tang', JSON.stringify({ url: o.url, thp })],
-      secret,
-    )
+    const enc = await run('clevis', ['encrypt', 'tang', JSON.stringify({ url: o.url, thp })], {
+      input: secret,
+    })
     t.is(enc.code, 0, enc.stderr)
-    const out = await run('clevis', ['decrypt'], enc.stdout)
-    t.is(out.stdout.toString(), secret, out.stderr)
+    const out = await run('clevis', ['decrypt'], { input: enc.raw })
+    t.is(out.stdout, secret, out.stderr)
     // an unknown thp is refused by our /adv/{thp} and so by clevis
     const bad = await run(
       'clevis',
@@ -611,17 +554,17 @@ toolTest(
         'tang',
         JSON.stringify({ url: o.url, thp: await jwkThumbprint(publicJwk(o.exchange)) }),
       ],
-      secret,
+      { input: secret },
     )
     t.not(bad.code, 0)
     // offline binding: advertisement passed inline (General JWS with two signatures, checked by `jose jws ver -a`)
     const off = await run(
       'clevis',
       ['encrypt', 'tang', JSON.stringify({ url: o.url, adv: o.adv })],
-      'offline',
+      { input: 'offline' },
     )
     t.is(off.code, 0, off.stderr)
-    t.is(dec(await tangDecrypt(off.stdout.toString(), httpFetch)), 'offline')
+    t.is(dec(await tangDecrypt(off.stdout, httpFetch)), 'offline')
   },
 )
 
@@ -631,9 +574,9 @@ toolTest(
     const o = need(ours)
     const { jws } = await fetchTangAdvertisement(o.url, httpFetch)
     const jwe = await tangEncrypt('both ends unlockd, clevis in the middle', jws, o.url)
-    const out = await run('clevis', ['decrypt'], jwe)
+    const out = await run('clevis', ['decrypt'], { input: jwe })
     t.is(out.code, 0, out.stderr)
-    t.is(out.stdout.toString(), 'both ends unlockd, clevis in the middle')
+    t.is(out.stdout, 'both ends unlockd, clevis in the middle')
   },
 )
 

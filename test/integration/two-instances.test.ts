@@ -73,7 +73,7 @@ async function postJws(
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ jws }),
-    signal: AbortSignal.timeout(15_000),
+    signal: AbortSignal.timeout(120_000),
   })
   return { status: res.status, body: await res.json() }
 }

@@ -24,7 +24,11 @@ interface CloudConfig {
 
 /** Parse YAML with the python3-yaml that cloud-init itself uses. */
 async function parseYaml(path: string): Promise<CloudConfig> {
-  const r = await run('python3', ['-c', 'import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))', path])
+  const r = await run('python3', [
+    '-c',
+    'import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))',
+    path,
+  ])
   if (r.code !== 0) throw new Error(`YAML parse failed: ${r.stderr}`)
   return JSON.parse(r.stdout) as CloudConfig
 }
@@ -51,75 +55,114 @@ function moduleInputs(o: Partial<UserDataInputs> = {}): UserDataInputs {
   }
 }
 
-const terraformTest = findBin('terraform') !== undefined || (process.env['CI'] ?? '') !== '' ? test : test.skip
+const terraformTest =
+  findBin('terraform') !== undefined || (process.env['CI'] ?? '') !== '' ? test : test.skip
 
 terraformTest('terraform fmt finds nothing to change in the modules and examples', async (t) => {
-  const r = await run('terraform', ['fmt', '-check', '-recursive', '-diff', '-no-color', TERRAFORM], {
-    env: { TF_CLI_CONFIG_FILE: '/dev/null' },
-  })
+  const r = await run(
+    'terraform',
+    ['fmt', '-check', '-recursive', '-diff', '-no-color', TERRAFORM],
+    {
+      env: { TF_CLI_CONFIG_FILE: '/dev/null' },
+    },
+  )
   t.is(r.code, 0, r.stdout + r.stderr)
 })
 
-terraformTest('terraform renders every value into the script, the CA in base64, and refuses a missing input', async (t) => {
-  const text = await renderUserData(t, moduleInputs())
-  t.true(text.startsWith('#cloud-config\n'))
-  t.false(text.includes('${'), 'no placeholder is left unrendered')
-  for (const line of [
-    "SERVER_URL='https://escrow.example.net:8443'",
-    "HOST_NAME='web-1'",
-    `ENROLL_TOKEN='ue_${'A'.repeat(43)}'`,
-    `CA_PEM_B64='${Buffer.from(moduleInputs().ca_pem ?? '').toString('base64')}'`,
-    "LUKS_VOLUMES='/dev/vdb:data UUID=0b5e7a2c-1111-2222-3333-444455556666:logs'",
-    "FSCRYPT_DIRS='/srv/secrets:secrets'",
-    "FSCRYPT_ENABLE_EXT4_ENCRYPT='true'",
-    "INSTALL_DIR='/usr/lib/unlockd'",
-  ]) {
-    t.true(text.includes(line), `rendered user-data has ${line}`)
-  }
-  const partial: Partial<UserDataInputs> = moduleInputs()
-  delete partial.host_name
-  await t.throwsAsync(() => renderUserData(t, partial as UserDataInputs), { message: /host_name/ })
-})
+terraformTest(
+  'terraform renders every value into the script, the CA in base64, and refuses a missing input',
+  async (t) => {
+    const text = await renderUserData(t, moduleInputs())
+    t.true(text.startsWith('#cloud-config\n'))
+    t.false(text.includes('${'), 'no placeholder is left unrendered')
+    for (const line of [
+      "SERVER_URL='https://escrow.example.net:8443'",
+      "HOST_NAME='web-1'",
+      `ENROLL_TOKEN='ue_${'A'.repeat(43)}'`,
+      `CA_PEM_B64='${Buffer.from(moduleInputs().ca_pem ?? '').toString('base64')}'`,
+      "LUKS_VOLUMES='/dev/vdb:data UUID=0b5e7a2c-1111-2222-3333-444455556666:logs'",
+      "FSCRYPT_DIRS='/srv/secrets:secrets'",
+      "FSCRYPT_ENABLE_EXT4_ENCRYPT='true'",
+      "INSTALL_DIR='/usr/lib/unlockd'",
+    ]) {
+      t.true(text.includes(line), `rendered user-data has ${line}`)
+    }
+    const partial: Partial<UserDataInputs> = moduleInputs()
+    delete partial.host_name
+    await t.throwsAsync(() => renderUserData(t, partial as UserDataInputs), {
+      message: /host_name/,
+    })
+  },
+)
 
-const schemaTest = findBin('cloud-init') !== undefined || (process.env['CI'] ?? '') !== '' ? test : test.skip
+const schemaTest =
+  findBin('cloud-init') !== undefined || (process.env['CI'] ?? '') !== '' ? test : test.skip
 if (findBin('cloud-init') === undefined && (process.env['CI'] ?? '') === '') {
-  console.warn(`\n${'!'.repeat(78)}\n!! SKIPPING cloud-init schema test: needs cloud-init (apt-get install cloud-init)\n${'!'.repeat(78)}\n`)
+  console.warn(
+    `\n${'!'.repeat(78)}\n!! SKIPPING cloud-init schema test: needs cloud-init (apt-get install cloud-init)\n${'!'.repeat(78)}\n`,
+  )
 }
 
-schemaTest('the rendered user-data passes cloud-init schema, with a script that runs once from runcmd', async (t) => {
-  t.truthy(findBin('cloud-init'), 'cloud-init is installed (apt-get install cloud-init); CI must run this test')
-  const dir = await tempDir(t)
-  for (const [label, vars] of [
-    ['all volume kinds', moduleInputs()],
-    ['already enrolled: no token, no CA, no volumes', moduleInputs({ enroll_token: '', ca_pem: '', luks_volumes: [], luks_existing_key_file: '', fscrypt_dirs: [], fscrypt_enable_ext4_encrypt: false })],
-  ] as const) {
-    const file = join(dir, 'user-data.yaml')
-    await writeFile(file, await renderUserData(t, vars))
-    const r = await run('cloud-init', ['schema', '--config-file', file])
-    t.is(r.code, 0, `${label}: ${r.stdout}${r.stderr}`)
-    t.regex(r.stdout, /Valid cloud-config/, label)
-    t.false(/deprecat/i.test(r.stdout + r.stderr), `${label}: ${r.stdout}${r.stderr}`)
+schemaTest(
+  'the rendered user-data passes cloud-init schema, with a script that runs once from runcmd',
+  async (t) => {
+    t.truthy(
+      findBin('cloud-init'),
+      'cloud-init is installed (apt-get install cloud-init); CI must run this test',
+    )
+    const dir = await tempDir(t)
+    for (const [label, vars] of [
+      ['all volume kinds', moduleInputs()],
+      [
+        'already enrolled: no token, no CA, no volumes',
+        moduleInputs({
+          enroll_token: '',
+          ca_pem: '',
+          luks_volumes: [],
+          luks_existing_key_file: '',
+          fscrypt_dirs: [],
+          fscrypt_enable_ext4_encrypt: false,
+        }),
+      ],
+    ] as const) {
+      const file = join(dir, 'user-data.yaml')
+      await writeFile(file, await renderUserData(t, vars))
+      const r = await run('cloud-init', ['schema', '--config-file', file])
+      t.is(r.code, 0, `${label}: ${r.stdout}${r.stderr}`)
+      t.regex(r.stdout, /Valid cloud-config/, label)
+      t.false(/deprecat/i.test(r.stdout + r.stderr), `${label}: ${r.stdout}${r.stderr}`)
 
-    const cc = await parseYaml(file)
-    t.is(cc.write_files.length, 1)
-    const script = cc.write_files[0]!
-    t.like(script, { path: '/var/lib/unlockd-first-boot/enroll.sh', owner: 'root:root', permissions: '0700' })
-    t.deepEqual(cc.runcmd, [['bash', script.path]])
-    t.true(script.content.startsWith('#!/bin/bash\n'))
-    const sh = join(dir, 'enroll.sh')
-    await writeFile(sh, script.content)
-    const syntax = await run('bash', ['-n', sh])
-    t.is(syntax.code, 0, syntax.stderr)
-  }
-})
+      const cc = await parseYaml(file)
+      t.is(cc.write_files.length, 1)
+      const script = cc.write_files[0]!
+      t.like(script, {
+        path: '/var/lib/unlockd-first-boot/enroll.sh',
+        owner: 'root:root',
+        permissions: '0700',
+      })
+      t.deepEqual(cc.runcmd, [['bash', script.path]])
+      t.true(script.content.startsWith('#!/bin/bash\n'))
+      const sh = join(dir, 'enroll.sh')
+      await writeFile(sh, script.content)
+      const syntax = await run('bash', ['-n', sh])
+      t.is(syntax.code, 0, syntax.stderr)
+    }
+  },
+)
 
-const lintTest = findBin('shellcheck') !== undefined || (process.env['CI'] ?? '') !== '' ? test : test.skip
+const lintTest =
+  findBin('shellcheck') !== undefined || (process.env['CI'] ?? '') !== '' ? test : test.skip
 if (findBin('shellcheck') === undefined && (process.env['CI'] ?? '') === '') {
-  console.warn(`\n${'!'.repeat(78)}\n!! SKIPPING shellcheck test: needs shellcheck (apt-get install shellcheck)\n${'!'.repeat(78)}\n`)
+  console.warn(
+    `\n${'!'.repeat(78)}\n!! SKIPPING shellcheck test: needs shellcheck (apt-get install shellcheck)\n${'!'.repeat(78)}\n`,
+  )
 }
 
 lintTest('the first-boot script and provisioning/pack.sh pass shellcheck', async (t) => {
-  t.truthy(findBin('shellcheck'), 'shellcheck is installed (apt-get install shellcheck); CI must run this test')
+  t.truthy(
+    findBin('shellcheck'),
+    'shellcheck is installed (apt-get install shellcheck); CI must run this test',
+  )
   const dir = await tempDir(t)
   const file = join(dir, 'user-data.yaml')
   await writeFile(file, await renderUserData(t, moduleInputs()))
@@ -131,13 +174,25 @@ lintTest('the first-boot script and provisioning/pack.sh pass shellcheck', async
   }
 })
 
-async function fixtures(t: ExecutionContext, w: string): Promise<{ img: string; luksKey: string; mnt: string }> {
+async function fixtures(
+  t: ExecutionContext,
+  w: string,
+): Promise<{ img: string; luksKey: string; mnt: string }> {
   const luksKey = join(w, 'luks.key')
   await writeFile(luksKey, 'existing passphrase of the data volume', { mode: 0o600 })
   const img = join(w, 'data.img')
   await writeFile(img, '', { mode: 0o600 })
   await truncate(img, 32 * 1024 * 1024)
-  await mustRun('cryptsetup', ['luksFormat', '--type', 'luks2', '--batch-mode', ...FIXTURE_PBKDF, '--key-file', luksKey, img])
+  await mustRun('cryptsetup', [
+    'luksFormat',
+    '--type',
+    'luks2',
+    '--batch-mode',
+    ...FIXTURE_PBKDF,
+    '--key-file',
+    luksKey,
+    img,
+  ])
   // Made WITHOUT the encrypt feature, like a stock cloud image: the script turns it on.
   const fsImg = join(w, 'fs.img')
   const mnt = join(w, 'mnt')
@@ -152,79 +207,135 @@ async function fixtures(t: ExecutionContext, w: string): Promise<{ img: string; 
   return { img, luksKey, mnt }
 }
 
-rootTest('the first-boot script installs the agent, enrolls a LUKS2 image and an fscrypt directory, and the token cannot be used again', async (t) => {
-  t.timeout(10 * 60_000)
-  if (!requireBuild(t)) return
-  const w = await tempDir(t, 'unlockd-cloudinit-')
-  const packed = await run('bash', [join(REPO, 'provisioning/pack.sh'), join(w, 'dist')])
-  t.is(packed.code, 0, packed.stderr)
-  const archive = join(w, 'dist/unlockd-agent.tar.gz')
-  const sha256 = createHash('sha256').update(await readFile(archive)).digest('hex')
-  t.is((await readFile(`${archive}.sha256`, 'utf8')).split(/\s+/)[0], sha256)
+rootTest(
+  'the first-boot script installs the agent, enrolls a LUKS2 image and an fscrypt directory, and the token cannot be used again',
+  async (t) => {
+    t.timeout(10 * 60_000)
+    if (!requireBuild(t)) return
+    const w = await tempDir(t, 'unlockd-cloudinit-')
+    const packed = await run('bash', [join(REPO, 'provisioning/pack.sh'), join(w, 'dist')])
+    t.is(packed.code, 0, packed.stderr)
+    const archive = join(w, 'dist/unlockd-agent.tar.gz')
+    const sha256 = createHash('sha256')
+      .update(await readFile(archive))
+      .digest('hex')
+    t.is((await readFile(`${archive}.sha256`, 'utf8')).split(/\s+/)[0], sha256)
 
-  const srv = await startTestServer(t)
-  const tok = await srv.admin('POST', '/tokens', { host: 'web-1', ttlSeconds: 1800, cidrs: ['127.0.0.0/8'] })
-  t.is(tok.status, 201)
-  const { img, luksKey, mnt } = await fixtures(t, w)
-
-  async function firstBoot(prefix: string, o: Partial<UserDataInputs> = {}): Promise<{ code: number | null; stdout: string; stderr: string; script: string }> {
-    const inputs = moduleInputs({
-      server_url: srv.url,
-      enroll_token: tok.body.token,
-      ca_pem: '',
-      agent_archive_url: `file://${archive}`,
-      agent_archive_sha256: sha256,
-      luks_volumes: [{ device: img, name: 'data' }],
-      luks_existing_key_file: luksKey,
-      fscrypt_dirs: [{ path: `${mnt}/secrets`, name: 'secrets' }],
-      fscrypt_enable_ext4_encrypt: true,
-      install_node: false,
-      paths: {
-        node_bin: process.execPath,
-        install_dir: `${prefix}/usr/lib/unlockd`,
-        bin_dir: `${prefix}/usr/local/bin`,
-        config_dir: `${prefix}/etc/unlockd`,
-        systemd_dir: `${prefix}/etc/systemd/system`,
-      },
-      manage_service: false,
-      ...o,
+    const srv = await startTestServer(t)
+    const tok = await srv.admin('POST', '/tokens', {
+      host: 'web-1',
+      ttlSeconds: 1800,
+      cidrs: ['127.0.0.0/8'],
     })
-    await mkdir(prefix, { recursive: true })
-    const userData = join(prefix, 'user-data.yaml')
-    await writeFile(userData, await renderUserData(t, inputs), { mode: 0o600 })
-    const script = join(prefix, 'enroll.sh')
-    await writeFile(script, (await parseYaml(userData)).write_files[0]!.content, { mode: 0o700 })
-    // Test-only: a fast PBKDF for the new keyslot (the fixture image uses one too).
-    const r = await run('bash', [script], { env: { UNLOCKD_LUKS_PBKDF: 'fast' }, timeoutMs: 5 * 60_000 })
-    return { ...r, script }
-  }
+    t.is(tok.status, 201)
+    const { img, luksKey, mnt } = await fixtures(t, w)
 
-  const p1 = join(w, 'host-1')
-  const boot = await firstBoot(p1)
-  t.is(boot.code, 0, boot.stderr)
-  t.false(existsSync(boot.script), 'the script deleted itself (it holds the token)')
-  t.like(JSON.parse(boot.stdout), { name: 'web-1', changed: true })
-  t.false(boot.stdout.includes(tok.body.token) || boot.stderr.includes(tok.body.token), 'the token leaked into the output')
-  const agentJson = JSON.parse(await readFile(`${p1}/etc/unlockd/agent.json`, 'utf8')) as { volumes: { name: string; kind: string }[] }
-  t.deepEqual(agentJson.volumes.map((v) => `${v.name}:${v.kind}`).sort(), ['data:luks', 'secrets:fscrypt'])
-  t.regex(await mustRun('dumpe2fs', ['-h', join(w, 'fs.img')]), /features:.*\bencrypt\b/)
+    async function firstBoot(
+      prefix: string,
+      o: Partial<UserDataInputs> = {},
+    ): Promise<{ code: number | null; stdout: string; stderr: string; script: string }> {
+      const inputs = moduleInputs({
+        server_url: srv.url,
+        enroll_token: tok.body.token,
+        ca_pem: '',
+        agent_archive_url: `file://${archive}`,
+        agent_archive_sha256: sha256,
+        luks_volumes: [{ device: img, name: 'data' }],
+        luks_existing_key_file: luksKey,
+        fscrypt_dirs: [{ path: `${mnt}/secrets`, name: 'secrets' }],
+        fscrypt_enable_ext4_encrypt: true,
+        install_node: false,
+        paths: {
+          node_bin: process.execPath,
+          install_dir: `${prefix}/usr/lib/unlockd`,
+          bin_dir: `${prefix}/usr/local/bin`,
+          config_dir: `${prefix}/etc/unlockd`,
+          systemd_dir: `${prefix}/etc/systemd/system`,
+        },
+        manage_service: false,
+        ...o,
+      })
+      await mkdir(prefix, { recursive: true })
+      const userData = join(prefix, 'user-data.yaml')
+      await writeFile(userData, await renderUserData(t, inputs), { mode: 0o600 })
+      const script = join(prefix, 'enroll.sh')
+      await writeFile(script, (await parseYaml(userData)).write_files[0]!.content, { mode: 0o700 })
+      // Test-only: a fast PBKDF for the new keyslot (the fixture image uses one too).
+      const r = await run('bash', [script], {
+        env: { UNLOCKD_LUKS_PBKDF: 'fast' },
+        timeoutMs: 5 * 60_000,
+      })
+      return { ...r, script }
+    }
 
-  const unlock = await run(`${p1}/usr/local/bin/unlockd`, ['unlock', '--test', '--json'])
-  t.is(unlock.code, 0, unlock.stderr)
-  const units = await run('systemd-analyze', ['verify', `${p1}/etc/systemd/system/unlockd-agent.service`, `${p1}/etc/systemd/system/unlockd-agent.path`], { env: { SYSTEMD_UNIT_PATH: `${p1}/etc/systemd/system:` } })
-  t.is(units.code, 0, units.stderr)
-  t.false(/first-boot\.conf/.test(units.stderr), units.stderr)
-  t.like((await srv.admin('GET', '/tokens')).body.tokens.find((x: { id: string }) => x.id === tok.body.id), { state: 'used', host: 'web-1' })
+    const p1 = join(w, 'host-1')
+    const boot = await firstBoot(p1)
+    t.is(boot.code, 0, boot.stderr)
+    t.false(existsSync(boot.script), 'the script deleted itself (it holds the token)')
+    t.like(JSON.parse(boot.stdout), { name: 'web-1', changed: true })
+    t.false(
+      boot.stdout.includes(tok.body.token) || boot.stderr.includes(tok.body.token),
+      'the token leaked into the output',
+    )
+    const agentJson = JSON.parse(await readFile(`${p1}/etc/unlockd/agent.json`, 'utf8')) as {
+      volumes: { name: string; kind: string }[]
+    }
+    t.deepEqual(agentJson.volumes.map((v) => `${v.name}:${v.kind}`).sort(), [
+      'data:luks',
+      'secrets:fscrypt',
+    ])
+    t.regex(await mustRun('dumpe2fs', ['-h', join(w, 'fs.img')]), /features:.*\bencrypt\b/)
 
-  // Running the same script again (cloud-init re-run, an operator retry) changes nothing and
-  // needs no token.
-  const again = await firstBoot(p1, { enroll_token: '' })
-  t.is(again.code, 0, again.stderr)
-  t.like(JSON.parse(again.stdout), { changed: false })
+    const unlock = await run(`${p1}/usr/local/bin/unlockd`, ['unlock', '--test', '--json'])
+    t.is(unlock.code, 0, unlock.stderr)
+    const units = await run(
+      'systemd-analyze',
+      [
+        'verify',
+        `${p1}/etc/systemd/system/unlockd-agent.service`,
+        `${p1}/etc/systemd/system/unlockd-agent.path`,
+      ],
+      { env: { SYSTEMD_UNIT_PATH: `${p1}/etc/systemd/system:` } },
+    )
+    t.is(units.code, 0, units.stderr)
+    t.false(/first-boot\.conf/.test(units.stderr), units.stderr)
+    t.like(
+      (await srv.admin('GET', '/tokens')).body.tokens.find(
+        (x: { id: string }) => x.id === tok.body.id,
+      ),
+      { state: 'used', host: 'web-1' },
+    )
 
-  // A copy of the user-data (leaked, or a clone booting) cannot enroll: the token is spent.
-  const clone = await firstBoot(join(w, 'host-2'), { luks_volumes: [], luks_existing_key_file: '', fscrypt_dirs: [] })
-  t.is(clone.code, 3, clone.stderr)
-  t.like(JSON.parse(clone.stdout), { error: 'token_used' })
-  t.false(existsSync(`${join(w, 'host-2')}/etc/unlockd/agent.json`))
-}, { bins: ['cryptsetup', 'mkfs.ext4', 'mount', 'umount', 'losetup', 'curl', 'findmnt', 'tune2fs', 'dumpe2fs', 'python3', 'systemd-analyze'], serial: true })
+    // Running the same script again (cloud-init re-run, an operator retry) changes nothing and
+    // needs no token.
+    const again = await firstBoot(p1, { enroll_token: '' })
+    t.is(again.code, 0, again.stderr)
+    t.like(JSON.parse(again.stdout), { changed: false })
+
+    // A copy of the user-data (leaked, or a clone booting) cannot enroll: the token is spent.
+    const clone = await firstBoot(join(w, 'host-2'), {
+      luks_volumes: [],
+      luks_existing_key_file: '',
+      fscrypt_dirs: [],
+    })
+    t.is(clone.code, 3, clone.stderr)
+    t.like(JSON.parse(clone.stdout), { error: 'token_used' })
+    t.false(existsSync(`${join(w, 'host-2')}/etc/unlockd/agent.json`))
+  },
+  {
+    bins: [
+      'cryptsetup',
+      'mkfs.ext4',
+      'mount',
+      'umount',
+      'losetup',
+      'curl',
+      'findmnt',
+      'tune2fs',
+      'dumpe2fs',
+      'python3',
+      'systemd-analyze',
+    ],
+    serial: true,
+  },
+)

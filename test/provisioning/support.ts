@@ -5,6 +5,7 @@
  */
 import type { ExecutionContext } from 'ava'
 import { spawn } from 'node:child_process'
+import { run as spawnRun, type RunOptions, type RunResult } from '../helpers/spawn.ts'
 import { existsSync } from 'node:fs'
 import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -14,47 +15,11 @@ import { fileURLToPath } from 'node:url'
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 export const DIST_CLI = join(REPO, 'dist/unlockd.mjs')
 
-export interface RunResult {
-  code: number | null
-  signal: NodeJS.Signals | null
-  stdout: string
-  stderr: string
-}
+export type { RunOptions, RunResult }
 
-export interface RunOptions {
-  env?: Record<string, string | undefined>
-  input?: string
-  cwd?: string
-  /** Kill the program after this long (default 5 minutes): every wait is bounded. */
-  timeoutMs?: number
-}
-
-/** Run a program to completion (no shell); never rejects for a non-zero exit. */
+/** `run` of spawn.ts, in the repository by default. */
 export function run(cmd: string, args: readonly string[], o: RunOptions = {}): Promise<RunResult> {
-  return new Promise((resolveRun, reject) => {
-    const child = spawn(cmd, [...args], {
-      cwd: o.cwd ?? REPO,
-      env: o.env ? { ...process.env, ...o.env } : process.env,
-      stdio: [o.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-    })
-    const out: Buffer[] = []
-    const err: Buffer[] = []
-    child.stdout?.on('data', (c: Buffer) => out.push(c))
-    child.stderr?.on('data', (c: Buffer) => err.push(c))
-    const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutMs ?? 5 * 60_000)
-    child.on('error', (e) => {
-      clearTimeout(timer)
-      reject(e)
-    })
-    child.on('close', (code, signal) => {
-      clearTimeout(timer)
-      resolveRun({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') })
-    })
-    if (o.input !== undefined) {
-      child.stdin?.on('error', () => {})
-      child.stdin?.end(o.input)
-    }
-  })
+  return spawnRun(cmd, args, { cwd: REPO, ...o })
 }
 
 /** Run the built `unlockd` (dist/unlockd.mjs). */
@@ -78,12 +43,21 @@ export interface CliServer {
  * Start `node BUNDLE server start ... --listen 127.0.0.1:0` and wait (bounded) for the line that
  * names its URL. The process is stopped with SIGTERM (then SIGKILL) in teardown.
  */
-export async function startCliServer(t: ExecutionContext, bundle: string, args: readonly string[], env: Record<string, string> = {}): Promise<CliServer> {
-  const child = spawn(process.execPath, [bundle, 'server', 'start', ...args, '--listen', '127.0.0.1:0'], {
-    cwd: REPO,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  })
+export async function startCliServer(
+  t: ExecutionContext,
+  bundle: string,
+  args: readonly string[],
+  env: Record<string, string> = {},
+): Promise<CliServer> {
+  const child = spawn(
+    process.execPath,
+    [bundle, 'server', 'start', ...args, '--listen', '127.0.0.1:0'],
+    {
+      cwd: REPO,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  )
   let err = ''
   const exited = new Promise<void>((r) => child.once('exit', () => r()))
   t.teardown(async () => {
@@ -94,7 +68,10 @@ export async function startCliServer(t: ExecutionContext, bundle: string, args: 
     clearTimeout(killer)
   })
   const url = await new Promise<string>((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start within 30 s: ${err}`)), 30_000)
+    const timer = setTimeout(
+      () => reject(new Error(`server did not start within 120 s: ${err}`)),
+      120_000,
+    )
     child.stderr?.on('data', (c: Buffer) => {
       err += c.toString('utf8')
       const m = /listening on (https?:\/\/\S+)/.exec(err)
@@ -124,11 +101,16 @@ export interface UserDataInputs {
   fscrypt_dirs?: { path: string; name: string }[]
   fscrypt_enable_ext4_encrypt?: boolean
   install_node?: boolean
-  paths?: Partial<Record<'node_bin' | 'install_dir' | 'bin_dir' | 'config_dir' | 'systemd_dir', string>>
+  paths?: Partial<
+    Record<'node_bin' | 'install_dir' | 'bin_dir' | 'config_dir' | 'systemd_dir', string>
+  >
   manage_service?: boolean
 }
 
-export const USER_DATA_MODULE = join(REPO, 'provisioning/terraform/modules/unlockd-enrollment/user-data')
+export const USER_DATA_MODULE = join(
+  REPO,
+  'provisioning/terraform/modules/unlockd-enrollment/user-data',
+)
 
 /**
  * Renders the cloud-init user-data with the real terraform binary: the module's provider-free
@@ -141,7 +123,11 @@ export async function renderUserData(t: ExecutionContext, inputs: UserDataInputs
   await cp(USER_DATA_MODULE, dir, { recursive: true })
   await writeFile(join(dir, 'terraform.tfvars.json'), JSON.stringify(inputs), { mode: 0o600 })
   await writeFile(join(dir, 'terraformrc'), '')
-  const env = { TF_CLI_CONFIG_FILE: join(dir, 'terraformrc'), TF_IN_AUTOMATION: '1', CHECKPOINT_DISABLE: '1' }
+  const env = {
+    TF_CLI_CONFIG_FILE: join(dir, 'terraformrc'),
+    TF_IN_AUTOMATION: '1',
+    CHECKPOINT_DISABLE: '1',
+  }
   for (const args of [
     ['init', '-input=false', '-no-color', '-backend=false'],
     ['apply', '-auto-approve', '-input=false', '-no-color'],
@@ -149,7 +135,10 @@ export async function renderUserData(t: ExecutionContext, inputs: UserDataInputs
     const r = await run('terraform', args, { cwd: dir, env })
     if (r.code !== 0) throw new Error(`terraform ${args[0]} failed: ${r.stdout}${r.stderr}`)
   }
-  const out = await run('terraform', ['output', '-raw', '-no-color', 'user_data'], { cwd: dir, env })
+  const out = await run('terraform', ['output', '-raw', '-no-color', 'user_data'], {
+    cwd: dir,
+    env,
+  })
   if (out.code !== 0) throw new Error(`terraform output failed: ${out.stderr}`)
   return out.stdout
 }

@@ -10,7 +10,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { readFile, writeFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { until } from '../helpers/wait.ts'
 import { rootTest } from '../helpers/root.ts'
 import { tempDir } from '../helpers/tmp.ts'
 import { makeLuksImage, luksMetadata } from '../helpers/luks.ts'
@@ -91,10 +91,14 @@ rootTest(
       `[Ask]\nPID=1\nSocket=${sock}\nAcceptCached=1\nEcho=0\nNotAfter=0\nMessage=Please enter passphrase for disk data\nId=cryptsetup:${h.img}\n`,
     )
     let got: string[] = []
-    for (let i = 0; i < 100 && got.length === 0; i++) {
-      await sleep(100)
-      got = rx.drain()
-    }
+    await until(
+      () => {
+        got = rx.drain()
+        return got.length > 0
+      },
+      () => `the agent's reply on the ask-password socket: ${log}`,
+      { intervalMs: 100 },
+    )
     t.is(got.length, 1, log)
     const reply = got[0] as string
     t.true(reply.startsWith('+'), 'systemd-reply-password sends "+" followed by the password')

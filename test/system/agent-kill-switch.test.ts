@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs'
 import { mkdir, readdir, readFile, writeFile, cp } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { until } from '../helpers/wait.ts'
 import { rootTest } from '../helpers/root.ts'
 import { tempDir } from '../helpers/tmp.ts'
 import { makeLuksImage, luksMetadata } from '../helpers/luks.ts'
@@ -77,7 +78,10 @@ rootTest(
     t.teardown(() => {
       child.kill('SIGKILL')
     })
-    for (let i = 0; i < 100 && !/unlocked: /.test(log); i++) await sleep(100)
+    await until(
+      () => /unlocked: /.test(log),
+      () => `the agent to unlock: ${log}`,
+    )
     t.regex(log, /unlocked: /)
 
     const alice = await addOperator(t, srv, 'alice')
@@ -87,7 +91,7 @@ rootTest(
     })
     t.is(shred.status, 200, JSON.stringify(shred.body))
 
-    const code = await Promise.race([exited, sleep(30_000).then(() => 'timeout' as const)])
+    const code = await Promise.race([exited, sleep(120_000).then(() => 'timeout' as const)])
     t.not(code, 'timeout', `agent did not finish the shred: ${log}`)
     t.regex(log, /shred order received/)
 
@@ -105,11 +109,13 @@ rootTest(
     t.false(existsSync(join(cfg, 'signing.jwk')))
     t.false(existsSync(join(cfg, 'sealing.jwk')))
     // The report is in the audit log.
-    for (let i = 0; i < 20; i++) {
-      const { body } = await srv.admin('GET', '/audit')
-      if (body.entries.some((x: { action: string }) => x.action === 'shred.report')) break
-      await sleep(100)
-    }
+    await until(
+      async () =>
+        (await srv.admin('GET', '/audit')).body.entries.some(
+          (x: { action: string }) => x.action === 'shred.report',
+        ),
+      'the shred report in the audit log',
+    )
     const { body } = await srv.admin('GET', '/audit')
     const rep = body.entries.find((x: { action: string }) => x.action === 'shred.report')
     t.truthy(rep)

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { freePort } from '../helpers/net.ts'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { until } from '../helpers/wait.ts'
 import { rootTest } from '../helpers/root.ts'
 import { tempDir } from '../helpers/tmp.ts'
 import { makeLuksImage } from '../helpers/luks.ts'
@@ -76,15 +76,15 @@ rootTest(
     })
 
     const got: string[] = []
-    const waitFor = async (pred: () => boolean, what: string): Promise<void> => {
-      for (let i = 0; i < 150 && !pred(); i++) {
-        got.push(...rx.drain())
-        await sleep(100)
-      }
-      got.push(...rx.drain())
-      if (!pred())
-        t.fail(`timed out waiting for ${what}; datagrams: ${JSON.stringify(got)}; log: ${log}`)
-    }
+    const waitFor = (pred: () => boolean, what: string): Promise<void> =>
+      until(
+        () => {
+          got.push(...rx.drain())
+          return pred()
+        },
+        () => `${what}; datagrams: ${JSON.stringify(got)}; log: ${log}`,
+        { intervalMs: 100 },
+      )
     await waitFor(
       () =>
         got.some((d) =>

@@ -17,9 +17,9 @@ import {
   removeKey,
   setPolicy,
 } from '../../agent/volumes/fscrypt.ts'
-import { isUnlockdError } from '../../shared/errors.ts'
 import { rootTest } from '../helpers/root.ts'
 import { mountExt4 } from '../helpers/ext4.ts'
+import { rejectsWithCode } from '../helpers/errors.ts'
 
 const NEEDS = { bins: ['mkfs.ext4', 'mount', 'umount', 'losetup'] }
 
@@ -125,12 +125,10 @@ rootTest(
     await mkdir(dir)
     await writeFile(join(dir, 'a.txt'), 'a')
     const expected = `directory ${dir} is not empty; fscrypt can only encrypt an empty directory: move its files out, enroll, move them back`
-    const check = await t.throwsAsync(checkFilesystem(dir))
-    t.true(isUnlockdError(check, 'volume_invalid'), String(check))
+    const check = await rejectsWithCode(t, checkFilesystem(dir), 'volume_invalid')
     t.is(check?.message, expected)
     const id = await addKey(fs.mnt, key64())
-    const set = await t.throwsAsync(setPolicy(dir, id))
-    t.true(isUnlockdError(set, 'volume_invalid'), String(set))
+    const set = await rejectsWithCode(t, setPolicy(dir, id), 'volume_invalid')
     t.is(set?.message, expected)
   },
   NEEDS,
@@ -142,14 +140,12 @@ rootTest(
     const fs = await mountExt4(t, { encrypt: false })
     const dir = join(fs.mnt, 'vault')
     await mkdir(dir)
-    const err = await t.throwsAsync(checkFilesystem(dir))
-    t.true(isUnlockdError(err, 'fscrypt_unsupported'), String(err))
+    const err = await rejectsWithCode(t, checkFilesystem(dir), 'fscrypt_unsupported')
     t.is(
       err?.message,
       `${fs.mnt} (ext4 on ${fs.dev}) has no 'encrypt' feature; enable it with: tune2fs -O encrypt ${fs.dev} (unmounted)`,
     )
-    const add = await t.throwsAsync(addKey(fs.mnt, key64()))
-    t.true(isUnlockdError(add, 'fscrypt_unsupported'), String(add))
+    await rejectsWithCode(t, addKey(fs.mnt, key64()), 'fscrypt_unsupported')
   },
   NEEDS,
 )
@@ -161,8 +157,7 @@ rootTest(
     t.teardown(() => rm(dir, { recursive: true, force: true }))
     const mount = await findMount(dir)
     t.is(mount.fstype, 'tmpfs')
-    const err = await t.throwsAsync(checkFilesystem(dir))
-    t.true(isUnlockdError(err, 'fscrypt_unsupported'), String(err))
+    const err = await rejectsWithCode(t, checkFilesystem(dir), 'fscrypt_unsupported')
     t.regex(err?.message ?? '', /does not support fscrypt/)
   },
   NEEDS,
@@ -172,15 +167,12 @@ rootTest(
   'bad inputs: short key, bad identifier, missing directory',
   async (t) => {
     const fs = await mountExt4(t)
-    const short = await t.throwsAsync(addKey(fs.mnt, new Uint8Array(32)))
-    t.true(isUnlockdError(short, 'fscrypt_failed'), String(short))
+    await rejectsWithCode(t, addKey(fs.mnt, new Uint8Array(32)), 'fscrypt_failed')
     await t.throwsAsync(keyStatus(fs.mnt, 'xyz'), { instanceOf: TypeError })
     await t.throwsAsync(setPolicy(fs.mnt, 'ABCDEF'), { instanceOf: TypeError })
-    const missing = await t.throwsAsync(checkFilesystem(join(fs.mnt, 'nope')))
-    t.true(isUnlockdError(missing, 'volume_invalid'), String(missing))
+    await rejectsWithCode(t, checkFilesystem(join(fs.mnt, 'nope')), 'volume_invalid')
     const id = await addKey(fs.mnt, key64())
-    const noDir = await t.throwsAsync(setPolicy(join(fs.mnt, 'nope'), id))
-    t.true(isUnlockdError(noDir, 'volume_invalid'), String(noDir))
+    await rejectsWithCode(t, setPolicy(join(fs.mnt, 'nope'), id), 'volume_invalid')
   },
   NEEDS,
 )

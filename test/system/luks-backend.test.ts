@@ -27,6 +27,7 @@ import { isUnlockdError } from '../../shared/errors.ts'
 import { luksMetadata, makeLuksImage } from '../helpers/luks.ts'
 import { findBin, mustRun, rootTest } from '../helpers/root.ts'
 import { tempDir } from '../helpers/tmp.ts'
+import { rejectsWithCode } from '../helpers/errors.ts'
 
 const NEEDS = { bins: ['cryptsetup'] }
 
@@ -145,8 +146,7 @@ rootTest(
     const img = await makeLuksImage(dir, k1)
     t.is(await addKeyslot(img, k1, k3, { pbkdf: 'fast', slot: 5, backupDir: dir }), 5)
     t.true(await testKey(img, k3, 5))
-    const taken = await t.throwsAsync(addKeyslot(img, k1, newKey(), { pbkdf: 'fast', slot: 5 }))
-    t.true(isUnlockdError(taken, 'conflict'), String(taken))
+    await rejectsWithCode(t, addKeyslot(img, k1, newKey(), { pbkdf: 'fast', slot: 5 }), 'conflict')
   },
   NEEDS,
 )
@@ -190,12 +190,10 @@ rootTest(
     const dir = await tempDir(t)
     const k = newKey()
     const img = await makeLuksImage(dir, k, { type: 'luks1' })
-    const err = await t.throwsAsync(inspectLuks(img))
-    t.true(isUnlockdError(err, 'volume_invalid'), String(err))
+    const err = await rejectsWithCode(t, inspectLuks(img), 'volume_invalid')
     t.regex(err?.message ?? '', /is LUKS1/)
     t.regex(err?.message ?? '', new RegExp(`cryptsetup convert --type luks2 ${img}`))
-    const add = await t.throwsAsync(addKeyslot(img, k, newKey(), { pbkdf: 'fast' }))
-    t.true(isUnlockdError(add, 'volume_invalid'))
+    await rejectsWithCode(t, addKeyslot(img, k, newKey(), { pbkdf: 'fast' }), 'volume_invalid')
   },
   NEEDS,
 )
@@ -207,14 +205,11 @@ rootTest(
     const plain = join(dir, 'plain.img')
     await writeFile(plain, '')
     await truncate(plain, 4 * 1024 * 1024)
-    const err = await t.throwsAsync(inspectLuks(plain))
-    t.true(isUnlockdError(err, 'volume_invalid'), String(err))
+    const err = await rejectsWithCode(t, inspectLuks(plain), 'volume_invalid')
     t.regex(err?.message ?? '', /is not a LUKS volume/)
-    const missing = await t.throwsAsync(inspectLuks(join(dir, 'nope.img')))
-    t.true(isUnlockdError(missing, 'volume_invalid'), String(missing))
+    const missing = await rejectsWithCode(t, inspectLuks(join(dir, 'nope.img')), 'volume_invalid')
     t.regex(missing?.message ?? '', /does not exist/)
-    const tk = await t.throwsAsync(testKey(plain, newKey()))
-    t.true(isUnlockdError(tk, 'volume_invalid'), String(tk))
+    await rejectsWithCode(t, testKey(plain, newKey()), 'volume_invalid')
     await t.throwsAsync(
       inspectLuks('--help'),
       { instanceOf: TypeError },
@@ -230,10 +225,11 @@ rootTest(
     const dir = await tempDir(t)
     const img = await makeLuksImage(dir, newKey())
     const before = await sha256(img)
-    const err = await t.throwsAsync(
+    const err = await rejectsWithCode(
+      t,
       addKeyslot(img, newKey(), newKey(), { pbkdf: 'fast', backupDir: dir }),
+      'luks_failed',
     )
-    t.true(isUnlockdError(err, 'luks_failed'), String(err))
     t.is(err?.message, `the existing key does not open ${img}`)
     t.is(await sha256(img), before)
     t.deepEqual((await readdir(dir)).sort(), ['disk.img'])
@@ -254,7 +250,7 @@ rootTest(
     t.false(await testKey(img, k))
     const plain = join(dir, 'plain.img')
     await writeFile(plain, Buffer.alloc(1024 * 1024))
-    t.true(isUnlockdError(await t.throwsAsync(eraseLuks(plain)), 'volume_invalid'))
+    await rejectsWithCode(t, eraseLuks(plain), 'volume_invalid')
   },
   NEEDS,
 )
@@ -271,8 +267,7 @@ rootTest(
     t.false(await testKey(img, k2))
     t.true(await testKey(img, k1))
     t.false(await killSlot(img, slot), 'an empty slot is already revoked')
-    const last = await t.throwsAsync(killSlot(img, 0))
-    t.true(isUnlockdError(last, 'destructive_needs_force'), String(last))
+    await rejectsWithCode(t, killSlot(img, 0), 'destructive_needs_force')
     t.true(await testKey(img, k1))
     t.true(await killSlot(img, 0, { force: true }))
     t.deepEqual((await inspectLuks(img)).keyslots, [])
@@ -298,8 +293,7 @@ rootTest(
     )
     t.deepEqual(await exportToken(img, 0), token)
     t.is(await exportToken(img, 9), undefined)
-    const dup = await t.throwsAsync(importToken(img, token, { tokenId: 0 }))
-    t.true(isUnlockdError(dup, 'conflict'), String(dup))
+    await rejectsWithCode(t, importToken(img, token, { tokenId: 0 }), 'conflict')
     await importToken(img, { ...token, v: 2 }, { tokenId: 0, replace: true })
     t.like(await exportToken(img, 0), { v: 2 })
     t.true(await removeToken(img, 1))
@@ -319,8 +313,11 @@ rootTest(
     const k = newKey()
     const img = await makeLuksImage(dir, k)
     await openVolume(img, 'unlockd-test', k, { test: true })
-    const wrong = await t.throwsAsync(openVolume(img, 'unlockd-test', newKey(), { test: true }))
-    t.true(isUnlockdError(wrong, 'luks_failed'), String(wrong))
+    const wrong = await rejectsWithCode(
+      t,
+      openVolume(img, 'unlockd-test', newKey(), { test: true }),
+      'luks_failed',
+    )
     t.is(wrong?.message, `the key does not open ${img}`)
     const name = `unlockd-test-${process.pid}`
     // The kernel lists device-mapper in /proc/misc when dm is built in or loaded.
@@ -332,8 +329,7 @@ rootTest(
       t.false(existsSync(`/dev/mapper/${name}`))
     } else {
       t.log('no device-mapper on this machine: checking the error of a real open instead')
-      const err = await t.throwsAsync(openVolume(img, name, k, { test: false }))
-      t.true(isUnlockdError(err, 'luks_failed'), String(err))
+      const err = await rejectsWithCode(t, openVolume(img, name, k, { test: false }), 'luks_failed')
       t.regex(err?.message ?? '', /device-mapper is not available/)
     }
   },
@@ -405,10 +401,11 @@ rootTest(
     const img = await makeLuksImage(dir, k1)
     const before = await sha256(img)
     await withFakeCryptsetup(t, dir, false)
-    const err = await t.throwsAsync(
+    const err = await rejectsWithCode(
+      t,
       addKeyslot(img, k1, newKey(), { pbkdf: 'fast', backupDir: backups }),
+      'luks_failed',
     )
-    t.true(isUnlockdError(err, 'luks_failed'), String(err))
     t.regex(err?.message ?? '', /fake failure/)
     t.is(await sha256(img), before, 'header restored byte for byte')
     t.true(await testKey(img, k1))
@@ -425,10 +422,11 @@ rootTest(
     const k1 = newKey()
     const img = await makeLuksImage(dir, k1)
     await withFakeCryptsetup(t, dir, true)
-    const err = await t.throwsAsync(
+    const err = await rejectsWithCode(
+      t,
       addKeyslot(img, k1, newKey(), { pbkdf: 'fast', backupDir: backups }),
+      'luks_failed',
     )
-    t.true(isUnlockdError(err, 'luks_failed'), String(err))
     const backup = isUnlockdError(err) ? err.details?.['backup'] : undefined
     t.is(typeof backup, 'string')
     t.true(existsSync(String(backup)))
@@ -446,8 +444,7 @@ rootTest(
     t.teardown(() => {
       process.env['PATH'] = oldPath
     })
-    const err = await t.throwsAsync(inspectLuks('/dev/null'))
-    t.true(isUnlockdError(err, 'luks_failed'), String(err))
+    const err = await rejectsWithCode(t, inspectLuks('/dev/null'), 'luks_failed')
     t.regex(err?.message ?? '', /^cryptsetup not found: install cryptsetup-bin/)
   },
   { ...NEEDS, serial: true },

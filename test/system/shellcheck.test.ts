@@ -68,6 +68,7 @@ if (shellcheck === undefined && (process.env['CI'] ?? '') === '') {
       'initramfs-hooks/initramfs-tools/hooks/unlockd',
       'initramfs-hooks/initramfs-tools/scripts/local-top/unlockd',
       'initramfs-hooks/dracut/90unlockd/module-setup.sh',
+      'initramfs-hooks/unlockd-functions.sh',
     ]) {
       t.true(rel.includes(must), `${must} is checked`)
     }

@@ -1,5 +1,5 @@
 /**
- * The import matrix (../shared/STYLE.md rule 14), enforced on the source tree:
+ * The import matrix of the layers, enforced on the source tree:
  * shared/ is pure (no server/, agent/, platform/, hono, node:fs, node:child_process);
  * agent/ never imports server/ or hono (its bundle goes into every initramfs);
  * server/ never imports agent/; platform/ imports neither side.

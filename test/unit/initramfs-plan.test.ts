@@ -3,7 +3,6 @@
  * image that would fail at boot. Config dirs are real (host keys made with the real code).
  */
 import test, { type ExecutionContext } from 'ava'
-import { spawnSync } from 'node:child_process'
 import { chmod, mkdir, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { configDir, saveConfig, saveKeys } from '../../agent/config-dir.ts'
@@ -18,6 +17,7 @@ import {
   type PlanOptions,
 } from '../../agent/initramfs-plan.ts'
 import { generateHostKeys } from '../../shared/crypto/keys.ts'
+import { run } from '../helpers/spawn.ts'
 import { tempDir } from '../helpers/tmp.ts'
 
 const UUID = '3ae804d8-a3a7-46b9-9a43-01e2af7dfd0d'
@@ -290,23 +290,19 @@ test('unlockd initramfs check (CLI): lists files with reasons, --format lines fo
     '--flavour',
     'initramfs-tools',
   ]
-  const ok = spawnSync(process.execPath, [cliPath, ...base], { encoding: 'utf8' })
-  t.is(ok.status, 0, ok.stderr)
+  const ok = await run(process.execPath, [cliPath, ...base])
+  t.is(ok.code, 0, ok.stderr)
   t.regex(ok.stdout, /host signing key: signs the unlock requests/)
   t.regex(ok.stdout, /root {2}UUID=.* {2}crypttab cryptroot \(luks,initramfs\) {2}answered at boot/)
-  const lines = spawnSync(process.execPath, [cliPath, ...base, '--format', 'lines'], {
-    encoding: 'utf8',
-  })
-  t.is(lines.status, 0)
+  const lines = await run(process.execPath, [cliPath, ...base, '--format', 'lines'])
+  t.is(lines.code, 0)
   t.regex(lines.stdout, new RegExp(`^volume\\t${UUID}\\troot$`, 'm'))
   await unlink(join(f.cfg, 'signing.jwk'))
-  const bad = spawnSync(process.execPath, [cliPath, ...base, '--format', 'lines'], {
-    encoding: 'utf8',
-  })
-  t.is(bad.status, 1)
+  const bad = await run(process.execPath, [cliPath, ...base, '--format', 'lines'])
+  t.is(bad.code, 1)
   t.is(bad.stdout, '', 'no plan is printed when the image cannot be built')
   t.regex(bad.stderr, /E: unlockd: .*signing\.jwk is missing/)
-  const json = spawnSync(process.execPath, [cliPath, ...base, '--json'], { encoding: 'utf8' })
-  t.is(json.status, 1)
+  const json = await run(process.execPath, [cliPath, ...base, '--json'])
+  t.is(json.code, 1)
   t.true((JSON.parse(json.stdout) as { problems: string[] }).problems.length > 0)
 })

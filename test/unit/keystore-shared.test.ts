@@ -9,6 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Keystore, backupPathOf } from '../../server/keys/keystore.ts'
+import { throwsWithCode } from '../helpers/errors.ts'
 
 const PASS = 'shared passphrase'
 
@@ -54,8 +55,7 @@ test('a keystore re-sealed under a new passphrase is not overwritten by a stale 
   const other = Keystore.open(p, PASS)
   other.changePassphrase('a different passphrase')
   other.close()
-  const e = t.throws(() => stale.addKek(2))
-  t.is((e as { code?: string }).code, 'keystore_invalid')
+  throwsWithCode(t, () => stale.addKek(2), 'keystore_invalid')
   t.is(stale.currentVersion, 1, 'the KEK that could not be saved is not handed out')
   t.throws(() => stale.kek(2))
   t.throws(() => stale.destroyBelow(2 + 1))

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { until } from '../helpers/wait.ts'
 import {
   notify,
   ready,
@@ -95,10 +95,10 @@ const socat = findBin('socat')
     child.stdout.on('data', (c: Buffer) => {
       out += c.toString('utf8')
     })
-    for (let i = 0; i < 100 && !existsSync(path); i++) await sleep(20)
+    await until(() => existsSync(path), 'socat to bind the notify socket', { intervalMs: 20 })
     withNotifySocket(t, path)
     t.true(await ready())
-    for (let i = 0; i < 100 && out === ''; i++) await sleep(20)
+    await until(() => out !== '', 'the notification to arrive', { intervalMs: 20 })
     t.is(out, 'READY=1')
   },
 )

@@ -8,14 +8,22 @@
 # shellcheck disable=SC2154 # initdir, moddir, systemdutildir, systemdsystemunitdir come from dracut
 
 UNLOCKD_CONFDIR=/etc/unlockd
+# The functions shared with the initramfs-tools flavour and the boot script (installed by install.sh).
+UNLOCKD_FUNCTIONS=/usr/lib/unlockd/initramfs-functions
 
 unlockd_conf() {
+    if [[ ! -r $UNLOCKD_FUNCTIONS ]]; then
+        dfatal "unlockd: $UNLOCKD_FUNCTIONS is missing: install unlockd's initramfs hooks with initramfs-hooks/install.sh"
+        exit 1
+    fi
+    # shellcheck source-path=SCRIPTDIR source=../../unlockd-functions.sh
+    . "$UNLOCKD_FUNCTIONS"
     # Only UNLOCKD_NAME=value lines; the check below rejects anything else.
     UNLOCKD_NODE=""
     UNLOCKD_BUNDLE=""
     UNLOCKD_INITRAMFS=yes
     if [[ -e $UNLOCKD_CONFDIR/initramfs.conf ]]; then
-        if grep -Eqv '^[[:space:]]*(#.*)?$|^UNLOCKD_[A-Z_]+=("[^"`$\\]*"|'"'"'[^'"'"']*'"'"'|[^[:space:]"'"'"'`$\\;&|<>()]*)$' "$UNLOCKD_CONFDIR/initramfs.conf"; then
+        if ! unlockd_conf_valid "$UNLOCKD_CONFDIR/initramfs.conf"; then
             dfatal "unlockd: $UNLOCKD_CONFDIR/initramfs.conf may only hold UNLOCKD_NAME=value lines"
             exit 1
         fi
@@ -86,6 +94,8 @@ install() {
     inst_multiple -o "$systemdutildir/systemd-reply-password" /lib/systemd/systemd-reply-password /usr/lib/systemd/systemd-reply-password
     [[ -x $initdir$systemdutildir/systemd-reply-password ]] || [[ -x $initdir/lib/systemd/systemd-reply-password ]] || [[ -x $initdir/usr/lib/systemd/systemd-reply-password ]] \
         || unlockd_die "systemd-reply-password is not in the image"
+    # The answering script sources the shared functions from the same path in the image.
+    inst_simple "$UNLOCKD_FUNCTIONS" "$UNLOCKD_FUNCTIONS" || unlockd_die "cannot install $UNLOCKD_FUNCTIONS"
     inst_script "$moddir/unlockd-askpass.sh" /usr/libexec/unlockd-askpass || unlockd_die "cannot install the answering script"
     inst_simple "$moddir/unlockd-askpass.service" "$systemdsystemunitdir/unlockd-askpass.service" || unlockd_die "cannot install unlockd-askpass.service"
     inst_simple "$moddir/unlockd-askpass.path" "$systemdsystemunitdir/unlockd-askpass.path" || unlockd_die "cannot install unlockd-askpass.path"

@@ -4,61 +4,27 @@
 # systemd-cryptsetup shows the same question on the console, so a typed passphrase works all
 # along; this gives up after UNLOCKD_TIMEOUT seconds (unlockd.timeout= overrides), and
 # unlockd=off on the kernel command line skips it.
-CONFDIR=/etc/unlockd
-NODE=/usr/bin/node
-BUNDLE=/usr/lib/unlockd/unlockd-agent.mjs
 ASKDIR=/run/systemd/ask-password
-# Our runtime files: pids only, never a key. Removed by unlockd-cleanup.sh before switch-root.
-RUNDIR=/run/unlockd-initramfs
 
-[ -f "$CONFDIR/agent.json" ] && [ -s "$CONFDIR/volumes" ] && [ -x "$NODE" ] || exit 0
-
-UNLOCKD_TIMEOUT=300
-# shellcheck disable=SC1091 # copied by module-setup.sh (UNLOCKD_*=value lines only)
-[ -f "$CONFDIR/initramfs.conf" ] && . "$CONFDIR/initramfs.conf"
-set -f
-# shellcheck disable=SC2013 # words, not lines
-for arg in $(cat /proc/cmdline); do
-	case "$arg" in
-	unlockd=off | unlockd=0 | unlockd=no) echo "unlockd: disabled by unlockd=off on the kernel command line"; exit 0 ;;
-	unlockd.timeout=*) UNLOCKD_TIMEOUT="${arg#unlockd.timeout=}" ;;
-	esac
-done
-set +f
-case "$UNLOCKD_TIMEOUT" in
-'' | *[!0-9]*) UNLOCKD_TIMEOUT=300 ;;
+# CONFDIR, NODE, BUNDLE, RUNDIR (removed by unlockd-cleanup.sh before switch-root),
+# UNLOCKD_TIMEOUT, and the helpers uptime_s, remaining, volume_for and fetch_key (the functions
+# shared with the initramfs-tools flavour; module-setup.sh copied them in).
+FUNCTIONS=/usr/lib/unlockd/initramfs-functions
+[ -r "$FUNCTIONS" ] || exit 0
+# shellcheck source-path=SCRIPTDIR source=../../unlockd-functions.sh
+. "$FUNCTIONS"
+unlockd_boot_setup
+case $? in
+1) exit 0 ;;
+2) echo "unlockd: disabled by unlockd=off on the kernel command line"; exit 0 ;;
 esac
 
-uptime_s() { read -r up _ < /proc/uptime; echo "${up%%.*}"; }
 log() { read -r up _ < /proc/uptime; echo "unlockd: $* (at $up s)" > /dev/console 2>&1 || echo "unlockd: $*"; }
 # The path unit may start us again: keep one deadline per boot.
 mkdir -p "$RUNDIR" && chmod 0700 "$RUNDIR" || exit 1
 [ -s "$RUNDIR/deadline" ] || echo $(($(uptime_s) + UNLOCKD_TIMEOUT)) > "$RUNDIR/deadline"
 read -r DEADLINE < "$RUNDIR/deadline"
-remaining() { r=$((DEADLINE - $(uptime_s))); [ "$r" -gt 0 ] || r=0; echo "$r"; }
 touch "$RUNDIR/done"
-
-volume_for() { # UUID (lower case) -> volume name
-	while read -r u name; do
-		[ "$u" = "$1" ] && { echo "$name"; return 0; }
-	done < "$CONFDIR/volumes"
-	return 1
-}
-
-# The key comes back in $key (a pipe), never in a file or argv.
-fetch_key() {
-	wait_s=$(remaining)
-	[ "$wait_s" -gt 0 ] || return 5
-	key=$(
-		timeout -s KILL $((wait_s + 15)) "$NODE" "$BUNDLE" unlock --config "$CONFDIR" --volume "$1" \
-			--key-stdout --wait "${wait_s}s" &
-		echo $! > "$RUNDIR/agent.pid"
-		wait $!
-	)
-	rc=$?
-	rm -f "$RUNDIR/agent.pid"
-	return $rc
-}
 
 reply() { # SOCKET: printf is a builtin, so the key is never in an argv
 	for bin in /lib/systemd/systemd-reply-password /usr/lib/systemd/systemd-reply-password; do

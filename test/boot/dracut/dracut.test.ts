@@ -77,6 +77,7 @@ rootTest(
     for (const p of [
       'usr/bin/node',
       'usr/lib/unlockd/unlockd-agent.mjs',
+      'usr/lib/unlockd/initramfs-functions',
       'etc/unlockd/agent.json',
       'etc/unlockd/signing.jwk',
       'etc/unlockd/sealing.jwk',
