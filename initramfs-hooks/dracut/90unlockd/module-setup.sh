@@ -62,7 +62,7 @@ install() {
     local node bundle plan kind src dest tab
     unlockd_conf
     node="${UNLOCKD_NODE:-$(command -v node || true)}"
-    [[ -n $node ]] || unlockd_die "Node.js was not found: install nodejs 20.19 or newer, or set UNLOCKD_NODE=/path/to/node in $UNLOCKD_CONFDIR/initramfs.conf"
+    [[ -n $node ]] || unlockd_die "Node.js was not found: install nodejs 18.19 or newer, or set UNLOCKD_NODE=/path/to/node in $UNLOCKD_CONFDIR/initramfs.conf"
     [[ -x $node ]] || unlockd_die "Node.js $node is not executable: fix UNLOCKD_NODE in $UNLOCKD_CONFDIR/initramfs.conf"
     bundle="${UNLOCKD_BUNDLE:-/usr/lib/unlockd/unlockd-agent.mjs}"
     [[ -f $bundle ]] || unlockd_die "the agent bundle $bundle is missing: install unlockd, or set UNLOCKD_BUNDLE"
