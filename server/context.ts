@@ -35,6 +35,12 @@ export interface ServerSettings {
    * address is the rightmost forwarded hop that is not a trusted proxy. Empty: never believed.
    */
   trustedProxies: string[]
+  /**
+   * The audit chain head is sealed and exported (log line, webhook `audit.head`) once this many
+   * entries were added or this many seconds passed since the last export, checked at each
+   * maintenance tick.
+   */
+  auditHead: { everyEntries: number; everySeconds: number }
 }
 
 export const DEFAULT_SETTINGS: ServerSettings = {
@@ -50,6 +56,7 @@ export const DEFAULT_SETTINGS: ServerSettings = {
   hostRateLimit: { perSecond: 200, burst: 400 },
   metricsTokenHash: null,
   trustedProxies: [],
+  auditHead: { everyEntries: 1000, everySeconds: 300 },
 }
 
 export interface ServerDeps {

@@ -6,6 +6,7 @@ import type { ServerDeps } from './context.ts'
 import { livenessJob } from './approvals/liveness.ts'
 import { rotateIfDue } from './keys/rotation.ts'
 import { flushAuthFailureAudit } from './escrow/auth-failure-audit.ts'
+import { anchorAuditHead } from './escrow/audit-chain.ts'
 
 type MaintenanceJob = (deps: ServerDeps) => Promise<void>
 
@@ -23,6 +24,10 @@ const jobs: MaintenanceJob[] = [
   },
   // Counts of host authentication failures whose summary minute has passed.
   (deps) => flushAuthFailureAudit(deps),
+  // Seal the audit chain; export its head every settings.auditHead entries or seconds.
+  async (deps) => {
+    await anchorAuditHead(deps)
+  },
 ]
 
 /** Run every job now and then every `intervalMs`; returns a stop function. */

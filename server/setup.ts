@@ -53,7 +53,9 @@ export async function initDataDir(
         'this database already has operators (it belongs to another unlockd data dir)',
       )
     const ks = Keystore.create(ksPath, passphrase, now)
+    const auditKey = Uint8Array.from(ks.auditKey)
     ks.close()
+    store.useAuditKey(() => auditKey)
     if (!existsSync(cfgPath))
       writeFileAtomic(
         cfgPath,
@@ -127,6 +129,7 @@ export async function openDeps(
   const config = loadServerConfig(dataDir)
   const keystore = Keystore.open(join(dataDir, KEYSTORE_FILE), passphrase)
   const store = await openStore(overrides.db ?? config.db ?? join(dataDir, DB_FILE))
+  store.useAuditKey(() => keystore.auditKey)
   const deps: ServerDeps = {
     store,
     keystore,

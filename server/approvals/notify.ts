@@ -13,6 +13,7 @@ import { createHmac } from 'node:crypto'
 import type { ServerDeps } from '../context.ts'
 import type { ApprovalView } from '../../shared/protocol/messages.ts'
 import { showApproval } from './decide.ts'
+import type { AuditHead } from '../../shared/audit.ts'
 
 export interface NotifierOptions {
   /** Delays before each retry; attempts = delays + 1. */
@@ -116,7 +117,48 @@ async function deliver(
     priority: 'high',
   }
   if (view.url) headers['click'] = view.url
+  await post(deps, hook, headers, body, { approval: id }, opts)
+}
+
+/**
+ * One audit chain head to the webhook (server/escrow/audit-chain.ts), so a copy lives outside
+ * the server: event `audit.head`, signed like approval notifications. Fire and forget.
+ */
+export function notifyAuditHead(
+  deps: ServerDeps,
+  head: AuditHead,
+  opts: NotifierOptions = DEFAULT_NOTIFIER,
+): Promise<void> {
+  const hook = deps.settings.webhook
+  if (!hook) return Promise.resolve()
+  const body = JSON.stringify({
+    event: 'audit.head',
+    title: 'unlockd: audit chain head',
+    message: `audit chain head: position ${head.pos}, entry ${head.seq}, link ${head.hash}`,
+    head,
+    sentAt: deps.now(),
+  })
+  const headers: Record<string, string> = {
+    'content-type': 'application/json',
+    'user-agent': 'unlockd-webhook/1',
+    'x-unlockd-event': 'audit.head',
+    'x-unlockd-delivery': `audit-${head.pos}`,
+    title: 'unlockd: audit chain head',
+    tags: 'lock,unlockd',
+    priority: 'min',
+  }
   if (hook.secret) headers['x-unlockd-signature'] = signBody(hook.secret, body)
+  return post(deps, hook, headers, body, { auditHead: head.pos }, opts)
+}
+
+async function post(
+  deps: ServerDeps,
+  hook: { url: string; secret: string | null },
+  headers: Record<string, string>,
+  body: string,
+  what: Record<string, unknown>,
+  opts: NotifierOptions,
+): Promise<void> {
   const where = originOf(hook.url)
   for (let attempt = 0; ; attempt++) {
     let outcome: string
@@ -131,7 +173,7 @@ async function deliver(
       await res.body?.cancel()
       if (res.status >= 200 && res.status < 300) {
         deps.log.log('info', 'webhook delivered', {
-          approval: id,
+          ...what,
           to: where,
           status: res.status,
           attempt: attempt + 1,
@@ -142,7 +184,7 @@ async function deliver(
       // Redirects are not followed, and a 4xx will not get better by retrying (but 408, 429 may).
       if (res.status >= 300 && res.status < 500 && res.status !== 408 && res.status !== 429) {
         deps.log.log('error', 'webhook refused; not retrying', {
-          approval: id,
+          ...what,
           to: where,
           status: res.status,
         })
@@ -159,7 +201,7 @@ async function deliver(
     const delay = opts.retryDelaysMs[attempt]
     if (delay === undefined) {
       deps.log.log('error', 'webhook failed; giving up', {
-        approval: id,
+        ...what,
         to: where,
         attempts: attempt + 1,
         err: outcome,
@@ -167,7 +209,7 @@ async function deliver(
       return
     }
     deps.log.log('warn', 'webhook failed; will retry', {
-      approval: id,
+      ...what,
       to: where,
       attempt: attempt + 1,
       retryInMs: delay,

@@ -2,18 +2,22 @@
 import { UnlockdError } from '../../shared/errors.ts'
 import {
   parseAuditPage,
+  parseAuditHeadReply,
+  parseAuditVerdict,
   parseCreatedToken,
   parseHostList,
   parseHostView,
   parseTokenList,
   parseTokenView,
 } from '../../shared/protocol/admin-replies.ts'
-import type { AuditEntry, HostView } from '../../shared/protocol/messages.ts'
+import { parseAuditHead, type AuditEntry, type HostView } from '../../shared/protocol/messages.ts'
 import { parseMaxUnlocks, APPROVAL_RULE_RE } from '../../shared/protocol/policy.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import { parseCidr } from '../../shared/util/cidr.ts'
 import { formatDuration, parseDuration } from '../../shared/util/duration.ts'
-import { verifyAuditChain } from '../../shared/audit.ts'
+import type { AuditHead } from '../../shared/audit.ts'
+import { readFileSync } from 'node:fs'
+import { writeFileAtomic } from '../../platform/atomic-file.ts'
 import { EXIT, fmtTime, formatTable, output, usage, type Command } from '../../platform/cli.ts'
 import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
 import { hostArg } from './positionals.ts'
@@ -322,17 +326,60 @@ export const auditList: Command = {
   },
 }
 
+export const auditHead: Command = {
+  name: 'audit head',
+  summary:
+    'Seal the audit chain and print its MAC-signed head; keep it off the server for `audit verify --head`.',
+  usage: 'unlockd audit head [--out FILE]',
+  options: { ...CLIENT_OPTIONS, out: { type: 'string' } },
+  async run({ values, io }) {
+    const { head } = await operatorClient(values, io).call(
+      'GET',
+      '/audit/head',
+      parseAuditHeadReply,
+    )
+    if (!head) throw new UnlockdError('not_found', 'the audit log is empty: nothing to export yet')
+    const text = JSON.stringify(head) + '\n'
+    const out = values['out']
+    if (typeof out === 'string') {
+      writeFileAtomic(out, text, 0o644)
+      io.stdout(`audit head: position ${head.pos}, entry ${head.seq} written to ${out}\n`)
+    } else io.stdout(text)
+    return EXIT.ok
+  },
+}
+
 export const auditVerify: Command = {
   name: 'audit verify',
-  summary: 'Recompute the audit hash chain; name the first bad entry.',
-  usage: 'unlockd audit verify [--json]',
-  options: { ...CLIENT_OPTIONS },
+  summary:
+    'Have the server check every audit MAC and link (and, with --head, that the chain still holds that head); name the first bad entry.',
+  usage: 'unlockd audit verify [--head FILE] [--json]',
+  options: { ...CLIENT_OPTIONS, head: { type: 'string' } },
   async run({ values, io }) {
-    const entries = await fetchAll(values, io)
-    const v = await verifyAuditChain(entries)
+    const file = values['head']
+    let head: AuditHead | undefined
+    if (typeof file === 'string') {
+      let raw: unknown
+      try {
+        raw = JSON.parse(readFileSync(file, 'utf8'))
+      } catch (cause) {
+        throw new UnlockdError(
+          'bad_request',
+          `cannot read the head file ${file}: write it with \`unlockd audit head --out FILE\``,
+          { cause },
+        )
+      }
+      head = parseAuditHead(raw, file)
+    }
+    const v = await operatorClient(values, io).call(
+      'POST',
+      '/audit/verify',
+      parseAuditVerdict,
+      head ? { head } : {},
+    )
     output(io, values, v, () =>
       v.ok
-        ? `audit chain OK: ${v.count} entries, head ${v.head}\n`
+        ? `audit chain OK: ${v.count} entries, ${v.sealed} chained${v.head ? `, head position ${v.head.pos} (entry ${v.head.seq})` : ''}${head ? `, contains the head at position ${head.pos}` : ''}\n`
         : `audit chain BROKEN at entry ${v.badSeq}: ${v.reason}\n`,
     )
     if (!v.ok)

@@ -13,6 +13,7 @@ import {
 } from './approval-commands.ts'
 import {
   auditList,
+  auditHead,
   auditVerify,
   hostResume,
   hostSet,
@@ -43,6 +44,7 @@ export const serverCommands: Command[] = [
   tokenList,
   tokenRevoke,
   auditList,
+  auditHead,
   auditVerify,
   approvalsList,
   approveCommand,

@@ -2,6 +2,12 @@
  * Enrollment (POST /v1/enroll): a one-time token plus a self-signed request carrying the host's
  * public keys and its volumes' escrow blobs. The server wraps each blob with the current KEK.
  * The host id is the signing key's thumbprint, so a shredded host's keys can never enroll again.
+ *
+ * A retry is idempotent: when the reply to a committed enrollment is lost, the host (which
+ * rolled back) sends the same token again, signed by the same key, for the same name and
+ * volumes. The token then names that host as its user, the request proves possession of that
+ * key, and the server answers what it answered the first time instead of `token_used`. Any other
+ * key, name or volume set with a used token is still refused.
  */
 import { UnlockdError } from '../../shared/errors.ts'
 import { parseEscrowBlob } from '../../shared/crypto/blob.ts'
@@ -51,19 +57,21 @@ async function checkTokenState(
   t: StoreTx,
   token: string,
   source: string,
-): Promise<{ id: string; hostName: string; cidrs: string[] }> {
+  hostId: string,
+): Promise<{ id: string; hostName: string; cidrs: string[]; retry: boolean }> {
   if (!tokenFormatOk('ue', token))
     throw new UnlockdError('token_invalid', 'enrollment token is malformed')
   const row = await t.getTokenByHash(await hashToken(token))
   if (!row) throw new UnlockdError('token_invalid', 'enrollment token is not known to this server')
   if (row.revokedAt !== null)
     throw new UnlockdError('token_revoked', 'enrollment token was revoked')
-  if (row.usedAt !== null)
+  const retry = row.usedAt !== null && row.usedByHost === hostId
+  if (row.usedAt !== null && !retry)
     throw new UnlockdError(
       'token_used',
       'enrollment token was already used; ask an operator for a new one (`unlockd token create`)',
     )
-  if (row.expiresAt <= deps.now())
+  if (!retry && row.expiresAt <= deps.now())
     throw new UnlockdError(
       'token_expired',
       'enrollment token has expired; ask an operator for a new one',
@@ -73,7 +81,34 @@ async function checkTokenState(
       'cidr_denied',
       `enrollment from ${source} is outside the token's networks`,
     )
-  return row
+  return { ...row, retry }
+}
+
+/** The answer of the enrollment this retry repeats, or a refusal when it is not the same one. */
+async function repeatEnrollment(
+  t: StoreTx,
+  hostId: string,
+  name: string,
+  volumes: readonly VolumeEnrollment[],
+): Promise<EnrollResponse> {
+  const host = await t.getHost(hostId)
+  if (host?.state === 'shredded')
+    throw new UnlockdError(
+      'host_shredded',
+      'this host identity was shredded and can never enroll again; make new host keys',
+    )
+  const stored = host ? await t.listVolumes(hostId) : []
+  const key = (v: { name: string; kind: string }): string => `${v.name}\0${v.kind}`
+  const same =
+    host !== undefined &&
+    host.name === name &&
+    stored.map(key).sort().join('\n') === volumes.map(key).sort().join('\n')
+  if (!same)
+    throw new UnlockdError(
+      'token_used',
+      'enrollment token was already used; ask an operator for a new one (`unlockd token create`)',
+    )
+  return { hostId, name, volumes: volumes.map((v) => v.name) }
 }
 
 export async function enrollHost(
@@ -107,12 +142,20 @@ export async function enrollHost(
   }
 
   return deps.store.tx(async (t) => {
-    const tok = await checkTokenState(deps, t, token, source)
+    const tok = await checkTokenState(deps, t, token, source, kid)
     if (tok.hostName !== payload.name)
       throw new UnlockdError(
         'forbidden',
         `this token is bound to host ${tok.hostName}, not ${payload.name}`,
       )
+    if (tok.retry) {
+      const answer = await repeatEnrollment(t, kid, payload.name, payload.volumes)
+      await audit(t, now, `enroll-token:${tok.id}`, 'host.enroll_retry', payload.name, {
+        hostId: kid,
+        source,
+      })
+      return answer
+    }
     const existing = await t.getHost(kid)
     if (existing?.state === 'shredded')
       throw new UnlockdError(

@@ -7,6 +7,7 @@
  *
  * Destroying a KEK means rewriting both files without it: once the blobs it wrapped were
  * re-wrapped (or deleted by shred), no copy that unlockd controls can unwrap them again.
+ * The audit MAC key lives beside the KEKs and is never destroyed.
  */
 import {
   scryptSync,
@@ -36,6 +37,12 @@ interface SealedFile {
 interface Plain {
   current: number
   keks: { version: number; key: string; createdAt: number }[]
+  /**
+   * The audit MAC key (server/escrow/audit-chain.ts). Its own key, not a KEK: rotation and shred
+   * destroy KEKs, never this one, so every audit entry ever written stays verifiable. Keystores
+   * written before it existed get one at their next open.
+   */
+  audit?: string
 }
 
 const SCRYPT = { N: 1 << 15, r: 8, p: 1 }
@@ -102,6 +109,7 @@ export class Keystore {
   #kdf: { N: number; r: number; p: number }
   #keks: KekEntry[]
   #current: number
+  #audit: Uint8Array
 
   private constructor(
     path: string,
@@ -123,6 +131,7 @@ export class Keystore {
     })
     if (!this.#keks.some((k) => k.version === this.#current))
       throw new UnlockdError('keystore_invalid', 'keystore has no current KEK')
+    this.#audit = auditKeyOf(plain)
   }
 
   /** Create a new keystore with KEK v1. Refuses to overwrite an existing one. */
@@ -134,6 +143,7 @@ export class Keystore {
     const ks = new Keystore(path, derived, salt, SCRYPT, {
       current: 1,
       keks: [{ version: 1, key: b64uEncode(new Uint8Array(nodeRandom(32))), createdAt: now }],
+      audit: b64uEncode(new Uint8Array(nodeRandom(32))),
     })
     ks.#save()
     return ks
@@ -210,7 +220,8 @@ export class Keystore {
     if (!Number.isInteger(plain.current) || !Array.isArray(plain.keks))
       throw new UnlockdError('keystore_invalid', `${where} content is malformed`)
     const ks = new Keystore(path, derived, salt, kdf, plain)
-    // Remember what was sealed so that re-serializing the same content reproduces this file.
+    // Remember what was sealed so that re-serializing the same content reproduces this file
+    // (a keystore without an audit key serializes differently, so open() saves the new key).
     ks.#lastPlain = Buffer.from(JSON.stringify(plain))
     ks.#lastIv = Buffer.from(iv)
     return ks
@@ -224,6 +235,7 @@ export class Keystore {
         key: b64uEncode(k.key),
         createdAt: k.createdAt,
       })),
+      audit: b64uEncode(this.#audit),
     }
     const pt = Buffer.from(JSON.stringify(plain))
     // Deterministic IV per content would leak equality; a random IV per save is fine here
@@ -317,6 +329,10 @@ export class Keystore {
         return { version: k.version, key, createdAt: k.createdAt }
       })
       if (!keks.some((k) => k.version === plain.current)) return
+      // A file without the audit key predates it: keep ours (the next save writes it back).
+      const audit = plain.audit === undefined ? this.#audit : auditKeyOf(plain)
+      if (audit !== this.#audit) zeroize(this.#audit)
+      this.#audit = audit
       for (const k of this.#keks) zeroize(k.key)
       this.#keks = keks
       this.#current = plain.current
@@ -354,6 +370,12 @@ export class Keystore {
         `KEK v${version} is not in the keystore (destroyed by rotation or shred)`,
       )
     return k.key
+  }
+
+  /** The audit MAC key (caller must not keep a copy beyond its use). */
+  get auditKey(): Uint8Array {
+    this.#refresh()
+    return this.#audit
   }
 
   createdAt(version: number): number | undefined {
@@ -427,5 +449,15 @@ export class Keystore {
     this.#derived.fill(0)
     this.#lastPlain?.fill(0)
     for (const k of this.#keks) zeroize(k.key)
+    zeroize(this.#audit)
   }
+}
+
+/** The stored audit key, or a fresh one for a keystore written before audit keys existed. */
+function auditKeyOf(plain: Plain): Uint8Array {
+  if (plain.audit === undefined) return new Uint8Array(nodeRandom(32))
+  const key = b64uDecode(plain.audit)
+  if (!key || key.byteLength !== 32)
+    throw new UnlockdError('keystore_invalid', 'the audit key in the keystore is malformed')
+  return key
 }

@@ -1,7 +1,12 @@
 /** Operator API under /v1/admin: every route needs an operator bearer token. */
 import { Hono } from 'hono'
 import { UnlockdError } from '../../shared/errors.ts'
-import { parseCreateToken, parsePolicyPatch } from '../../shared/protocol/messages.ts'
+import {
+  parseAuditVerifyRequest,
+  parseCreateToken,
+  parsePolicyPatch,
+} from '../../shared/protocol/messages.ts'
+import { auditHead, sealAudit, verifyAudit } from '../escrow/audit-chain.ts'
 import type { ServerDeps } from '../context.ts'
 import {
   createEnrollToken,
@@ -74,7 +79,13 @@ export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
       throw new UnlockdError('bad_request', 'after must be a non-negative integer')
     if (!Number.isSafeInteger(limit) || limit < 1 || limit > 10000)
       throw new UnlockdError('bad_request', 'limit must be 1..10000')
+    await sealAudit(deps)
     return c.json({ entries: await listAudit(deps, after, limit) })
+  })
+  r.get('/audit/head', async (c) => c.json({ head: await auditHead(deps) }))
+  r.post('/audit/verify', async (c) => {
+    const { head } = parseAuditVerifyRequest(await jsonBody(c))
+    return c.json(await verifyAudit(deps, head))
   })
   // Human approval and operators; behind the bearer check above.
   r.route('/', approvalAdminRoutes(deps))

@@ -8,22 +8,23 @@
  *    approved request releases once in poll.ts, `maxUnlocks` counts then inserts, votes are
  *    counted after they are cast); with plain READ COMMITTED two instances could both pass a
  *    check, and finer locks would have to live in every use case;
- *  - almost every writing transaction appends to the one linear audit chain, so writers are
- *    serialized at the chain head anyway: under SERIALIZABLE nearly every pair of overlapping
- *    writers would collide there and one would abort and rerun, and a rerun repeats effects
- *    outside the database (approval-seam.ts emits an event inside the transaction);
+ *  - a rerun repeats effects outside the database (approval-seam.ts emits an event inside the
+ *    transaction);
  *  - waiting on a lock never reruns `fn`, never livelocks, and needs no retry bound.
  * The hot path is narrowed: a transaction that declares `{ host }` (unlock, approval poll,
  * watch) takes STORE_LOCK shared plus an exclusive lock for that host, so the checks above stay
- * race-free per host while instances serve different hosts in parallel; only the audit append
- * (AUDIT_LOCK, held from the append to commit) is then cluster-wide. The lock waits at
+ * race-free per host while instances serve different hosts in parallel. The audit append takes
+ * no lock at all: it numbers its entry from a sequence and MACs the entry alone; the sealer
+ * (server/escrow/audit-chain.ts) chains committed entries later in a short transaction of its
+ * own (AUDIT_LOCK), so no lock is held through any other transaction's COMMIT. The lock waits at
  * most `lock_timeout`, and a stalled instance cannot keep it past
  * `idle_in_transaction_session_timeout`.
  *
  * The single-use operations (consumeNonce, useToken, revokeToken, claimTotpStep,
  * addApprovalVote) and the audit chain do not rely on STORE_LOCK: each is one conditional
- * UPDATE / INSERT ... ON CONFLICT DO NOTHING, and appendAudit takes its own advisory lock
- * before reading the head, so they stay correct if the store lock is ever narrowed.
+ * UPDATE / INSERT ... ON CONFLICT DO NOTHING, appendAudit is one insert numbered by a sequence,
+ * and the sealer takes its own advisory lock before reading the head, so they stay correct if
+ * the store lock is ever narrowed.
  *
  * The statements themselves are shared with SQLite (sql-tx.ts); this file is the transaction
  * and locking scheme, array parameters, scrubbing and migrations. Types: BIGINT and count(*)
@@ -35,7 +36,7 @@ import { UnlockdError } from '../../shared/errors.ts'
 import { commitDenials } from './denial.ts'
 import type { Row } from './rows.ts'
 import { MIGRATIONS } from './schema.ts'
-import { sqlStoreTx, type SqlDriver } from './sql-tx.ts'
+import { sqlStoreTx, type AuditKeySource, type SqlDriver } from './sql-tx.ts'
 import type { Store, StoreTx, TxOptions } from './store.ts'
 
 // Advisory lock keys: 0x756e6c6b ("unlk") << 32 | n. Advisory locks are scoped to the current
@@ -80,6 +81,7 @@ export class PostgresStore implements Store {
   readonly kind = 'postgres' as const
   readonly #pool: pg.Pool
   #closing: Promise<void> | undefined
+  #auditKey: AuditKeySource = () => undefined
 
   private constructor(pool: pg.Pool) {
     this.#pool = pool
@@ -148,6 +150,10 @@ export class PostgresStore implements Store {
     }
   }
 
+  useAuditKey(key: AuditKeySource): void {
+    this.#auditKey = key
+  }
+
   tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
     return commitDenials((body) => this.#tx(body, opts), fn)
   }
@@ -161,7 +167,7 @@ export class PostgresStore implements Store {
     }
     // A checked-out connection that dies between queries emits 'error'; the failed query reports it.
     c.on('error', noop)
-    const api = sqlStoreTx(driverOn(c))
+    const api = sqlStoreTx(driverOn(c), this.#auditKey)
     let broken = false
     try {
       await run(c, 'BEGIN ISOLATION LEVEL READ COMMITTED')
@@ -172,7 +178,7 @@ export class PostgresStore implements Store {
       } else if (opts.host !== undefined) {
         // Reader-writer scheme: host transactions share STORE_LOCK (whole-store transactions
         // such as shred or KEK rotation hold it exclusively) and exclude each other per host.
-        // Lock order is always STORE_LOCK → host → AUDIT_LOCK, so no deadlock is possible.
+        // Lock order is always STORE_LOCK → host (→ AUDIT_LOCK, sealer only): no deadlock.
         await run(c, `SELECT pg_advisory_xact_lock_shared(${STORE_LOCK})`)
         await run(c, 'SELECT pg_advisory_xact_lock($1::bigint)', [hostLockKey(opts.host)])
       } else {
@@ -251,8 +257,12 @@ function driverOn(c: pg.PoolClient): SqlDriver {
     one: async (sql, params) => (await run(c, sql, params)).rows[0],
     changes: async (sql, params) => (await run(c, sql, params)).rowCount ?? 0,
     oneOf: (values) => ({ sql: '= ANY(?::text[])', params: [[...values]] }),
-    // Held until this transaction ends; under READ COMMITTED the next statement then sees the
-    // head committed by whoever held it before, so the chain stays linear across instances.
+    // Not transactional and never waited on: a rolled-back append leaves a gap in seq, which
+    // is why the chain order is the sealer's position, not seq.
+    nextAuditSeq: async () =>
+      Number((await run(c, "SELECT nextval('audit_seq') AS n")).rows[0]?.['n']),
+    // Sealer only: held until its short transaction ends; under READ COMMITTED the next
+    // statement then sees the head committed by the previous sealer, so the chain stays linear.
     lockAuditHead: async () => {
       await run(c, `SELECT pg_advisory_xact_lock(${AUDIT_LOCK})`)
     },

@@ -105,6 +105,8 @@ export function auditFromRow(r: Row): AuditEntry {
     action: String(r['action']),
     host: strOrNull(r['host']),
     detail: jsonCol<Record<string, unknown>>(r['detail'], 'audit detail'),
+    mac: strOrNull(r['mac']),
+    pos: numOrNull(r['pos']),
     prevHash: String(r['prev_hash']),
     hash: String(r['hash']),
   }

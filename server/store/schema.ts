@@ -117,6 +117,28 @@ CREATE TABLE meta (
 );
 `
 
+/**
+ * v2, the keyed audit chain (shared/audit.ts, server/escrow/audit-chain.ts): an entry MAC and a
+ * chain position assigned by the sealer. Entries written before it keep pos NULL and mac NULL
+ * and are adopted (keyed and chained, as they are then) by the first seal; the boundary of that
+ * adoption is recorded so that no later unkeyed row is ever adopted. PostgreSQL numbers entries
+ * from a sequence, so appends need no lock.
+ */
+const v2AuditCommon = (bigint: string): string => `
+ALTER TABLE audit ADD COLUMN mac TEXT;
+ALTER TABLE audit ADD COLUMN pos ${bigint};
+CREATE UNIQUE INDEX audit_pos ON audit (pos);
+CREATE INDEX audit_unsealed ON audit (seq) WHERE pos IS NULL;
+INSERT INTO meta (key, value) SELECT 'audit_legacy_max_seq', CAST(COALESCE(max(seq), 0) AS TEXT) FROM audit;
+`
+
 export const MIGRATIONS: readonly Migration[] = [
   { sqlite: v1Common('BLOB', 'INTEGER'), postgres: v1Common('BYTEA', 'BIGINT') },
+  {
+    sqlite: v2AuditCommon('INTEGER'),
+    postgres: `${v2AuditCommon('BIGINT')}
+CREATE SEQUENCE audit_seq;
+SELECT setval('audit_seq', COALESCE((SELECT max(seq) FROM audit), 0) + 1, false);
+`,
+  },
 ]

@@ -7,7 +7,7 @@
  * Statements use `?` placeholders; a driver with numbered ones (`$1`) gets them renumbered.
  * Every list has one total order (ties broken by a unique column), the same on every store.
  */
-import { AUDIT_GENESIS, auditHash } from '../../shared/audit.ts'
+import { AUDIT_GENESIS, auditEntryMac, auditLinkMac } from '../../shared/audit.ts'
 import type { AuditEntry } from '../../shared/protocol/messages.ts'
 import {
   APPROVAL_COLS,
@@ -33,12 +33,18 @@ export interface SqlDriver {
   changes(sql: string, params: readonly unknown[]): Promise<number>
   /** `column <this>`: "is one of `values`", as SQL (with `?`) and its parameters. */
   oneOf(values: readonly string[]): { sql: string; params: unknown[] }
+  /** The next audit sequence number, without a lock (PostgreSQL: a sequence; gaps allowed). */
+  nextAuditSeq(): Promise<number>
   /**
-   * Called before reading the audit head; held until the transaction ends, so appends from
-   * other instances cannot fork the chain. A single-writer database needs nothing here.
+   * Taken by the sealer only, before reading the chain head; held until the (short) sealing
+   * transaction ends, so two sealers cannot fork the chain. Appends never take it. A
+   * single-writer database needs nothing here.
    */
   lockAuditHead(): Promise<void>
 }
+
+/** The audit MAC key while it is needed; unset on a store opened without a keystore. */
+export type AuditKeySource = () => Uint8Array | undefined
 
 const numbered = new Map<string, string>()
 
@@ -59,7 +65,10 @@ const blob = (b: Uint8Array | null): Buffer | null => (b === null ? null : Buffe
  * The transaction API over `d`, and `end()`, after which every call throws (a `StoreTx`
  * kept past its transaction would otherwise run statements outside it, or inside another).
  */
-export function sqlStoreTx(d: SqlDriver): { tx: StoreTx; end(): void } {
+export function sqlStoreTx(
+  d: SqlDriver,
+  auditKey: AuditKeySource = () => undefined,
+): { tx: StoreTx; end(): void } {
   let ended = false
   const live = (): void => {
     if (ended) throw new TypeError('StoreTx used after its transaction ended')
@@ -335,16 +344,17 @@ export function sqlStoreTx(d: SqlDriver): { tx: StoreTx; end(): void } {
 
     appendAudit: async (e) => {
       live()
-      await d.lockAuditHead()
-      const head = await one('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1')
-      const fields = {
-        seq: head ? Number(head['seq']) + 1 : 1,
-        prevHash: head ? String(head['hash']) : AUDIT_GENESIS,
-        ...e,
+      const fields = { seq: await d.nextAuditSeq(), ...e }
+      const key = auditKey()
+      const entry: AuditEntry = {
+        ...fields,
+        mac: key ? auditEntryMac(key, fields) : null,
+        pos: null,
+        prevHash: '',
+        hash: '',
       }
-      const entry: AuditEntry = { ...fields, hash: await auditHash(fields) }
       await exec(
-        'INSERT INTO audit (seq, at, actor, action, host, detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?)',
+        'INSERT INTO audit (seq, at, actor, action, host, detail, mac, pos, prev_hash, hash) VALUES (?,?,?,?,?,?,?,NULL,?,?)',
         [
           entry.seq,
           entry.at,
@@ -352,11 +362,41 @@ export function sqlStoreTx(d: SqlDriver): { tx: StoreTx; end(): void } {
           entry.action,
           entry.host,
           JSON.stringify(entry.detail),
+          entry.mac,
           entry.prevHash,
           entry.hash,
         ],
       )
       return entry
+    },
+    sealAudit: async (key, limit) => {
+      live()
+      await d.lockAuditHead()
+      const top = await one('SELECT * FROM audit WHERE pos IS NOT NULL ORDER BY pos DESC LIMIT 1')
+      let head = top ? auditFromRow(top) : undefined
+      const legacyMax = Number(
+        (await one("SELECT value FROM meta WHERE key = 'audit_legacy_max_seq'"))?.['value'] ?? 0,
+      )
+      const pending = (
+        await rows('SELECT * FROM audit WHERE pos IS NULL ORDER BY seq LIMIT ?', [limit])
+      ).map(auditFromRow)
+      for (const e of pending) {
+        // Rows from before keyed audit are keyed as they are now; any other unkeyed row is
+        // chained without a MAC, and verify names it.
+        const mac = e.mac ?? (e.seq <= legacyMax ? auditEntryMac(key, e) : null)
+        const pos = (head?.pos ?? 0) + 1
+        const prevHash = head?.hash ?? AUDIT_GENESIS
+        const hash = auditLinkMac(key, { pos, seq: e.seq, mac: mac ?? '', prevHash })
+        await exec(
+          'UPDATE audit SET mac = ?, pos = ?, prev_hash = ?, hash = ? WHERE seq = ? AND pos IS NULL',
+          [mac, pos, prevHash, hash, e.seq],
+        )
+        head = { ...e, mac, pos, prevHash, hash }
+      }
+      return {
+        sealed: pending.length,
+        head: head?.pos ? { pos: head.pos, seq: head.seq, hash: head.hash } : null,
+      }
     },
     listAudit: async (afterSeq, limit) =>
       (await rows('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?', [afterSeq, limit])).map(

@@ -12,7 +12,7 @@ import { UnlockdError } from '../../shared/errors.ts'
 import { commitDenials } from './denial.ts'
 import type { Row } from './rows.ts'
 import { MIGRATIONS } from './schema.ts'
-import { sqlStoreTx, type SqlDriver } from './sql-tx.ts'
+import { sqlStoreTx, type AuditKeySource, type SqlDriver } from './sql-tx.ts'
 import type { Store, StoreTx, TxOptions } from './store.ts'
 
 class Mutex {
@@ -33,6 +33,7 @@ export class SqliteStore implements Store {
   #db: Database.Database
   #mutex = new Mutex()
   #stmts = new Map<string, Database.Statement>()
+  #auditKey: AuditKeySource = () => undefined
 
   constructor(path: string) {
     this.path = path
@@ -81,6 +82,10 @@ export class SqliteStore implements Store {
     return st
   }
 
+  useAuditKey(key: AuditKeySource): void {
+    this.#auditKey = key
+  }
+
   tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
     return commitDenials((body) => this.#tx(body, opts), fn)
   }
@@ -93,7 +98,7 @@ export class SqliteStore implements Store {
       if (volatile) this.#db.pragma('synchronous = NORMAL')
       try {
         this.#db.exec('BEGIN IMMEDIATE')
-        const api = sqlStoreTx(this.#driver)
+        const api = sqlStoreTx(this.#driver, this.#auditKey)
         try {
           const out = await fn(api.tx)
           this.#db.exec('COMMIT')
@@ -131,13 +136,17 @@ export class SqliteStore implements Store {
     })
   }
 
-  /** One writer (BEGIN IMMEDIATE), so the audit head needs no lock of its own. */
+  /** One writer (BEGIN IMMEDIATE): the next number is max + 1 and the head needs no lock. */
   readonly #driver: SqlDriver = {
     placeholders: '?',
     rows: async (sql, params) => this.#s(sql).all(...params) as Row[],
     one: async (sql, params) => this.#s(sql).get(...params) as Row | undefined,
     changes: async (sql, params) => this.#s(sql).run(...params).changes,
     oneOf: (values) => ({ sql: `IN (${values.map(() => '?').join(', ')})`, params: [...values] }),
+    nextAuditSeq: async () =>
+      Number(
+        (this.#s('SELECT COALESCE(max(seq), 0) + 1 AS n FROM audit').get() as { n: number }).n,
+      ),
     lockAuditHead: async () => {},
   }
 }

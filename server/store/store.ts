@@ -7,6 +7,7 @@
  */
 import type { Policy } from '../../shared/protocol/policy.ts'
 import type { AuditEntry, HostState, VolumeKind } from '../../shared/protocol/messages.ts'
+import type { AuditKeySource } from './sql-tx.ts'
 
 export interface HostRow {
   id: string
@@ -90,6 +91,11 @@ export interface ApprovalRow {
 
 export type NonceResult = 'ok' | 'reused' | 'expired' | 'unknown'
 
+export interface AuditSeal {
+  sealed: number
+  head: { pos: number; seq: number; hash: string } | null
+}
+
 export type NewAudit = Pick<AuditEntry, 'at' | 'actor' | 'action' | 'host' | 'detail'>
 
 export interface StoreTx {
@@ -145,7 +151,13 @@ export interface StoreTx {
   countApprovalVotes(approvalId: string): Promise<number>
   approvalVoters(approvalId: string): Promise<string[]>
   // audit
+  /** Append one entry, MAC'd with the store's audit key; chained later by `sealAudit`. */
   appendAudit(entry: NewAudit): Promise<AuditEntry>
+  /**
+   * Chain up to `limit` committed, unsealed entries (in sequence order) after the current head;
+   * returns how many and the new head.
+   */
+  sealAudit(key: Uint8Array, limit: number): Promise<AuditSeal>
   listAudit(afterSeq: number, limit: number): Promise<AuditEntry[]>
   // small key/value for journals (shred, rotation) and schema facts
   getMeta(key: string): Promise<string | undefined>
@@ -175,6 +187,8 @@ export interface Store {
    * and is rethrown, except a refusal marked with `deny()` (denial.ts), which commits first.
    */
   tx<T>(fn: (t: StoreTx) => Promise<T>, opts?: TxOptions): Promise<T>
+  /** The audit MAC key for every later append (the server sets it from its keystore). */
+  useAuditKey(key: AuditKeySource): void
   /** Make deleted rows unrecoverable from the database files (SQLite: checkpoint + vacuum). */
   scrub(): Promise<void>
   close(): Promise<void>

@@ -47,6 +47,13 @@ const Schema = v.strictObject({
   metrics: v.optional(v.strictObject({ tokenFile: v.pipe(v.string(), v.minLength(1)) })),
   /** Reverse proxies whose X-Forwarded-For is believed (CIDRs); absent or empty: none. */
   trustedProxies: v.optional(v.pipe(v.array(cidr), v.maxLength(256))),
+  /** Export the audit chain head after this many new entries or this long (`audit head`). */
+  auditHead: v.optional(
+    v.strictObject({
+      everyEntries: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(1e9))),
+      every: v.optional(dur),
+    }),
+  ),
   webhook: v.optional(
     v.strictObject({
       url: v.pipe(v.string(), v.url('must be a URL'), v.regex(/^https?:\/\//, 'must be http(s)')),
@@ -73,6 +80,7 @@ export interface ServerConfig {
     publicUrl?: string
     hostRateLimit?: { perSecond: number; burst: number } | null
     trustedProxies?: string[]
+    auditHead?: { everyEntries: number; everySeconds: number }
   }
 }
 
@@ -107,5 +115,10 @@ export function parseServerConfig(text: string, where = 'server.json'): ServerCo
   if (c.hostRateLimit !== undefined)
     s.hostRateLimit = c.hostRateLimit === 'off' ? null : c.hostRateLimit
   if (c.trustedProxies !== undefined) s.trustedProxies = c.trustedProxies
+  if (c.auditHead !== undefined)
+    s.auditHead = {
+      everyEntries: c.auditHead.everyEntries ?? 1000,
+      everySeconds: c.auditHead.every ?? 300,
+    }
   return out
 }

@@ -8,6 +8,7 @@ import { cidr, epochSeconds, hostId, name, parseWith } from './validate.ts'
 import {
   HOST_STATES,
   OperatorViewSchema,
+  AuditHeadSchema,
   VOLUME_KINDS,
   type AuditEntry,
   type HostView,
@@ -15,6 +16,7 @@ import {
   type TokenView,
 } from './messages.ts'
 import { PolicySchema } from './policy.ts'
+import type { AuditHead, AuditVerdict } from '../audit.ts'
 import { TangKeyViewSchema, type TangHostView } from './tang.ts'
 
 /**
@@ -70,6 +72,8 @@ const AuditEntrySchema = v.looseObject({
   action: v.string(),
   host: v.nullable(v.string()),
   detail: v.record(v.string(), v.unknown()),
+  mac: v.nullable(v.string()),
+  pos: v.nullable(v.pipe(v.number(), v.integer())),
   prevHash: v.string(),
   hash: v.string(),
 })
@@ -91,6 +95,32 @@ export const parseTokenList: (x: unknown) => { tokens: TokenView[] } = reply(
 export const parseAuditPage: (x: unknown) => { entries: AuditEntry[] } = reply(
   v.looseObject({ entries: v.array(AuditEntrySchema) }),
   'audit log',
+)
+const HeadPointSchema = v.looseObject({
+  pos: v.number(),
+  seq: v.number(),
+  hash: v.string(),
+})
+export const parseAuditHeadReply: (x: unknown) => { head: AuditHead | null } = reply(
+  v.looseObject({ head: v.nullable(AuditHeadSchema) }),
+  'audit head',
+)
+export const parseAuditVerdict: (x: unknown) => AuditVerdict = reply(
+  v.union([
+    v.looseObject({
+      ok: v.literal(true),
+      count: v.number(),
+      sealed: v.number(),
+      head: v.nullable(HeadPointSchema),
+    }),
+    v.looseObject({
+      ok: v.literal(false),
+      count: v.number(),
+      badSeq: v.number(),
+      reason: v.string(),
+    }),
+  ]),
+  'audit verdict',
 )
 export const parseTangHostView: (x: unknown) => TangHostView = reply(
   v.looseObject({

@@ -249,6 +249,23 @@ export type CreateTokenRequest = v.InferOutput<typeof CreateTokenSchema>
 export const parseCreateToken = (x: unknown): CreateTokenRequest =>
   parseWith(CreateTokenSchema, x, 'body')
 
+const hex64 = v.pipe(v.string(), v.regex(/^[0-9a-f]{64}$/, 'must be 64 hex digits'))
+const count = v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(Number.MAX_SAFE_INTEGER))
+/** An exported audit chain head (`unlockd audit head`), as the server MAC'd it. */
+export const AuditHeadSchema = v.strictObject({
+  pos: count,
+  seq: count,
+  hash: hex64,
+  at: v.pipe(v.number(), v.integer(), v.minValue(0)),
+  mac: hex64,
+})
+export const parseAuditHead = (x: unknown, where = 'head'): v.InferOutput<typeof AuditHeadSchema> =>
+  parseWith(AuditHeadSchema, x, where)
+export const AuditVerifyRequestSchema = v.strictObject({ head: v.optional(AuditHeadSchema) })
+export const parseAuditVerifyRequest = (
+  x: unknown,
+): v.InferOutput<typeof AuditVerifyRequestSchema> => parseWith(AuditVerifyRequestSchema, x, 'body')
+
 export const PolicyPatchSchema = v.strictObject({
   cidrs: v.optional(PolicySchema.entries.cidrs),
   maxUnlocks: v.optional(PolicySchema.entries.maxUnlocks),
@@ -296,6 +313,10 @@ export interface AuditEntry {
   action: string
   host: string | null
   detail: Record<string, unknown>
+  /** HMAC of the entry alone (shared/audit.ts); null only on an entry no server keyed. */
+  mac: string | null
+  /** Chain position once sealed; null (and empty prevHash/hash) until then. */
+  pos: number | null
   prevHash: string
   hash: string
 }

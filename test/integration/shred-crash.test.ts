@@ -25,7 +25,6 @@ import {
 import { fetchTransport, type Transport } from '../../shared/client/transport.ts'
 import { randomBytes } from '../../shared/crypto/bytes.ts'
 import type { HostKeys } from '../../shared/crypto/keys.ts'
-import { verifyAuditChain } from '../../shared/audit.ts'
 import type { AuditEntry } from '../../shared/protocol/messages.ts'
 import { parseKekStatus, parseShredResult } from '../../shared/protocol/shred.ts'
 import { totpCodeAt } from '../../server/approvals/totp.ts'
@@ -199,7 +198,8 @@ async function assertShredComplete(t: ExecutionContext, w: World): Promise<void>
   )
   const entries = (await admin(tr, w.d.token, 'GET', '/audit?limit=10000')).body
     .entries as AuditEntry[]
-  t.true((await verifyAuditChain(entries)).ok, 'audit chain intact')
+  t.true(entries.length > 0)
+  t.true((await admin(tr, w.d.token, 'POST', '/audit/verify', {})).body.ok, 'audit chain intact')
   t.is(entries.filter((e) => e.action === 'host.shred').length, 1)
   t.true(entries.some((e) => e.action === 'kek.rotate'))
   // Idempotent after the crash too (a fresh TOTP step: the first one was spent).

@@ -203,7 +203,7 @@ test('shred: blobs gone, host tombstoned and refused, never enrolls again, KEK r
   t.is(shredEntries[0]!.actor, 'operator:alice')
   t.deepEqual(shredEntries[0]!.detail['volumes'], ['data'])
   t.true(entries.some((e) => e.action === 'kek.rotate' && e.detail['kek'] === kek0 + 1))
-  t.true((await verifyAuditChain(entries)).ok)
+  t.true(verifyAuditChain(entries, srv.deps.keystore.auditKey).ok)
   t.false(JSON.stringify(entries).includes('"ciphertext"'), 'no blob in the audit log')
   // No journal is left behind.
   t.is(await srv.deps.store.tx((tx) => tx.getMeta(ROTATION_META)), undefined)

@@ -8,7 +8,11 @@
 import test, { type ExecutionContext } from 'ava'
 import { EventEmitter } from 'node:events'
 import { join } from 'node:path'
+import Database from 'better-sqlite3'
+import pg from 'pg'
+import { randomBytes } from 'node:crypto'
 import { verifyAuditChain } from '../../shared/audit.ts'
+import { auditHead, verifyAudit } from '../../server/escrow/audit-chain.ts'
 import { generateHostKeys, hostIdOf, publicOf } from '../../shared/client/host-client.ts'
 import { signHostRequest } from '../../shared/crypto/jws.ts'
 import type { HostKeys } from '../../shared/crypto/keys.ts'
@@ -54,6 +58,8 @@ interface Db {
   peer(): Promise<Store>
   /** Close `store` and open the database again (state must survive). */
   reopen(): Promise<Store>
+  /** One statement straight on the database, past the store (what an attacker with it can do). */
+  raw(sql: string): Promise<void>
 }
 
 interface Backend {
@@ -78,6 +84,14 @@ const sqlite: Backend = {
         db.store = closeAtTeardown(t, new SqliteStore(path))
         return db.store
       },
+      raw: async (sql) => {
+        const conn = new Database(path)
+        try {
+          conn.exec(sql)
+        } finally {
+          conn.close()
+        }
+      },
     }
     return db
   },
@@ -94,6 +108,15 @@ const postgres: Backend = {
         await db.store.close()
         db.store = closeAtTeardown(t, await openStore(url))
         return db.store
+      },
+      raw: async (sql) => {
+        const c = new pg.Client({ connectionString: url })
+        await c.connect()
+        try {
+          await c.query(sql)
+        } finally {
+          await c.end()
+        }
       },
     }
     return db
@@ -719,6 +742,9 @@ function suite(b: Backend): void {
     peer,
   }) => {
     const other = await peer()
+    const key = new Uint8Array(randomBytes(32))
+    store.useAuditKey(() => key)
+    other.useAuditKey(() => key)
     const n = 25
     const appended = await Promise.all(
       Array.from({ length: n }, (_, i) => [
@@ -742,26 +768,118 @@ function suite(b: Backend): void {
         ),
       ]).flat(),
     )
+    const unsealed = await store.tx((tx) => tx.listAudit(0, 1000))
+    t.deepEqual(
+      [...appended].sort((x, y) => x.seq - y.seq),
+      unsealed,
+    ) // what appendAudit returned is what was stored
+    t.true(unsealed.every((e) => e.pos === null && e.mac !== null))
+    // Two sealers at once: one chain, every entry once.
+    const seals = await Promise.all([
+      store.tx((tx) => tx.sealAudit(key, 1000)),
+      other.tx((tx) => tx.sealAudit(key, 1000)),
+    ])
+    t.is(seals[0].sealed + seals[1].sealed, 2 * n)
     const all = await store.tx((tx) => tx.listAudit(0, 1000))
     t.is(all.length, 2 * n)
     t.deepEqual(
       all.map((e) => e.seq),
       Array.from({ length: 2 * n }, (_, i) => i + 1),
     )
-    t.deepEqual(await verifyAuditChain(all), {
-      ok: true,
-      count: 2 * n,
-      head: all[all.length - 1]?.hash as string,
-    })
     t.deepEqual(
-      [...appended].sort((x, y) => x.seq - y.seq),
-      all,
-    ) // what appendAudit returned is what was stored
+      all.map((e) => e.pos).sort((x, y) => (x as number) - (y as number)),
+      Array.from({ length: 2 * n }, (_, i) => i + 1),
+    )
+    const v = verifyAuditChain(all, key)
+    t.true(v.ok, JSON.stringify(v))
+    if (v.ok) t.is(v.head?.pos, 2 * n)
+
     t.deepEqual(
       (await store.tx((tx) => tx.listAudit(10, 5))).map((e) => e.seq),
       [11, 12, 13, 14, 15],
     )
     t.deepEqual(await store.tx((tx) => tx.listAudit(2 * n, 5)), [])
+  })
+
+  it('audit: verify --head names a truncated tail; a rewritten entry with a re-hashed tail is named', async (t, db) => {
+    const deps = await depsOn(t, db.store)
+    db.store.useAuditKey(() => deps.keystore.auditKey)
+    const add = (i: number) =>
+      db.store.tx((tx) =>
+        tx.appendAudit({
+          at: NOW + i,
+          actor: 'system',
+          action: 'test.e',
+          host: null,
+          detail: { i },
+        }),
+      )
+    for (let i = 1; i <= 6; i++) await add(i)
+    const head = await auditHead(deps)
+    t.truthy(head)
+    if (!head) return
+    t.is(head.pos, 6)
+    for (let i = 7; i <= 8; i++) await add(i)
+    const clean = await verifyAudit(deps, head)
+    t.true(clean.ok, JSON.stringify(clean))
+
+    // A head the server did not MAC is refused.
+    t.false((await verifyAudit(deps, { ...head, seq: head.seq + 1 })).ok)
+
+    // Truncation: the newest entries deleted, the head among them. What is left still links,
+    // so only the exported head reveals it.
+    await db.raw('DELETE FROM audit WHERE seq >= 5')
+    t.true((await verifyAudit(deps)).ok, 'without the head a truncated chain still links')
+    const cut = await verifyAudit(deps, head)
+    t.false(cut.ok)
+    if (!cut.ok) {
+      t.is(cut.badSeq, 6)
+      t.regex(cut.reason, /truncated/)
+    }
+    // The finding is audited once, however often verify runs.
+    await verifyAudit(deps, head)
+    const failures = (await db.store.tx((tx) => tx.listAudit(0, 100))).filter(
+      (e) => e.action === 'audit.integrity_failure' && /truncated/.test(String(e.detail['reason'])),
+    )
+    t.is(failures.length, 1)
+    t.is(failures[0]?.detail['badSeq'], 6)
+
+    // Rewrite entry 2 and re-hash the tail after it the only way one can without the key (any
+    // hash, with the next entry pointing at it): entry 2 is named.
+    await db.raw(`UPDATE audit SET detail = '{"i":99}', hash = '${'a'.repeat(64)}' WHERE seq = 2`)
+    await db.raw(`UPDATE audit SET prev_hash = '${'a'.repeat(64)}' WHERE seq = 3`)
+    const rewritten = await verifyAudit(deps)
+    t.false(rewritten.ok)
+    if (!rewritten.ok) {
+      t.is(rewritten.badSeq, 2)
+      t.regex(rewritten.reason, /MAC/)
+    }
+    // Restoring the detail but keeping the forged link: the link MAC names it.
+    await db.raw(`UPDATE audit SET detail = '{"i":2}' WHERE seq = 2`)
+    const relinked = await verifyAudit(deps)
+    t.false(relinked.ok)
+    if (!relinked.ok) {
+      t.is(relinked.badSeq, 2)
+      t.regex(relinked.reason, /link MAC/)
+    }
+  })
+
+  it('audit: rows from before keyed audit are adopted by the first seal, a later unkeyed row is named', async (t, db) => {
+    await db.raw(
+      "INSERT INTO audit (seq, at, actor, action, host, detail, prev_hash, hash) VALUES (1, 5, 'system', 'old.entry', NULL, '{}', '', '')",
+    )
+    await db.raw("UPDATE meta SET value = '1' WHERE key = 'audit_legacy_max_seq'")
+    // What the migration does to the sequence when it finds rows.
+    if (db.store.kind === 'postgres') await db.raw("SELECT setval('audit_seq', 2, false)")
+    const deps = await depsOn(t, db.store)
+    t.true((await verifyAudit(deps)).ok, 'the legacy row is adopted')
+    // A row written without the key (a store opened without a keystore, or forged).
+    await db.store.tx((tx) =>
+      tx.appendAudit({ at: NOW, actor: 'system', action: 'test.unkeyed', host: null, detail: {} }),
+    )
+    const v = await verifyAudit(deps)
+    t.false(v.ok)
+    if (!v.ok) t.regex(v.reason, /no MAC/)
   })
 
   it('meta: get, set, overwrite, delete', async (t, { store }) => {

@@ -427,7 +427,7 @@ test('every decision is audited and the chain verifies; secrets never reach the 
     'host.suspend',
     'unlock.deny',
   ])
-  t.true((await verifyAuditChain(body.entries)).ok)
+  t.true(verifyAuditChain(body.entries, srv.deps.keystore.auditKey).ok)
   const everything = JSON.stringify(body) + srv.logs.join('\n')
   for (const secret of [tok.body.token, srv.token, blob.ciphertext, keys.signing.d, keys.sealing.d])
     t.false(everything.includes(secret))
@@ -435,7 +435,7 @@ test('every decision is audited and the chain verifies; secrets never reach the 
   const bad = body.entries.map((e: any) =>
     e.seq === 4 ? { ...e, detail: { ...e.detail, source: '10.9.9.9' } } : e,
   )
-  const v = await verifyAuditChain(bad)
+  const v = verifyAuditChain(bad, srv.deps.keystore.auditKey)
   t.false(v.ok)
   if (!v.ok) t.is(v.badSeq, 4)
 })

@@ -5,6 +5,7 @@
  */
 import test from 'ava'
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs'
+import { createCipheriv, randomBytes, scryptSync } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Keystore, backupPathOf } from '../../server/keys/keystore.ts'
@@ -83,4 +84,51 @@ test('the KEK layer binds host, volume and version', (t) => {
   ]) {
     t.throws(() => unwrap(kek, w.iv, w.ct, aad), { message: /failed authentication/ })
   }
+})
+
+test('the audit key is its own: KEK rotation, destruction and passphrase change keep it', (t) => {
+  const p = join(dir(t), 'keystore.json')
+  const ks = Keystore.create(p, 'passphrase-one', 100)
+  const audit = Buffer.from(ks.auditKey)
+  t.is(audit.byteLength, 32)
+  t.notDeepEqual(audit, Buffer.from(ks.kek(1)))
+  const v2 = ks.addKek(200)
+  ks.destroyBelow(v2)
+  ks.changePassphrase('passphrase-two')
+  ks.close()
+  const again = Keystore.open(p, 'passphrase-two')
+  t.deepEqual(again.versions, [v2])
+  t.deepEqual(Buffer.from(again.auditKey), audit)
+  again.close()
+})
+
+test('a keystore written before audit keys gets one at its next open, kept from then on', (t) => {
+  const p = join(dir(t), 'keystore.json')
+  // The v1 file format without the audit field, sealed the way the keystore seals.
+  const salt = randomBytes(16)
+  const derived = scryptSync('passphrase-one', salt, 32, { N: 1 << 15, r: 8, p: 1, maxmem: 256e6 })
+  const iv = randomBytes(12)
+  const plain = {
+    current: 1,
+    keks: [{ version: 1, key: randomBytes(32).toString('base64url'), createdAt: 1 }],
+  }
+  const c = createCipheriv('aes-256-gcm', derived, iv)
+  c.setAAD(Buffer.from('unlockd/keystore/v1'))
+  const ct = Buffer.concat([c.update(JSON.stringify(plain)), c.final()])
+  const file = {
+    v: 1,
+    kdf: { name: 'scrypt', N: 1 << 15, r: 8, p: 1, salt: salt.toString('base64url') },
+    iv: iv.toString('base64url'),
+    ct: ct.toString('base64url'),
+    tag: c.getAuthTag().toString('base64url'),
+  }
+  writeFileSync(p, JSON.stringify(file))
+  writeFileSync(backupPathOf(p), JSON.stringify(file))
+  const ks = Keystore.open(p, 'passphrase-one')
+  const audit = Buffer.from(ks.auditKey)
+  t.deepEqual(Buffer.from(ks.kek(1)), Buffer.from(plain.keks[0]!.key, 'base64url'))
+  ks.close()
+  const again = Keystore.open(p, 'passphrase-one')
+  t.deepEqual(Buffer.from(again.auditKey), audit, 'the key created at the first open was saved')
+  again.close()
 })
