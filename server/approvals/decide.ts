@@ -114,6 +114,28 @@ async function requirePending(
 export type Via = 'api' | 'page'
 
 /**
+ * How a decision proves the operator's second factor: a TOTP code (checked with the CLI's
+ * replay and lockout rules), or a check the caller already prepared (the phone page's passkey
+ * or its own TOTP counters), run inside the decision's transaction; it throws to refuse.
+ */
+export type Factor =
+  string | ((t: StoreTx, op: OperatorRow, now: number, host: string | null) => Promise<void>)
+
+async function checkFactor(
+  deps: ServerDeps,
+  t: StoreTx,
+  op: OperatorRow,
+  factor: Factor,
+  now: number,
+  host: string | null,
+  detail: Record<string, unknown>,
+): Promise<void> {
+  if (typeof factor === 'string')
+    await checkOperatorCode(deps, t, op, factor, now, { host, detail })
+  else await factor(t, op, now, host)
+}
+
+/**
  * Approve `id` as operator `op` with a TOTP code. Returns the request as it stands: still
  * `pending` when more distinct approvers are needed, `approved` once the k-th one approved.
  */
@@ -121,7 +143,7 @@ export async function approveRequest(
   deps: ServerDeps,
   op: OperatorRow,
   id: string,
-  code: string,
+  code: Factor,
   via: Via,
 ): Promise<ApprovalView> {
   const r = await deps.store.tx(async (t) => {
@@ -149,10 +171,7 @@ export async function approveRequest(
         ),
       )
     }
-    await checkOperatorCode(deps, t, op, code, now, {
-      host: hostName,
-      detail: { approval: a.id, via },
-    })
+    await checkFactor(deps, t, op, code, now, hostName, { approval: a.id, via })
     await t.addApprovalVote(a.id, op.id, now)
     const votes = await t.countApprovalVotes(a.id)
     const actor = `operator:${op.name}` as const
@@ -191,7 +210,7 @@ export async function denyRequest(
   op: OperatorRow,
   id: string,
   reason: string | null,
-  code: string | undefined,
+  code: Factor | undefined,
   via: Via,
 ): Promise<ApprovalView> {
   const r = await deps.store.tx(async (t) => {
@@ -201,10 +220,7 @@ export async function denyRequest(
     const a = await requirePending(t, row, id, now, host)
     const hostName = host?.name ?? null
     if (code !== undefined)
-      await checkOperatorCode(deps, t, op, code, now, {
-        host: hostName,
-        detail: { approval: a.id, via },
-      })
+      await checkFactor(deps, t, op, code, now, hostName, { approval: a.id, via })
     await t.updateApproval(a.id, { state: 'denied', decidedAt: now, reason })
     await audit(t, now, `operator:${op.name}`, 'approval.deny', hostName, {
       approval: a.id,

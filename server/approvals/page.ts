@@ -1,12 +1,15 @@
 /**
- * The phone page for one approval request (`/approve/ID`): plain HTML and one stylesheet, no
- * script. What keeps it safe:
- * - Authentication is an operator name plus that operator's TOTP code, with the same replay
- *   and lockout rules as the CLI. Codes travel only in POST bodies, never in URLs.
+ * The phone page for one approval request (`/approve/ID`) and the passkey registration page
+ * (`/approve/register/TOKEN`): plain HTML, one stylesheet and one small script for the
+ * WebAuthn calls. What keeps it safe:
+ * - Authentication is the operator's passkey (approval-page-bound challenge, see
+ *   passkeys.ts), or an API-token login followed by a TOTP code (page-auth.ts: the page's own
+ *   failure counters, never the CLI's). Secrets travel only in POST bodies, never in URLs.
  * - CSRF: a random value in a SameSite=Strict, HttpOnly cookie, and in the form an HMAC of
  *   (approval id, that value) under a key derived from the server KEK: a forged cross-site POST
  *   has neither the cookie nor a token it could compute. `Sec-Fetch-Site` is checked as well.
- * - A strict CSP (no script at all; the stylesheet is allowed by its hash), frame-ancestors
+ * - A strict CSP (only the one script, by a fresh nonce per response; the stylesheet by its
+ *   hash; fetches to this origin only), frame-ancestors
  *   'none' with X-Frame-Options DENY against clickjacking, and no caching.
  */
 import { createHash, createHmac } from 'node:crypto'
@@ -36,6 +39,7 @@ input#code{letter-spacing:.3em;font-variant-numeric:tabular-nums}
 button{flex:1;font-size:1.1rem;font-weight:600;padding:.85rem;border:0;border-radius:8px;color:#fff}
 button.approve{background:#047857}
 button.deny{background:#b91c1c}
+button.passkey{background:#1d4ed8;width:100%}
 .hint{color:#6b7280;font-size:.85rem;margin:.5rem 0 0}
 `
 
@@ -43,6 +47,63 @@ const STYLE_HASH = `'sha256-${createHash('sha256').update(STYLE).digest('base64'
 
 /** The page's own CSP: no script at all, the one inline stylesheet by hash, forms to self only. */
 export const PAGE_CSP = `default-src 'none'; style-src ${STYLE_HASH}; form-action 'self'; frame-ancestors 'none'; base-uri 'none'`
+
+/** The CSP of a page that carries the passkey script: that script by nonce, fetches to self. */
+export function pageCspWithScript(nonce: string): string {
+  return `default-src 'none'; style-src ${STYLE_HASH}; script-src 'nonce-${nonce}'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'`
+}
+
+export function newNonce(): string {
+  return b64uEncode(randomBytes(18))
+}
+
+/**
+ * The WebAuthn glue, the same on both pages: fetch options as JSON, convert the base64url
+ * fields, call navigator.credentials.create/get, send the result back, reload on success.
+ * Configuration comes from data attributes on #passkey.
+ */
+const SCRIPT = `(() => {
+const box = document.getElementById('passkey')
+if (!box) return
+const say = (t, result) => { document.getElementById('passkey-status').textContent = t; if (result) box.dataset.result = result }
+if (!window.PublicKeyCredential) { say('This browser has no passkey support; use the form below.'); return }
+const dec = (s) => Uint8Array.from(atob(s.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((s.length + 3) % 4)), (c) => c.charCodeAt(0))
+const enc = (b) => btoa(String.fromCharCode(...new Uint8Array(b))).replace(/\\+/g, '-').replace(/\\//g, '_').replace(/=+$/, '')
+const creds = (l) => (l || []).map((c) => ({ type: 'public-key', id: dec(c.id), transports: c.transports }))
+const post = async (url, body) => {
+  const r = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), credentials: 'same-origin' })
+  let j = {}
+  try { j = await r.json() } catch { j = { message: 'The server did not answer.' } }
+  return { ok: r.ok, j }
+}
+document.getElementById('passkey-go').addEventListener('click', async () => {
+  const base = { csrf: box.dataset.csrf || '' }
+  const nameInput = document.getElementById('passkey-operator')
+  if (nameInput && nameInput.value.trim()) base.operator = nameInput.value.trim().toLowerCase()
+  say('Asking the server…')
+  const o = await post(box.dataset.options, base)
+  if (!o.ok) return say(o.j.message || 'Refused.', 'refused')
+  const opt = o.j.options
+  try {
+    say('Waiting for your passkey…')
+    let response
+    if (box.dataset.mode === 'register') {
+      const c = await navigator.credentials.create({ publicKey: { ...opt, challenge: dec(opt.challenge), user: { ...opt.user, id: dec(opt.user.id) }, excludeCredentials: creds(opt.excludeCredentials) } })
+      response = { id: c.id, rawId: enc(c.rawId), type: c.type, clientExtensionResults: c.getClientExtensionResults(), authenticatorAttachment: c.authenticatorAttachment || undefined,
+        response: { clientDataJSON: enc(c.response.clientDataJSON), attestationObject: enc(c.response.attestationObject), transports: c.response.getTransports ? c.response.getTransports() : [] } }
+    } else {
+      const c = await navigator.credentials.get({ publicKey: { ...opt, challenge: dec(opt.challenge), allowCredentials: creds(opt.allowCredentials) } })
+      response = { id: c.id, rawId: enc(c.rawId), type: c.type, clientExtensionResults: c.getClientExtensionResults(), authenticatorAttachment: c.authenticatorAttachment || undefined,
+        response: { clientDataJSON: enc(c.response.clientDataJSON), authenticatorData: enc(c.response.authenticatorData), signature: enc(c.response.signature), userHandle: c.response.userHandle ? enc(c.response.userHandle) : undefined } }
+    }
+    const v = await post(box.dataset.verify, { ...base, credential: response })
+    say(v.j.message || (v.ok ? 'Done.' : 'Refused.'), v.ok ? 'ok' : 'refused')
+    if (v.ok && box.dataset.mode !== 'register') location.reload()
+  } catch (e) {
+    say('No passkey was used (' + (e && e.name ? e.name : 'error') + ').', 'error')
+  }
+})
+})()`
 
 export const CSRF_COOKIE = 'unlockd_csrf'
 export const CSRF_COOKIE_SECURE = '__Host-unlockd_csrf'
@@ -148,6 +209,7 @@ export function renderApprovalPage(
   csrf: string,
   notice?: PageNotice,
   operator = '',
+  nonce?: string,
 ): string {
   const s = stateLine(a)
   const rows: [string, string][] = [
@@ -167,13 +229,27 @@ export function renderApprovalPage(
   const noticeHtml = notice
     ? `<p class="banner ${notice.kind}" role="status" id="notice">${esc(notice.text)}</p>\n`
     : ''
+  const passkey =
+    a.state !== 'pending' || nonce === undefined
+      ? ''
+      : `<section class="card" id="passkey" data-mode="approve" data-csrf="${esc(csrf)}" data-options="${esc(a.id)}/passkey/options" data-verify="${esc(a.id)}/passkey/verify">
+<label for="passkey-operator">Operator (optional)</label>
+<input id="passkey-operator" value="${esc(operator)}" maxlength="64" autocomplete="username webauthn" autocapitalize="none" autocorrect="off" spellcheck="false">
+<div class="actions"><button type="button" id="passkey-go" class="passkey">Approve with passkey</button></div>
+<p class="hint" id="passkey-status" role="status">Your phone asks for your fingerprint, face or screen lock.</p>
+</section>
+<script nonce="${esc(nonce)}">${SCRIPT}</script>
+`
   const form =
     a.state !== 'pending'
       ? ''
       : `<form class="card" method="post" action="${esc(a.id)}" autocomplete="off">
+<p class="hint">Without a passkey: sign in with your API token, then your TOTP code.</p>
 <input type="hidden" name="csrf" value="${esc(csrf)}">
 <label for="operator">Operator</label>
 <input id="operator" name="operator" value="${esc(operator)}" required maxlength="64" autocomplete="username" autocapitalize="none" autocorrect="off" spellcheck="false">
+<label for="token">API token</label>
+<input id="token" name="token" type="password" required maxlength="64" autocomplete="current-password">
 <label for="code">TOTP code</label>
 <input id="code" name="code" required inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="one-time-code">
 <label for="reason">Reason (if you deny; optional)</label>
@@ -182,7 +258,7 @@ export function renderApprovalPage(
 <button type="submit" name="action" value="approve" class="approve">Approve</button>
 <button type="submit" name="action" value="deny" class="deny">Deny</button>
 </div>
-<p class="hint">Each code works once. Too many wrong codes lock the operator out for a while.</p>
+<p class="hint">Each code works once. Repeated failures here make you wait longer each time; the CLI is not affected.</p>
 </form>
 `
   return layout(
@@ -192,7 +268,7 @@ ${noticeHtml}<p class="banner ${s.cls}" id="state">${esc(s.text)}</p>
 <section class="card"><dl>
 ${rows.map(([k, val]) => `<dt>${k}</dt><dd>${val}</dd>`).join('\n')}
 </dl></section>
-${form}`,
+${passkey}${form}`,
   )
 }
 
@@ -200,5 +276,20 @@ export function renderMessagePage(title: string, text: string): string {
   return layout(
     title,
     `<h1>${esc(title)}</h1>\n<p class="banner error" id="notice">${esc(text)}</p>\n`,
+  )
+}
+
+/** The one-time passkey registration page for `operator`. */
+export function renderRegisterPage(operator: string, token: string, nonce: string): string {
+  return layout(
+    'Register a passkey',
+    `<h1>Register a passkey</h1>
+<section class="card"><dl><dt>Operator</dt><dd>${esc(operator)}</dd></dl></section>
+<section class="card" id="passkey" data-mode="register" data-options="${esc(token)}/options" data-verify="${esc(token)}/verify">
+<div class="actions"><button type="button" id="passkey-go" class="passkey">Create passkey</button></div>
+<p class="hint" id="passkey-status" role="status">This link works once. The passkey stays on this phone and works only on this server.</p>
+</section>
+<script nonce="${esc(nonce)}">${SCRIPT}</script>
+`,
   )
 }

@@ -1,6 +1,7 @@
 /** Server-side and operator verbs of `unlockd`. */
 import type { Command } from '../../platform/cli.ts'
 import { serverInit, serverStart } from './server-commands.ts'
+import { operatorPasskey } from './passkey-commands.ts'
 import { hostAdd, hostRotateTang } from './tang-commands.ts'
 import {
   approvalsList,
@@ -53,6 +54,7 @@ export const serverCommands: Command[] = [
   operatorList,
   operatorRemove,
   operatorTotp,
+  operatorPasskey,
   shredCommand,
   kekStatusCommand,
   kekRotateCommand,

@@ -20,6 +20,7 @@ import {
 } from '../escrow/admin.ts'
 import { hostNameParam, jsonBody, operatorAuth, type AppEnv } from '../http/middleware.ts'
 import { approvalAdminRoutes } from './approval-api.ts'
+import { passkeyAdminRoutes } from './passkey-admin-api.ts'
 import { shredRoutes } from './shred-api.ts'
 import { tangAdminRoutes } from './tang-admin-api.ts'
 
@@ -91,5 +92,6 @@ export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
   r.route('/', approvalAdminRoutes(deps))
   r.route('/', shredRoutes(deps))
   r.route('/', tangAdminRoutes(deps))
+  r.route('/', passkeyAdminRoutes(deps))
   return r
 }

@@ -6,7 +6,16 @@
 import { UnlockdError } from '../../shared/errors.ts'
 import { parsePolicy } from '../../shared/protocol/policy.ts'
 import type { AuditEntry } from '../../shared/protocol/messages.ts'
-import type { ApprovalRow, HostRow, OperatorRow, TokenRow, VolumeRow } from './store.ts'
+import type {
+  ApprovalRow,
+  HostRow,
+  OperatorRow,
+  PasskeyEnrollmentRow,
+  PasskeyRow,
+  TokenRow,
+  VolumeRow,
+  WebauthnChallengeRow,
+} from './store.ts'
 
 export type Row = Record<string, unknown>
 
@@ -79,6 +88,36 @@ export function operatorFromRow(r: Row): OperatorRow {
     totpLastStep: numOrNull(r['totp_last_step']),
     createdAt: num(r['created_at']),
     removedAt: numOrNull(r['removed_at']),
+  }
+}
+export function passkeyFromRow(r: Row): PasskeyRow {
+  return {
+    id: String(r['id']),
+    operatorId: String(r['operator_id']),
+    publicKey: bytes(r['public_key']),
+    counter: num(r['counter']),
+    transports: jsonCol<string[]>(r['transports'], 'passkey transports'),
+    rpId: String(r['rp_id']),
+    createdAt: num(r['created_at']),
+    lastUsedAt: numOrNull(r['last_used_at']),
+  }
+}
+export function passkeyEnrollmentFromRow(r: Row): PasskeyEnrollmentRow {
+  return {
+    tokenHash: String(r['token_hash']),
+    operatorId: String(r['operator_id']),
+    createdAt: num(r['created_at']),
+    expiresAt: num(r['expires_at']),
+    usedAt: numOrNull(r['used_at']),
+  }
+}
+export function webauthnChallengeFromRow(r: Row): WebauthnChallengeRow {
+  return {
+    challenge: String(r['challenge']),
+    purpose: String(r['purpose']) as WebauthnChallengeRow['purpose'],
+    binding: String(r['binding']),
+    operatorId: strOrNull(r['operator_id']),
+    expiresAt: num(r['expires_at']),
   }
 }
 export function approvalFromRow(r: Row): ApprovalRow {

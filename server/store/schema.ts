@@ -132,6 +132,45 @@ CREATE INDEX audit_unsealed ON audit (seq) WHERE pos IS NULL;
 INSERT INTO meta (key, value) SELECT 'audit_legacy_max_seq', CAST(COALESCE(max(seq), 0) AS TEXT) FROM audit;
 `
 
+/**
+ * v3, passkeys (WebAuthn credentials per operator), their one-time registration links (stored
+ * hashed), single-use WebAuthn challenges, and the phone page's own failure counters (per
+ * operator and per source address; never the CLI's totp_failures).
+ */
+const v3Passkeys = (blob: string, bigint: string): string => `
+CREATE TABLE passkeys (
+  id TEXT PRIMARY KEY,
+  operator_id TEXT NOT NULL,
+  public_key ${blob} NOT NULL,
+  counter ${bigint} NOT NULL,
+  transports TEXT NOT NULL,
+  rp_id TEXT NOT NULL,
+  created_at ${bigint} NOT NULL,
+  last_used_at ${bigint}
+);
+CREATE INDEX passkeys_operator ON passkeys (operator_id);
+CREATE TABLE passkey_enrollments (
+  token_hash TEXT PRIMARY KEY,
+  operator_id TEXT NOT NULL,
+  created_at ${bigint} NOT NULL,
+  expires_at ${bigint} NOT NULL,
+  used_at ${bigint}
+);
+CREATE TABLE webauthn_challenges (
+  challenge TEXT PRIMARY KEY,
+  purpose TEXT NOT NULL,
+  binding TEXT NOT NULL,
+  operator_id TEXT,
+  expires_at ${bigint} NOT NULL
+);
+CREATE INDEX webauthn_challenges_exp ON webauthn_challenges (expires_at);
+CREATE TABLE page_failures (
+  scope TEXT PRIMARY KEY,
+  failures INTEGER NOT NULL,
+  last_at ${bigint} NOT NULL
+);
+`
+
 export const MIGRATIONS: readonly Migration[] = [
   { sqlite: v1Common('BLOB', 'INTEGER'), postgres: v1Common('BYTEA', 'BIGINT') },
   {
@@ -141,4 +180,5 @@ CREATE SEQUENCE audit_seq;
 SELECT setval('audit_seq', COALESCE((SELECT max(seq) FROM audit), 0) + 1, false);
 `,
   },
+  { sqlite: v3Passkeys('BLOB', 'INTEGER'), postgres: v3Passkeys('BYTEA', 'BIGINT') },
 ]

@@ -17,9 +17,12 @@ import {
   auditFromRow,
   hostFromRow,
   operatorFromRow,
+  passkeyEnrollmentFromRow,
+  passkeyFromRow,
   toDbValue,
   tokenFromRow,
   volumeFromRow,
+  webauthnChallengeFromRow,
   type Row,
 } from './rows.ts'
 import type { NonceResult, StoreTx } from './store.ts'
@@ -296,6 +299,75 @@ export function sqlStoreTx(
           [version],
         )
       ).map(operatorFromRow),
+
+    insertPasskey: (p) =>
+      exec(
+        'INSERT INTO passkeys (id, operator_id, public_key, counter, transports, rp_id, created_at, last_used_at) VALUES (?,?,?,?,?,?,?,?)',
+        [
+          p.id,
+          p.operatorId,
+          blob(p.publicKey),
+          p.counter,
+          JSON.stringify(p.transports),
+          p.rpId,
+          p.createdAt,
+          p.lastUsedAt,
+        ],
+      ),
+    getPasskey: async (id) => {
+      const r = await one('SELECT * FROM passkeys WHERE id = ?', [id])
+      return r && passkeyFromRow(r)
+    },
+    listPasskeys: async (operatorId) =>
+      (
+        await rows('SELECT * FROM passkeys WHERE operator_id = ? ORDER BY created_at, id', [
+          operatorId,
+        ])
+      ).map(passkeyFromRow),
+    usePasskey: async (id, counter, at) =>
+      (await changes(
+        'UPDATE passkeys SET counter = ?, last_used_at = ? WHERE id = ? AND (counter < ? OR (counter = 0 AND ? = 0))',
+        [counter, at, id, counter, counter],
+      )) === 1,
+    insertPasskeyEnrollment: (e) =>
+      exec(
+        'INSERT INTO passkey_enrollments (token_hash, operator_id, created_at, expires_at, used_at) VALUES (?,?,?,?,?)',
+        [e.tokenHash, e.operatorId, e.createdAt, e.expiresAt, e.usedAt],
+      ),
+    getPasskeyEnrollment: async (h) => {
+      const r = await one('SELECT * FROM passkey_enrollments WHERE token_hash = ?', [h])
+      return r && passkeyEnrollmentFromRow(r)
+    },
+    usePasskeyEnrollment: async (h, now) =>
+      (await changes(
+        'UPDATE passkey_enrollments SET used_at = ? WHERE token_hash = ? AND used_at IS NULL',
+        [now, h],
+      )) === 1,
+    insertWebauthnChallenge: (c) =>
+      exec(
+        'INSERT INTO webauthn_challenges (challenge, purpose, binding, operator_id, expires_at) VALUES (?,?,?,?,?)',
+        [c.challenge, c.purpose, c.binding, c.operatorId, c.expiresAt],
+      ),
+    takeWebauthnChallenge: async (challenge) => {
+      const r = await one('SELECT * FROM webauthn_challenges WHERE challenge = ?', [challenge])
+      if (!r) return undefined
+      const gone = await changes('DELETE FROM webauthn_challenges WHERE challenge = ?', [challenge])
+      return gone === 1 ? webauthnChallengeFromRow(r) : undefined
+    },
+    purgeWebauthnChallenges: (olderThan) =>
+      changes('DELETE FROM webauthn_challenges WHERE expires_at < ?', [olderThan]),
+    getPageFailures: async (scope) => {
+      const r = await one('SELECT * FROM page_failures WHERE scope = ?', [scope])
+      return r && { scope, failures: Number(r['failures']), lastAt: Number(r['last_at']) }
+    },
+    recordPageFailure: async (scope, at) => {
+      await exec(
+        'INSERT INTO page_failures (scope, failures, last_at) VALUES (?, 1, ?) ON CONFLICT (scope) DO UPDATE SET failures = page_failures.failures + 1, last_at = excluded.last_at',
+        [scope, at],
+      )
+      return count('SELECT failures AS n FROM page_failures WHERE scope = ?', [scope])
+    },
+    clearPageFailures: (scope) => exec('DELETE FROM page_failures WHERE scope = ?', [scope]),
 
     insertApproval: (a) =>
       exec(

@@ -89,6 +89,48 @@ export interface ApprovalRow {
   reason: string | null
 }
 
+/** A WebAuthn credential registered by an operator on the phone page. */
+export interface PasskeyRow {
+  /** Credential id, base64url. */
+  id: string
+  operatorId: string
+  /** COSE public key. */
+  publicKey: Uint8Array
+  /** Signature counter last seen (0 when the authenticator keeps none). */
+  counter: number
+  transports: string[]
+  rpId: string
+  createdAt: number
+  lastUsedAt: number | null
+}
+
+/** A one-time passkey registration link (`/approve/register/TOKEN`), stored by hash. */
+export interface PasskeyEnrollmentRow {
+  tokenHash: string
+  operatorId: string
+  createdAt: number
+  expiresAt: number
+  usedAt: number | null
+}
+
+/** A WebAuthn challenge issued once, for one purpose and one thing (an approval or enrollment). */
+export interface WebauthnChallengeRow {
+  challenge: string
+  purpose: 'register' | 'approve'
+  /** Approval id, or the enrollment's token hash. */
+  binding: string
+  /** The operator the ceremony is for, when known when it starts. */
+  operatorId: string | null
+  expiresAt: number
+}
+
+/** Failures on the phone page for one scope (`op:ID` or `src:ADDRESS`). */
+export interface PageFailureRow {
+  scope: string
+  failures: number
+  lastAt: number
+}
+
 export type NonceResult = 'ok' | 'reused' | 'expired' | 'unknown'
 
 export interface AuditSeal {
@@ -141,6 +183,27 @@ export interface StoreTx {
   recordTotpFailure(operatorId: string, at: number): Promise<void>
   countTotpFailures(operatorId: string, since: number): Promise<number>
   listOperatorsWithTotpKekBelow(version: number): Promise<OperatorRow[]>
+  // passkeys (phone page)
+  insertPasskey(row: PasskeyRow): Promise<void>
+  getPasskey(id: string): Promise<PasskeyRow | undefined>
+  listPasskeys(operatorId: string): Promise<PasskeyRow[]>
+  /**
+   * Record a use with the authenticator's new counter: only forward (or 0 with 0, for
+   * authenticators without a counter); false when the stored counter is not below `counter`.
+   */
+  usePasskey(id: string, counter: number, at: number): Promise<boolean>
+  insertPasskeyEnrollment(row: PasskeyEnrollmentRow): Promise<void>
+  getPasskeyEnrollment(tokenHash: string): Promise<PasskeyEnrollmentRow | undefined>
+  /** Atomically mark a registration link used; false when it was already used. */
+  usePasskeyEnrollment(tokenHash: string, now: number): Promise<boolean>
+  insertWebauthnChallenge(row: WebauthnChallengeRow): Promise<void>
+  /** Take (delete) a challenge; undefined when unknown or already taken. Expiry is the caller's. */
+  takeWebauthnChallenge(challenge: string): Promise<WebauthnChallengeRow | undefined>
+  purgeWebauthnChallenges(olderThan: number): Promise<number>
+  getPageFailures(scope: string): Promise<PageFailureRow | undefined>
+  /** One more failure for `scope`; returns the new count. */
+  recordPageFailure(scope: string, at: number): Promise<number>
+  clearPageFailures(scope: string): Promise<void>
   // approvals
   insertApproval(row: ApprovalRow): Promise<void>
   getApproval(id: string): Promise<ApprovalRow | undefined>

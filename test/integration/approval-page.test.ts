@@ -122,19 +122,28 @@ if (missing) {
 
     // a wrong code is refused on the page, and the form stays
     await page.fill('#operator', 'alice')
+    await page.fill('#token', alice.token)
     await page.fill('#code', wrongCode(alice.secret, clock.now()))
     await Promise.all([page.waitForNavigation(), page.click('button.approve')])
-    t.regex((await page.textContent('#notice')) ?? '', /Operator name or code is not valid/)
+    t.regex(
+      (await page.textContent('#notice')) ?? '',
+      /Operator name, API token or code is not valid/,
+    )
     t.is(await page.inputValue('#operator'), 'alice', 'the operator name is kept')
     // an unknown operator reads the same (no oracle)
     await page.fill('#operator', 'mallory')
+    await page.fill('#token', alice.token)
     await page.fill('#code', '123456')
     await Promise.all([page.waitForNavigation(), page.click('button.approve')])
-    t.regex((await page.textContent('#notice')) ?? '', /Operator name or code is not valid/)
+    t.regex(
+      (await page.textContent('#notice')) ?? '',
+      /Operator name, API token or code is not valid/,
+    )
 
     // the host is waiting while the operator approves
     const waiting = waitForRelease(srv.transport, host, 'bootid-page-1', id)
     await page.fill('#operator', 'alice')
+    await page.fill('#token', alice.token)
     await page.fill('#code', codeNow(srv, alice))
     await Promise.all([page.waitForNavigation(), page.click('button.approve')])
     t.regex(
@@ -168,12 +177,7 @@ if (missing) {
           e.detail['via'] === 'page',
       ),
     )
-    t.truthy(
-      entries.find(
-        (e) =>
-          e.action === 'totp.fail' && e.actor === 'operator:alice' && e.detail['via'] === 'page',
-      ),
-    )
+    t.truthy(entries.find((e) => e.action === 'page.totp_fail' && e.actor === 'operator:alice'))
   })
 
   test('deny on the page; k=2 shows partial progress', async (t) => {
@@ -192,11 +196,13 @@ if (missing) {
     const page = await phone(t)
     await page.goto(`${srv.url}/approve/${r.approval.id}`)
     await page.fill('#operator', 'alice')
+    await page.fill('#token', alice.token)
     await page.fill('#code', codeNow(srv, alice))
     await Promise.all([page.waitForNavigation(), page.click('button.approve')])
     t.regex((await page.textContent('#notice')) ?? '', /recorded \(1 of 2\)/)
     t.regex((await page.textContent('#state')) ?? '', /Waiting for approval \(1 of 2\)/)
     await page.fill('#operator', 'bob')
+    await page.fill('#token', bob.token)
     await page.fill('#code', codeNow(srv, bob))
     await page.fill('#reason', 'not planned')
     await Promise.all([page.waitForNavigation(), page.click('button.deny')])
@@ -219,6 +225,7 @@ if (missing) {
     const form = (fields: Record<string, string>) =>
       new URLSearchParams({
         operator: 'alice',
+        token: alice.token,
         code: codeNow(srv, alice),
         action: 'approve',
         ...fields,
