@@ -5,10 +5,15 @@
  * backup that lags behind the main file is brought level, and a missing or torn main file is
  * recovered from the backup.
  *
+ * The keystore also holds the server's Ed25519 verdict-signing key (shared/protocol/verdict.ts):
+ * every instance that opens the same keystore signs with it, and neither KEK rotation nor shred
+ * touches it. A keystore made before it existed gets one on first open.
+ *
  * Destroying a KEK means rewriting both files without it: once the blobs it wrapped were
  * re-wrapped (or deleted by shred), no copy that unlockd controls can unwrap them again.
  */
 import {
+  generateKeyPairSync,
   scryptSync,
   randomBytes as nodeRandom,
   createCipheriv,
@@ -36,6 +41,39 @@ interface SealedFile {
 interface Plain {
   current: number
   keks: { version: number; key: string; createdAt: number }[]
+  /** The verdict-signing key (Ed25519, JWK members); absent in keystores made before it. */
+  signing?: SigningEntry
+}
+
+interface SigningEntry {
+  x: string
+  d: string
+  createdAt: number
+}
+
+function newSigningKey(now: number): SigningEntry {
+  const jwk = generateKeyPairSync('ed25519').privateKey.export({ format: 'jwk' })
+  if (typeof jwk.x !== 'string' || typeof jwk.d !== 'string')
+    throw new UnlockdError('internal', 'could not make the server signing key')
+  return { x: jwk.x, d: jwk.d, createdAt: now }
+}
+
+function parseSigning(e: unknown): SigningEntry | undefined {
+  if (e === undefined) return undefined
+  const o = e as Partial<SigningEntry> | null
+  if (
+    !o ||
+    typeof o.x !== 'string' ||
+    typeof o.d !== 'string' ||
+    !/^[A-Za-z0-9_-]{43}$/.test(o.x) ||
+    !/^[A-Za-z0-9_-]{43}$/.test(o.d) ||
+    !Number.isInteger(o.createdAt)
+  )
+    throw new UnlockdError(
+      'keystore_invalid',
+      'the server signing key in the keystore is malformed',
+    )
+  return { x: o.x, d: o.d, createdAt: o.createdAt as number }
 }
 
 const SCRYPT = { N: 1 << 15, r: 8, p: 1 }
@@ -102,6 +140,7 @@ export class Keystore {
   #kdf: { N: number; r: number; p: number }
   #keks: KekEntry[]
   #current: number
+  #signing: SigningEntry
 
   private constructor(
     path: string,
@@ -123,6 +162,7 @@ export class Keystore {
     })
     if (!this.#keks.some((k) => k.version === this.#current))
       throw new UnlockdError('keystore_invalid', 'keystore has no current KEK')
+    this.#signing = parseSigning(plain.signing) ?? newSigningKey(Math.floor(Date.now() / 1000))
   }
 
   /** Create a new keystore with KEK v1. Refuses to overwrite an existing one. */
@@ -134,6 +174,7 @@ export class Keystore {
     const ks = new Keystore(path, derived, salt, SCRYPT, {
       current: 1,
       keks: [{ version: 1, key: b64uEncode(new Uint8Array(nodeRandom(32))), createdAt: now }],
+      signing: newSigningKey(now),
     })
     ks.#save()
     return ks
@@ -224,6 +265,7 @@ export class Keystore {
         key: b64uEncode(k.key),
         createdAt: k.createdAt,
       })),
+      signing: this.#signing,
     }
     const pt = Buffer.from(JSON.stringify(plain))
     // Deterministic IV per content would leak equality; a random IV per save is fine here
@@ -317,6 +359,8 @@ export class Keystore {
         return { version: k.version, key, createdAt: k.createdAt }
       })
       if (!keks.some((k) => k.version === plain.current)) return
+      const signing = parseSigning(plain.signing)
+      if (signing) this.#signing = signing
       for (const k of this.#keks) zeroize(k.key)
       this.#keks = keks
       this.#current = plain.current
@@ -354,6 +398,15 @@ export class Keystore {
         `KEK v${version} is not in the keystore (destroyed by rotation or shred)`,
       )
     return k.key
+  }
+
+  /**
+   * The server's verdict-signing key (private JWK; the caller must not keep or log it). Follows
+   * the shared file, so instances that raced to add one to an old keystore converge on it.
+   */
+  signingKey(): { kty: 'OKP'; crv: 'Ed25519'; x: string; d: string } {
+    this.#refresh()
+    return { kty: 'OKP', crv: 'Ed25519', x: this.#signing.x, d: this.#signing.d }
   }
 
   createdAt(version: number): number | undefined {
