@@ -55,6 +55,9 @@ async function unlockUntilDone(o: AgentOptions): Promise<boolean> {
         progress: (e) => {
           if (e.kind === 'approval')
             void say(o.log, `waiting for approval ${e.approvalId} at ${e.server} (rule ${e.rule})`)
+          else if (e.kind === 'pinned')
+            o.log(`pinned the verdict key ${e.thumbprint} of ${e.server} (first use)`)
+          else if (e.error.code === 'verdict_unsigned') o.log(e.error.message)
           else if (e.error.code === 'server_unreachable')
             void say(
               o.log,
@@ -67,9 +70,17 @@ async function unlockUntilDone(o: AgentOptions): Promise<boolean> {
     } catch (err) {
       const e = err instanceof UnlockdError ? err : new UnlockdError('internal', String(err))
       const rule = e.details?.['rule']
-      if (e.code === 'host_shredded') {
-        await say(o.log, 'this host was shredded: running the kill switch')
+      // Only a verdict signed by a pinned server key for this request (host-client checks it)
+      // runs the kill switch; anything else ends this attempt like any refusal.
+      if (e.code === 'host_shredded' && e.details?.['verdict'] === 'signed') {
+        await say(o.log, 'this host was shredded (signed verdict): running the kill switch')
         return false
+      }
+      if (e.code === 'verdict_unsigned' || e.code === 'host_shredded') {
+        if (config.serverKeys.length === 0)
+          o.log(
+            'this host has no pinned server key: re-enroll it, or let one unlock succeed so that it pins the key',
+          )
       }
       const wait = backoffMs(attempt, baseMs, capMs)
       const why =
@@ -124,7 +135,12 @@ async function watchLoop(o: AgentOptions): Promise<void> {
     try {
       const { res } = await watchOnce(o.configDir, config, keys, o.signal)
       failures = 0
-      if (res.order === 'shred') {
+      if (res.order === 'shred' && res.signed !== true) {
+        // A v1 answer (no challenge was sent): never obeyed.
+        o.log(
+          'refused an unsigned shred verdict (no signature checked); not running the kill switch',
+        )
+      } else if (res.order === 'shred') {
         await say(
           o.log,
           `shred order received for ${res.volumes.length ? res.volumes.join(', ') : 'all volumes'}`,
@@ -136,6 +152,19 @@ async function watchLoop(o: AgentOptions): Promise<void> {
       }
     } catch (err) {
       const e = err instanceof UnlockdError ? err : new UnlockdError('internal', String(err))
+      if (
+        e.code === 'verdict_unsigned' ||
+        (e.code === 'host_shredded' && e.details?.['verdict'] !== 'signed')
+      ) {
+        o.log(`watch: ${e.message}; not running the kill switch`)
+        if (config.serverKeys.length === 0)
+          o.log(
+            'watch: this host has no pinned server key: re-enroll it, or let one unlock succeed so that it pins the key',
+          )
+        failures++
+        await sleep(backoffMs(failures, baseMs, capMs), o.signal)
+        continue
+      }
       if (e.code === 'host_shredded') {
         await executeShred(o.configDir, config, keys, [], o.log).catch((x: unknown) =>
           o.log(x instanceof Error ? x.message : String(x)),

@@ -115,6 +115,7 @@ export async function enrollHost(o: EnrollOptions): Promise<EnrollResult> {
   }
 
   const prepared: Prepared[] = []
+  let pinned: PublicOkpJwk[] = config?.serverKeys ?? []
   try {
     for (const req of todo) {
       prepared.push(await (await backendFor(req)).prepare(req, recipients))
@@ -134,7 +135,17 @@ export async function enrollHost(o: EnrollOptions): Promise<EnrollResult> {
               'this host is not enrolled yet: an enrollment token is needed (--token-file or UNLOCKD_ENROLL_TOKEN)',
             )
           try {
-            await enrollRequest(t, { token: o.token, name: o.name, keys, volumes: enrollments })
+            const r = await enrollRequest(t, {
+              token: o.token,
+              name: o.name,
+              keys,
+              volumes: enrollments,
+            })
+            // Pin the server's verdict key: only verdicts it signs can make this host erase.
+            if (r.serverKey) {
+              pinned = [r.serverKey]
+              log(`pinned server key ${r.serverKeyThumbprint ?? ''}`.trim())
+            }
           } catch (err) {
             // The server may have committed before the answer was lost: then these keys are known.
             if (
@@ -176,6 +187,7 @@ export async function enrollHost(o: EnrollOptions): Promise<EnrollResult> {
     hostId,
     servers,
     volumes: [...(config?.volumes ?? []), ...prepared.map((p) => p.config)],
+    serverKeys: pinned,
     onShred: config?.onShred ?? 'close-then-erase',
     unlockWait: config?.unlockWait ?? 300,
     requestTimeoutMs: config?.requestTimeoutMs ?? 5000,

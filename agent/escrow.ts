@@ -6,17 +6,28 @@
 import { ERRORS, UnlockdError } from '../shared/errors.ts'
 import type { AgentConfig, ServerEntry } from '../shared/config/agent.ts'
 import type { HostKeys } from '../shared/crypto/keys.ts'
-import { pollApproval, requestUnlock, watch, report } from '../shared/client/host-client.ts'
-import type { ReleasedVolume, UnlockResponse, WatchResponse } from '../shared/protocol/messages.ts'
+import {
+  newAttempt,
+  pollApproval,
+  requestUnlock,
+  watch,
+  report,
+  type Attempt,
+  type OpenedUnlock,
+  type WatchOrder,
+} from '../shared/client/host-client.ts'
+import { thumbprint, type PublicOkpJwk } from '../shared/crypto/keys.ts'
+import type { ReleasedVolume } from '../shared/protocol/messages.ts'
 import type { Transport } from '../shared/client/transport.ts'
-import { transportFor, type ConfigDir } from './config-dir.ts'
+import { loadConfig, saveConfig, transportFor, type ConfigDir } from './config-dir.ts'
 import { bootId } from './boot-id.ts'
 
 export interface Progress {
   (
     event:
       | { kind: 'approval'; approvalId: string; server: string; rule: string }
-      | { kind: 'attempt'; server: string; error: UnlockdError },
+      | { kind: 'attempt'; server: string; error: UnlockdError }
+      | { kind: 'pinned'; server: string; thumbprint: string },
   ): void
 }
 
@@ -31,7 +42,36 @@ export function bestError(errors: UnlockdError[]): UnlockdError {
 interface Answer {
   server: ServerEntry
   transport: Transport
-  res: UnlockResponse
+  res: OpenedUnlock
+}
+
+/** Name the server in a refused verdict, so the log says where the forgery came from. */
+function fromServer(e: UnlockdError, server: ServerEntry): UnlockdError {
+  if (e.code !== 'verdict_unsigned') return e
+  return new UnlockdError(
+    'verdict_unsigned',
+    e.message.replace(
+      'refused an unsigned shred verdict',
+      `refused an unsigned shred verdict from ${server.url}`,
+    ),
+  )
+}
+
+/**
+ * Trust on first use for hosts enrolled before signed verdicts: the first release whose answer
+ * is signed (for this request) by the key it carries pins that key in agent.json.
+ */
+async function pinFirstKey(
+  c: ConfigDir,
+  server: ServerEntry,
+  key: PublicOkpJwk | undefined,
+  progress?: Progress,
+): Promise<void> {
+  if (!key) return
+  const current = loadConfig(c)
+  if (!current || current.serverKeys.length > 0) return
+  saveConfig(c, { ...current, serverKeys: [key] })
+  progress?.({ kind: 'pinned', server: server.url, thumbprint: await thumbprint(key) })
 }
 
 /** One round over all servers. Resolves the first released/approval answer; throws the best error. */
@@ -41,6 +81,7 @@ export async function askOnce(
   keys: HostKeys,
   volumes: string[],
   progress?: Progress,
+  attempt?: Attempt,
 ): Promise<Answer> {
   const ac = new AbortController()
   const errors: UnlockdError[] = []
@@ -52,6 +93,7 @@ export async function askOnce(
         hostId: config.hostId,
         bootId: bootId(),
         volumes,
+        ...(attempt ? { attempt } : {}),
         signal: ac.signal,
         timeoutMs: config.requestTimeoutMs,
       })
@@ -59,7 +101,7 @@ export async function askOnce(
     } catch (err) {
       const e =
         err instanceof UnlockdError
-          ? err
+          ? fromServer(err, server)
           : new UnlockdError(
               'server_unreachable',
               `${server.url}: ${err instanceof Error ? err.message : String(err)}`,
@@ -93,8 +135,13 @@ export async function obtainRelease(
   progress?: Progress,
   signal?: AbortSignal,
 ): Promise<ReleasedVolume[]> {
-  const first = await askOnce(c, config, keys, volumes, progress)
-  if (first.res.status === 'released') return first.res.volumes
+  // One ephemeral key per attempt, in memory only: the release is wrapped to it.
+  const attempt = await newAttempt(config.serverKeys)
+  const first = await askOnce(c, config, keys, volumes, progress, attempt)
+  if (first.res.status === 'released') {
+    await pinFirstKey(c, first.server, first.res.serverKey, progress)
+    return first.res.volumes
+  }
   const approval = first.res.approval
   progress?.({
     kind: 'approval',
@@ -111,14 +158,20 @@ export async function obtainRelease(
         hostId: config.hostId,
         bootId: bootId(),
         approvalId: approval.id,
+        attempt,
         holdMs: Math.min(25_000, deadline - Date.now()),
         ...(signal ? { signal } : {}),
       })
       failures = 0
-      if (res.status === 'released') return res.volumes
+      if (res.status === 'released') {
+        await pinFirstKey(c, first.server, res.serverKey, progress)
+        return res.volumes
+      }
     } catch (err) {
       const e =
-        err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', String(err))
+        err instanceof UnlockdError
+          ? fromServer(err, first.server)
+          : new UnlockdError('server_unreachable', String(err))
       // A restarting server is normal: keep waiting with capped backoff. Denials are final.
       if (!ERRORS[e.code].retry) throw e
       progress?.({ kind: 'attempt', server: first.server.url, error: e })
@@ -153,7 +206,7 @@ export async function watchOnce(
   config: AgentConfig,
   keys: HostKeys,
   signal?: AbortSignal,
-): Promise<{ server: ServerEntry; res: WatchResponse }> {
+): Promise<{ server: ServerEntry; res: WatchOrder }> {
   const errors: UnlockdError[] = []
   for (const server of config.servers) {
     try {
@@ -161,12 +214,15 @@ export async function watchOnce(
         keys,
         hostId: config.hostId,
         bootId: bootId(),
+        serverKeys: config.serverKeys,
         ...(signal ? { signal } : {}),
       })
       return { server, res }
     } catch (err) {
       errors.push(
-        err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', String(err)),
+        err instanceof UnlockdError
+          ? fromServer(err, server)
+          : new UnlockdError('server_unreachable', String(err)),
       )
     }
   }

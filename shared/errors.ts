@@ -69,6 +69,7 @@ export const ERROR_CODES = [
   // agent side
   'server_unreachable',
   'tls_pin_mismatch',
+  'verdict_unsigned',
   'protocol_invalid',
   'volume_invalid',
   'volume_busy',
@@ -213,6 +214,14 @@ export const ERRORS = {
     rank: 1,
     remedy:
       'The server certificate does not match the pinned CA/key: re-copy the CA with --ca, or re-enroll if the server key was replaced on purpose.',
+  },
+  verdict_unsigned: {
+    status: 403,
+    exit: 'unreachable',
+    retry: true,
+    rank: 1,
+    remedy:
+      'A reply that would shred this host was not signed by a pinned server key and was ignored. If the server really shredded it, re-enroll; hosts enrolled before signed verdicts pin the key at their next successful unlock (or re-enroll them).',
   },
   protocol_invalid: { status: 400, exit: 'error', retry: true, rank: 2, remedy: null },
   volume_invalid: { status: 403, exit: 'error', retry: false, rank: 3, remedy: null },

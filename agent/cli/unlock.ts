@@ -44,6 +44,8 @@ export const unlockCommand: Command = {
     const progress: Progress = (e) => {
       if (e.kind === 'approval')
         io.stderr(`waiting for approval ${e.approvalId} (rule ${e.rule}) at ${e.server}\n`)
+      else if (e.kind === 'pinned')
+        io.stderr(`pinned the verdict key ${e.thumbprint} of ${e.server} (first use)\n`)
       else io.stderr(`${e.server}: ${e.error.message}\n`)
     }
     if (values['key-stdout']) {

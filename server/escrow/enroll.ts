@@ -27,6 +27,7 @@ import { blobAad, wrap } from '../keys/kek-wrap.ts'
 import type { StoreTx, VolumeRow } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { hashToken, tokenFormatOk } from './secrets.ts'
+import { serverKeyInfo } from './verdicts.ts'
 
 export function wrapVolume(
   deps: ServerDeps,
@@ -197,6 +198,12 @@ export async function enrollHost(
       source,
       volumes: payload.volumes.map((v) => v.name),
     })
-    return { hostId: kid, name: payload.name, volumes: payload.volumes.map((v) => v.name) }
+    return {
+      hostId: kid,
+      name: payload.name,
+      volumes: payload.volumes.map((v) => v.name),
+      // The agent pins this key: only verdicts it signs can make the host destroy anything.
+      ...(await serverKeyInfo(deps)),
+    }
   })
 }

@@ -7,23 +7,24 @@
  */
 import { once } from 'node:events'
 import { UnlockdError } from '../../shared/errors.ts'
-import type { UnlockResponse } from '../../shared/protocol/messages.ts'
+import type { PollPayload, UnlockResponse } from '../../shared/protocol/messages.ts'
 import type { ServerDeps } from '../context.ts'
 import { deny } from '../store/denial.ts'
 import type { HostRow } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { consumeNonceOrThrow, type HostRequest } from './host-auth.ts'
 import { PolicyDenied, recordRelease, releaseBlobs } from './release.ts'
+import { releasedAnswer } from './release-answer.ts'
 import { isIdleSuspended } from '../policy/idle.ts'
 
 async function settle(
   deps: ServerDeps,
   hostId: string,
-  approvalId: string,
-  bootId: string,
+  p: PollPayload,
   source: string,
 ): Promise<UnlockResponse | 'wait'> {
   const now = deps.now()
+  const { approval: approvalId, bootId } = p
   return deps.store.tx(
     async (t) => {
       const a = await t.getApproval(approvalId)
@@ -71,7 +72,7 @@ async function settle(
         { now, bootId, source },
         { rule: a.rule, approval: a.id, source, bootId, volumes: volumes.map((v) => v.name) },
       )
-      return { status: 'released', host: hostId, volumes }
+      return releasedAnswer(deps, p, volumes)
     },
     { host: hostId },
   )
@@ -88,7 +89,7 @@ export async function pollApproval(
   await deps.store.tx((t) => consumeNonceOrThrow(t, p.nonce, deps.now()), { host: signer.id })
   const deadline = Date.now() + deps.settings.pollHold * 1000
   for (;;) {
-    const r = await settle(deps, signer.id, p.approval, p.bootId, source)
+    const r = await settle(deps, signer.id, p, source)
     if (r !== 'wait') return r
     const left = deadline - Date.now()
     const a = await deps.store.tx((t) => t.getApproval(p.approval), { host: signer.id })

@@ -1,6 +1,7 @@
 /**
  * Unlock (POST /v1/unlock), once the route's `hostRequest` authenticated it: spend the nonce,
- * evaluate policy, and either release the blobs (KEK layer removed; still sealed to the host),
+ * evaluate policy, and either release the blobs (KEK layer removed; still sealed to the host, and
+ * for v2 wrapped to the attempt's ephemeral key, ./release-answer.ts),
  * open an approval request (202), or deny with a stable code. The nonce, the decision, the
  * history row and the audit entry commit together, so a replay is refused even if the response
  * was lost.
@@ -16,6 +17,7 @@ import { deny } from '../store/denial.ts'
 import type { HostRow, StoreTx, UnlockEventRow } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { consumeNonceOrThrow, type HostRequest } from './host-auth.ts'
+import { releasedAnswer } from './release-answer.ts'
 import { openApproval } from './approval-seam.ts'
 import { IDLE_SUSPEND_RULE } from '../policy/idle.ts'
 import { suspendIdle } from '../approvals/liveness.ts'
@@ -181,7 +183,7 @@ export async function unlock(
           volumes: volumes.map((v) => v.name),
         },
       )
-      return { status: 'released', host: host.id, volumes }
+      return releasedAnswer(deps, payload, volumes)
     },
     { host: signer.id },
   )

@@ -10,6 +10,9 @@
  * `lastBootId`) on an active host. A watch from any other boot (a disk image booted elsewhere
  * with the host keys on it) must not make an idle host look alive, or it could slip past
  * `after-idle` and idle suspension on its next unlock.
+ *
+ * A v2 watch carries the host's challenge; a shred order answers it with a signed verdict
+ * (./verdicts.ts), which is the only shred order a v2 agent obeys.
  */
 import { once } from 'node:events'
 import type { WatchResponse } from '../../shared/protocol/messages.ts'
@@ -19,6 +22,7 @@ import type { HostRow } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { consumeNonceOrThrow, type HostRequest } from './host-auth.ts'
 import { getShredOrder, orderOutstanding, setShredOrder } from './shred.ts'
+import { verdictFor } from './verdicts.ts'
 
 async function currentOrder(deps: ServerDeps, hostId: string): Promise<WatchResponse | undefined> {
   return deps.store.tx(
@@ -59,7 +63,11 @@ export async function watch(
   const deadline = Date.now() + deps.settings.pollHold * 1000
   for (;;) {
     const r = await currentOrder(deps, signer.id)
-    if (r) return r
+    // v2: the order is signed for this request, so that only this server's key can wipe a host.
+    if (r) {
+      const verdict = await verdictFor(deps, p, 'shred', r.volumes)
+      return verdict ? { ...r, verdict } : r
+    }
     const left = deadline - Date.now()
     if (left <= 0 || signal?.aborted) return { order: 'none', volumes: [] }
     // Wake on a shred in this process, or re-check the database every 2 s (other instances).

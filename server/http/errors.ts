@@ -18,6 +18,8 @@ export function errorBody(err: UnlockdError): ErrorBody {
   const body: ErrorBody = { error: err.code, message: err.message }
   const rule = (err as UnlockdError & { rule?: unknown }).rule
   if (typeof rule === 'string') body.rule = rule
+  const verdict = (err as UnlockdError & { verdict?: unknown }).verdict
+  if (typeof verdict === 'string') body.verdict = verdict
   return body
 }
 

@@ -5,11 +5,16 @@
  * backup that lags behind the main file is brought level, and a missing or torn main file is
  * recovered from the backup.
  *
+ * The keystore also holds the server's Ed25519 verdict-signing key (shared/protocol/verdict.ts):
+ * every instance that opens the same keystore signs with it, and neither KEK rotation nor shred
+ * touches it. A keystore made before it existed gets one on first open.
+ *
  * Destroying a KEK means rewriting both files without it: once the blobs it wrapped were
  * re-wrapped (or deleted by shred), no copy that unlockd controls can unwrap them again.
  * The audit MAC key lives beside the KEKs and is never destroyed.
  */
 import {
+  generateKeyPairSync,
   scryptSync,
   randomBytes as nodeRandom,
   createCipheriv,
@@ -43,6 +48,39 @@ interface Plain {
    * written before it existed get one at their next open.
    */
   audit?: string
+  /** The verdict-signing key (Ed25519, JWK members); absent in keystores made before it. */
+  signing?: SigningEntry
+}
+
+interface SigningEntry {
+  x: string
+  d: string
+  createdAt: number
+}
+
+function newSigningKey(now: number): SigningEntry {
+  const jwk = generateKeyPairSync('ed25519').privateKey.export({ format: 'jwk' })
+  if (typeof jwk.x !== 'string' || typeof jwk.d !== 'string')
+    throw new UnlockdError('internal', 'could not make the server signing key')
+  return { x: jwk.x, d: jwk.d, createdAt: now }
+}
+
+function parseSigning(e: unknown): SigningEntry | undefined {
+  if (e === undefined) return undefined
+  const o = e as Partial<SigningEntry> | null
+  if (
+    !o ||
+    typeof o.x !== 'string' ||
+    typeof o.d !== 'string' ||
+    !/^[A-Za-z0-9_-]{43}$/.test(o.x) ||
+    !/^[A-Za-z0-9_-]{43}$/.test(o.d) ||
+    !Number.isInteger(o.createdAt)
+  )
+    throw new UnlockdError(
+      'keystore_invalid',
+      'the server signing key in the keystore is malformed',
+    )
+  return { x: o.x, d: o.d, createdAt: o.createdAt as number }
 }
 
 const SCRYPT = { N: 1 << 15, r: 8, p: 1 }
@@ -110,6 +148,7 @@ export class Keystore {
   #keks: KekEntry[]
   #current: number
   #audit: Uint8Array
+  #signing: SigningEntry
 
   private constructor(
     path: string,
@@ -132,6 +171,7 @@ export class Keystore {
     if (!this.#keks.some((k) => k.version === this.#current))
       throw new UnlockdError('keystore_invalid', 'keystore has no current KEK')
     this.#audit = auditKeyOf(plain)
+    this.#signing = parseSigning(plain.signing) ?? newSigningKey(Math.floor(Date.now() / 1000))
   }
 
   /** Create a new keystore with KEK v1. Refuses to overwrite an existing one. */
@@ -144,6 +184,7 @@ export class Keystore {
       current: 1,
       keks: [{ version: 1, key: b64uEncode(new Uint8Array(nodeRandom(32))), createdAt: now }],
       audit: b64uEncode(new Uint8Array(nodeRandom(32))),
+      signing: newSigningKey(now),
     })
     ks.#save()
     return ks
@@ -236,6 +277,7 @@ export class Keystore {
         createdAt: k.createdAt,
       })),
       audit: b64uEncode(this.#audit),
+      signing: this.#signing,
     }
     const pt = Buffer.from(JSON.stringify(plain))
     // Deterministic IV per content would leak equality; a random IV per save is fine here
@@ -333,6 +375,8 @@ export class Keystore {
       const audit = plain.audit === undefined ? this.#audit : auditKeyOf(plain)
       if (audit !== this.#audit) zeroize(this.#audit)
       this.#audit = audit
+      const signing = parseSigning(plain.signing)
+      if (signing) this.#signing = signing
       for (const k of this.#keks) zeroize(k.key)
       this.#keks = keks
       this.#current = plain.current
@@ -376,6 +420,15 @@ export class Keystore {
   get auditKey(): Uint8Array {
     this.#refresh()
     return this.#audit
+  }
+
+  /**
+   * The server's verdict-signing key (private JWK; the caller must not keep or log it). Follows
+   * the shared file, so instances that raced to add one to an old keystore converge on it.
+   */
+  signingKey(): { kty: 'OKP'; crv: 'Ed25519'; x: string; d: string } {
+    this.#refresh()
+    return { kty: 'OKP', crv: 'Ed25519', x: this.#signing.x, d: this.#signing.d }
   }
 
   createdAt(version: number): number | undefined {

@@ -10,6 +10,7 @@ import { hostRequest, issueNonce } from '../escrow/host-auth.ts'
 import { pollApproval } from '../escrow/poll.ts'
 import { unlock } from '../escrow/release.ts'
 import { addVolumes } from '../escrow/volumes.ts'
+import { signingDenials } from '../escrow/verdicts.ts'
 import { bearer, hostRateLimiter, jwsBody, sourceAddress, type AppEnv } from '../http/middleware.ts'
 
 export function hostRoutes(deps: ServerDeps): Hono<AppEnv> {
@@ -31,7 +32,7 @@ export function hostRoutes(deps: ServerDeps): Hono<AppEnv> {
   })
   r.post('/unlock', async (c) => {
     const req = await hostRequest(deps, await jwsBody(c), 'unlock')
-    const res = await unlock(deps, req, sourceAddress(c))
+    const res = await signingDenials(deps, req.payload, () => unlock(deps, req, sourceAddress(c)))
     c.header('Cache-Control', 'no-store')
     return c.json(res, res.status === 'released' ? 200 : 202)
   })
@@ -41,7 +42,9 @@ export function hostRoutes(deps: ServerDeps): Hono<AppEnv> {
   })
   r.post('/approval/poll', async (c) => {
     const req = await hostRequest(deps, await jwsBody(c), 'poll')
-    const res = await pollApproval(deps, req, sourceAddress(c), c.req.raw.signal)
+    const res = await signingDenials(deps, req.payload, () =>
+      pollApproval(deps, req, sourceAddress(c), c.req.raw.signal),
+    )
     c.header('Cache-Control', 'no-store')
     return c.json(res, res.status === 'released' ? 200 : 202)
   })

@@ -12,20 +12,36 @@
  * if (res.status === 'released') vk = await openEscrowBlob(res.volumes[0].blob, keys.sealing)
  * ```
  */
+import { UnlockdError } from '../errors.ts'
+import { RELEASE_CTY } from '../crypto/algorithms.ts'
+import { openCompactJwe } from '../crypto/okp.ts'
+import { parseEscrowBlob } from '../crypto/blob.ts'
+import { b64uEncode, fromUtf8, randomBytes } from '../crypto/bytes.ts'
 import { signHostRequest } from '../crypto/jws.ts'
-import { publicOf, thumbprint, type HostKeys } from '../crypto/keys.ts'
+import {
+  generateRecoveryKey,
+  publicOf,
+  thumbprint,
+  type HostKeys,
+  type PrivateOkpJwk,
+  type PublicOkpJwk,
+} from '../crypto/keys.ts'
 import {
   PROTOCOL_VERSION,
   parseEnrollResponse,
+  parseErrorBody,
   parseNonceResponse,
   parseUnlockResponse,
   parseWatchResponse,
+  type ApprovalTicket,
   type EnrollResponse,
+  type ReleasedVolume,
   type UnlockResponse,
   type VolumeEnrollment,
-  type WatchResponse,
+  type WireReleasedVolume,
 } from '../protocol/messages.ts'
-import { errorFromResponse, type Transport } from './transport.ts'
+import { verifyVerdict } from '../protocol/verdict.ts'
+import { errorFromResponse, type Transport, type TransportResponse } from './transport.ts'
 
 export { openEscrowBlob, sealVolumeKey } from '../crypto/blob.ts'
 export { generateHostKeys, publicOf } from '../crypto/keys.ts'
@@ -77,28 +93,170 @@ export async function addVolumes(
   return parseEnrollResponse(res.body)
 }
 
+/**
+ * One unlock attempt of a v2 host: the attempt's one-time X25519 key (in memory only; the
+ * release is wrapped to it) and the server keys the host pinned (destructive verdicts must be
+ * signed by one of them). Without an attempt, requests are v1: unwrapped, unsigned answers.
+ */
+export interface Attempt {
+  ephemeral: PrivateOkpJwk
+  serverKeys: readonly PublicOkpJwk[]
+}
+
+export async function newAttempt(serverKeys: readonly PublicOkpJwk[]): Promise<Attempt> {
+  return { ephemeral: await generateRecoveryKey(), serverKeys }
+}
+
+/** An unlock answer with the ephemeral layer removed. */
+export type OpenedUnlock =
+  | {
+      status: 'released'
+      host: string
+      volumes: ReleasedVolume[]
+      /** The server key that signed this release for this very request (not yet trusted). */
+      serverKey?: PublicOkpJwk
+    }
+  | { status: 'approval_required' | 'pending'; host: string; approval: ApprovalTicket }
+
+/** Verdicts whose answer makes the agent destroy something: obeyed only when signed. */
+const DESTRUCTIVE = new Set<string>(['host_shredded'])
+
+function challengeFor(a: Attempt | undefined): string | undefined {
+  return a ? b64uEncode(randomBytes(32)) : undefined
+}
+
+function v2Members(a: Attempt | undefined, challenge: string | undefined): object {
+  return a && challenge ? { challenge, epk: publicOf(a.ephemeral) } : {}
+}
+
+/**
+ * The error of a refused request. A destructive verdict (`host_shredded`) of a v2 request is
+ * passed on only when signed by a pinned server key for this request (then `details.verdict`
+ * is `signed`); otherwise it becomes `verdict_unsigned`, which only ends this attempt. A v1
+ * request's refusal is passed on unmarked.
+ */
+async function refusal(
+  res: TransportResponse,
+  what: string,
+  serverKeys: readonly PublicOkpJwk[] | undefined,
+  bind: { host: string; nonce: string; challenge: string | undefined },
+): Promise<UnlockdError> {
+  const e = errorFromResponse(res, what)
+  // v1 (no attempt): passed on as it is; callers that act on it must check `details.verdict`.
+  if (!DESTRUCTIVE.has(e.code) || !serverKeys) return e
+  if (bind.challenge === undefined)
+    return new UnlockdError('verdict_unsigned', `refused an unsigned shred verdict (${e.code})`)
+  try {
+    await verifyVerdict(parseErrorBody(res.body)?.verdict, serverKeys, {
+      host: bind.host,
+      nonce: bind.nonce,
+      challenge: bind.challenge,
+      verdict: e.code,
+    })
+  } catch (err) {
+    return new UnlockdError(
+      'verdict_unsigned',
+      `refused an unsigned shred verdict (${e.code}): ${err instanceof Error ? err.message : String(err)}`,
+    )
+  }
+  return new UnlockdError(e.code, e.message, { details: { ...e.details, verdict: 'signed' } })
+}
+
+async function unwrapRelease(
+  v: WireReleasedVolume,
+  a: Attempt | undefined,
+  bind: { host: string; nonce: string },
+): Promise<ReleasedVolume> {
+  if (!a) {
+    if (!v.blob) throw new UnlockdError('protocol_invalid', `release of ${v.name} has no blob`)
+    return { name: v.name, kind: v.kind, blob: v.blob }
+  }
+  // A v2 attempt takes only a release wrapped to its own ephemeral key.
+  if (!v.sealed)
+    throw new UnlockdError(
+      'protocol_invalid',
+      `release of ${v.name} is not wrapped to this attempt's key`,
+    )
+  let plain: Uint8Array
+  try {
+    const r = await openCompactJwe(v.sealed, a.ephemeral)
+    const h = r.protectedHeader
+    if (
+      h['cty'] !== RELEASE_CTY ||
+      h['host'] !== bind.host ||
+      h['nonce'] !== bind.nonce ||
+      h['vol'] !== v.name
+    )
+      throw new Error('release header is not bound to this request')
+    plain = r.plaintext
+  } catch (cause) {
+    throw new UnlockdError(
+      'integrity_failed',
+      `release of ${v.name} does not open with this attempt's key (altered or for another request)`,
+      { cause },
+    )
+  }
+  try {
+    return { name: v.name, kind: v.kind, blob: parseEscrowBlob(JSON.parse(fromUtf8(plain))) }
+  } catch (cause) {
+    throw new UnlockdError('protocol_invalid', `release of ${v.name} is not a blob`, { cause })
+  } finally {
+    plain.fill(0)
+  }
+}
+
+async function openUnlock(
+  res: UnlockResponse,
+  a: Attempt | undefined,
+  bind: { host: string; nonce: string; challenge: string | undefined },
+): Promise<OpenedUnlock> {
+  if (res.status !== 'released') return res
+  const volumes: ReleasedVolume[] = []
+  for (const v of res.volumes) volumes.push(await unwrapRelease(v, a, bind))
+  const out: OpenedUnlock = { status: 'released', host: res.host, volumes }
+  // A self-signed proof that the key it carries answered this request (pinning on first use).
+  if (a && bind.challenge && res.serverKey && res.verdict) {
+    try {
+      await verifyVerdict(res.verdict, [res.serverKey], {
+        host: bind.host,
+        nonce: bind.nonce,
+        challenge: bind.challenge,
+        verdict: 'released',
+      })
+      out.serverKey = res.serverKey
+    } catch {
+      /* no proof: nothing to pin from this answer */
+    }
+  }
+  return out
+}
+
 export interface UnlockAsk {
   keys: HostKeys
   hostId: string
   bootId: string
   /** Volume names; empty asks for all. */
   volumes: string[]
+  /** v2 (ephemeral key, pinned server keys); omitted: a v1 request. */
+  attempt?: Attempt
   signal?: AbortSignal
   timeoutMs?: number
 }
 
 /** Signed unlock request. Resolves `released` or `approval_required`; denials throw with the server's code. */
-export async function requestUnlock(t: Transport, o: UnlockAsk): Promise<UnlockResponse> {
+export async function requestUnlock(t: Transport, o: UnlockAsk): Promise<OpenedUnlock> {
   const nonce = await fetchNonce(t, o.signal)
+  const challenge = challengeFor(o.attempt)
   const jws = await signHostRequest(
     'unlock',
     {
-      v: PROTOCOL_VERSION,
+      v: o.attempt ? PROTOCOL_VERSION : 1,
       host: o.hostId,
       volumes: o.volumes,
       nonce,
       bootId: o.bootId,
       iat: nowSec(),
+      ...v2Members(o.attempt, challenge),
     },
     o.keys.signing,
     o.hostId,
@@ -110,11 +268,16 @@ export async function requestUnlock(t: Transport, o: UnlockAsk): Promise<UnlockR
     ...(o.signal ? { signal: o.signal } : {}),
     ...(o.timeoutMs ? { timeoutMs: o.timeoutMs } : {}),
   })
-  if (res.status !== 200 && res.status !== 202) throw errorFromResponse(res, 'unlock')
-  return parseUnlockResponse(res.body)
+  const bind = { host: o.hostId, nonce, challenge }
+  if (res.status !== 200 && res.status !== 202)
+    throw await refusal(res, 'unlock', o.attempt?.serverKeys, bind)
+  return openUnlock(parseUnlockResponse(res.body), o.attempt, bind)
 }
 
-/** One long-poll for an approval. Resolves `released` or `pending` (ask again); denial throws. */
+/**
+ * One long-poll for an approval. Resolves `released` or `pending` (ask again); denial throws.
+ * A v2 poll must use the attempt that asked: the approval is bound to its ephemeral key.
+ */
 export async function pollApproval(
   t: Transport,
   o: {
@@ -122,20 +285,23 @@ export async function pollApproval(
     hostId: string
     bootId: string
     approvalId: string
+    attempt?: Attempt
     signal?: AbortSignal
     holdMs?: number
   },
-): Promise<UnlockResponse> {
+): Promise<OpenedUnlock> {
   const nonce = await fetchNonce(t, o.signal)
+  const challenge = challengeFor(o.attempt)
   const jws = await signHostRequest(
     'poll',
     {
-      v: PROTOCOL_VERSION,
+      v: o.attempt ? PROTOCOL_VERSION : 1,
       host: o.hostId,
       approval: o.approvalId,
       nonce,
       bootId: o.bootId,
       iat: nowSec(),
+      ...v2Members(o.attempt, challenge),
     },
     o.keys.signing,
     o.hostId,
@@ -147,19 +313,40 @@ export async function pollApproval(
     timeoutMs: (o.holdMs ?? 25_000) + 15_000,
     ...(o.signal ? { signal: o.signal } : {}),
   })
-  if (res.status !== 200 && res.status !== 202) throw errorFromResponse(res, 'approval poll')
-  return parseUnlockResponse(res.body)
+  const bind = { host: o.hostId, nonce, challenge }
+  if (res.status !== 200 && res.status !== 202)
+    throw await refusal(res, 'approval poll', o.attempt?.serverKeys, bind)
+  return openUnlock(parseUnlockResponse(res.body), o.attempt, bind)
 }
 
-/** Ask the server whether there is an order (shred) for this host; long-polls. */
+/**
+ * Ask the server whether there is an order (shred) for this host; long-polls. With
+ * `serverKeys` (v2) a shred order counts only when signed by one of them for this request;
+ * anything else throws `verdict_unsigned`.
+ */
 export async function watch(
   t: Transport,
-  o: { keys: HostKeys; hostId: string; bootId: string; signal?: AbortSignal; holdMs?: number },
-): Promise<WatchResponse> {
+  o: {
+    keys: HostKeys
+    hostId: string
+    bootId: string
+    serverKeys?: readonly PublicOkpJwk[]
+    signal?: AbortSignal
+    holdMs?: number
+  },
+): Promise<WatchOrder> {
   const nonce = await fetchNonce(t, o.signal)
+  const challenge = o.serverKeys ? b64uEncode(randomBytes(32)) : undefined
   const jws = await signHostRequest(
     'watch',
-    { v: PROTOCOL_VERSION, host: o.hostId, nonce, bootId: o.bootId, iat: nowSec() },
+    {
+      v: o.serverKeys ? PROTOCOL_VERSION : 1,
+      host: o.hostId,
+      nonce,
+      bootId: o.bootId,
+      iat: nowSec(),
+      ...(challenge ? { challenge } : {}),
+    },
     o.keys.signing,
     o.hostId,
   )
@@ -170,8 +357,32 @@ export async function watch(
     timeoutMs: (o.holdMs ?? 25_000) + 15_000,
     ...(o.signal ? { signal: o.signal } : {}),
   })
-  if (res.status !== 200) throw errorFromResponse(res, 'watch')
-  return parseWatchResponse(res.body)
+  const bind = { host: o.hostId, nonce, challenge }
+  if (res.status !== 200) throw await refusal(res, 'watch', o.serverKeys, bind)
+  const r = parseWatchResponse(res.body)
+  if (r.order !== 'shred') return { order: 'none', volumes: [] }
+  if (!o.serverKeys || challenge === undefined) return { order: 'shred', volumes: r.volumes }
+  try {
+    const claims = await verifyVerdict(r.verdict, o.serverKeys, {
+      ...bind,
+      challenge,
+      verdict: 'shred',
+    })
+    // The signed claims, not the unsigned body, say which volumes.
+    return { order: 'shred', volumes: claims.volumes, signed: true }
+  } catch (err) {
+    throw new UnlockdError(
+      'verdict_unsigned',
+      `refused an unsigned shred verdict (watch order): ${err instanceof Error ? err.message : String(err)}`,
+    )
+  }
+}
+
+/** A watch answer: `signed` is set only on a shred order verified for this request. */
+export interface WatchOrder {
+  order: 'none' | 'shred'
+  volumes: string[]
+  signed?: true
 }
 
 export async function report(

@@ -5,6 +5,7 @@
  */
 import * as v from 'valibot'
 import { UnlockdError } from '../errors.ts'
+import { parseSigningPublicKey, type PublicOkpJwk } from '../crypto/keys.ts'
 import { hostId, name, parseWith } from '../protocol/validate.ts'
 
 const digest = v.pipe(
@@ -51,6 +52,18 @@ export const ServerEntrySchema = v.strictObject({
 })
 export type ServerEntry = v.InferOutput<typeof ServerEntrySchema>
 
+const serverKey = v.pipe(
+  v.unknown(),
+  v.rawTransform(({ dataset, addIssue, NEVER }) => {
+    try {
+      return parseSigningPublicKey(dataset.value)
+    } catch (e) {
+      addIssue({ message: e instanceof Error ? e.message : 'invalid key' })
+      return NEVER
+    }
+  }),
+)
+
 export const AgentConfigSchema = v.strictObject({
   version: v.literal(1),
   name,
@@ -61,6 +74,12 @@ export const AgentConfigSchema = v.strictObject({
     v.maxLength(8),
   ),
   volumes: v.pipe(v.array(VolumeConfigSchema), v.maxLength(64)),
+  /**
+   * Pinned server verdict keys (Ed25519 public JWKs): the agent runs its kill switch only on a
+   * verdict signed by one of them. Set at enrollment; a host enrolled before signed verdicts
+   * has none and pins the key of its next signed release (trust on first use).
+   */
+  serverKeys: v.optional(v.pipe(v.array(serverKey), v.maxLength(8)), []),
   /** What the kill switch does to LUKS volumes: close the mapping first, or only erase headers. */
   onShred: v.optional(v.picklist(['close-then-erase', 'erase']), 'close-then-erase'),
   /** Longest wait for an approval in one-shot unlocks, seconds. */
@@ -71,7 +90,9 @@ export const AgentConfigSchema = v.strictObject({
     5000,
   ),
 })
-export type AgentConfig = v.InferOutput<typeof AgentConfigSchema>
+export type AgentConfig = Omit<v.InferOutput<typeof AgentConfigSchema>, 'serverKeys'> & {
+  serverKeys: PublicOkpJwk[]
+}
 
 export function parseAgentConfig(text: string, where = 'agent.json'): AgentConfig {
   let raw: unknown
@@ -80,7 +101,7 @@ export function parseAgentConfig(text: string, where = 'agent.json'): AgentConfi
   } catch (cause) {
     throw new UnlockdError('config_invalid', `${where} is not valid JSON`, { cause })
   }
-  const c = parseWith(AgentConfigSchema, raw, where, 'config_invalid')
+  const c = parseWith(AgentConfigSchema, raw, where, 'config_invalid') as AgentConfig
   const seen = new Set<string>()
   for (const vol of c.volumes) {
     if (seen.has(vol.name))

@@ -16,8 +16,13 @@ export const JWS_TYP = {
   watch: 'unlockd-watch+jws',
   report: 'unlockd-report+jws',
   volumes: 'unlockd-volumes+jws',
+  /** Server → host: a signed verdict (shred order, final denial, release proof). */
+  verdict: 'unlockd-verdict+jws',
 } as const
 export type JwsPurpose = keyof typeof JWS_TYP
 
 /** Content type of an escrow blob's plaintext (a raw volume key). */
 export const BLOB_CTY = 'unlockd-vk'
+
+/** Content type of a released blob wrapped once more to an unlock attempt's ephemeral key. */
+export const RELEASE_CTY = 'unlockd-release'

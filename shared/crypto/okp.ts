@@ -232,3 +232,71 @@ export async function openGeneralJwe(
   )
   return { plaintext, protectedHeader: prot }
 }
+
+/**
+ * Compact JWE of `plaintext` to one X25519 key: the ephemeral `epk`, `alg` and `enc` go into the
+ * protected header with `header`, so all of it is authenticated.
+ */
+export async function sealCompactJwe(
+  plaintext: Uint8Array,
+  header: Record<string, string>,
+  key: OkpJwk,
+): Promise<string> {
+  const pub = bytes32(key.x, 'sealing key "x"')
+  const e = generateOkp('X25519')
+  const ed = bytes32(e.d, 'ephemeral key')
+  const z = sharedSecret(ed, pub)
+  zeroize(ed)
+  const cekBytes = globalThis.crypto.getRandomValues(new Uint8Array(32))
+  const cek = await subtle().importKey('raw', cekBytes, 'AES-GCM', true, ['encrypt'])
+  zeroize(cekBytes)
+  const wrapped = new Uint8Array(await subtle().wrapKey('raw', cek, await kek(z), 'AES-KW'))
+  zeroize(z)
+  const prot = b64uEncode(
+    utf8(
+      JSON.stringify({
+        ...header,
+        alg: KW_ALG,
+        enc: 'A256GCM',
+        epk: { kty: 'OKP', crv: 'X25519', x: e.x },
+      }),
+    ),
+  )
+  const iv = globalThis.crypto.getRandomValues(new Uint8Array(12))
+  const sealed = new Uint8Array(
+    await subtle().encrypt(
+      {
+        name: 'AES-GCM',
+        iv,
+        additionalData: utf8(prot) as Uint8Array<ArrayBuffer>,
+        tagLength: 128,
+      },
+      cek,
+      plaintext as Uint8Array<ArrayBuffer>,
+    ),
+  )
+  const ct = sealed.subarray(0, sealed.byteLength - 16)
+  const tag = sealed.subarray(sealed.byteLength - 16)
+  return [prot, b64uEncode(wrapped), b64uEncode(iv), b64uEncode(ct), b64uEncode(tag)].join('.')
+}
+
+/** Open a compact JWE made by {@link sealCompactJwe} (or jose's CompactEncrypt) with `key`. */
+export async function openCompactJwe(
+  compact: string,
+  key: OkpJwk,
+): Promise<{ plaintext: Uint8Array; protectedHeader: Record<string, unknown> }> {
+  const parts = compact.split('.')
+  if (parts.length !== 5) throw new Error('not a compact JWE')
+  const [prot, encryptedKey, iv, ciphertext, tag] = parts as [
+    string,
+    string,
+    string,
+    string,
+    string,
+  ]
+  return openGeneralJwe(
+    { protected: prot, iv, ciphertext, tag, recipients: [] },
+    { encrypted_key: encryptedKey, header: { alg: KW_ALG, kid: '' } },
+    key,
+  )
+}

@@ -1,15 +1,22 @@
 /**
- * Wire messages of protocol v1 and their single parsers. Handlers and the agent use only the
+ * Wire messages of protocol v2 (v1 requests still accepted) and their single parsers. Handlers and the agent use only the
  * values these return. See shared/protocol/README.md for the exchange.
  */
 import * as v from 'valibot'
 import { parseEscrowBlob, type EscrowBlob } from '../crypto/blob.ts'
 import { parseSealingPublicKey, parseSigningPublicKey, type PublicOkpJwk } from '../crypto/keys.ts'
-import { isErrorCode, type UnlockdErrorCode } from '../errors.ts'
+import { UnlockdError, isErrorCode, type UnlockdErrorCode } from '../errors.ts'
 import { PolicySchema, type Policy } from './policy.ts'
 import { bootId, cidr, epochSeconds, hostId, name, nonce, parseWith } from './validate.ts'
 
-export const PROTOCOL_VERSION = 1
+/**
+ * v2: unlock, poll and watch carry the host's fresh `challenge` (signed verdicts answer it) and
+ * unlock and poll the attempt's ephemeral key `epk` (releases are wrapped to it). Servers accept
+ * v1 requests from older agents for one release; their answers are neither signed nor wrapped.
+ */
+export const PROTOCOL_VERSION = 2
+export type ProtocolVersion = 1 | 2
+const version = v.picklist([1, 2] as const, 'must be protocol version 1 or 2')
 
 const blob = v.pipe(
   v.unknown(),
@@ -70,7 +77,7 @@ const volumeList = v.pipe(v.array(VolumeEnrollmentSchema), v.maxLength(64, 'at m
 
 /** Payload of the self-signed enrollment JWS (proves possession of the signing key). */
 export const EnrollPayloadSchema = v.strictObject({
-  v: v.literal(PROTOCOL_VERSION),
+  v: version,
   name,
   signingKey,
   sealingKey,
@@ -78,7 +85,7 @@ export const EnrollPayloadSchema = v.strictObject({
   iat: epochSeconds,
 })
 export interface EnrollPayload {
-  v: 1
+  v: ProtocolVersion
   name: string
   signingKey: PublicOkpJwk
   sealingKey: PublicOkpJwk
@@ -94,42 +101,72 @@ export const JwsBodySchema = v.strictObject({
 })
 export const parseJwsBody = (x: unknown): { jws: string } => parseWith(JwsBodySchema, x, 'body')
 
+/** The v2 members of unlock and poll: the host's challenge and the attempt's ephemeral key. */
+const v2Fields = {
+  /** Fresh random value of the host; signed verdicts must repeat it. */
+  challenge: v.optional(nonce),
+  /** Public X25519 key of this unlock attempt; the release is wrapped to it. */
+  epk: v.optional(sealingKey),
+}
+
+/** v2 requests must carry every v2 member; v1 requests none of them. */
+function requireV2<T extends { v: ProtocolVersion; challenge?: string | undefined; epk?: unknown }>(
+  p: T,
+  what: string,
+  needsEpk = true,
+): T {
+  const has = p.challenge !== undefined && (!needsEpk || p.epk !== undefined)
+  if (p.v === 2 && !has)
+    throw new UnlockdError(
+      'protocol_invalid',
+      `${what}: v2 needs challenge${needsEpk ? ' and epk' : ''}`,
+    )
+  if (p.v === 1 && (p.challenge !== undefined || p.epk !== undefined))
+    throw new UnlockdError('protocol_invalid', `${what}: challenge and epk need v2`)
+  return p
+}
+
 export const UnlockPayloadSchema = v.strictObject({
-  v: v.literal(PROTOCOL_VERSION),
+  v: version,
   host: hostId,
   /** Volume names to release; empty means all of the host's volumes. */
   volumes: v.pipe(v.array(name), v.maxLength(64)),
   nonce,
   bootId,
   iat: epochSeconds,
+  ...v2Fields,
 })
 export type UnlockPayload = v.InferOutput<typeof UnlockPayloadSchema>
 export const parseUnlockPayload = (x: unknown): UnlockPayload =>
-  parseWith(UnlockPayloadSchema, x, 'unlock payload', 'protocol_invalid')
+  requireV2(
+    parseWith(UnlockPayloadSchema, x, 'unlock payload', 'protocol_invalid'),
+    'unlock payload',
+  )
 
 /** Long-poll for an approval (signed, single-use nonce like unlock). */
 export const PollPayloadSchema = v.strictObject({
-  v: v.literal(PROTOCOL_VERSION),
+  v: version,
   host: hostId,
   approval: v.pipe(v.string(), v.regex(/^ap_[A-Za-z0-9_-]{22}$/, 'must be an approval id')),
   nonce,
   bootId,
   iat: epochSeconds,
+  ...v2Fields,
 })
 export type PollPayload = v.InferOutput<typeof PollPayloadSchema>
 export const parsePollPayload = (x: unknown): PollPayload =>
-  parseWith(PollPayloadSchema, x, 'poll payload', 'protocol_invalid')
+  requireV2(parseWith(PollPayloadSchema, x, 'poll payload', 'protocol_invalid'), 'poll payload')
 
 /** Add volumes to an already enrolled host (host-signed, no token needed). */
 export const AddVolumesPayloadSchema = v.strictObject({
-  v: v.literal(PROTOCOL_VERSION),
+  v: version,
   host: hostId,
   volumes: volumeList,
   nonce,
   iat: epochSeconds,
 })
 export type AddVolumesPayload = {
-  v: 1
+  v: ProtocolVersion
   host: string
   volumes: VolumeEnrollment[]
   nonce: string
@@ -140,18 +177,23 @@ export const parseAddVolumesPayload = (x: unknown): AddVolumesPayload =>
 
 /** Watch (kill-switch channel) and report payloads. */
 export const WatchPayloadSchema = v.strictObject({
-  v: v.literal(PROTOCOL_VERSION),
+  v: version,
   host: hostId,
   nonce,
   bootId,
   iat: epochSeconds,
+  challenge: v.optional(nonce),
 })
 export type WatchPayload = v.InferOutput<typeof WatchPayloadSchema>
 export const parseWatchPayload = (x: unknown): WatchPayload =>
-  parseWith(WatchPayloadSchema, x, 'watch payload', 'protocol_invalid')
+  requireV2(
+    parseWith(WatchPayloadSchema, x, 'watch payload', 'protocol_invalid'),
+    'watch payload',
+    false,
+  )
 
 export const ReportPayloadSchema = v.strictObject({
-  v: v.literal(PROTOCOL_VERSION),
+  v: version,
   host: hostId,
   nonce,
   iat: epochSeconds,
@@ -173,17 +215,34 @@ export const EnrollResponseSchema = v.object({
   hostId,
   name,
   volumes: v.array(name),
+  /** The server's verdict-signing key (v2 servers), pinned by the agent at enrollment. */
+  serverKey: v.optional(signingKey),
+  /** Its RFC 7638 thumbprint, to compare out of band. */
+  serverKeyThumbprint: v.optional(v.pipe(v.string(), v.regex(/^[A-Za-z0-9_-]{43}$/))),
 })
 export type EnrollResponse = v.InferOutput<typeof EnrollResponseSchema>
 export const parseEnrollResponse = (x: unknown): EnrollResponse =>
   parseWith(EnrollResponseSchema, x, 'enroll response', 'protocol_invalid')
 
-export const ReleasedVolumeSchema = v.object({
+/**
+ * A released volume on the wire: v1 answers carry the `blob` (sealed to the host key); v2
+ * answers carry it only `sealed` once more to the attempt's ephemeral key (compact JWE).
+ */
+export const WireReleasedVolumeSchema = v.object({
   name,
   kind: v.picklist(['luks', 'fscrypt']),
-  blob,
+  blob: v.optional(blob),
+  sealed: v.optional(v.pipe(v.string(), v.maxLength(32768), v.regex(/^[A-Za-z0-9_.-]+$/))),
 })
+export type WireReleasedVolume = {
+  name: string
+  kind: 'luks' | 'fscrypt'
+  blob?: EscrowBlob
+  sealed?: string
+}
+/** A released volume once the host removed the ephemeral layer. */
 export type ReleasedVolume = { name: string; kind: 'luks' | 'fscrypt'; blob: EscrowBlob }
+const verdictJws = v.optional(v.pipe(v.string(), v.maxLength(4096)))
 
 export const ApprovalTicketSchema = v.object({
   id: v.pipe(v.string(), v.regex(/^ap_[A-Za-z0-9_-]{22}$/)),
@@ -193,7 +252,14 @@ export const ApprovalTicketSchema = v.object({
 export type ApprovalTicket = v.InferOutput<typeof ApprovalTicketSchema>
 
 export const UnlockResponseSchema = v.variant('status', [
-  v.object({ status: v.literal('released'), host: hostId, volumes: v.array(ReleasedVolumeSchema) }),
+  v.object({
+    status: v.literal('released'),
+    host: hostId,
+    volumes: v.array(WireReleasedVolumeSchema),
+    /** v2: the server's verdict key and its `released` verdict for this request (pinning). */
+    serverKey: v.optional(signingKey),
+    verdict: verdictJws,
+  }),
   v.object({
     status: v.literal('approval_required'),
     host: hostId,
@@ -202,7 +268,13 @@ export const UnlockResponseSchema = v.variant('status', [
   v.object({ status: v.literal('pending'), host: hostId, approval: ApprovalTicketSchema }),
 ])
 export type UnlockResponse =
-  | { status: 'released'; host: string; volumes: ReleasedVolume[] }
+  | {
+      status: 'released'
+      host: string
+      volumes: WireReleasedVolume[]
+      serverKey?: PublicOkpJwk
+      verdict?: string
+    }
   | { status: 'approval_required' | 'pending'; host: string; approval: ApprovalTicket }
 export const parseUnlockResponse = (x: unknown): UnlockResponse =>
   parseWith(UnlockResponseSchema, x, 'unlock response', 'protocol_invalid') as UnlockResponse
@@ -210,6 +282,8 @@ export const parseUnlockResponse = (x: unknown): UnlockResponse =>
 export const WatchResponseSchema = v.object({
   order: v.picklist(['none', 'shred']),
   volumes: v.array(name),
+  /** v2: a shred order's signed verdict (shared/protocol/verdict.ts). */
+  verdict: verdictJws,
 })
 export type WatchResponse = v.InferOutput<typeof WatchResponseSchema>
 export const parseWatchResponse = (x: unknown): WatchResponse =>
@@ -220,6 +294,8 @@ export interface ErrorBody {
   error: UnlockdErrorCode
   message: string
   rule?: string
+  /** v2: the signed verdict of a final denial (shared/protocol/verdict.ts). */
+  verdict?: string
 }
 export function parseErrorBody(x: unknown): ErrorBody | undefined {
   if (typeof x !== 'object' || x === null) return undefined
@@ -227,6 +303,7 @@ export function parseErrorBody(x: unknown): ErrorBody | undefined {
   if (!isErrorCode(o['error']) || typeof o['message'] !== 'string') return undefined
   const out: ErrorBody = { error: o['error'], message: o['message'].slice(0, 500) }
   if (typeof o['rule'] === 'string') out.rule = o['rule'].slice(0, 100)
+  if (typeof o['verdict'] === 'string' && o['verdict'].length <= 4096) out.verdict = o['verdict']
   return out
 }
 

@@ -16,7 +16,7 @@ import {
 import type { Transport } from '../../shared/client/transport.ts'
 import { randomBytes } from '../../shared/crypto/bytes.ts'
 import type { HostKeys } from '../../shared/crypto/keys.ts'
-import type { UnlockResponse } from '../../shared/protocol/messages.ts'
+import type { OpenedUnlock as UnlockResponse } from '../../shared/client/host-client.ts'
 import { totpCodeAt } from '../../server/approvals/totp.ts'
 import type { TestServer } from './server.ts'
 

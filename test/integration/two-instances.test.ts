@@ -123,7 +123,7 @@ pgOnly(
     const released = parseUnlockResponse(first.body)
     t.is(released.status, 'released')
     if (released.status === 'released')
-      t.deepEqual(await openEscrowBlob(released.volumes[0]!.blob, keys.sealing), vk)
+      t.deepEqual(await openEscrowBlob(released.volumes[0]!.blob!, keys.sealing), vk)
 
     const replayA = await postJws(a.url, '/v1/unlock', jws)
     t.is(replayA.status, 403)

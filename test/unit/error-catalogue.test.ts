@@ -45,7 +45,8 @@ test('CLI exit codes and remedies come from the catalogue', (t) => {
 
 test('the agent keeps waiting only through transport trouble, and ranks a decision first', (t) => {
   const retried = ERROR_CODES.filter((c) => ERRORS[c].retry).sort()
-  t.deepEqual(retried, ['internal', 'protocol_invalid', 'server_unreachable'])
+  // A forged (unsigned) shred verdict is interference on the path, not a decision: keep waiting.
+  t.deepEqual(retried, ['internal', 'protocol_invalid', 'server_unreachable', 'verdict_unsigned'])
   t.true(ERRORS.host_suspended.rank > ERRORS.protocol_invalid.rank)
   t.true(ERRORS.protocol_invalid.rank > ERRORS.tls_pin_mismatch.rank)
   t.true(ERRORS.tls_pin_mismatch.rank > ERRORS.server_unreachable.rank)

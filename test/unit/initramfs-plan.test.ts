@@ -104,6 +104,7 @@ async function fixture(
     version: 1,
     name: 'web-1',
     hostId: 'RJLv8Q7agJZjGqB5NOzdT0gzHY7qVrKtEINQjbc4yPI',
+    serverKeys: [],
     servers: [
       {
         url: 'https://escrow.example:8443',
