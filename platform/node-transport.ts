@@ -49,7 +49,11 @@ export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}):
         fail(e)
       }
       const body = req.body === undefined ? undefined : Buffer.from(JSON.stringify(req.body))
-      const headers: Record<string, string> = { accept: 'application/json', connection: 'close' }
+      const headers: Record<string, string> = {
+        ...req.headers,
+        accept: 'application/json',
+        connection: 'close',
+      }
       if (body) {
         headers['content-type'] = 'application/json'
         headers['content-length'] = String(body.byteLength)

@@ -10,6 +10,7 @@ import { UnlockdError } from '../shared/errors.ts'
 import { ensurePrivateDir, writeFileAtomic } from '../platform/atomic-file.ts'
 import { parseServerConfig, type ServerConfig } from '../shared/config/server.ts'
 import { DEFAULT_SETTINGS, type ServerDeps } from './context.ts'
+import { newTotpSecret, otpauthUri } from './approvals/totp.ts'
 import { audit } from './escrow/audit-log.ts'
 import { hashToken, newId, newToken } from './escrow/secrets.ts'
 import { Keystore } from './keys/keystore.ts'
@@ -28,6 +29,8 @@ export function nowSeconds(): number {
 export interface InitResult {
   operator: string
   token: string
+  /** The first operator's TOTP secret as an otpauth:// URI, shown once. */
+  otpauthUri: string
   dataDir: string
   store: string
 }
@@ -54,7 +57,14 @@ export async function initDataDir(
       )
     const ks = Keystore.create(ksPath, passphrase, now)
     const auditKey = Uint8Array.from(ks.auditKey)
-    ks.close()
+    // The first operator gets its second factor at once: no operator ever exists without one.
+    const id = newId('op', 9)
+    let totp: ReturnType<typeof newTotpSecret>
+    try {
+      totp = newTotpSecret({ keystore: ks }, id)
+    } finally {
+      ks.close()
+    }
     store.useAuditKey(() => auditKey)
     if (!existsSync(cfgPath))
       writeFileAtomic(
@@ -68,20 +78,23 @@ export async function initDataDir(
       if ((await t.listOperators()).length > 0)
         throw new UnlockdError('conflict', 'this database already has operators')
       await t.insertOperator({
-        id: newId('op', 9),
+        id,
         name: opts.operator,
         tokenHash,
-        totpKekVersion: null,
-        totpIv: null,
-        totpCt: null,
-        totpLastStep: null,
+        ...totp.stored,
         createdAt: now,
         removedAt: null,
       })
       await t.setMeta('kek_rotated_at', String(now))
-      await audit(t, now, 'system', 'server.init', null, { operator: opts.operator })
+      await audit(t, now, 'system', 'server.init', null, { operator: opts.operator, totp: true })
     })
-    return { operator: opts.operator, token, dataDir, store: store.kind }
+    return {
+      operator: opts.operator,
+      token,
+      otpauthUri: otpauthUri(opts.operator, totp.secret),
+      dataDir,
+      store: store.kind,
+    }
   } finally {
     await store.close()
   }

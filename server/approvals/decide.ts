@@ -16,6 +16,7 @@ import { audit } from '../escrow/audit-log.ts'
 import { isIdleSuspended } from '../policy/idle.ts'
 import { deny } from '../store/denial.ts'
 import type { ApprovalRow, HostRow, OperatorRow, StoreTx } from '../store/store.ts'
+import { requireEnrolled } from './factor.ts'
 import { checkOperatorCode } from './totp.ts'
 
 export function approvalUrl(deps: ServerDeps, id: string): string | null {
@@ -219,6 +220,7 @@ export async function denyRequest(
     const host = row && (await t.getHost(row.hostId))
     const a = await requirePending(t, row, id, now, host)
     const hostName = host?.name ?? null
+    requireEnrolled(op, 'deny an approval request')
     if (code !== undefined)
       await checkFactor(deps, t, op, code, now, hostName, { approval: a.id, via })
     await t.updateApproval(a.id, { state: 'denied', decidedAt: now, reason })

@@ -1,9 +1,8 @@
 /**
- * Operator management: add (with a fresh API token and TOTP secret, both shown once), list,
- * remove, and (re-)enroll TOTP. A stolen API token must not be enough to mint a new operator
- * or reset a TOTP secret, so once the *calling* operator has TOTP, each of these
- * changes also needs the caller's current code. The first operator (`server init`) has no
- * TOTP; it enrolls with `unlockd operator totp NAME` and from then on the rule applies.
+ * Operator management: add, list, remove, and (re-)enroll TOTP. A stolen API token must not be
+ * enough to mint a new operator or reset a factor, so every change needs the caller's own
+ * current code, and an operator without a factor can make none (./factor.ts). The first
+ * operator gets its factor from `server init`.
  */
 import { UnlockdError } from '../../shared/errors.ts'
 import type { OperatorSecrets, OperatorView } from '../../shared/protocol/messages.ts'
@@ -11,32 +10,12 @@ import type { ServerDeps } from '../context.ts'
 import { audit } from '../escrow/audit-log.ts'
 import { hashToken, newId, newToken } from '../escrow/secrets.ts'
 import { deny } from '../store/denial.ts'
-import type { OperatorRow, StoreTx } from '../store/store.ts'
-import { checkOperatorCode, newTotpSecret, otpauthUri } from './totp.ts'
+import type { OperatorRow } from '../store/store.ts'
+import { requireFactor } from './factor.ts'
+import { newTotpSecret, otpauthUri } from './totp.ts'
 
 export function operatorView(o: OperatorRow): OperatorView {
   return { id: o.id, name: o.name, createdAt: o.createdAt, totp: o.totpCt !== null }
-}
-
-/**
- * Inside a transaction: the caller's code when the caller has TOTP. A refusal is a denial, so
- * the transaction commits the failure count before it is thrown on.
- */
-async function requireCallerCode(
-  deps: ServerDeps,
-  t: StoreTx,
-  caller: OperatorRow,
-  code: string | undefined,
-  now: number,
-  action: string,
-): Promise<void> {
-  const fresh = await t.getOperator(caller.id)
-  if (!fresh || fresh.removedAt !== null)
-    throw deny(new UnlockdError('unauthorized', 'this operator was removed'))
-  if (fresh.totpCt === null) return
-  if (code === undefined)
-    throw deny(new UnlockdError('totp_invalid', `${action} needs your TOTP code (--code)`))
-  await checkOperatorCode(deps, t, fresh, code, now, { detail: { action } })
 }
 
 export function listOperators(deps: ServerDeps): Promise<OperatorView[]> {
@@ -53,7 +32,7 @@ export async function addOperator(
   const tokenHash = await hashToken(token)
   return deps.store.tx(async (t) => {
     const now = deps.now()
-    await requireCallerCode(deps, t, caller, code, now, 'operator add')
+    await requireFactor(deps, t, caller, code, now, 'operator add')
     if (await t.getOperatorByName(name))
       throw deny(new UnlockdError('operator_exists', `operator ${name} already exists`))
     const id = newId('op', 9)
@@ -76,7 +55,7 @@ export async function removeOperator(
 ): Promise<OperatorView> {
   return deps.store.tx(async (t) => {
     const now = deps.now()
-    await requireCallerCode(deps, t, caller, code, now, 'operator remove')
+    await requireFactor(deps, t, caller, code, now, 'operator remove')
     const op = await t.getOperatorByName(name)
     if (!op) throw deny(new UnlockdError('operator_unknown', `no operator named ${name}`))
     if ((await t.listOperators()).length <= 1)
@@ -107,7 +86,7 @@ export async function enrollTotp(
 ): Promise<OperatorSecrets> {
   return deps.store.tx(async (t) => {
     const now = deps.now()
-    await requireCallerCode(deps, t, caller, code, now, 'operator totp')
+    await requireFactor(deps, t, caller, code, now, 'operator totp')
     const op = await t.getOperatorByName(name)
     if (!op) throw deny(new UnlockdError('operator_unknown', `no operator named ${name}`))
     const { secret, stored } = newTotpSecret(deps, op.id)

@@ -22,7 +22,7 @@ export const TOTP_ISSUER = 'unlockd'
 
 /** A fresh secret (160 bits, base32) and what to store for it. */
 export function newTotpSecret(
-  deps: ServerDeps,
+  deps: Pick<ServerDeps, 'keystore'>,
   operatorId: string,
 ): {
   secret: string

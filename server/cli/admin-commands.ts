@@ -21,6 +21,7 @@ import { writeFileAtomic } from '../../platform/atomic-file.ts'
 import { EXIT, fmtTime, formatTable, output, usage, type Command } from '../../platform/cli.ts'
 import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
 import { hostArg } from './positionals.ts'
+import { readTotpCode, withCodeIfAsked } from './totp-code.ts'
 
 function policyLines(h: HostView): string {
   const p = h.policy
@@ -88,7 +89,7 @@ function stateCommand(state: 'suspend' | 'resume'): Command {
     summary:
       state === 'suspend'
         ? 'Suspend a host: every unlock is refused until it is resumed.'
-        : 'Resume a suspended host.',
+        : 'Resume a suspended host (needs your TOTP code: a prompt, or the first line of stdin).',
     usage: `unlockd host ${state} NAME${state === 'suspend' ? ' [--reason TEXT]' : ''} [--json]`,
     options: {
       ...CLIENT_OPTIONS,
@@ -99,12 +100,12 @@ function stateCommand(state: 'suspend' | 'resume'): Command {
       const name = hostArg(positionals)
       const body =
         state === 'suspend' && values['reason'] ? { reason: values['reason'] } : undefined
-      const h = await operatorClient(values, io).call(
-        'POST',
-        `/hosts/${name}/${state}`,
-        parseHostView,
-        body,
-      )
+      const client = operatorClient(values, io)
+      // Suspending only tightens; resuming lifts a control and needs your TOTP code.
+      const totp = state === 'resume' ? await readTotpCode(io) : undefined
+      const h = await client.call('POST', `/hosts/${name}/${state}`, parseHostView, body, {
+        ...(totp ? { totp } : {}),
+      })
       output(io, values, h, () => `${h.name}: ${h.state}\n`)
       return EXIT.ok
     },
@@ -119,7 +120,7 @@ export const hostSet: Command = {
   usage:
     'unlockd host set NAME [--approval RULE] [--approvers K] [--cidr CIDR ...] [--any-cidr] [--max-unlocks N/PERIOD|off] [--not-before ISO] [--not-after ISO] [--idle-suspend DURATION|off] [--clone-window DURATION|off] [--json]',
   description:
-    'RULE is never | always | outside-cidrs | after-idle(DURATION), e.g. after-idle(7d).',
+    'RULE is never | always | outside-cidrs | after-idle(DURATION), e.g. after-idle(7d). A change that loosens any control (fewer approvers, wider networks, a higher rate limit, later expiry...) needs your TOTP code, asked for when the server requires it (a prompt, or the first line of stdin); a stricter policy goes through at once.',
   examples: [
     'unlockd host set web-1 --approval always --approvers 2',
     'unlockd host set web-1 --cidr 203.0.113.0/24 --max-unlocks 5/1h',
@@ -196,11 +197,11 @@ export const hostSet: Command = {
       patch[key] = d
     }
     if (Object.keys(patch).length === 0) usage('nothing to change: give at least one policy option')
-    const h = await operatorClient(values, io).call(
-      'PATCH',
-      `/hosts/${name}/policy`,
-      parseHostView,
-      patch,
+    const client = operatorClient(values, io)
+    const h = await withCodeIfAsked(io, (totp) =>
+      client.call('PATCH', `/hosts/${name}/policy`, parseHostView, patch, {
+        ...(totp ? { totp } : {}),
+      }),
     )
     output(io, values, h, () => policyLines(h))
     return EXIT.ok

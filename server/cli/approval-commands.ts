@@ -1,7 +1,7 @@
 /**
  * Operator commands for human approval: `approvals`, `approve`, `deny`, and operator
  * management (`operator add|list|remove|totp`). TOTP codes are one-time 6-digit values, read by
- * ./totp-code.ts; API tokens never go in argv (UNLOCKD_TOKEN / UNLOCKD_TOKEN_FILE).
+ * ./totp-code.ts from a prompt or stdin (never argv); API tokens never go in argv (UNLOCKD_TOKEN / UNLOCKD_TOKEN_FILE).
  */
 import { createRequire } from 'node:module'
 import {
@@ -26,7 +26,7 @@ import {
 } from '../../platform/cli.ts'
 import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
 import { approvalArg, operatorArg } from './positionals.ts'
-import { optionalTotpCode, readTotpCode } from './totp-code.ts'
+import { readTotpCode } from './totp-code.ts'
 
 function describe(a: ApprovalView): string {
   switch (a.state) {
@@ -80,15 +80,18 @@ export const approvalsList: Command = {
 export const approveCommand: Command = {
   name: 'approve',
   summary: 'Approve a pending unlock request with your TOTP code.',
-  usage: 'unlockd approve ID [--code 123456] [--json]',
+  usage: 'unlockd approve ID [--json]',
   description:
-    'Your API token says who you are; the code proves you hold your authenticator. A code works once; without --code it is asked for on the terminal, or read from stdin. When the host policy needs k approvers, the request stays pending until k distinct operators approve.',
-  examples: ['unlockd approve ap_1a2b3c4d5e6f7g8h9i0j1k --code 123456'],
-  options: { ...CLIENT_OPTIONS, code: { type: 'string' } },
+    'Your API token says who you are; the code proves you hold your authenticator. A code works once; it is asked for on the terminal, or read from the first line of stdin (never an argument). When the host policy needs k approvers, the request stays pending until k distinct operators approve.',
+  examples: [
+    'unlockd approve ap_1a2b3c4d5e6f7g8h9i0j1k',
+    'echo 123456 | unlockd approve ap_1a2b3c4d5e6f7g8h9i0j1k',
+  ],
+  options: { ...CLIENT_OPTIONS },
   positionals: true,
   async run({ values, positionals, io }) {
     const id = approvalArg(positionals)
-    const code = await readTotpCode(values, io)
+    const code = await readTotpCode(io)
     const a = await operatorClient(values, io).call(
       'POST',
       `/approvals/${id}/approve`,
@@ -103,19 +106,18 @@ export const approveCommand: Command = {
 export const denyCommand: Command = {
   name: 'deny',
   summary: 'Deny a pending unlock request; the waiting host gives up.',
-  usage: 'unlockd deny ID [--reason TEXT] [--code 123456] [--json]',
+  usage: 'unlockd deny ID [--reason TEXT] [--json]',
   description:
     'The reason (at most 200 characters) is recorded in the audit log and shown to the host.',
   examples: ['unlockd deny ap_1a2b3c4d5e6f7g8h9i0j1k --reason "unexpected reboot"'],
-  options: { ...CLIENT_OPTIONS, reason: { type: 'string' }, code: { type: 'string' } },
+  options: { ...CLIENT_OPTIONS, reason: { type: 'string' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const id = approvalArg(positionals)
     const reason = values['reason'] as string | undefined
     if (reason !== undefined && reason.length > 200)
       usage('--reason must be at most 200 characters')
-    const code = optionalTotpCode(values)
-    const body = { ...(reason ? { reason } : {}), ...(code ? { code } : {}) }
+    const body = reason ? { reason } : {}
     const a = await operatorClient(values, io).call(
       'POST',
       `/approvals/${id}/deny`,
@@ -163,19 +165,17 @@ function showSecrets(io: CliIo, values: Values, r: OperatorSecrets, what: string
 export const operatorAdd: Command = {
   name: 'operator add',
   summary: 'Add an operator: a new API token and TOTP secret, each shown once.',
-  usage: 'unlockd operator add NAME [--code YOUR_CODE] [--no-qr] [--json]',
+  usage: 'unlockd operator add NAME [--no-qr] [--json]',
   description:
-    "Prints the new operator's API token and an otpauth:// URI with a terminal QR code for the authenticator app. Once you have TOTP yourself, adding an operator needs your own current code (--code), so a stolen API token alone cannot mint operators.",
-  examples: ['unlockd operator add alice', 'unlockd operator add bob --code 123456 --json'],
-  options: { ...CLIENT_OPTIONS, code: { type: 'string' }, 'no-qr': { type: 'boolean' } },
+    "Prints the new operator's API token and an otpauth:// URI with a terminal QR code for the authenticator app. Needs your own current TOTP code (a prompt, or the first line of stdin), so a stolen API token alone cannot mint operators.",
+  examples: ['unlockd operator add alice', 'echo 123456 | unlockd operator add bob --json'],
+  options: { ...CLIENT_OPTIONS, 'no-qr': { type: 'boolean' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
-    const code = optionalTotpCode(values)
-    const r = await operatorClient(values, io).call('POST', '/operators', parseOperatorSecrets, {
-      name,
-      ...(code ? { code } : {}),
-    })
+    const client = operatorClient(values, io)
+    const code = await readTotpCode(io)
+    const r = await client.call('POST', '/operators', parseOperatorSecrets, { name, code })
     showSecrets(io, values, r, 'Added operator')
     return EXIT.ok
   },
@@ -184,21 +184,17 @@ export const operatorAdd: Command = {
 export const operatorTotp: Command = {
   name: 'operator totp',
   summary: "Enroll (or replace) an operator's TOTP secret; the new one is shown once.",
-  usage: 'unlockd operator totp NAME [--code YOUR_CODE] [--no-qr] [--json]',
+  usage: 'unlockd operator totp NAME [--no-qr] [--json]',
   description:
-    "The first operator, made by `unlockd server init`, has no TOTP: run `unlockd operator totp admin` once to enroll it. Replacing an existing secret (yours or another operator's) needs your own current code.",
-  examples: ['unlockd operator totp admin', 'unlockd operator totp alice --code 123456'],
-  options: { ...CLIENT_OPTIONS, code: { type: 'string' }, 'no-qr': { type: 'boolean' } },
+    "Replacing a secret (yours or another operator's) needs your own current code (a prompt, or the first line of stdin).",
+  examples: ['unlockd operator totp alice'],
+  options: { ...CLIENT_OPTIONS, 'no-qr': { type: 'boolean' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
-    const code = optionalTotpCode(values)
-    const r = await operatorClient(values, io).call(
-      'POST',
-      `/operators/${name}/totp`,
-      parseOperatorSecrets,
-      code ? { code } : {},
-    )
+    const client = operatorClient(values, io)
+    const code = await readTotpCode(io)
+    const r = await client.call('POST', `/operators/${name}/totp`, parseOperatorSecrets, { code })
     showSecrets(io, values, r, 'New TOTP secret for')
     return EXIT.ok
   },
@@ -228,21 +224,17 @@ export const operatorList: Command = {
 export const operatorRemove: Command = {
   name: 'operator remove',
   summary: 'Remove an operator: its API token and TOTP secret stop working.',
-  usage: 'unlockd operator remove NAME [--code YOUR_CODE] [--json]',
+  usage: 'unlockd operator remove NAME [--json]',
   description:
-    'The last operator cannot be removed. Needs your own current code once you have TOTP.',
-  examples: ['unlockd operator remove bob --code 123456'],
-  options: { ...CLIENT_OPTIONS, code: { type: 'string' } },
+    'The last operator cannot be removed. Needs your own current TOTP code (a prompt, or the first line of stdin).',
+  examples: ['unlockd operator remove bob'],
+  options: { ...CLIENT_OPTIONS },
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
-    const code = optionalTotpCode(values)
-    const r = await operatorClient(values, io).call(
-      'POST',
-      `/operators/${name}/remove`,
-      parseRemovedOperator,
-      code ? { code } : {},
-    )
+    const client = operatorClient(values, io)
+    const code = await readTotpCode(io)
+    const r = await client.call('POST', `/operators/${name}/remove`, parseRemovedOperator, { code })
     output(io, values, r, () => `removed operator ${name}\n`)
     return EXIT.ok
   },

@@ -34,8 +34,14 @@ export interface OperatorClient {
     path: string,
     reply: (body: unknown) => T,
     body?: unknown,
-    timeoutMs?: number,
+    opts?: CallOptions,
   ): Promise<T>
+}
+
+export interface CallOptions {
+  timeoutMs?: number
+  /** The operator's own TOTP code, sent in X-Unlockd-Totp (never argv; see ./totp-code.ts). */
+  totp?: string
 }
 
 function readText(path: string, what: string): string {
@@ -80,13 +86,14 @@ export function operatorClient(values: Values, io: CliIo): OperatorClient {
   const t: Transport = nodeTransport(url, { ca: caPath ? readText(caPath, 'CA file') : undefined })
   return {
     url,
-    async call(method, path, reply, body, timeoutMs) {
+    async call(method, path, reply, body, opts = {}) {
       const res = await t({
         method,
         path: `/v1/admin${path}`,
         bearer: token,
         ...(body === undefined ? {} : { body }),
-        ...(timeoutMs ? { timeoutMs } : {}),
+        ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
+        ...(opts.totp ? { headers: { 'x-unlockd-totp': opts.totp } } : {}),
       })
       if (res.status < 200 || res.status >= 300) throw errorFromResponse(res, `${method} ${path}`)
       return reply(res.body)

@@ -1,5 +1,7 @@
 /** `unlockd server init` and `unlockd server start`. */
+import { existsSync } from 'node:fs'
 import { resolve } from 'node:path'
+import { writeFileAtomic } from '../../platform/atomic-file.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import { EXIT, output, readSecret, usage, type Command } from '../../platform/cli.ts'
 import { jsonLogger } from '../log.ts'
@@ -12,19 +14,24 @@ const passOpts = { 'passphrase-file': { type: 'string' } } as const
 
 export const serverInit: Command = {
   name: 'server init',
-  summary: 'Create the keystore, the database and the first operator; print its API token once.',
+  summary:
+    'Create the keystore, the database and the first operator; print its API token and TOTP secret once.',
   usage:
-    'unlockd server init [--data DIR] [--operator NAME] [--db postgres://...] [--passphrase-file F] [--json]',
+    'unlockd server init [--data DIR] [--operator NAME] [--db postgres://...] [--passphrase-file F] [--totp-file F] [--json]',
   description:
-    'The keystore passphrase comes from --passphrase-file, UNLOCKD_PASSPHRASE, a systemd credential named unlockd-passphrase, or a prompt. The operator token is shown once and stored only as a hash.',
+    "The keystore passphrase comes from --passphrase-file, UNLOCKD_PASSPHRASE, a systemd credential named unlockd-passphrase, or a prompt. The operator token is shown once and stored only as a hash. The operator's TOTP secret is made at once and shown once as an otpauth:// URI (add it to an authenticator app); with --totp-file it is written to that new 0600 file instead, for automation.",
   examples: ['unlockd server init --data /var/lib/unlockd --passphrase-file /root/ks-pass --json'],
   options: {
     data: { type: 'string' },
     operator: { type: 'string' },
     db: { type: 'string' },
+    'totp-file': { type: 'string' },
     ...passOpts,
   },
   async run({ values, io }) {
+    const totpFile = values['totp-file'] as string | undefined
+    if (totpFile !== undefined && existsSync(totpFile))
+      usage(`--totp-file ${totpFile} already exists; give a path for a new file`)
     const dataDir = resolve((values['data'] as string | undefined) ?? DEFAULT_DATA_DIR)
     const operator = (values['operator'] as string | undefined) ?? 'admin'
     if (!NAME_RE.test(operator)) usage('--operator must be 1-64 chars of a-z 0-9 _ . -')
@@ -40,12 +47,17 @@ export const serverInit: Command = {
       db: values['db'] as string | undefined,
       log: jsonLogger(),
     })
+    if (totpFile !== undefined) writeFileAtomic(resolve(totpFile), `${r.otpauthUri}\n`, 0o600)
+    const shown = totpFile === undefined ? { otpauthUri: r.otpauthUri } : { totpFile }
     output(
       io,
       values,
-      { operator: r.operator, token: r.token, dataDir: r.dataDir, store: r.store },
+      { operator: r.operator, token: r.token, ...shown, dataDir: r.dataDir, store: r.store },
       () =>
-        `Initialized ${r.dataDir} (${r.store} store).\nOperator: ${r.operator}\nAPI token (shown once, keep it in a 0600 file): ${r.token}\nNext: start the server, then enroll this operator's TOTP (needed to approve and shred): unlockd operator totp ${r.operator}\n`,
+        `Initialized ${r.dataDir} (${r.store} store).\nOperator: ${r.operator}\nAPI token (shown once, keep it in a 0600 file): ${r.token}\n` +
+        (totpFile === undefined
+          ? `TOTP secret (shown once; add it to your authenticator app, every loosening action asks for its code):\n  ${r.otpauthUri}\n`
+          : `TOTP secret written to ${totpFile} (0600); import it into your authenticator app, then delete the file.\n`),
     )
     return EXIT.ok
   },

@@ -60,14 +60,14 @@ export const shredCommand: Command = {
     "the audit entry is written and a shred order is queued for the host's agent (its watch channel). Then the database is",
     'scrubbed (checkpoint + VACUUM) and the KEK is rotated: survivors are re-wrapped and every old KEK is destroyed in the',
     'keystore and its backup, so database backups from before the shred become unreadable. A crash at any point is finished at',
-    'the next server start. Needs your TOTP code (a prompt, stdin, or --code) and a confirmation (a prompt, or --yes).',
+    'the next server start. Needs your TOTP code (a prompt, or the first line of stdin) and a confirmation (a prompt, or --yes).',
     '--dry-run lists what would be destroyed and changes nothing (no code needed).',
   ].join('\n'),
   examples: [
     'unlockd shred --host web-1 --dry-run',
-    'unlockd shred --host web-1 --code 123456',
-    'unlockd shred --host db-1 --volume backups --code 123456 --yes',
-    'unlockd shred --all --code 123456',
+    'unlockd shred --host web-1',
+    'echo 123456 | unlockd shred --host db-1 --volume backups --yes',
+    'unlockd shred --all',
   ],
   options: {
     ...CLIENT_OPTIONS,
@@ -75,7 +75,6 @@ export const shredCommand: Command = {
     volume: { type: 'string', multiple: true },
     all: { type: 'boolean' },
     'dry-run': { type: 'boolean' },
-    code: { type: 'string' },
     yes: { type: 'boolean', short: 'y' },
     reason: { type: 'string' },
   },
@@ -122,8 +121,14 @@ export const shredCommand: Command = {
         Boolean(values['yes']),
       )
     }
-    const code = await readTotpCode(values, io)
-    const r = await client.call('POST', '/shred', parseShredResult, { ...body, code }, SLOW_CALL_MS)
+    const code = await readTotpCode(io)
+    const r = await client.call(
+      'POST',
+      '/shred',
+      parseShredResult,
+      { ...body, code },
+      { timeoutMs: SLOW_CALL_MS },
+    )
     output(io, values, r, () => {
       const lines = [
         `Shredded:\n${describeTargets(r, false)}`,
@@ -181,15 +186,17 @@ export const kekRotateCommand: Command = {
     'Rotate the server KEK now: re-wrap every blob and TOTP secret, then destroy the old KEK.',
   usage: 'unlockd kek rotate [--json]',
   description:
-    'Not destructive (nothing is lost: survivors are re-wrapped before the old KEK goes), so the operator token is enough. Database backups taken before the rotation can no longer be unwrapped with the server keystore.',
+    'Not destructive (nothing is lost: survivors are re-wrapped before the old KEK goes), but it changes the key under every secret, so it needs your TOTP code (a prompt, or the first line of stdin). Database backups taken before the rotation can no longer be unwrapped with the server keystore.',
   options: { ...CLIENT_OPTIONS },
   async run({ values, io }) {
-    const s = await operatorClient(values, io).call(
+    const client = operatorClient(values, io)
+    const totp = await readTotpCode(io)
+    const s = await client.call(
       'POST',
       '/kek/rotate',
       parseKekStatus,
       {},
-      SLOW_CALL_MS,
+      { timeoutMs: SLOW_CALL_MS, totp },
     )
     output(
       io,
@@ -208,17 +215,20 @@ export const escrowExportCommand: Command = {
     "Give the operator a host's escrow blobs (KEK layer removed; still sealed to the host and recovery keys).",
   usage: 'unlockd escrow export --host NAME [--out FILE] [--json]',
   description:
-    'For `unlockd recover --blob FILE --recovery-key KEY` on another machine. Audited. The file opens with the recovery key: keep it as carefully as the key, and destroy it when the host is shredded (shred cannot reach it).',
+    'For `unlockd recover --blob FILE --recovery-key KEY` on another machine. Needs your TOTP code (a prompt, or the first line of stdin). Audited. The file opens with the recovery key: keep it as carefully as the key, and destroy it when the host is shredded (shred cannot reach it).',
   examples: ['unlockd escrow export --host web-1 --out web-1.escrow.json'],
   options: { ...CLIENT_OPTIONS, host: { type: 'string' }, out: { type: 'string' } },
   async run({ values, io }) {
     const host = values['host'] as string | undefined
     if (!host || !NAME_RE.test(host)) usage('--host NAME is required')
-    const x = await operatorClient(values, io).call(
+    const client = operatorClient(values, io)
+    const totp = await readTotpCode(io)
+    const x = await client.call(
       'POST',
       `/hosts/${host}/escrow-export`,
       parseEscrowExport,
       {},
+      { totp },
     )
     const text = JSON.stringify(x, null, 2) + '\n'
     const out = values['out'] as string | undefined

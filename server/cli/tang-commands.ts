@@ -12,6 +12,7 @@ import {
   type Command,
 } from '../../platform/cli.ts'
 import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
+import { readTotpCode } from './totp-code.ts'
 import { hostArg } from './positionals.ts'
 
 function keysTable(v: TangHostView): string {
@@ -54,7 +55,14 @@ export const hostAdd: Command = {
     const cidrs = (values['cidr'] as string[] | undefined) ?? []
     for (const c of cidrs) if (!parseCidr(c)) usage(`--cidr ${c} is not a CIDR`)
     const client = operatorClient(values, io)
-    const v = await client.call('POST', '/hosts', parseTangHostView, { name, tang: true, cidrs })
+    const totp = await readTotpCode(io)
+    const v = await client.call(
+      'POST',
+      '/hosts',
+      parseTangHostView,
+      { name, tang: true, cidrs },
+      { totp },
+    )
     const url = clevisUrl(client.url, v)
     const key = v.keys.find((k) => k.state === 'advertised')
     output(
@@ -92,7 +100,14 @@ export const hostRotateTang: Command = {
         `WARNING: delete the retired Tang keys of ${name}? Bindings made to them can never be decrypted again.`,
         Boolean(values['yes']),
       )
-    const v = await client.call('POST', `/hosts/${name}/tang/rotate`, parseTangHostView, { purge })
+    const totp = await readTotpCode(io)
+    const v = await client.call(
+      'POST',
+      `/hosts/${name}/tang/rotate`,
+      parseTangHostView,
+      { purge },
+      { totp },
+    )
     output(
       io,
       values,

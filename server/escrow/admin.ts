@@ -10,8 +10,10 @@ import type {
   AuditEntry,
 } from '../../shared/protocol/messages.ts'
 import { parsePolicy } from '../../shared/protocol/policy.ts'
+import { requireFactor } from '../approvals/factor.ts'
 import type { ServerDeps } from '../context.ts'
-import type { HostRow, StoreTx, TokenRow } from '../store/store.ts'
+import { loosenedFields } from '../policy/loosening.ts'
+import type { HostRow, OperatorRow, StoreTx, TokenRow } from '../store/store.ts'
 import { audit, type Actor } from './audit-log.ts'
 import { hashToken, newId, newToken } from './secrets.ts'
 
@@ -52,13 +54,19 @@ export function showHost(deps: ServerDeps, name: string): Promise<HostView> {
   return deps.store.tx(async (t) => hostView(t, await requireHost(t, name)))
 }
 
+/**
+ * Suspend (quick: it only tightens) or resume a host. Resuming lifts a control, so it needs the
+ * caller's own TOTP code.
+ */
 export function setHostState(
   deps: ServerDeps,
-  actor: Actor,
+  caller: OperatorRow,
   name: string,
   state: 'active' | 'suspended',
   reason: string | null,
+  code?: string,
 ): Promise<HostView> {
+  const actor: Actor = `operator:${caller.name}`
   return deps.store.tx(async (t) => {
     const h = await requireLiveHost(
       t,
@@ -66,6 +74,7 @@ export function setHostState(
       `it cannot be ${state === 'active' ? 'resumed' : 'suspended'}`,
     )
     const now = deps.now()
+    if (state === 'active') await requireFactor(deps, t, caller, code, now, 'host resume', h.name)
     // Resuming counts as contact so after-idle rules and auto-suspension start afresh.
     await t.updateHost(
       h.id,
@@ -85,12 +94,18 @@ export function setHostState(
   })
 }
 
+/**
+ * Change a host's policy. A change that loosens any field (see policy/loosening.ts) needs the
+ * caller's own TOTP code; a stricter policy goes through with the token alone.
+ */
 export function setHostPolicy(
   deps: ServerDeps,
-  actor: Actor,
+  caller: OperatorRow,
   name: string,
   patch: PolicyPatch,
+  code?: string,
 ): Promise<HostView> {
+  const actor: Actor = `operator:${caller.name}`
   return deps.store.tx(async (t) => {
     const h = await requireLiveHost(t, name)
     const policy = parsePolicy({ ...h.policy, ...patch })
@@ -101,9 +116,22 @@ export function setHostPolicy(
     ) {
       throw new UnlockdError('bad_request', 'policy: notAfter must be later than notBefore')
     }
+    const now = deps.now()
+    const loosened = loosenedFields(h.policy, policy)
+    if (loosened.length > 0)
+      await requireFactor(
+        deps,
+        t,
+        caller,
+        code,
+        now,
+        `loosening ${loosened.join(', ')} of the policy`,
+        h.name,
+      )
     await t.updateHost(h.id, { policy })
-    await audit(t, deps.now(), actor, 'host.policy', h.name, {
+    await audit(t, now, actor, 'host.policy', h.name, {
       changed: Object.keys(patch),
+      ...(loosened.length > 0 ? { loosened } : {}),
       policy,
     })
     return hostView(t, (await t.getHost(h.id)) as HostRow)

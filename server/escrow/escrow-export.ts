@@ -2,25 +2,32 @@
  * `unlockd escrow export --host NAME`: hand the operator a host's escrow blobs with the KEK
  * layer removed, for `unlockd recover` on another machine. The blobs stay sealed to the host key
  * and, when the host enrolled them with one, to the operator's recovery key: the server still
- * cannot open them, and neither can whoever reads the export without a private key. Audited;
+ * cannot open them, and neither can whoever reads the export without a private key. Needs the
+ * operator's own TOTP code (the blobs open with a host's sealing key from a disk image). Audited;
  * refused for a shredded host (there is nothing left to give, and saying so is the point).
  */
 import { fromUtf8 } from '../../shared/crypto/bytes.ts'
 import { parseEscrowBlob } from '../../shared/crypto/blob.ts'
 import type { EscrowExport } from '../../shared/protocol/shred.ts'
+import { requireFactor } from '../approvals/factor.ts'
 import type { ServerDeps } from '../context.ts'
+import type { OperatorRow } from '../store/store.ts'
 import { blobAad, unwrap } from '../keys/kek-wrap.ts'
 import { requireLiveHost } from './admin.ts'
-import { audit, type Actor } from './audit-log.ts'
+import { audit } from './audit-log.ts'
 
+/** Hands out key material past every policy, so it needs the caller's own TOTP code. */
 export function exportEscrow(
   deps: ServerDeps,
-  actor: Actor,
+  caller: OperatorRow,
   hostName: string,
+  code: string | undefined,
 ): Promise<EscrowExport> {
+  const actor = `operator:${caller.name}` as const
   return deps.store.tx(async (t) => {
     const host = await requireLiveHost(t, hostName, 'its escrow blobs no longer exist')
     const now = deps.now()
+    await requireFactor(deps, t, caller, code, now, 'escrow export', host.name)
     const volumes: EscrowExport['volumes'] = []
     for (const v of await t.listVolumes(host.id)) {
       if (v.kind === 'tang') continue // Tang keys are server secrets, not escrow blobs

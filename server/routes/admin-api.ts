@@ -1,4 +1,7 @@
-/** Operator API under /v1/admin: every route needs an operator bearer token. */
+/**
+ * Operator API under /v1/admin: every route needs an operator bearer token. Routes that loosen a
+ * control or release key material also need the caller's TOTP code in X-Unlockd-Totp.
+ */
 import { Hono } from 'hono'
 import { UnlockdError } from '../../shared/errors.ts'
 import {
@@ -7,6 +10,7 @@ import {
   parsePolicyPatch,
 } from '../../shared/protocol/messages.ts'
 import { auditHead, sealAudit, verifyAudit } from '../escrow/audit-chain.ts'
+import { headerCode, TOTP_HEADER } from '../approvals/factor.ts'
 import type { ServerDeps } from '../context.ts'
 import {
   createEnrollToken,
@@ -45,19 +49,35 @@ export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
         ? (body as { reason: string }).reason.slice(0, 200)
         : null
     return c.json(
-      await setHostState(deps, actor(c), hostNameParam(c.req.param('name')), 'suspended', reason),
+      await setHostState(
+        deps,
+        c.get('operator'),
+        hostNameParam(c.req.param('name')),
+        'suspended',
+        reason,
+      ),
     )
   })
   r.post('/hosts/:name/resume', async (c) =>
-    c.json(await setHostState(deps, actor(c), hostNameParam(c.req.param('name')), 'active', null)),
+    c.json(
+      await setHostState(
+        deps,
+        c.get('operator'),
+        hostNameParam(c.req.param('name')),
+        'active',
+        null,
+        headerCode(c.req.header(TOTP_HEADER)),
+      ),
+    ),
   )
   r.patch('/hosts/:name/policy', async (c) =>
     c.json(
       await setHostPolicy(
         deps,
-        actor(c),
+        c.get('operator'),
         hostNameParam(c.req.param('name')),
         parsePolicyPatch(await jsonBody(c)),
+        headerCode(c.req.header(TOTP_HEADER)),
       ),
     ),
   )

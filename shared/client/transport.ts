@@ -11,6 +11,8 @@ export interface TransportRequest {
   path: string
   body?: unknown
   bearer?: string
+  /** Extra request headers (e.g. the operator's TOTP code in X-Unlockd-Totp). */
+  headers?: Readonly<Record<string, string>>
   timeoutMs?: number
   signal?: AbortSignal
 }
@@ -29,7 +31,7 @@ const MAX_RESPONSE = 1024 * 1024
 export function fetchTransport(baseUrl: string): Transport {
   const base = baseUrl.replace(/\/+$/, '')
   return async (req) => {
-    const headers: Record<string, string> = { accept: 'application/json' }
+    const headers: Record<string, string> = { ...req.headers, accept: 'application/json' }
     if (req.body !== undefined) headers['content-type'] = 'application/json'
     if (req.bearer) headers['authorization'] = `Bearer ${req.bearer}`
     const signals = [AbortSignal.timeout(req.timeoutMs ?? 10_000)]

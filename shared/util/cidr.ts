@@ -87,6 +87,17 @@ export function cidrContains(cidr: Cidr, ip: string): boolean {
   return true
 }
 
+/** True when every address of `inner` is inside `outer` (same family, no shorter prefix). */
+export function cidrCovers(outer: Cidr, inner: Cidr): boolean {
+  if (outer.family !== inner.family || inner.prefix < outer.prefix) return false
+  let bits = outer.prefix
+  for (let i = 0; bits > 0; i++, bits -= 8) {
+    const mask = bits >= 8 ? 0xff : (0xff << (8 - bits)) & 0xff
+    if (((inner.bytes[i] as number) & mask) !== ((outer.bytes[i] as number) & mask)) return false
+  }
+  return true
+}
+
 /** True when `ip` is in any of the CIDR texts (which must already be valid). */
 export function ipInAny(ip: string, cidrs: readonly string[]): boolean {
   return cidrs.some((c) => {

@@ -46,8 +46,8 @@ export interface Escrow {
   /** Environment for operator commands (URL, token, CA). */
   env: NodeJS.ProcessEnv
   log(): Promise<string>
-  /** Run an operator command; it must succeed. */
-  op(args: readonly string[]): Promise<string>
+  /** Run an operator command (with `stdin`, e.g. a TOTP code); it must succeed. */
+  op(args: readonly string[], stdin?: string): Promise<string>
   /** A TOTP code of the admin operator that was not used before (codes work once). */
   freshCode(): Promise<string>
 }
@@ -80,8 +80,23 @@ export async function startEscrow(
   const passFile = join(dir, 'keystore.pass')
   await writeFile(passFile, 'boot-test keystore passphrase\n', { mode: 0o600 })
   const data = join(dir, 'server')
+  // Unattended init: the first operator's TOTP secret goes to a 0600 file, not the terminal.
+  const totpFile = join(dir, 'admin.totp')
   const init = JSON.parse(
-    await mustCli(['server', 'init', '--data', data, '--passphrase-file', passFile, '--json'], {}),
+    await mustCli(
+      [
+        'server',
+        'init',
+        '--data',
+        data,
+        '--passphrase-file',
+        passFile,
+        '--totp-file',
+        totpFile,
+        '--json',
+      ],
+      {},
+    ),
   ) as { token: string }
   const logFile = join(dir, 'server.log')
   const child: ChildProcess = spawn(
@@ -139,11 +154,7 @@ export async function startEscrow(
     UNLOCKD_CA: caFile,
     UNLOCKD_CONFIG: join(dir, 'no-cli.json'),
   }
-  // The first operator has no TOTP yet: enroll it, keep the secret to make codes.
-  const totp = JSON.parse(
-    await mustCli(['operator', 'totp', 'admin', '--no-qr', '--json'], env),
-  ) as { otpauthUri: string }
-  const secret = new URL(totp.otpauthUri).searchParams.get('secret') ?? ''
+  const secret = new URL((await readFile(totpFile, 'utf8')).trim()).searchParams.get('secret') ?? ''
   let lastStep = -1
   return {
     port,
@@ -151,7 +162,7 @@ export async function startEscrow(
     caFile,
     env,
     log: async () => log || (await readFile(logFile, 'utf8').catch(() => '')),
-    op: (args) => mustCli(args, env),
+    op: (args, stdin) => mustCli(args, env, stdin),
     async freshCode() {
       // A code is accepted once per 30 s step: wait for the next step if this one was used.
       let step = Math.floor(Date.now() / 30_000)

@@ -164,9 +164,13 @@ rootTest(
   async (t) => {
     const w = await setup(t)
     await w.escrow.op(['host', 'set', HOST, '--approval', 'always'])
-    t.teardown(() =>
-      w.escrow.op(['host', 'set', HOST, '--approval', 'never']).then(() => undefined),
-    )
+    // Back to `never` loosens the policy, so it needs a code as well.
+    t.teardown(async () => {
+      await w.escrow.op(
+        ['host', 'set', HOST, '--approval', 'never'],
+        `${await w.escrow.freshCode()}\n`,
+      )
+    })
     const vm = await boot(t, w, {})
     const m = await vm.waitFor(/waiting for approval (ap_[A-Za-z0-9_-]+) \(rule/, BOOT_LIMIT_MS)
     const id = m[1] as string
@@ -181,7 +185,7 @@ rootTest(
       /answered the passphrase prompt/,
       'nothing is released before the approval',
     )
-    const ok = await w.escrow.op(['approve', id, '--code', await w.escrow.freshCode()])
+    const ok = await w.escrow.op(['approve', id], `${await w.escrow.freshCode()}\n`)
     t.regex(ok, /approved/)
     await vm.waitFor(/unlockd: answered the passphrase prompt for root/, BOOT_LIMIT_MS)
     const out = await finish(t, w, vm)
@@ -194,16 +198,10 @@ rootTest(
   'scenario 5: after a shred the server refuses, and the typed passphrase unlocks',
   async (t) => {
     const w = await setup(t)
-    await w.escrow.op([
-      'shred',
-      '--host',
-      HOST,
-      '--code',
-      await w.escrow.freshCode(),
-      '--yes',
-      '--reason',
-      'boot test',
-    ])
+    await w.escrow.op(
+      ['shred', '--host', HOST, '--yes', '--reason', 'boot test'],
+      `${await w.escrow.freshCode()}\n`,
+    )
     const vm = await boot(t, w, {})
     await vm.waitFor(/Please unlock disk cryptroot/, BOOT_LIMIT_MS)
     await vm.waitFor(

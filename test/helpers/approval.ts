@@ -18,7 +18,7 @@ import { randomBytes } from '../../shared/crypto/bytes.ts'
 import type { HostKeys } from '../../shared/crypto/keys.ts'
 import type { OpenedUnlock as UnlockResponse } from '../../shared/client/host-client.ts'
 import { totpCodeAt } from '../../server/approvals/totp.ts'
-import type { TestServer } from './server.ts'
+import { secretOfUri, type TestServer } from './server.ts'
 
 export interface TestClock {
   now(): number
@@ -82,21 +82,15 @@ export interface TestOperator {
   secret: string
 }
 
-/** The base32 secret inside an otpauth:// URI. */
-export function secretOf(uri: string): string {
-  const s = new URL(uri).searchParams.get('secret')
-  if (!s) throw new Error(`no secret in ${uri}`)
-  return s
-}
+export const secretOf = secretOfUri
 
-/** Add an operator through the admin API as the init operator (who must not have TOTP yet, or give `code`). */
+/** Add an operator through the admin API as the init operator, with the admin's fresh code. */
 export async function addOperator(
   t: ExecutionContext,
   srv: TestServer,
   name: string,
-  code?: string,
 ): Promise<TestOperator> {
-  const r = await srv.admin('POST', '/operators', { name, ...(code ? { code } : {}) })
+  const r = await srv.admin('POST', '/operators', { name, code: await srv.adminCode() })
   t.is(r.status, 201, JSON.stringify(r.body))
   return { name, token: r.body.token, secret: secretOf(r.body.otpauthUri) }
 }
@@ -119,15 +113,17 @@ export function wrongCode(secret: string, now: number): string {
 export async function asOperator(
   srv: TestServer,
   op: { token: string },
-  method: 'GET' | 'POST',
+  method: 'GET' | 'POST' | 'PATCH',
   path: string,
   body?: unknown,
+  totp?: string,
 ): Promise<{ status: number; body: any }> {
   return srv.transport({
     method,
     path: `/v1/admin${path}`,
     bearer: op.token,
     ...(body === undefined ? {} : { body }),
+    ...(totp ? { headers: { 'x-unlockd-totp': totp } } : {}),
   }) as Promise<{ status: number; body: any }>
 }
 

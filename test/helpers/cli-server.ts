@@ -5,9 +5,10 @@
  */
 import type { ExecutionContext } from 'ava'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+import { readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { UNLOCKD, runCli } from './cli.ts'
+import { secretOfUri } from './server.ts'
 
 export interface CliServer {
   url: string
@@ -22,18 +23,37 @@ export interface DataDir {
   dir: string
   passFile: string
   token: string
+  /** The init operator's TOTP secret (base32), read from the 0600 file of `--totp-file`. */
+  secret: string
 }
 
-/** `unlockd server init` into `dir` with a passphrase file; returns the init operator's token. */
+/**
+ * `unlockd server init` into `dir` with a passphrase file and `--totp-file`, the unattended way;
+ * returns the init operator's token and TOTP secret.
+ */
 export async function initDataDirCli(
   dir: string,
   passphrase = 'crash test passphrase',
 ): Promise<DataDir> {
-  const passFile = join(dir, '..', `${dir.split('/').pop()}.pass`)
+  const base = join(dir, '..', `${dir.split('/').pop()}`)
+  const passFile = `${base}.pass`
+  const totpFile = `${base}.totp`
   writeFileSync(passFile, `${passphrase}\n`, { mode: 0o600 })
-  const r = await runCli(['server', 'init', '--data', dir, '--passphrase-file', passFile, '--json'])
+  const r = await runCli([
+    'server',
+    'init',
+    '--data',
+    dir,
+    '--passphrase-file',
+    passFile,
+    '--totp-file',
+    totpFile,
+    '--json',
+  ])
   if (r.code !== 0) throw new Error(`server init failed (${r.code}): ${r.stderr}`)
-  return { dir, passFile, token: r.json.token as string }
+  if ((statSync(totpFile).mode & 0o777) !== 0o600) throw new Error(`${totpFile} is not 0600`)
+  const secret = secretOfUri(readFileSync(totpFile, 'utf8').trim())
+  return { dir, passFile, token: r.json.token as string, secret }
 }
 
 /**

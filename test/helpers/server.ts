@@ -12,6 +12,14 @@ import { startServer, type RunningServer } from '../../server/main.ts'
 import { memoryLogger } from '../../server/log.ts'
 import type { ServerDeps, ServerSettings } from '../../server/context.ts'
 import { fetchTransport, type Transport } from '../../shared/client/transport.ts'
+import { totpCodeAt } from '../../server/approvals/totp.ts'
+
+/** The base32 secret inside an otpauth:// URI. */
+export function secretOfUri(uri: string): string {
+  const s = new URL(uri).searchParams.get('secret')
+  if (!s) throw new Error(`no secret in ${uri}`)
+  return s
+}
 
 export const TEST_PASSPHRASE = 'correct horse battery staple'
 
@@ -21,6 +29,8 @@ export interface TestServer {
   url: string
   dataDir: string
   token: string
+  /** The init operator's TOTP secret (base32), made by `server init`. */
+  adminSecret: string
   deps: ServerDeps
   server: RunningServer
   transport: Transport
@@ -28,10 +38,18 @@ export interface TestServer {
   /** Stop and start again on the same data dir (state must survive). */
   restart(): Promise<TestServer>
   close(): Promise<void>
+  /**
+   * A fresh code of the init operator. Each call stands for the admin reading the authenticator
+   * again later: the admin's last accepted step is cleared first, so a test can make several
+   * calls within one 30 s step without waiting. Only this helper's operator gets that.
+   */
+  adminCode(): Promise<string>
+  /** Call the admin API as the init operator; `totp` adds a fresh code in X-Unlockd-Totp. */
   admin(
     method: 'GET' | 'POST' | 'PATCH' | 'DELETE',
     path: string,
     body?: unknown,
+    opts?: { totp?: boolean },
   ): Promise<{ status: number; body: any }>
 }
 
@@ -41,6 +59,7 @@ export async function startTestServer(
     settings?: Partial<ServerSettings>
     dataDir?: string
     token?: string
+    adminSecret?: string
     db?: string
     now?: () => number
     listen?: string
@@ -50,6 +69,7 @@ export async function startTestServer(
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'unlockd-srv-'))
   const log = memoryLogger()
   let token = opts.token
+  let adminSecret = opts.adminSecret
   if (!opts.dataDir) {
     const init = await initDataDir(dataDir, TEST_PASSPHRASE, {
       operator: 'admin',
@@ -57,6 +77,7 @@ export async function startTestServer(
       log,
     })
     token = init.token
+    adminSecret = secretOfUri(init.otpauthUri)
   }
   const deps = await openDeps(dataDir, TEST_PASSPHRASE, log, { db: opts.db })
   deps.settings = { ...deps.settings, pollHold: 2, ...opts.settings }
@@ -76,25 +97,40 @@ export async function startTestServer(
     url: server.url,
     dataDir,
     token: token as string,
+    adminSecret: adminSecret ?? '',
     deps,
     server,
     transport,
     logs: log.lines,
     async restart() {
       await ts.close()
-      return startTestServer(t, { ...opts, dataDir, token: token as string })
+      return startTestServer(t, {
+        ...opts,
+        dataDir,
+        token: token as string,
+        ...(adminSecret ? { adminSecret } : {}),
+      })
     },
     async close() {
       if (closed) return
       closed = true
       await server.close()
     },
-    async admin(method, path, body) {
+    async adminCode() {
+      if (!adminSecret) throw new Error('this test server was started without the admin secret')
+      await deps.store.tx(async (tx) => {
+        const op = await tx.getOperatorByName('admin')
+        if (op) await tx.updateOperator(op.id, { totpLastStep: null })
+      })
+      return totpCodeAt(adminSecret, deps.now())
+    },
+    async admin(method, path, body, o = {}) {
       const res = await transport({
         method,
         path: `/v1/admin${path}`,
         bearer: token as string,
         ...(body === undefined ? {} : { body }),
+        ...(o.totp ? { headers: { 'x-unlockd-totp': await ts.adminCode() } } : {}),
       })
       return res as { status: number; body: any }
     },

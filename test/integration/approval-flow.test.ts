@@ -73,7 +73,9 @@ test('approval always: 202, an operator approves with the CLI, the waiting host 
   const adminEnv = cliEnv(t, srv, srv.token)
 
   // operator add over the CLI; capture the TOTP secret from the otpauth URI
-  const add = await runCli(['operator', 'add', 'alice', '--json'], adminEnv)
+  const add = await runCli(['operator', 'add', 'alice', '--json'], adminEnv, {
+    stdin: `${await srv.adminCode()}\n`,
+  })
   t.is(add.code, 0, add.stderr)
   t.is(add.json.operator.name, 'alice')
   t.true(add.json.operator.totp)
@@ -85,7 +87,9 @@ test('approval always: 202, an operator approves with the CLI, the waiting host 
     secret: secretOf(add.json.otpauthUri),
   }
   // the human form shows the URI and a terminal QR code
-  const add2 = await runCli(['operator', 'add', 'bob'], adminEnv)
+  const add2 = await runCli(['operator', 'add', 'bob'], adminEnv, {
+    stdin: `${await srv.adminCode()}\n`,
+  })
   t.is(add2.code, 0, add2.stderr)
   t.regex(add2.stdout, /otpauth:\/\/totp\/unlockd:bob\?secret=/)
   t.regex(add2.stdout, /API token \(shown once/)
@@ -131,10 +135,9 @@ test('approval always: 202, an operator approves with the CLI, the waiting host 
 
   // a long-poll in flight is woken by the decision
   const waiting = waitForRelease(srv.transport, host, 'bootid-0001', r.approval.id)
-  const ok = await runCli(
-    ['approve', r.approval.id, '--code', codeNow(srv, alice), '--json'],
-    aliceEnv,
-  )
+  const ok = await runCli(['approve', r.approval.id, '--json'], aliceEnv, {
+    stdin: `${codeNow(srv, alice)}\n`,
+  })
   t.is(ok.code, 0, ok.stderr)
   t.is(ok.json.state, 'approved')
   t.deepEqual(ok.json.approvedBy, ['alice'])
@@ -323,7 +326,9 @@ test('deny (CLI): the waiting host is refused with the reason', async (t) => {
   const err = await waiting
   t.regex(err?.message ?? '', /unexpected reboot/)
   // a decided request cannot be approved afterwards
-  const late = await runCli(['approve', r.approval.id, '--code', codeNow(srv, alice)], env)
+  const late = await runCli(['approve', r.approval.id], env, {
+    stdin: `${codeNow(srv, alice)}\n`,
+  })
   t.is(late.code, 3)
   t.regex(late.stderr, /approval_denied/)
   t.truthy(
@@ -359,66 +364,63 @@ test('the wait survives a server restart: approve after the restart, the host un
   t.deepEqual(await openEscrowBlob(released.volumes[0]!.blob, host.keys.sealing), host.vk)
 })
 
-test('operators (CLI): the init operator enrolls TOTP; then operator changes need its code; list and remove', async (t) => {
+test('operators (CLI): the init operator holds TOTP from init; every operator change needs its code from stdin; list and remove', async (t) => {
   const clock = testClock()
   const srv = await server(t, clock)
   const env = cliEnv(t, srv, srv.token)
+  const admin = { secret: srv.adminSecret }
 
   const list0 = await runCli(['operator', 'list', '--json'], env)
   t.deepEqual(
     list0.json.map((o: { name: string; totp: boolean }) => [o.name, o.totp]),
-    [['admin', false]],
+    [['admin', true]],
   )
-  // without TOTP the init operator cannot approve
   const host = await enrollHost(t, srv, 'web-4', { approval: 'always' })
   const r = await askUnlock(srv.transport, host, 'bootid-op')
   if (r.status === 'released') return t.fail('expected 202')
-  const noTotp = await runCli(['approve', r.approval.id, '--code', '123456'], env)
-  t.is(noTotp.code, 3)
-  t.regex(noTotp.stderr, /no TOTP enrolled.*operator totp admin/)
 
-  const en = await runCli(['operator', 'totp', 'admin', '--json'], env)
-  t.is(en.code, 0, en.stderr)
-  t.is(en.json.token, undefined, 'TOTP enrollment does not mint a token')
-  const admin = { secret: secretOf(en.json.otpauthUri) }
-
-  // from now on operator changes need admin's own code
-  const noCode = await runCli(['operator', 'add', 'carol', '--json'], env)
-  t.is(noCode.code, 3)
-  t.is(noCode.json.error, 'totp_invalid')
-  const withCode = await runCli(
-    ['operator', 'add', 'carol', '--code', codeNow(srv, admin), '--json', '--no-qr'],
-    env,
-  )
+  // codes are never arguments: --code is an unknown option now
+  const argv = await runCli(['operator', 'add', 'carol', '--code', codeNow(srv, admin)], env)
+  t.is(argv.code, 2)
+  // no code on stdin: refused before anything is sent
+  const noCode = await runCli(['operator', 'add', 'carol', '--json'], env, { stdin: '' })
+  t.is(noCode.code, 2)
+  const withCode = await runCli(['operator', 'add', 'carol', '--json', '--no-qr'], env, {
+    stdin: `${codeNow(srv, admin)}\n`,
+  })
   t.is(withCode.code, 0, withCode.stderr)
   // a TOTP reset needs a code too, and the old secret stops working
   clock.advance(30)
-  const reset = await runCli(
-    ['operator', 'totp', 'carol', '--code', codeNow(srv, admin), '--json'],
-    env,
-  )
+  const reset = await runCli(['operator', 'totp', 'carol', '--json'], env, {
+    stdin: `${codeNow(srv, admin)}\n`,
+  })
   t.is(reset.code, 0, reset.stderr)
   t.not(secretOf(reset.json.otpauthUri), secretOf(withCode.json.otpauthUri))
   // the same code twice is a replay, whatever the action
-  const replay = await runCli(['operator', 'add', 'dave', '--code', codeNow(srv, admin)], env)
+  const replay = await runCli(['operator', 'add', 'dave'], env, {
+    stdin: `${codeNow(srv, admin)}\n`,
+  })
   t.is(replay.code, 3)
   t.regex(replay.stderr, /totp_replayed/)
   clock.advance(30)
-  const dup = await runCli(['operator', 'add', 'carol', '--code', codeNow(srv, admin)], env)
+  const dup = await runCli(['operator', 'add', 'carol'], env, {
+    stdin: `${codeNow(srv, admin)}\n`,
+  })
   t.is(dup.code, 1)
   t.regex(dup.stderr, /operator_exists|already exists/)
 
-  // the admin now approves with its own code
+  // the admin approves with its own code, read from stdin
   clock.advance(30)
-  const ok = await runCli(['approve', r.approval.id, '--code', codeNow(srv, admin), '--json'], env)
+  const ok = await runCli(['approve', r.approval.id, '--json'], env, {
+    stdin: `${codeNow(srv, admin)}\n`,
+  })
   t.is(ok.code, 0, ok.stderr)
   t.is(ok.json.state, 'approved')
 
   clock.advance(30)
-  const rm = await runCli(
-    ['operator', 'remove', 'carol', '--code', codeNow(srv, admin), '--json'],
-    env,
-  )
+  const rm = await runCli(['operator', 'remove', 'carol', '--json'], env, {
+    stdin: `${codeNow(srv, admin)}\n`,
+  })
   t.is(rm.code, 0, rm.stderr)
   const list1 = await runCli(['operator', 'list', '--json'], env)
   t.deepEqual(
@@ -430,10 +432,12 @@ test('operators (CLI): the init operator enrolls TOTP; then operator changes nee
   t.is((await asOperator(srv, { token: carolToken }, 'GET', '/approvals')).status, 401)
   // the last operator cannot be removed
   clock.advance(30)
-  const last = await runCli(['operator', 'remove', 'admin', '--code', codeNow(srv, admin)], env)
+  const last = await runCli(['operator', 'remove', 'admin'], env, {
+    stdin: `${codeNow(srv, admin)}\n`,
+  })
   t.is(last.code, 1)
   t.regex(last.stderr, /last one/)
-  const bad = await runCli(['approve', 'nonsense', '--code', '123456'], env)
+  const bad = await runCli(['approve', 'nonsense'], env, { stdin: '123456\n' })
   t.is(bad.code, 2)
 })
 
@@ -598,7 +602,12 @@ test('liveness: the unlock path suspends an idle host even before the job runs; 
   t.is(r.approval.rule, 'idle-suspend')
   t.is((await srv.admin('GET', '/hosts/edge-2')).body.state, 'suspended')
   const env = cliEnv(t, srv, srv.token)
-  const resume = await runCli(['host', 'resume', 'edge-2', '--json'], env)
+  // resume lifts a control: without a code it is refused, with the admin's code it goes through
+  const noCode = await runCli(['host', 'resume', 'edge-2', '--json'], env, { stdin: '' })
+  t.is(noCode.code, 2)
+  const resume = await runCli(['host', 'resume', 'edge-2', '--json'], env, {
+    stdin: `${await srv.adminCode()}\n`,
+  })
   t.is(resume.code, 0, resume.stderr)
   t.is(resume.json.state, 'active')
   // resume counts as contact: the next unlock is released without approval
@@ -689,6 +698,7 @@ test('host set / host show (CLI) end to end', async (t) => {
       '--json',
     ],
     env,
+    { stdin: `${await srv.adminCode()}\n` },
   )
   t.is(off.code, 0, off.stderr)
   t.like(off.json.policy, {
@@ -723,7 +733,13 @@ test('k-of-n: an operator added after the request was opened does not count', as
   if (r.status === 'released') return t.fail('expected 202')
   clock.advance(5)
   // alice (token + TOTP) mints a second operator and tries to complete the quorum alone.
-  const sock = await addOperator(t, srv, 'sock-puppet', codeNow(srv, alice))
+  const made = await asOperator(srv, alice, 'POST', '/operators', {
+    name: 'sock-puppet',
+    code: codeNow(srv, alice),
+  })
+  t.is(made.status, 201, JSON.stringify(made.body))
+  const sock = { token: made.body.token, secret: secretOf(made.body.otpauthUri) }
+  clock.advance(30)
   t.is(
     (
       await asOperator(srv, alice, 'POST', `/approvals/${r.approval.id}/approve`, {

@@ -42,6 +42,7 @@ pgOnly(
     const b = await startTestServer(t, {
       dataDir: a.dataDir,
       token: a.token,
+      adminSecret: a.adminSecret,
       db: url,
       now: clock.now,
       settings,

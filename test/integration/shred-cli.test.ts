@@ -21,6 +21,7 @@ import { parseEscrowExport, parseKekStatus } from '../../shared/protocol/shred.t
 import type { AuditEntry } from '../../shared/protocol/messages.ts'
 import { Keystore, backupPathOf } from '../../server/keys/keystore.ts'
 import { startTestServer } from '../helpers/server.ts'
+import { totpCodeAt } from '../../server/approvals/totp.ts'
 import { addOperator, codeNow, enrollHost, testClock } from '../helpers/approval.ts'
 import { runCli } from '../helpers/cli.ts'
 import { initDataDirCli, startCliServer } from '../helpers/cli-server.ts'
@@ -53,7 +54,9 @@ test('unlockd shred: dry run changes nothing; no terminal and no --yes refuses; 
   t.is((await srv.admin('GET', '/hosts/web-1')).body.state, 'active')
 
   clock.advance(30)
-  const noYes = await runCli(['shred', '--host', 'web-1', '--code', codeNow(srv, alice)], env)
+  const noYes = await runCli(['shred', '--host', 'web-1'], env, {
+    stdin: `${codeNow(srv, alice)}\n`,
+  })
   t.not(noYes.code, 0)
   t.regex(noYes.stderr, /destructive_needs_force/)
   t.is(
@@ -66,17 +69,9 @@ test('unlockd shred: dry run changes nothing; no terminal and no --yes refuses; 
   t.is(noCode.code, 2, 'the code is required without a terminal')
 
   const done = await runCli(
-    [
-      'shred',
-      '--host',
-      'web-1',
-      '--yes',
-      '--code',
-      codeNow(srv, alice),
-      '--reason',
-      'decommissioned',
-    ],
+    ['shred', '--host', 'web-1', '--yes', '--reason', 'decommissioned'],
     env,
+    { stdin: `${codeNow(srv, alice)}\n` },
   )
   t.is(done.code, 0, done.stderr)
   t.regex(done.stdout, /Deleted 1 escrow blob\(s\)/)
@@ -100,7 +95,10 @@ test('unlockd shred: dry run changes nothing; no terminal and no --yes refuses; 
   const status = await runCli(['kek', 'status', '--json'], env)
   t.is(status.code, 0, status.stderr)
   t.deepEqual(parseKekStatus(status.json).versions, [2])
-  const rot = await runCli(['kek', 'rotate'], env)
+  const bare = await runCli(['kek', 'rotate'], env, { stdin: '' })
+  t.is(bare.code, 2, 'kek rotate needs a code')
+  clock.advance(30)
+  const rot = await runCli(['kek', 'rotate'], env, { stdin: `${codeNow(srv, alice)}\n` })
   t.is(rot.code, 0, rot.stderr)
   t.regex(rot.stdout, /KEK rotated to v3; destroyed v2/)
 })
@@ -138,6 +136,7 @@ test('recovery-key create + escrow export + recover: offline round trip to the e
   const ex = await runCli(
     ['escrow', 'export', '--host', 'web-1', '--out', exportFile, '--json'],
     env,
+    { stdin: `${await srv.adminCode()}\n` },
   )
   t.is(ex.code, 0, ex.stderr)
   t.is(mode(exportFile), 0o600)
@@ -237,7 +236,9 @@ test('recovery-key create + escrow export + recover: offline round trip to the e
     body: { host: 'web-1', code: codeNow(srv, alice) },
   })
   t.is(sh.status, 200, JSON.stringify(sh.body))
-  const gone = await runCli(['escrow', 'export', '--host', 'web-1'], env)
+  const gone = await runCli(['escrow', 'export', '--host', 'web-1'], env, {
+    stdin: `${await srv.adminCode()}\n`,
+  })
   t.is(gone.code, 3)
   t.regex(gone.stderr, /host_shredded/)
 })
@@ -343,7 +344,13 @@ test('keystore passwd: the old passphrase is refused, the server starts with the
     ).code,
     0,
   )
-  const rot = await tr2({ method: 'POST', path: '/v1/admin/kek/rotate', bearer: d.token, body: {} })
+  const rot = await tr2({
+    method: 'POST',
+    path: '/v1/admin/kek/rotate',
+    bearer: d.token,
+    body: {},
+    headers: { 'x-unlockd-totp': totpCodeAt(d.secret, Math.floor(Date.now() / 1000)) },
+  })
   t.not(
     rot.status,
     200,

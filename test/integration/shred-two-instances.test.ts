@@ -51,7 +51,12 @@ pgOnly(
   async (t) => {
     const url = await freshPgDatabase(t)
     const a = await startTestServer(t, { db: url })
-    const b = await startTestServer(t, { dataDir: a.dataDir, token: a.token, db: url })
+    const b = await startTestServer(t, {
+      dataDir: a.dataDir,
+      token: a.token,
+      adminSecret: a.adminSecret,
+      db: url,
+    })
     const alice = await addOperator(t, a, 'alice')
     const victim = await enrollHost(t, a, 'web-1')
     const survivor = await enrollHost(t, a, 'web-2')
@@ -92,10 +97,12 @@ pgOnly(
       'host_shredded',
     )
 
-    // Both instances rotate at once: whatever order they run in, one KEK is left and nothing is lost.
+    // Both instances rotate at once (two operators, each with a code of their own): whatever
+    // order they run in, one KEK is left and nothing is lost.
+    const bob = await addOperator(t, a, 'bob')
     const both = await Promise.all([
-      a.admin('POST', '/kek/rotate', {}),
-      b.admin('POST', '/kek/rotate', {}),
+      a.admin('POST', '/kek/rotate', {}, { totp: true }),
+      asOperator(b, bob, 'POST', '/kek/rotate', {}, codeNow(b, bob)),
     ])
     for (const x of both) t.is(x.status, 200, JSON.stringify(x.body))
     const after = parseKekStatus((await a.admin('GET', '/kek')).body)

@@ -96,7 +96,11 @@ test('shred needs a valid TOTP code; a refused shred destroys nothing', async (t
   })
   t.is(bad.status, 403)
   t.is(bad.body.error, 'totp_invalid')
-  // The init operator has no TOTP at all: shred is refused outright.
+  // An operator with no TOTP at all (an old data dir's init operator) is refused outright.
+  await srv.deps.store.tx(async (tx) => {
+    const op = await tx.getOperatorByName('admin')
+    if (op) await tx.updateOperator(op.id, { totpCt: null, totpIv: null, totpKekVersion: null })
+  })
   const admin = await srv.admin('POST', '/shred', { host: 'web-1', code: '123456' })
   t.is(admin.status, 403)
   t.is(admin.body.error, 'forbidden')
@@ -179,7 +183,7 @@ test('shred: blobs gone, host tombstoned and refused, never enrolls again, KEK r
     }),
     'host_shredded',
   )
-  const exp = await srv.admin('POST', '/hosts/web-1/escrow-export', {})
+  const exp = await srv.admin('POST', '/hosts/web-1/escrow-export', {}, { totp: true })
   t.is(exp.status, 403)
   t.is(exp.body.error, 'host_shredded')
 
@@ -405,13 +409,14 @@ test('kek rotate: survivors still unlock to their exact keys, TOTP secrets are r
   const a = await enrollHost(t, srv, 'web-1')
   const b = await enrollHost(t, srv, 'web-2')
   const v0 = srv.deps.keystore.currentVersion
-  const r = await srv.admin('POST', '/kek/rotate', {})
+  const r = await srv.admin('POST', '/kek/rotate', {}, { totp: true })
   t.is(r.status, 200, JSON.stringify(r.body))
   const s = parseKekStatus(r.body)
   t.is(s.current, v0 + 1)
   t.deepEqual(s.versions, [v0 + 1])
   t.deepEqual(s.rotated?.destroyed, [v0])
-  t.deepEqual(s.rotated?.rewrapped, { volumes: 2, totpSecrets: 1 })
+  // alice's and the init operator's secrets
+  t.deepEqual(s.rotated?.rewrapped, { volumes: 2, totpSecrets: 2 })
   t.is(s.pending, null)
   t.is(s.behind, 0)
   await unlockOk(t, srv, a, 'boot-0001')
@@ -471,7 +476,7 @@ test('a shred that commits while a rotation runs is not lost: the rotation goes 
     }
     return realScrub()
   }
-  const r = await srv.admin('POST', '/kek/rotate', {})
+  const r = await srv.admin('POST', '/kek/rotate', {}, { totp: true })
   t.is(r.status, 200, JSON.stringify(r.body))
   t.true(injected)
   const s = parseKekStatus(r.body)

@@ -15,7 +15,6 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { verifyAdvertisement } from '../../shared/tang/adv.ts'
 import type { TangHostView } from '../../shared/protocol/tang.ts'
-import { totpCodeAt } from '../../server/approvals/totp.ts'
 import { tangService } from '../../server/tang/service.ts'
 import { startTestServer, type TestServer } from '../helpers/server.ts'
 import { run, type RunResult } from '../helpers/spawn.ts'
@@ -74,7 +73,7 @@ interface Env {
   /** `unlockd ARGS --json` as the operator; resolves the parsed JSON or throws with stderr. */
   cli(args: string[]): Promise<any>
   cliRaw(args: string[]): Promise<RunResult>
-  /** Operator TOTP code at the server's clock, advancing it past the previous code's step. */
+  /** A fresh code of the init operator at the server's clock. */
   code(): Promise<string>
 }
 
@@ -82,11 +81,12 @@ async function setup(t: ExecutionContext): Promise<Env> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`)
   const clock = { offset: 0 }
   const srv = await startTestServer(t, { now: () => Math.floor(Date.now() / 1000) + clock.offset })
-  const cliRaw = (args: string[]): Promise<RunResult> =>
+  // Every command gets a fresh admin code on stdin; the ones that need none never read it.
+  const cliRaw = async (args: string[]): Promise<RunResult> =>
     run(process.execPath, [CLI, ...args], {
       env: { UNLOCKD_URL: srv.url, UNLOCKD_TOKEN: srv.token, UNLOCKD_CONFIG: '/nonexistent' },
+      input: `${await srv.adminCode()}\n`,
     })
-  let secret: string | undefined
   return {
     srv,
     clock,
@@ -97,18 +97,7 @@ async function setup(t: ExecutionContext): Promise<Env> {
         throw new Error(`unlockd ${args.join(' ')} exited ${String(r.code)}: ${r.stderr}`)
       return JSON.parse(r.stdout) as unknown
     },
-    async code() {
-      if (secret === undefined) {
-        const res = await srv.admin('POST', '/operators/admin/totp', {})
-        if (res.status !== 200)
-          throw new Error(`TOTP enrollment: HTTP ${res.status} ${JSON.stringify(res.body)}`)
-        const s = new URL(String(res.body.otpauthUri)).searchParams.get('secret')
-        if (s === null) throw new Error('no secret in the otpauth URI')
-        secret = s
-      }
-      clock.offset += 31
-      return totpCodeAt(secret, srv.deps.now())
-    },
+    code: () => srv.adminCode(),
   }
 }
 
@@ -340,14 +329,10 @@ toolTest(
     const cached = tangService(env.srv.deps).cachedHosts
     t.is(cached, 2, 'prepared keys are cached per host')
 
-    const r = (await env.cli([
-      'shred',
-      '--host',
-      'gone-1',
-      '--code',
-      await env.code(),
-      '--yes',
-    ])) as { deletedBlobs: number; targets: { volumes: string[] }[] }
+    const r = (await env.cli(['shred', '--host', 'gone-1', '--yes'])) as {
+      deletedBlobs: number
+      targets: { volumes: string[] }[]
+    }
     t.is(r.deletedBlobs, 1)
     t.deepEqual(
       r.targets[0]?.volumes,
@@ -375,7 +360,10 @@ toolTest('KEK rotation re-wraps Tang keys; bindings keep working', async (t) => 
   const { view, url } = await addTangHost(env, 'rot-1')
   const jwe = await clevisEncrypt(url, 'survives kek rotation')
   const before = await env.srv.deps.store.tx((tx) => tx.listVolumes(view.host.id))
-  const res = await env.srv.admin('POST', '/kek/rotate')
+  const bare = await env.srv.admin('POST', '/kek/rotate')
+  t.is(bare.status, 403, 'the token alone cannot rotate the KEK')
+  t.is(bare.body.error, 'totp_required')
+  const res = await env.srv.admin('POST', '/kek/rotate', undefined, { totp: true })
   t.is(res.status, 200, JSON.stringify(res.body))
   const after = await env.srv.deps.store.tx((tx) => tx.listVolumes(view.host.id))
   t.true((after[0]?.kekVersion ?? 0) > (before[0]?.kekVersion ?? 0))
@@ -493,7 +481,7 @@ toolTest(
     ])
     t.is(open.code, 0, open.stderr)
 
-    await env.cli(['shred', '--host', 'disk-1', '--code', await env.code(), '--yes'])
+    await env.cli(['shred', '--host', 'disk-1', '--yes'])
     const after = await run('clevis', ['luks', 'pass', '-d', img, '-s', slot])
     t.not(after.code, 0)
     t.is(after.stdout, '')

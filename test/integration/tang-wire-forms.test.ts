@@ -17,7 +17,7 @@ if (missing.length > 0 && (process.env['CI'] ?? '') === '')
 
 async function tangHost(t: ExecutionContext, name: string) {
   const srv = await startTestServer(t)
-  const res = await srv.admin('POST', '/hosts', { name, tang: true })
+  const res = await srv.admin('POST', '/hosts', { name, tang: true }, { totp: true })
   t.is(res.status, 201, JSON.stringify(res.body))
   return { srv, url: `${srv.url}/tang/${name}` }
 }

@@ -76,7 +76,7 @@ test('without trustedProxies a forged X-Forwarded-For changes nothing', async (t
   const h = await hostLimitedTo(srv, ['198.51.100.0/24'])
   t.is(await unlockVia(srv, h, '198.51.100.7'), 'cidr_denied')
   t.is(await unlockVia(srv, h, undefined), 'cidr_denied')
-  await srv.admin('PATCH', '/hosts/web-1/policy', { cidrs: ['127.0.0.0/8'] })
+  await srv.admin('PATCH', '/hosts/web-1/policy', { cidrs: ['127.0.0.0/8'] }, { totp: true })
   t.is(await unlockVia(srv, h, '203.0.113.9'), 'released')
 })
 

@@ -42,7 +42,12 @@ async function twoInstances(
 ): Promise<{ a: TestServer; b: TestServer; url: string }> {
   const url = await freshPgDatabase(t)
   const a = await startTestServer(t, { db: url })
-  const b = await startTestServer(t, { dataDir: a.dataDir, token: a.token, db: url })
+  const b = await startTestServer(t, {
+    dataDir: a.dataDir,
+    token: a.token,
+    adminSecret: a.adminSecret,
+    db: url,
+  })
   return { a, b, url }
 }
 

@@ -145,7 +145,11 @@ test('cidr_denied: the source address is outside the host networks', async (t) =
     'cidr_denied',
   )
   t.is(err?.details?.['rule'], 'cidrs')
-  await srv.admin('PATCH', '/hosts/a-1/policy', { cidrs: ['127.0.0.0/8'] })
+  // widening the networks loosens: the token alone is refused, the admin's code lets it through
+  const bare = await srv.admin('PATCH', '/hosts/a-1/policy', { cidrs: ['127.0.0.0/8'] })
+  t.is(bare.status, 403)
+  t.is(bare.body.error, 'totp_required')
+  await srv.admin('PATCH', '/hosts/a-1/policy', { cidrs: ['127.0.0.0/8'] }, { totp: true })
   t.is(
     (
       await requestUnlock(srv.transport, {
@@ -202,7 +206,12 @@ test('not_yet_valid and expired: validity dates', async (t) => {
     }),
     'not_yet_valid',
   )
-  await srv.admin('PATCH', '/hosts/a-1/policy', { notBefore: null, notAfter: now - 10 })
+  await srv.admin(
+    'PATCH',
+    '/hosts/a-1/policy',
+    { notBefore: null, notAfter: now - 10 },
+    { totp: true },
+  )
   await rejectsWithCode(
     t,
     requestUnlock(srv.transport, {
@@ -229,7 +238,7 @@ test('host_suspended, then resumed', async (t) => {
     }),
     'host_suspended',
   )
-  await srv.admin('POST', '/hosts/a-1/resume')
+  await srv.admin('POST', '/hosts/a-1/resume', undefined, { totp: true })
   t.is(
     (
       await requestUnlock(srv.transport, {
