@@ -6,7 +6,14 @@
 import { ERRORS, UnlockdError } from '../shared/errors.ts'
 import type { AgentConfig, ServerEntry } from '../shared/config/agent.ts'
 import type { HostKeys } from '../shared/crypto/keys.ts'
-import { pollApproval, requestUnlock, watch, report } from '../shared/client/host-client.ts'
+import {
+  pollApproval,
+  reportEncryption,
+  requestUnlock,
+  watch,
+  report,
+} from '../shared/client/host-client.ts'
+import type { EncryptionPayload } from '../shared/protocol/encryption.ts'
 import type { ReleasedVolume, UnlockResponse, WatchResponse } from '../shared/protocol/messages.ts'
 import type { Transport } from '../shared/client/transport.ts'
 import { transportFor, type ConfigDir } from './config-dir.ts'
@@ -193,4 +200,29 @@ export async function reportTo(
       /* try the next server */
     }
   }
+}
+
+/** Send one encryption progress report to the first server that takes it; throws the best error. */
+export async function reportEncryptionTo(
+  c: ConfigDir,
+  config: AgentConfig,
+  keys: HostKeys,
+  r: Omit<EncryptionPayload, 'v' | 'host' | 'nonce' | 'iat'>,
+): Promise<void> {
+  const errors: UnlockdError[] = []
+  for (const server of config.servers) {
+    try {
+      await reportEncryption(transportFor(c, server, config.requestTimeoutMs), {
+        keys,
+        hostId: config.hostId,
+        report: r,
+      })
+      return
+    } catch (err) {
+      errors.push(
+        err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', String(err)),
+      )
+    }
+  }
+  throw bestError(errors)
 }

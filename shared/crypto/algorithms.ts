@@ -16,6 +16,7 @@ export const JWS_TYP = {
   watch: 'unlockd-watch+jws',
   report: 'unlockd-report+jws',
   volumes: 'unlockd-volumes+jws',
+  encryption: 'unlockd-encryption+jws',
 } as const
 export type JwsPurpose = keyof typeof JWS_TYP
 
