@@ -9,6 +9,7 @@ import type { HostKeys } from '../shared/crypto/keys.ts'
 import {
   newAttempt,
   pollApproval,
+  reportEncryption,
   requestUnlock,
   watch,
   report,
@@ -17,6 +18,7 @@ import {
   type WatchOrder,
 } from '../shared/client/host-client.ts'
 import { thumbprint, type PublicOkpJwk } from '../shared/crypto/keys.ts'
+import type { EncryptionPayload } from '../shared/protocol/encryption.ts'
 import type { ReleasedVolume } from '../shared/protocol/messages.ts'
 import type { Transport } from '../shared/client/transport.ts'
 import { loadConfig, saveConfig, transportFor, type ConfigDir } from './config-dir.ts'
@@ -249,4 +251,29 @@ export async function reportTo(
       /* try the next server */
     }
   }
+}
+
+/** Send one encryption progress report to the first server that takes it; throws the best error. */
+export async function reportEncryptionTo(
+  c: ConfigDir,
+  config: AgentConfig,
+  keys: HostKeys,
+  r: Omit<EncryptionPayload, 'v' | 'host' | 'nonce' | 'iat'>,
+): Promise<void> {
+  const errors: UnlockdError[] = []
+  for (const server of config.servers) {
+    try {
+      await reportEncryption(transportFor(c, server, config.requestTimeoutMs), {
+        keys,
+        hostId: config.hostId,
+        report: r,
+      })
+      return
+    } catch (err) {
+      errors.push(
+        err instanceof UnlockdError ? err : new UnlockdError('server_unreachable', String(err)),
+      )
+    }
+  }
+  throw bestError(errors)
 }

@@ -5,10 +5,12 @@
  *   npm run bench                         # suite "exchange" (default)
  *   npm run bench -- agent                # agent start to key in hand vs clevis decrypt
  *   npm run bench -- storm --hosts 10000  # N hosts unlock at once (SQLite, then 2 instances on PostgreSQL)
+ *   npm run bench -- encrypt              # in-place LUKS2 conversion vs openssl aes-256-xts and dd
  *   npm run bench -- all
  *
  * Options: --duration MS (exchange: per row, default 5000), --concurrency 1,16,64, --hosts N
- * (storm, default 10000), --inflight N (storm, default 256), --runs N (agent, default 20).
+ * (storm, default 10000), --inflight N (storm, default 256), --runs N (agent, default 20),
+ * --size-mib N (encrypt, default 256).
  * Builds dist/ first. Installs tang, clevis, jose, socat (and cryptsetup-bin for `agent`) with
  * apt-get when missing (needs root then). All traffic stays on 127.0.0.1.
  */
@@ -17,7 +19,7 @@ import { parseArgs } from 'node:util'
 import { ROOT } from './lib/unlockd-server.ts'
 import type { SuiteContext } from './suites/context.ts'
 
-const SUITES = ['exchange', 'agent', 'storm'] as const
+const SUITES = ['exchange', 'agent', 'storm', 'encrypt'] as const
 type Suite = (typeof SUITES)[number]
 
 function fail(message: string): never {
@@ -34,13 +36,14 @@ const { values, positionals } = parseArgs({
     hosts: { type: 'string' },
     inflight: { type: 'string' },
     runs: { type: 'string' },
+    'size-mib': { type: 'string' },
     'no-build': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   },
 })
 if (values.help) {
   process.stdout.write(
-    'Usage: npm run bench -- [exchange|agent|storm|all] [--duration MS] [--concurrency 1,16,64] [--hosts N] [--inflight N] [--runs N]\n',
+    'Usage: npm run bench -- [exchange|agent|storm|encrypt|all] [--duration MS] [--concurrency 1,16,64] [--hosts N] [--inflight N] [--runs N] [--size-mib N]\n',
   )
   process.exit(0)
 }
@@ -72,6 +75,8 @@ const inflight = intOpt('inflight', values.inflight, 1, 4096)
 if (inflight !== undefined) ctx.inflight = inflight
 const runs = intOpt('runs', values.runs, 1, 1000)
 if (runs !== undefined) ctx.runs = runs
+const sizeMiB = intOpt('size-mib', values['size-mib'], 64, 65536)
+if (sizeMiB !== undefined) ctx.sizeMiB = sizeMiB - (sizeMiB % 4)
 if (values.concurrency !== undefined) {
   const list = values.concurrency.split(',').map((s) => Number(s.trim()))
   if (list.some((n) => !Number.isInteger(n) || n < 1 || n > 1024))
@@ -118,7 +123,8 @@ for (const s of suites) {
   try {
     if (s === 'exchange') await (await import('./suites/exchange.ts')).exchangeSuite(ctx)
     else if (s === 'agent') await (await import('./suites/agent.ts')).agentSuite(ctx)
-    else await (await import('./suites/storm.ts')).stormSuite(ctx)
+    else if (s === 'storm') await (await import('./suites/storm.ts')).stormSuite(ctx)
+    else await (await import('./suites/encrypt.ts')).encryptSuite(ctx)
   } catch (e) {
     failed = true
     log(`[ERROR] bench ${s}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`)

@@ -7,6 +7,10 @@ import { parseTargetSpec } from '../encrypt/spec.ts'
 import { DEFAULT_STATE_DIR } from '../encrypt/journal.ts'
 import { planText } from '../encrypt/plan.ts'
 import { progressReporter, type ProgressMode } from '../encrypt/progress.ts'
+import { runWatchers, type EncryptionReport, type RunWatchers } from '../encrypt/watchers.ts'
+import { loadConfig, loadKeys, type ConfigDir } from '../config-dir.ts'
+import { reportEncryptionTo } from '../escrow.ts'
+import { status as sdStatus } from '../sd-notify.ts'
 import { CONFIG_OPTION, cfgDir, readKeyFile } from './common.ts'
 
 function readFallback(path: string): Uint8Array {
@@ -48,6 +52,35 @@ function progressMode(json: boolean): ProgressMode {
   return process.stderr.isTTY ? 'tty' : 'quiet'
 }
 
+/** The signed reporter to the escrow server, when this host is enrolled. */
+function serverSender(c: ConfigDir): ((r: EncryptionReport) => Promise<void>) | undefined {
+  let config, keys
+  try {
+    config = loadConfig(c)
+    keys = loadKeys(c)
+  } catch {
+    return undefined // the engine reports the broken configuration itself
+  }
+  if (config === undefined || keys === undefined) return undefined
+  return (r) => reportEncryptionTo(c, config, keys, r)
+}
+
+/** Run `work` with `w` told how it ended; a report that fails never changes the outcome. */
+async function watched<T extends { status: string }>(
+  w: RunWatchers,
+  work: () => Promise<T>,
+): Promise<T> {
+  let r: T
+  try {
+    r = await work()
+  } catch (err) {
+    await w.failed(err)
+    throw err
+  }
+  if (r.status === 'converted') await w.finished()
+  return r
+}
+
 export const FSCRYPT_FREED_BLOCKS_WARNING =
   'note: fscrypt encrypts the new copy only. The blocks the old plaintext copy occupied are freed, not overwritten: they may survive on the disk (and on SSDs in remapped cells) until reused, and backups or snapshots of the old tree are untouched. LUKS (unlockd encrypt --luks) encrypts the whole device and is the complete answer.'
 
@@ -63,7 +96,7 @@ export const encryptCommand: Command = {
     'Every step is journaled (0600, in --state-dir, default /var/lib/unlockd/encrypt): if the run is killed, run the same command again and it finishes. Running it on a converted volume changes nothing.',
     'A second way in is required before any data is touched: the recovery key (sealed copy of the escrowed key) or a fallback passphrase keyslot.',
     '--dry-run prints the plan (filesystem, sizes, mounts and their users, device-mapper) and what would be refused.',
-    'Progress: one updating line on a terminal; with --json, one JSON line per second on stderr.',
+    'Progress: one updating line on a terminal; with --json, one JSON line per second on stderr; STATUS= for systemd when run by a unit; `unlockd status` shows runs in progress. An enrolled host also reports start, progress (every few seconds), completion and failure to the escrow server (signed); a report that fails never stops the conversion.',
   ].join('\n'),
   examples: [
     'unlockd encrypt --luks /dev/vdb:data --stop postgresql.service --fallback-passphrase-file /root/fallback --dry-run',
@@ -102,26 +135,40 @@ export const encryptCommand: Command = {
     const fallback = values['fallback-passphrase-file']
       ? readFallback(values['fallback-passphrase-file'] as string)
       : undefined
-    const progress = progressReporter(progressMode(json), (s) => io.stderr(s))
+    const local = progressReporter(progressMode(json), (s) => io.stderr(s))
     const log = (l: string): void => io.stderr(`${l}\n`)
     const dryRun = values['dry-run'] === true
+    const watchersFor = (name: string, kind: 'luks' | 'fscrypt'): RunWatchers =>
+      runWatchers({
+        name,
+        kind,
+        stateDir,
+        local,
+        send: dryRun ? undefined : serverSender(c),
+        status: sdStatus,
+        log,
+      })
 
     try {
       if (luksSpec !== undefined) {
         const { target, name } = parseTargetSpec(luksSpec, '--luks')
         const { encryptLuks } = await import('../encrypt/luks-inplace.ts')
-        const r = await encryptLuks({
-          device: target,
-          name,
-          units,
-          configDir: c.dir,
-          stateDir,
-          recoveryKey,
-          fallbackPassphrase: fallback,
-          dryRun,
-          log,
-          progress,
-        })
+        const w = watchersFor(name, 'luks')
+        const r = await watched(w, () =>
+          encryptLuks({
+            device: target,
+            name,
+            units,
+            configDir: c.dir,
+            stateDir,
+            recoveryKey,
+            fallbackPassphrase: fallback,
+            dryRun,
+            log,
+            progress: w.reporter,
+            onStart: (total) => w.started(total),
+          }),
+        )
         output(io, values, r, () =>
           r.status === 'planned'
             ? r.plan === null
@@ -142,18 +189,22 @@ export const encryptCommand: Command = {
       }
       const { target, name } = parseTargetSpec(fscryptSpec as string, '--fscrypt')
       const { encryptFscrypt } = await import('../encrypt/fscrypt-migrate.ts')
-      const r = await encryptFscrypt({
-        dir: target,
-        name,
-        units,
-        configDir: c.dir,
-        stateDir,
-        recoveryKey,
-        dryRun,
-        enableEncryptFeature: values['enable-encrypt-feature'] === true,
-        log,
-        progress,
-      })
+      const w = watchersFor(name, 'fscrypt')
+      const r = await watched(w, () =>
+        encryptFscrypt({
+          dir: target,
+          name,
+          units,
+          configDir: c.dir,
+          stateDir,
+          recoveryKey,
+          dryRun,
+          enableEncryptFeature: values['enable-encrypt-feature'] === true,
+          log,
+          progress: w.reporter,
+          onStart: (total) => w.started(total),
+        }),
+      )
       if (r.status === 'converted') io.stderr(`${FSCRYPT_FREED_BLOCKS_WARNING}\n`)
       output(io, values, r, () =>
         r.status === 'planned'

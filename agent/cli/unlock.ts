@@ -8,6 +8,8 @@ import { fetchVolumeKey, selectVolumes, unlockVolumes } from '../unlock.ts'
 import { backendFor, isLuksVolume } from '../volumes/registry.ts'
 import { readRunState } from '../run-state.ts'
 import type { Progress } from '../escrow.ts'
+import { DEFAULT_STATE_DIR } from '../encrypt/journal.ts'
+import { conversionsInProgress } from '../encrypt/status.ts'
 import { CONFIG_OPTION, cfgDir } from './common.ts'
 
 export const unlockCommand: Command = {
@@ -87,9 +89,9 @@ export const unlockCommand: Command = {
 export const statusCommand: Command = {
   name: 'status',
   summary:
-    'Show each enrolled volume: locked or unlocked, last unlock, and why the last attempt failed.',
-  usage: 'unlockd status [--config DIR] [--json]',
-  options: { ...CONFIG_OPTION },
+    'Show each enrolled volume: locked or unlocked, last unlock, why the last attempt failed, and conversions (unlockd encrypt) in progress.',
+  usage: 'unlockd status [--config DIR] [--state-dir DIR] [--json]',
+  options: { ...CONFIG_OPTION, 'state-dir': { type: 'string' } },
   async run({ values, io }) {
     const c = cfgDir(values, io.env)
     const { config } = requireEnrolled(c)
@@ -111,11 +113,15 @@ export const statusCommand: Command = {
         }
       }),
     )
+    const encrypting = conversionsInProgress(
+      (values['state-dir'] as string | undefined) ?? DEFAULT_STATE_DIR,
+    )
     const data = {
       host: config.name,
       hostId: config.hostId,
       servers: config.servers.map((s) => s.url),
       volumes: rows,
+      encrypting,
       lastError: state.lastError,
     }
     output(
@@ -134,7 +140,14 @@ export const statusCommand: Command = {
             r.target,
             r.reason ? `${r.code}: ${r.reason}` : null,
           ]),
-        ),
+        ) +
+        (encrypting.length === 0
+          ? ''
+          : '\nconversions in progress (run the same unlockd encrypt command to finish one):\n' +
+            formatTable(
+              ['NAME', 'KIND', 'PROGRESS'],
+              encrypting.map((e) => [e.name, e.kind, e.summary]),
+            )),
     )
     return EXIT.ok
   },

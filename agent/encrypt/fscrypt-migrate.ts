@@ -71,6 +71,8 @@ export interface FscryptEncryptOptions {
   enableEncryptFeature: boolean
   log: (line: string) => void
   progress: Reporter
+  /** Called once, just before the first step that touches the tree runs (or resumes). */
+  onStart?: ((totalBytes: number) => void) | undefined
 }
 
 export interface FscryptEncryptResult {
@@ -357,6 +359,7 @@ export async function encryptFscrypt(o: FscryptEncryptOptions): Promise<FscryptE
       journal.sealedKey = null
     },
   }
+  o.onStart?.(0)
   try {
     await runSteps<FscryptStep, FscryptJournal>(jpath, journal, (s, i) => steps[s](i), o.log)
   } finally {

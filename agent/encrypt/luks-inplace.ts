@@ -75,6 +75,8 @@ export interface LuksEncryptOptions {
   dryRun: boolean
   log: (line: string) => void
   progress: Reporter
+  /** Called once, just before the first step that touches the volume runs (or resumes). */
+  onStart?: ((totalBytes: number) => void) | undefined
 }
 
 export interface LuksEncryptResult {
@@ -388,6 +390,7 @@ export async function encryptLuks(o: LuksEncryptOptions): Promise<LuksEncryptRes
     },
   }
 
+  o.onStart?.(journal.originalSize)
   try {
     await runSteps<LuksStep, LuksJournal>(
       jpath,

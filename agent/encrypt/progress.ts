@@ -3,6 +3,7 @@
  * formats, and a reporter that draws one updating line on a terminal, or writes one JSON line per
  * second (`--json`, on stderr, so stdout stays one result document), or stays quiet.
  */
+import { formatBytes } from '../../shared/util/bytes.ts'
 
 export interface Progress {
   /** What is being done, e.g. "encrypting data" or "copying". */
@@ -14,6 +15,8 @@ export interface Progress {
   /** Seconds left, when known. */
   etaSeconds: number | undefined
 }
+
+export { formatBytes }
 
 const num = (v: unknown): number | undefined => {
   const n = typeof v === 'string' ? Number(v) : typeof v === 'number' ? v : NaN
@@ -87,18 +90,6 @@ export function lineSplitter(onLine: (line: string) => void): (chunk: Buffer) =>
     rest = parts.pop() ?? ''
     for (const p of parts) if (p.trim() !== '') onLine(p.trim())
   }
-}
-
-export function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`
-  const units = ['KiB', 'MiB', 'GiB', 'TiB']
-  let v = n / 1024
-  let i = 0
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024
-    i++
-  }
-  return `${v.toFixed(1)} ${units[i] ?? 'TiB'}`
 }
 
 function formatEta(s: number | undefined): string {

@@ -11,6 +11,8 @@ export interface SuiteContext {
   inflight?: number
   /** Repetitions for the agent suite. */
   runs?: number
+  /** Image size in MiB for the encrypt suite. */
+  sizeMiB?: number
   /** Register cleanup; run in reverse order when the suite ends, fails or is interrupted. */
   onCleanup(fn: () => Promise<void>): void
 }

@@ -1,5 +1,6 @@
 /**
- * Notifications for new approval requests: one JSON POST to `settings.webhook.url`, signed with
+ * Notifications for new approval requests and for encryption runs (started, done, failed: the
+ * failure is urgent): one JSON POST to `settings.webhook.url`, signed with
  * HMAC-SHA256 over the exact body bytes (`X-Unlockd-Signature: sha256=<hex>`) when a secret is
  * set. ntfy reads the `Title`, `Click`, `Tags` and `Priority` headers, so a plain ntfy topic URL
  * works too; generic receivers read the JSON (`message` plus the request's facts).
@@ -12,6 +13,8 @@
 import { createHmac } from 'node:crypto'
 import type { ServerDeps } from '../context.ts'
 import type { ApprovalView } from '../../shared/protocol/messages.ts'
+import { encryptionSummary, type EncryptionView } from '../../shared/protocol/encryption.ts'
+import { ENCRYPTION_EVENT, type EncryptionAnnouncement } from '../escrow/encryption.ts'
 import { showApproval } from './decide.ts'
 import type { AuditHead } from '../../shared/audit.ts'
 
@@ -34,6 +37,45 @@ export interface ApprovalNotification {
   message: string
   approval: ApprovalView
   sentAt: number
+}
+
+export interface EncryptionNotification {
+  event: 'encryption.started' | 'encryption.done' | 'encryption.failed'
+  title: string
+  message: string
+  host: string
+  encryption: EncryptionView
+  sentAt: number
+}
+
+/** ntfy priorities: a failed conversion needs a person now; start and completion do not. */
+const ENCRYPTION_PRIORITY = { started: 'default', done: 'default', failed: 'urgent' } as const
+
+export function encryptionNotificationFor(
+  a: EncryptionAnnouncement,
+  now: number,
+): EncryptionNotification {
+  const what = `${a.view.kind === 'luks' ? 'volume' : 'directory'} ${a.view.volume} on ${a.host}`
+  const title =
+    a.event === 'started'
+      ? `unlockd: encrypting ${what}`
+      : a.event === 'done'
+        ? `unlockd: ${what} is encrypted`
+        : `unlockd: encrypting ${what} FAILED`
+  const message =
+    a.event === 'failed'
+      ? `Encrypting ${what} failed: ${a.view.message ?? 'no reason given'}. The data is kept; run the same unlockd encrypt command on the host again to finish it.`
+      : a.event === 'started'
+        ? `${a.host} started encrypting ${what}${a.view.totalBytes > 0 ? ` (${encryptionSummary(a.view)})` : ''}.`
+        : `${a.host} finished encrypting ${what}; its key is escrowed.`
+  return {
+    event: `encryption.${a.event}`,
+    title,
+    message,
+    host: a.host,
+    encryption: a.view,
+    sentAt: now,
+  }
 }
 
 export function signBody(secret: string, body: string): string {
@@ -75,49 +117,97 @@ export function installNotifier(deps: ServerDeps, opts: NotifierOptions = DEFAUL
   if (installed.has(deps.events)) return
   installed.add(deps.events)
   let inFlight = 0
-  deps.events.on('approval:new', (id: unknown) => {
+  const queue = (what: Record<string, string>, make: () => Promise<Outgoing | undefined>): void => {
     const hook = deps.settings.webhook
-    if (!hook || typeof id !== 'string') return
+    if (!hook) return
     if (inFlight >= opts.maxInFlight) {
-      deps.log.log('warn', 'webhook backlog full; notification dropped', { approval: id })
+      deps.log.log('warn', 'webhook backlog full; notification dropped', what)
       return
     }
     inFlight++
-    // setImmediate: the event fires inside the opening transaction; reading the request waits
-    // for it to commit (the store serializes transactions), and the unlock never waits for us.
+    // setImmediate: the event may fire inside the opening transaction; reading the request
+    // waits for it to commit (the store serializes transactions), and no request waits for us.
     setImmediate(() => {
-      void deliver(deps, hook, id, opts).finally(() => {
-        inFlight--
-      })
+      void make()
+        .then((out) => (out === undefined ? undefined : deliver(deps, hook, out, opts)))
+        .finally(() => {
+          inFlight--
+        })
+    })
+  }
+  deps.events.on('approval:new', (id: unknown) => {
+    if (typeof id !== 'string') return
+    queue({ approval: id }, async () => {
+      let view: ApprovalView
+      try {
+        view = await showApproval(deps, id)
+      } catch {
+        return undefined // the request did not commit (or is gone): nothing to announce
+      }
+      const n = notificationFor(view, deps.now())
+      return {
+        id,
+        what: { approval: id },
+        body: JSON.stringify(n),
+        event: n.event,
+        title: n.title,
+        tags: 'lock,unlockd',
+        priority: 'high',
+        click: view.url ?? null,
+      }
     })
   })
+  deps.events.on(ENCRYPTION_EVENT, (a: EncryptionAnnouncement) => {
+    const id = `enc_${a.host}_${a.view.volume}_${a.event}_${a.view.updatedAt}`
+    const what = { host: a.host, volume: a.view.volume, event: a.event }
+    queue(what, async () => {
+      const n = encryptionNotificationFor(a, deps.now())
+      return {
+        id,
+        what,
+        body: JSON.stringify(n),
+        event: n.event,
+        title: n.title,
+        tags: a.event === 'failed' ? 'warning,unlockd' : 'lock,unlockd',
+        priority: ENCRYPTION_PRIORITY[a.event],
+        click: null,
+      }
+    })
+  })
+}
+
+/** One notification ready to send: its body and what the headers say about it. */
+interface Outgoing {
+  id: string
+  /** Log fields naming it. */
+  what: Record<string, string>
+  body: string
+  event: string
+  title: string
+  tags: string
+  priority: string
+  click: string | null
 }
 
 async function deliver(
   deps: ServerDeps,
   hook: { url: string; secret: string | null },
-  id: string,
+  out: Outgoing,
   opts: NotifierOptions,
 ): Promise<void> {
-  let view: ApprovalView
-  try {
-    view = await showApproval(deps, id)
-  } catch {
-    return // the request did not commit (or is gone): nothing to announce
-  }
-  const n = notificationFor(view, deps.now())
-  const body = JSON.stringify(n)
+  const { body, what } = out
   const headers: Record<string, string> = {
     'content-type': 'application/json',
     'user-agent': 'unlockd-webhook/1',
-    'x-unlockd-event': n.event,
-    'x-unlockd-delivery': id,
-    title: headerSafe(n.title),
-    tags: 'lock,unlockd',
-    priority: 'high',
+    'x-unlockd-event': out.event,
+    'x-unlockd-delivery': out.id,
+    title: headerSafe(out.title),
+    tags: out.tags,
+    priority: out.priority,
   }
-  if (view.url) headers['click'] = view.url
-  await post(deps, hook, headers, body, { approval: id }, opts)
+  if (out.click) headers['click'] = out.click
+  if (hook.secret) headers['x-unlockd-signature'] = signBody(hook.secret, body)
+  return post(deps, hook, headers, body, what, opts)
 }
 
 /**
@@ -131,24 +221,29 @@ export function notifyAuditHead(
 ): Promise<void> {
   const hook = deps.settings.webhook
   if (!hook) return Promise.resolve()
+  const title = 'unlockd: audit chain head'
   const body = JSON.stringify({
     event: 'audit.head',
-    title: 'unlockd: audit chain head',
+    title,
     message: `audit chain head: position ${head.pos}, entry ${head.seq}, link ${head.hash}`,
     head,
     sentAt: deps.now(),
   })
-  const headers: Record<string, string> = {
-    'content-type': 'application/json',
-    'user-agent': 'unlockd-webhook/1',
-    'x-unlockd-event': 'audit.head',
-    'x-unlockd-delivery': `audit-${head.pos}`,
-    title: 'unlockd: audit chain head',
-    tags: 'lock,unlockd',
-    priority: 'min',
-  }
-  if (hook.secret) headers['x-unlockd-signature'] = signBody(hook.secret, body)
-  return post(deps, hook, headers, body, { auditHead: head.pos }, opts)
+  return deliver(
+    deps,
+    hook,
+    {
+      id: `audit-${head.pos}`,
+      what: { auditHead: String(head.pos) },
+      body,
+      event: 'audit.head',
+      title,
+      tags: 'lock,unlockd',
+      priority: 'min',
+      click: null,
+    },
+    opts,
+  )
 }
 
 async function post(

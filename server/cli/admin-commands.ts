@@ -11,6 +11,7 @@ import {
   parseTokenView,
 } from '../../shared/protocol/admin-replies.ts'
 import { parseAuditHead, type AuditEntry, type HostView } from '../../shared/protocol/messages.ts'
+import { encryptionSummary } from '../../shared/protocol/encryption.ts'
 import { parseMaxUnlocks, APPROVAL_RULE_RE } from '../../shared/protocol/policy.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import { parseCidr } from '../../shared/util/cidr.ts'
@@ -23,8 +24,16 @@ import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
 import { hostArg } from './positionals.ts'
 import { readTotpCode, withCodeIfAsked } from './totp-code.ts'
 
+/** "data: encrypting data 43% (1.2 GiB of 2.8 GiB, ETA 5m)", one per reported conversion. */
+function encryptionNotes(h: HostView, which: 'all' | 'unfinished'): string[] {
+  return (h.encryption ?? [])
+    .filter((e) => which === 'all' || e.state !== 'done')
+    .map((e) => `${e.volume}: ${encryptionSummary(e)}`)
+}
+
 function policyLines(h: HostView): string {
   const p = h.policy
+  const enc = encryptionNotes(h, 'all')
   return (
     [
       `host:        ${h.name} (${h.id})`,
@@ -39,6 +48,7 @@ function policyLines(h: HostView): string {
       `valid:       ${p.notBefore ? fmtTime(p.notBefore) : '-'} .. ${p.notAfter ? fmtTime(p.notAfter) : '-'}`,
       `idle suspend: ${p.idleSuspendSeconds ? formatDuration(p.idleSuspendSeconds) : 'off'}`,
       `clone check: ${p.cloneWindowSeconds ? formatDuration(p.cloneWindowSeconds) : 'off'}`,
+      ...(enc.length > 0 ? [`encryption:  ${enc.join('\n             ')}`] : []),
     ].join('\n') + '\n'
   )
 }
@@ -50,15 +60,19 @@ export const hostsList: Command = {
   options: { ...CLIENT_OPTIONS },
   async run({ values, io }) {
     const { hosts } = await operatorClient(values, io).call('GET', '/hosts', parseHostList)
+    // The ENCRYPTION column appears only while some conversion is running or has failed.
+    const notes = hosts.map((h) => encryptionNotes(h, 'unfinished').join('; '))
+    const withNotes = notes.some((n) => n !== '')
     output(io, values, hosts, () =>
       formatTable(
-        ['NAME', 'STATE', 'VOLUMES', 'LAST UNLOCK', 'ID'],
-        hosts.map((h) => [
+        ['NAME', 'STATE', 'VOLUMES', 'LAST UNLOCK', 'ID', ...(withNotes ? ['ENCRYPTION'] : [])],
+        hosts.map((h, i) => [
           h.name,
           h.state,
           h.volumes.map((v) => v.name).join(','),
           fmtTime(h.lastUnlockAt),
           h.id,
+          ...(withNotes ? [notes[i] || null] : []),
         ]),
       ),
     )

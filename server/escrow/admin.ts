@@ -15,10 +15,12 @@ import type { ServerDeps } from '../context.ts'
 import { loosenedFields } from '../policy/loosening.ts'
 import type { HostRow, OperatorRow, StoreTx, TokenRow } from '../store/store.ts'
 import { audit, type Actor } from './audit-log.ts'
+import { encryptionView } from './encryption.ts'
 import { hashToken, newId, newToken } from './secrets.ts'
 
 export async function hostView(t: StoreTx, h: HostRow): Promise<HostView> {
   const vols = await t.listVolumes(h.id)
+  const enc = await t.listEncryption(h.id)
   return {
     id: h.id,
     name: h.name,
@@ -29,6 +31,7 @@ export async function hostView(t: StoreTx, h: HostRow): Promise<HostView> {
     lastUnlockAt: h.lastUnlockAt,
     volumes: vols.map((v) => ({ name: v.name, kind: v.kind, ref: v.ref, createdAt: v.createdAt })),
     policy: h.policy,
+    encryption: enc.map(encryptionView),
   }
 }
 

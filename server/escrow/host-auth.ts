@@ -15,6 +15,7 @@ import {
   parseUnlockPayload,
   parseWatchPayload,
 } from '../../shared/protocol/messages.ts'
+import { parseEncryptionPayload } from '../../shared/protocol/encryption.ts'
 import type { ServerDeps } from '../context.ts'
 import type { HostRow, StoreTx } from '../store/store.ts'
 import { verifyHostJws } from './jws-verify.ts'
@@ -39,6 +40,7 @@ const PAYLOADS = {
   volumes: parseAddVolumesPayload,
   watch: parseWatchPayload,
   report: parseReportPayload,
+  encryption: parseEncryptionPayload,
 } satisfies Partial<Record<JwsPurpose, (raw: unknown) => { host: string; iat: number }>>
 
 export type HostPurpose = keyof typeof PAYLOADS

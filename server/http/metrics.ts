@@ -7,12 +7,14 @@
  * releases (agent unlocks and approval polls answered 200, Tang /rec answered 200) and
  * denials by code on the same routes, plus an unlock latency histogram. Gauges are read from
  * the store at scrape time, so they are fleet-wide on PostgreSQL: hosts by state, pending
- * approvals and the age of the oldest, and the current KEK's age.
+ * approvals and the age of the oldest, the current KEK's age, and the progress of every
+ * conversion (`unlockd encrypt`) a host reported, 1 once done.
  */
 import type { MiddlewareHandler } from 'hono'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { UnlockdError } from '../../shared/errors.ts'
 import { HOST_STATES } from '../../shared/protocol/messages.ts'
+import { encryptionRatio } from '../../shared/protocol/encryption.ts'
 import type { ServerDeps } from '../context.ts'
 import { hashToken, hashesEqual } from '../escrow/secrets.ts'
 import { bearer, type AppEnv } from './middleware.ts'
@@ -83,12 +85,27 @@ export function createMetrics(deps: ServerDeps): Metrics {
     registers: [registry],
   })
 
+  const encryption = new Gauge({
+    name: 'unlockd_encryption_progress_ratio',
+    help: 'Fraction of the data an `unlockd encrypt` run has converted, by host and volume (1 when done).',
+    labelNames: ['host', 'volume'],
+    registers: [registry],
+  })
+
   async function readGauges(): Promise<void> {
     const now = deps.now()
-    const { rows, pending } = await deps.store.tx(async (t) => ({
+    const { rows, pending, conversions } = await deps.store.tx(async (t) => ({
       rows: await t.listHosts(),
       pending: await t.listApprovals('pending'),
+      conversions: await t.listEncryption(),
     }))
+    const names = new Map(rows.map((h) => [h.id, h.name]))
+    encryption.reset()
+    for (const e of conversions)
+      encryption.set(
+        { host: names.get(e.hostId) ?? e.hostId, volume: e.volume },
+        encryptionRatio(e),
+      )
     for (const s of HOST_STATES) hosts.set({ state: s }, rows.filter((h) => h.state === s).length)
     const live = pending.filter((a) => a.expiresAt > now)
     approvalsPending.set(live.length)

@@ -1,11 +1,13 @@
 /**
- * Routes a host (agent) calls: nonce, enroll, unlock, add volumes, approval poll. Every signed
+ * Routes a host (agent) calls: nonce, enroll, unlock, add volumes, approval poll, encryption
+ * progress. Every signed
  * route but enroll takes one `hostRequest` step (signature, payload, signer, clock) first.
  */
 import { Hono } from 'hono'
 import { UnlockdError } from '../../shared/errors.ts'
 import type { ServerDeps } from '../context.ts'
 import { enrollHost } from '../escrow/enroll.ts'
+import { recordEncryption } from '../escrow/encryption.ts'
 import { hostRequest, issueNonce } from '../escrow/host-auth.ts'
 import { pollApproval } from '../escrow/poll.ts'
 import { unlock } from '../escrow/release.ts'
@@ -47,6 +49,10 @@ export function hostRoutes(deps: ServerDeps): Hono<AppEnv> {
     )
     c.header('Cache-Control', 'no-store')
     return c.json(res, res.status === 'released' ? 200 : 202)
+  })
+  r.post('/encryption', async (c) => {
+    const req = await hostRequest(deps, await jwsBody(c), 'encryption')
+    return c.json(await recordEncryption(deps, req, sourceAddress(c)))
   })
   return r
 }

@@ -8,6 +8,7 @@ import { parsePolicy } from '../../shared/protocol/policy.ts'
 import type { AuditEntry } from '../../shared/protocol/messages.ts'
 import type {
   ApprovalRow,
+  EncryptionRow,
   HostRow,
   OperatorRow,
   PasskeyEnrollmentRow,
@@ -191,4 +192,21 @@ export function toDbValue(key: string, v: unknown): unknown {
   if (key === 'tang') return v ? 1 : 0
   if (v instanceof Uint8Array) return Buffer.from(v)
   return v
+}
+
+export function encryptionFromRow(r: Row): EncryptionRow {
+  return {
+    hostId: String(r['host_id']),
+    volume: String(r['volume']),
+    kind: String(r['kind']) as EncryptionRow['kind'],
+    state: String(r['state']) as EncryptionRow['state'],
+    phase: String(r['phase']),
+    doneBytes: num(r['done_bytes']),
+    totalBytes: num(r['total_bytes']),
+    bytesPerSecond: numOrNull(r['bytes_per_second']),
+    etaSeconds: numOrNull(r['eta_seconds']),
+    message: strOrNull(r['message']),
+    startedAt: num(r['started_at']),
+    updatedAt: num(r['updated_at']),
+  }
 }

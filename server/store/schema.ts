@@ -171,6 +171,25 @@ CREATE TABLE page_failures (
 );
 `
 
+/** v4: the latest state of each `unlockd encrypt` conversion a host reported. */
+const v4Encryption = (bigint: string, real: string): string => `
+CREATE TABLE encryption_progress (
+  host_id TEXT NOT NULL REFERENCES hosts(id),
+  volume TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('running','done','failed')),
+  phase TEXT NOT NULL,
+  done_bytes ${bigint} NOT NULL,
+  total_bytes ${bigint} NOT NULL,
+  bytes_per_second ${real},
+  eta_seconds ${real},
+  message TEXT,
+  started_at ${bigint} NOT NULL,
+  updated_at ${bigint} NOT NULL,
+  PRIMARY KEY (host_id, volume)
+);
+`
+
 export const MIGRATIONS: readonly Migration[] = [
   { sqlite: v1Common('BLOB', 'INTEGER'), postgres: v1Common('BYTEA', 'BIGINT') },
   {
@@ -181,4 +200,5 @@ SELECT setval('audit_seq', COALESCE((SELECT max(seq) FROM audit), 0) + 1, false)
 `,
   },
   { sqlite: v3Passkeys('BLOB', 'INTEGER'), postgres: v3Passkeys('BYTEA', 'BIGINT') },
+  { sqlite: v4Encryption('INTEGER', 'REAL'), postgres: v4Encryption('BIGINT', 'DOUBLE PRECISION') },
 ]

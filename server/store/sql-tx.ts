@@ -15,6 +15,7 @@ import {
   OPERATOR_COLS,
   approvalFromRow,
   auditFromRow,
+  encryptionFromRow,
   hostFromRow,
   operatorFromRow,
   passkeyEnrollmentFromRow,
@@ -474,6 +475,41 @@ export function sqlStoreTx(
       (await rows('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?', [afterSeq, limit])).map(
         auditFromRow,
       ),
+
+    getEncryption: async (hostId, volume) => {
+      const r = await one('SELECT * FROM encryption_progress WHERE host_id = ? AND volume = ?', [
+        hostId,
+        volume,
+      ])
+      return r && encryptionFromRow(r)
+    },
+    upsertEncryption: (e) =>
+      exec(
+        `INSERT INTO encryption_progress (host_id, volume, kind, state, phase, done_bytes, total_bytes, bytes_per_second, eta_seconds, message, started_at, updated_at)
+        VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+        ON CONFLICT (host_id, volume) DO UPDATE SET kind = excluded.kind, state = excluded.state, phase = excluded.phase, done_bytes = excluded.done_bytes, total_bytes = excluded.total_bytes, bytes_per_second = excluded.bytes_per_second, eta_seconds = excluded.eta_seconds, message = excluded.message, started_at = excluded.started_at, updated_at = excluded.updated_at`,
+        [
+          e.hostId,
+          e.volume,
+          e.kind,
+          e.state,
+          e.phase,
+          e.doneBytes,
+          e.totalBytes,
+          e.bytesPerSecond,
+          e.etaSeconds,
+          e.message,
+          e.startedAt,
+          e.updatedAt,
+        ],
+      ),
+    listEncryption: async (hostId) =>
+      (hostId === undefined
+        ? await rows('SELECT * FROM encryption_progress ORDER BY host_id, volume')
+        : await rows('SELECT * FROM encryption_progress WHERE host_id = ? ORDER BY volume', [
+            hostId,
+          ])
+      ).map(encryptionFromRow),
 
     getMeta: async (key) => {
       const r = await one('SELECT value FROM meta WHERE key = ?', [key])

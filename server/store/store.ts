@@ -131,6 +131,22 @@ export interface PageFailureRow {
   lastAt: number
 }
 
+/** The latest reported state of one conversion (`unlockd encrypt`) on a host. */
+export interface EncryptionRow {
+  hostId: string
+  volume: string
+  kind: 'luks' | 'fscrypt'
+  state: 'running' | 'done' | 'failed'
+  phase: string
+  doneBytes: number
+  totalBytes: number
+  bytesPerSecond: number | null
+  etaSeconds: number | null
+  message: string | null
+  startedAt: number
+  updatedAt: number
+}
+
 export type NonceResult = 'ok' | 'reused' | 'expired' | 'unknown'
 
 export interface AuditSeal {
@@ -222,6 +238,11 @@ export interface StoreTx {
    */
   sealAudit(key: Uint8Array, limit: number): Promise<AuditSeal>
   listAudit(afterSeq: number, limit: number): Promise<AuditEntry[]>
+  // encryption progress (one row per host and volume, replaced by each report)
+  getEncryption(hostId: string, volume: string): Promise<EncryptionRow | undefined>
+  upsertEncryption(row: EncryptionRow): Promise<void>
+  /** One host's rows by volume, or every host's (by host, volume) when `hostId` is omitted. */
+  listEncryption(hostId?: string): Promise<EncryptionRow[]>
   // small key/value for journals (shred, rotation) and schema facts
   getMeta(key: string): Promise<string | undefined>
   setMeta(key: string, value: string | undefined): Promise<void>

@@ -42,6 +42,7 @@ import {
 } from '../protocol/messages.ts'
 import { verifyVerdict } from '../protocol/verdict.ts'
 import { errorFromResponse, type Transport, type TransportResponse } from './transport.ts'
+import type { EncryptionPayload } from '../protocol/encryption.ts'
 
 export { openEscrowBlob, sealVolumeKey } from '../crypto/blob.ts'
 export { generateHostKeys, publicOf } from '../crypto/keys.ts'
@@ -405,4 +406,27 @@ export async function report(
   )
   const res = await t({ method: 'POST', path: '/v1/report', body: { jws } })
   if (res.status !== 200) throw errorFromResponse(res, 'report')
+}
+
+/** One encryption progress report (POST /v1/encryption): start, progress, done or failed. */
+export async function reportEncryption(
+  t: Transport,
+  o: {
+    keys: HostKeys
+    hostId: string
+    report: Omit<EncryptionPayload, 'v' | 'host' | 'nonce' | 'iat'>
+  },
+): Promise<void> {
+  const nonce = await fetchNonce(t)
+  const payload: EncryptionPayload = {
+    v: PROTOCOL_VERSION,
+    host: o.hostId,
+    nonce,
+    iat: nowSec(),
+    ...o.report,
+    message: o.report.message === null ? null : o.report.message.slice(0, 500),
+  }
+  const jws = await signHostRequest('encryption', payload, o.keys.signing, o.hostId)
+  const res = await t({ method: 'POST', path: '/v1/encryption', body: { jws } })
+  if (res.status !== 200) throw errorFromResponse(res, 'encryption report')
 }

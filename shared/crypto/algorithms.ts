@@ -18,6 +18,7 @@ export const JWS_TYP = {
   volumes: 'unlockd-volumes+jws',
   /** Server → host: a signed verdict (shred order, final denial, release proof). */
   verdict: 'unlockd-verdict+jws',
+  encryption: 'unlockd-encryption+jws',
 } as const
 export type JwsPurpose = keyof typeof JWS_TYP
 

@@ -15,6 +15,7 @@ import {
   type OperatorView,
   type TokenView,
 } from './messages.ts'
+import { EncryptionViewSchema } from './encryption.ts'
 import { PolicySchema } from './policy.ts'
 import type { AuditHead, AuditVerdict } from '../audit.ts'
 import { TangKeyViewSchema, type TangHostView } from './tang.ts'
@@ -52,6 +53,7 @@ const HostViewSchema = v.looseObject({
     }),
   ),
   policy: v.looseObject(PolicySchema.entries),
+  encryption: v.optional(v.array(EncryptionViewSchema)),
 })
 
 const TokenViewSchema = v.looseObject({

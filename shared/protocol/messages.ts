@@ -6,6 +6,7 @@ import * as v from 'valibot'
 import { parseEscrowBlob, type EscrowBlob } from '../crypto/blob.ts'
 import { parseSealingPublicKey, parseSigningPublicKey, type PublicOkpJwk } from '../crypto/keys.ts'
 import { UnlockdError, isErrorCode, type UnlockdErrorCode } from '../errors.ts'
+import type { EncryptionView } from './encryption.ts'
 import { PolicySchema, type Policy } from './policy.ts'
 import { bootId, cidr, epochSeconds, hostId, name, nonce, parseWith } from './validate.ts'
 
@@ -370,6 +371,8 @@ export interface HostView {
   lastUnlockAt: number | null
   volumes: { name: string; kind: VolumeKind; ref: string | null; createdAt: number }[]
   policy: Policy
+  /** Conversions (`unlockd encrypt`) the host reported, latest state per volume. */
+  encryption?: EncryptionView[] | undefined
 }
 
 export interface TokenView {

@@ -301,6 +301,65 @@ function suite(b: Backend): void {
     declare(b, title, async (t) => impl(t, await b.fresh(t)))
   }
 
+  it('encryption progress: upsert replaces per host and volume; lists are ordered', async (t, {
+    store,
+  }) => {
+    const a = hostRow({ name: 'enc-a' })
+    const b = hostRow({ name: 'enc-b' })
+    await store.tx(async (tx) => {
+      await tx.insertHost(a)
+      await tx.insertHost(b)
+    })
+    const row = {
+      hostId: a.id,
+      volume: 'data',
+      kind: 'luks' as const,
+      state: 'running' as const,
+      phase: 'encrypting',
+      doneBytes: BIG,
+      totalBytes: BIG * 2,
+      bytesPerSecond: 1234.5,
+      etaSeconds: 60.25,
+      message: null,
+      startedAt: NOW,
+      updatedAt: NOW,
+    }
+    await store.tx((tx) => tx.upsertEncryption(row))
+    t.deepEqual(await store.tx((tx) => tx.getEncryption(a.id, 'data')), row)
+    const done = {
+      ...row,
+      state: 'done' as const,
+      doneBytes: BIG * 2,
+      bytesPerSecond: null,
+      etaSeconds: null,
+      updatedAt: NOW + 5,
+    }
+    await store.tx((tx) => tx.upsertEncryption(done))
+    const other = {
+      ...row,
+      hostId: b.id,
+      volume: 'aaa',
+      kind: 'fscrypt' as const,
+      state: 'failed' as const,
+      message: 'it broke',
+    }
+    const second = { ...row, volume: 'alpha' }
+    await store.tx(async (tx) => {
+      await tx.upsertEncryption(other)
+      await tx.upsertEncryption(second)
+    })
+    t.deepEqual(await store.tx((tx) => tx.listEncryption(a.id)), [second, done])
+    const all = await store.tx((tx) => tx.listEncryption())
+    t.is(all.length, 3)
+    t.deepEqual(
+      all.map((e) => `${e.hostId}/${e.volume}`),
+      [a.id, b.id]
+        .sort()
+        .flatMap((id) => (id === a.id ? [`${a.id}/alpha`, `${a.id}/data`] : [`${b.id}/aaa`])),
+    )
+    t.is(await store.tx((tx) => tx.getEncryption(b.id, 'data')), undefined)
+  })
+
   it('hosts: insert, get, by name, list and partial update round-trip every field', async (t, {
     store,
   }) => {

@@ -5,7 +5,9 @@
  *   unlockd_server installs the packed server, initializes it once and writes its unit; the
  *   test starts that installed server over TLS; unlockd_agent then installs the agent, enrolls a
  *   LUKS2 image and an fscrypt directory with a one-time token, and `unlockd unlock --test`
- *   works. Check mode changes nothing, and a second run of each role reports changed=0.
+ *   works; unlockd_agent_encrypt converts a plaintext ext4 image to LUKS2 in place. Check mode
+ *   changes nothing (it runs `unlockd encrypt --dry-run`), and a second run of each role reports
+ *   changed=0.
  */
 import test, { type ExecutionContext } from 'ava'
 import { existsSync, statSync } from 'node:fs'
@@ -150,6 +152,17 @@ rootTest(
       if ((await tool('umount', [mnt])).code !== 0) await tool('umount', ['-l', mnt])
     })
     const secrets = join(mnt, 'secrets')
+    // A plaintext ext4 image with a file on it, for unlockd_agent_encrypt.
+    const plainImg = join(w, 'plain.img')
+    await writeFile(plainImg, '', { mode: 0o600 })
+    await truncate(plainImg, 80 * 1024 * 1024)
+    await mustRun('mkfs.ext4', ['-q', '-F', '-b', '4096', plainImg])
+    const plainMnt = join(w, 'plain-mnt')
+    await mkdir(plainMnt)
+    await mustRun('mount', ['-o', 'loop', plainImg, plainMnt])
+    await writeFile(join(plainMnt, 'hello.txt'), 'data that was written before encryption\n')
+    await mustRun('umount', [plainMnt])
+    const fallbackPassphrase = 'fallback passphrase of the converted volume'
 
     await writeFile(
       join(w, 'inventory.ini'),
@@ -271,6 +284,9 @@ rootTest(
           { name: 'data', kind: 'luks', device: img, existing_key_file: luksKey },
           { name: 'secrets', kind: 'fscrypt', path: secrets },
         ],
+        unlockd_agent_encrypt: [{ luks: plainImg, name: 'plain' }],
+        unlockd_agent_encrypt_fallback_passphrase: fallbackPassphrase,
+        unlockd_agent_encrypt_state_dir: `${ap}/var/lib/unlockd/encrypt`,
         // Test-only: a fast PBKDF for the new keyslot (the fixture image uses one too).
         unlockd_agent_enroll_environment: { UNLOCKD_LUKS_PBKDF: 'fast' },
       }),
@@ -281,6 +297,7 @@ rootTest(
     t.is(aCheck.r.code, 0, 'agent role, check mode')
     t.true(aCheck.recap.changed > 0)
     t.regex(aCheck.r.stdout, /would enroll data, secrets/)
+    t.regex(aCheck.r.stdout, /would encrypt plain/)
     t.false(existsSync(`${ap}/etc/unlockd/agent.json`), 'check mode enrolled nothing')
     const unused = await run(operatorCli, ['token', 'list', '--json'], {
       env: { UNLOCKD_URL: srv.url },
@@ -297,6 +314,20 @@ rootTest(
       a1.r.stdout.includes(enrollToken) || a1.r.stderr.includes(enrollToken),
       'the enrollment token leaked into ansible output',
     )
+    t.false(
+      a1.r.stdout.includes(fallbackPassphrase) || a1.r.stderr.includes(fallbackPassphrase),
+      'the fallback passphrase leaked into ansible output',
+    )
+    t.regex(
+      a1.r.stdout,
+      /TASK \[unlockd_agent : Encrypt in place\][^\n]*\nchanged: \[localhost\] => \(item=plain: /,
+    )
+    t.is(
+      (await tool('cryptsetup', ['isLuks', '--type', 'luks2', plainImg])).code,
+      0,
+      'the plaintext image is LUKS2 now',
+    )
+    t.is(statSync(`${ap}/etc/unlockd/encrypt-fallback`).mode & 0o777, 0o600)
     const agentJson = JSON.parse(await readFile(`${ap}/etc/unlockd/agent.json`, 'utf8')) as {
       name: string
       servers: { url: string; ca: string | null }[]
@@ -310,6 +341,7 @@ rootTest(
     t.truthy(agentJson.servers[0]?.ca, 'the CA is pinned')
     t.deepEqual(agentJson.volumes.map((v) => `${v.name}:${v.kind}`).sort(), [
       'data:luks',
+      'plain:luks',
       'secrets:fscrypt',
     ])
     t.is(statSync(`${ap}/etc/unlockd`).mode & 0o777, 0o700)
@@ -321,6 +353,11 @@ rootTest(
     const a3 = await playbook(t, w, 'unlockd_agent.yml', agentVars, ['--check'])
     t.is(a3.r.code, 0)
     t.is(a3.recap.changed, 0, 'check mode on an enrolled host changes nothing')
+    t.regex(
+      a3.r.stdout,
+      /plain: unchanged/,
+      'check mode asks the command (--dry-run), which finds it converted',
+    )
     await verifyUnits(t, `${ap}/etc/systemd/system`, [
       'unlockd-agent.service',
       'unlockd-agent.path',
@@ -356,7 +393,7 @@ rootTest(
       (JSON.parse(status.stdout) as { volumes: { name: string }[] }).volumes
         .map((v) => v.name)
         .sort(),
-      ['data', 'secrets', 'secrets2'],
+      ['data', 'plain', 'secrets', 'secrets2'],
     )
     const used = await run(operatorCli, ['token', 'list', '--json'], {
       env: { UNLOCKD_URL: srv.url },

@@ -152,6 +152,17 @@ rootTest(
     )
     await assertConverted(t, w, img, before)
 
+    // The escrow server was told (signed reports): the host shows the volume encrypted, and
+    // the audit log has the start and the end of the run.
+    const shown = await w.host.srv.admin('GET', '/hosts/web-1')
+    t.like(shown.body.encryption?.[0], { volume: 'data', kind: 'luks', state: 'done' })
+    t.true(shown.body.encryption[0].totalBytes > 200 * 1048576)
+    const audited = async (): Promise<string[]> =>
+      ((await w.host.srv.admin('GET', '/audit?limit=1000')).body.entries as { action: string }[])
+        .map((e) => e.action)
+        .filter((a) => a.startsWith('encryption.'))
+    t.deepEqual(await audited(), ['encryption.started', 'encryption.done'])
+
     const sum = createHash('sha256')
       .update(await readFile(img))
       .digest('hex')
@@ -165,6 +176,7 @@ rootTest(
       sum,
       'the second run wrote nothing',
     )
+    t.deepEqual(await audited(), ['encryption.started', 'encryption.done'], 'nothing reported')
   },
   NEEDS,
 )
