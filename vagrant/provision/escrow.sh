@@ -31,7 +31,8 @@ if [ ! -s /etc/unlockd/server-passphrase ]; then
 fi
 if [ ! -e /var/lib/unlockd/keystore.json ]; then
 	install -d -m 0700 -o unlockd -g unlockd /var/lib/unlockd
-	unlockd server init --data /var/lib/unlockd --passphrase-file /etc/unlockd/server-passphrase --json > "$demo/init.json"
+	unlockd server init --data /var/lib/unlockd --passphrase-file /etc/unlockd/server-passphrase \
+		--totp-file "$demo/operator.otpauth" --json > "$demo/init.json"
 	chown -R unlockd:unlockd /var/lib/unlockd
 	jq -r .token "$demo/init.json" > "$demo/operator.token"
 	chmod 0600 "$demo/operator.token"
@@ -58,7 +59,8 @@ done
 unlockd-demo-op hosts > /dev/null
 
 if [ ! -s "$demo/operator.totp" ]; then
-	unlockd-demo-op operator totp admin --no-qr --json | jq -r .otpauthUri | sed -n 's/.*[?&]secret=\([A-Z2-7]*\).*/\1/p' > "$demo/operator.totp"
+	# server init wrote the first operator's factor (an otpauth:// URI) to a 0600 file.
+	sed -n 's/.*[?&]secret=\([A-Z2-7]*\).*/\1/p' "$demo/operator.otpauth" > "$demo/operator.totp"
 	chmod 0600 "$demo/operator.totp"
 	[ -s "$demo/operator.totp" ] || { echo "escrow.sh: could not enroll the operator's TOTP" >&2; exit 1; }
 fi
