@@ -143,6 +143,18 @@ export async function planLuks(i: PlanInput): Promise<LuksPlan> {
     secondWay: i.secondWay,
     steps: dm ? ONLINE_STEPS : OFFLINE_STEPS,
   }
+  // A plan refused before the filesystem is read: nothing about it is known.
+  const unread = () => ({
+    ...base,
+    fsUuid: null,
+    blockSize: 0,
+    fsBytes: 0,
+    freeBytes: 0,
+    minFsBytes: 0,
+    targetFsBytes: 0,
+    users: [],
+    refusals,
+  })
   if (!i.enrolled)
     refusals.push({
       code: 'not_enrolled',
@@ -163,17 +175,7 @@ export async function planLuks(i: PlanInput): Promise<LuksPlan> {
       reason: 'root_filesystem',
       message: `${i.device} is the root filesystem, which cannot be unmounted while the system runs: use --root, which converts it from the initramfs at the next boot`,
     })
-    return {
-      ...base,
-      fsUuid: null,
-      blockSize: 0,
-      fsBytes: 0,
-      freeBytes: 0,
-      minFsBytes: 0,
-      targetFsBytes: 0,
-      users: [],
-      refusals,
-    }
+    return unread()
   }
   if (fstype === 'crypto_LUKS') {
     refusals.push({
@@ -181,17 +183,7 @@ export async function planLuks(i: PlanInput): Promise<LuksPlan> {
       reason: 'already_luks',
       message: `${i.device} is already a LUKS volume: enroll it with \`unlockd enroll --luks ${i.device} --existing-key-file F\` instead`,
     })
-    return {
-      ...base,
-      fsUuid: null,
-      blockSize: 0,
-      fsBytes: 0,
-      freeBytes: 0,
-      minFsBytes: 0,
-      targetFsBytes: 0,
-      users: [],
-      refusals,
-    }
+    return unread()
   }
   if (fstype !== 'ext4') {
     refusals.push({
@@ -199,17 +191,7 @@ export async function planLuks(i: PlanInput): Promise<LuksPlan> {
       reason: 'not_ext4',
       message: `${i.device} holds ${fstype ?? 'no recognised filesystem'}, not ext4: in-place encryption shrinks the filesystem with resize2fs and only ext4 is supported; copy the data to a new LUKS2 volume instead`,
     })
-    return {
-      ...base,
-      fsUuid: null,
-      blockSize: 0,
-      fsBytes: 0,
-      freeBytes: 0,
-      minFsBytes: 0,
-      targetFsBytes: 0,
-      users: [],
-      refusals,
-    }
+    return unread()
   }
   const fs = await ext4Facts(dev.realPath)
   const users = mountpoints.flatMap((m) => usersOf(m))
