@@ -14,6 +14,8 @@ packages=(
   man-db zsh
   # xattr checks of the in-place encryption tests
   attr
+  # Debian packages: build (dpkg-shlibdeps, strip), check (lintian), install into a chroot
+  dpkg-dev binutils lintian
   # the metrics test reads /metrics with Prometheus's own text-format parser
   python3-prometheus-client
   # PostgreSQL store
