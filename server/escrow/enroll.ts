@@ -155,7 +155,8 @@ export async function enrollHost(
         hostId: kid,
         source,
       })
-      return answer
+      // The same answer as the first time, server key included (the lost reply carried it).
+      return { ...answer, ...(await serverKeyInfo(deps)) }
     }
     const existing = await t.getHost(kid)
     if (existing?.state === 'shredded')
