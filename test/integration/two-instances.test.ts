@@ -19,7 +19,7 @@ import {
 } from '../../shared/client/host-client.ts'
 import { randomBytes } from '../../shared/crypto/bytes.ts'
 import { signHostRequest } from '../../shared/crypto/jws.ts'
-import { PROTOCOL_VERSION, parseUnlockResponse } from '../../shared/protocol/messages.ts'
+import { parseUnlockResponse } from '../../shared/protocol/messages.ts'
 import { freshPgDatabase, inCi, pgSkipBanner, pgUnavailable } from '../helpers/pg.ts'
 import { startTestServer, type TestServer } from '../helpers/server.ts'
 
@@ -118,7 +118,8 @@ pgOnly(
     const iat = Math.floor(Date.now() / 1000)
     const jws = await signHostRequest(
       'unlock',
-      { v: PROTOCOL_VERSION, host: hostId, volumes: ['data'], nonce, bootId: 'boot-0002', iat },
+      // A v1 request (an agent from before signed verdicts): still served, same nonce rules.
+      { v: 1, host: hostId, volumes: ['data'], nonce, bootId: 'boot-0002', iat },
       keys.signing,
       hostId,
     )
@@ -140,7 +141,7 @@ pgOnly(
     const nonce2 = await fetchNonce(b.transport)
     const jws2 = await signHostRequest(
       'unlock',
-      { v: PROTOCOL_VERSION, host: hostId, volumes: [], nonce: nonce2, bootId: 'boot-0003', iat },
+      { v: 1, host: hostId, volumes: [], nonce: nonce2, bootId: 'boot-0003', iat },
       keys.signing,
       hostId,
     )
