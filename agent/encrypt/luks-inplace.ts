@@ -423,6 +423,16 @@ async function reencryptData(
   const crash = crashRequested('reencrypt-data')
   let seen = 0
   await trackChild(CRYPTSETUP, async (pid) => {
+    // Test hook: a small or fast volume may finish before cryptsetup prints a second progress
+    // line; then the kill comes 300 ms after cryptsetup started, still inside the step.
+    const t0 = Date.now()
+    const fallback = crash
+      ? setInterval(() => {
+          const p = pid()
+          if (p !== undefined && Date.now() - t0 >= 300) crashWithChild(p)
+        }, 20)
+      : undefined
+    fallback?.unref()
     const onLine = (line: string): void => {
       const p = parseProgressJson(line, 'encrypting') ?? parseProgressText(line, 'encrypting')
       if (p === undefined) return
@@ -447,6 +457,7 @@ async function reencryptData(
       ],
       { stdin: key, onOutput: (_s, chunk) => split(chunk) },
     )
+    clearInterval(fallback)
     progress.done()
     if (r.code !== 0)
       throw new UnlockdError(
