@@ -41,10 +41,11 @@ export async function withSpawnCrash<T>(
 ): Promise<T> {
   if (!crashRequested(step)) return fn()
   const delay = Number(process.env['UNLOCKD_TEST_CRASH_DELAY_MS'] ?? '0')
+  let pending: ReturnType<typeof setTimeout> | undefined
   const stop = observeSpawns((e) => {
     if (e.cmd !== cmd) return
     if (ready === undefined) {
-      setTimeout(() => crashWithChild(e.pid), Number.isFinite(delay) ? delay : 0)
+      pending = setTimeout(() => crashWithChild(e.pid), Number.isFinite(delay) ? delay : 0)
       return
     }
     // Poll until the tool has visibly done part of its work, then die.
@@ -59,6 +60,12 @@ export async function withSpawnCrash<T>(
     return await fn()
   } finally {
     stop()
+    // The tool finished before the delayed kill fired (a busy machine): die now, still inside
+    // the step, rather than later in another one.
+    if (pending !== undefined) {
+      clearTimeout(pending)
+      crashWithChild(undefined)
+    }
   }
 }
 
