@@ -1,4 +1,4 @@
-#!/bin/sh
+# shellcheck shell=sh
 # unlockd initramfs functions: the shell shared by both flavours (initramfs-tools and dracut), as
 # clevis keeps its common functions in one file. install.sh installs it as
 # /usr/lib/unlockd/initramfs-functions; the initramfs-tools hook and the dracut module source it
