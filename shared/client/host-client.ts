@@ -277,7 +277,8 @@ export async function requestUnlock(t: Transport, o: UnlockAsk): Promise<OpenedU
 
 /**
  * One long-poll for an approval. Resolves `released` or `pending` (ask again); denial throws.
- * A v2 poll must use the attempt that asked: the approval is bound to its ephemeral key.
+ * A v2 poll should use the attempt that asked, so the release is wrapped to its one-time key
+ * (the server does not yet bind the approval itself to that key).
  */
 export async function pollApproval(
   t: Transport,
