@@ -2,11 +2,11 @@
  * The escrow server as a value: `createApp(deps)` wires routes and error handling and does no
  * I/O. `server/main.ts` is what listens.
  */
-import { Hono } from 'hono'
+import { Hono, type MiddlewareHandler } from 'hono'
 import { getPath } from 'hono/utils/url'
 import type { ServerDeps } from './context.ts'
 import { renderError, statusFor } from './http/errors.ts'
-import { createMetrics } from './http/metrics.ts'
+import { createMetrics, type Metrics } from './http/metrics.ts'
 import { declaredBodyLimit } from './http/body.ts'
 import { clientAddress } from './http/client-address.ts'
 import { accessLog, MAX_BODY, sourceAddress, type AppEnv } from './http/middleware.ts'
@@ -27,8 +27,15 @@ function routingPath(req: Request): string {
   return path.startsWith('/tang/') ? path.replace(/\/{2,}/g, '/') : path
 }
 
-export function createApp(deps: ServerDeps): Hono<AppEnv> {
-  const app = new Hono<AppEnv>({ getPath: routingPath })
+/**
+ * What every listener does before its routes: the client address, the access log, the body
+ * bound, the response headers and the unlock counters.
+ */
+export function useCommonMiddleware(
+  app: Hono<AppEnv>,
+  deps: ServerDeps,
+  counters: MiddlewareHandler<AppEnv>,
+): void {
   app.use('*', clientAddress(deps.settings.trustedProxies))
   app.use('*', accessLog(deps))
   // Routes read bodies through readBoundedBody with their own (smaller) bounds.
@@ -40,8 +47,13 @@ export function createApp(deps: ServerDeps): Hono<AppEnv> {
     if (!c.res.headers.has('Content-Security-Policy'))
       c.header('Content-Security-Policy', "default-src 'none'; frame-ancestors 'none'")
   })
-  const metrics = createMetrics(deps)
-  app.use('*', metrics.middleware)
+  app.use('*', counters)
+}
+
+/** `metrics` is shared with the Tang listener when there is one, so counters add up. */
+export function createApp(deps: ServerDeps, metrics: Metrics = createMetrics(deps)): Hono<AppEnv> {
+  const app = new Hono<AppEnv>({ getPath: routingPath })
+  useCommonMiddleware(app, deps, metrics.middleware)
   // Host authentication failures become rate-limited audit summaries.
   app.use('/v1/*', async (c, next) => {
     await next()

@@ -1,6 +1,7 @@
 /**
  * `unlockd server start`: the only place that listens. Plain HTTP is refused on anything but
- * loopback; TLS uses the given certificate and key. SIGTERM/SIGINT close gracefully (stop
+ * loopback; TLS uses the given certificate and key. The optional Tang listener
+ * (./tang-listener.ts) is plain HTTP on any address and serves only the Tang routes. SIGTERM/SIGINT close gracefully (stop
  * accepting, let in-flight requests finish, close the store); background jobs purge spent
  * nonces and rotate the KEK on schedule.
  */
@@ -11,7 +12,10 @@ import type { Server as HttpServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { UnlockdError } from '../shared/errors.ts'
 import { isLoopback, parseIp } from '../shared/util/cidr.ts'
+import type { TangListenerConfig } from '../shared/config/server.ts'
 import { createApp } from './app.ts'
+import { createMetrics } from './http/metrics.ts'
+import { createTangApp } from './tang-listener.ts'
 import type { ServerDeps } from './context.ts'
 import { closeDeps } from './setup.ts'
 import { runMaintenance } from './jobs.ts'
@@ -21,6 +25,8 @@ export interface ListenOptions {
   listen: string
   tlsCert?: string | undefined
   tlsKey?: string | undefined
+  /** The plain-HTTP Tang listener; absent: none. */
+  tang?: TangListenerConfig | undefined
 }
 
 export function parseListen(text: string): { host: string; port: number } {
@@ -51,7 +57,50 @@ export const CONNECTION_LIMITS = {
 export interface RunningServer {
   url: string
   port: number
+  /** The Tang listener's base URL (http://HOST:PORT), when there is one. */
+  tangUrl?: string
+  tangPort?: number
   close(): Promise<void>
+}
+
+type AnyServer = ReturnType<typeof createAdaptorServer>
+
+function listenOn(server: AnyServer, host: string, port: number): Promise<AddressInfo> {
+  return new Promise<AddressInfo>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, host, () => {
+      server.off('error', reject)
+      resolve(server.address() as AddressInfo)
+    })
+  })
+}
+
+function shownHost(addr: AddressInfo): string {
+  return addr.family === 'IPv6' ? `[${addr.address}]` : addr.address
+}
+
+/** Stop accepting, let in-flight requests finish; long-polls get a bounded grace period. */
+function closeQuietly(server: AnyServer): Promise<void> {
+  return new Promise<void>((resolve) => {
+    server.close(() => resolve())
+    ;(server as HttpServer).closeIdleConnections?.()
+    setTimeout(() => (server as HttpServer).closeAllConnections?.(), 3000).unref()
+  })
+}
+
+/** A root host that is not (yet) a Tang host answers 404; say so once at start. */
+async function warnUnlessTangHost(deps: ServerDeps, name: string | undefined): Promise<void> {
+  if (name === undefined) return
+  const h = await deps.store.tx((t) => t.getHostByName(name))
+  if (h?.tang === true && h.state !== 'shredded') return
+  deps.log.log(
+    'warn',
+    'the Tang listener root host is not a live Tang host; its root URLs answer 404',
+    {
+      host: name,
+      fix: `unlockd host add ${name} --tang, or change tangListener.rootHost in server.json`,
+    },
+  )
 }
 
 export async function startServer(deps: ServerDeps, opts: ListenOptions): Promise<RunningServer> {
@@ -66,7 +115,9 @@ export async function startServer(deps: ServerDeps, opts: ListenOptions): Promis
       `refusing plain HTTP on ${host}: give --tls-cert and --tls-key, or listen on 127.0.0.1`,
     )
   }
-  const app = createApp(deps)
+  const tangAt = opts.tang === undefined ? undefined : parseListen(opts.tang.listen)
+  const metrics = createMetrics(deps)
+  const app = createApp(deps, metrics)
   const server = tls
     ? createAdaptorServer({
         fetch: app.fetch,
@@ -79,16 +130,26 @@ export async function startServer(deps: ServerDeps, opts: ListenOptions): Promis
         },
       })
     : createAdaptorServer({ fetch: app.fetch, serverOptions: CONNECTION_LIMITS })
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(port, host, () => resolve())
-  })
-  const addr = server.address() as AddressInfo
-  const shownHost = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address
-  const url = `${tls ? 'https' : 'http'}://${shownHost}:${addr.port}`
+  const addr = await listenOn(server, host, port)
+  const url = `${tls ? 'https' : 'http'}://${shownHost(addr)}:${addr.port}`
+  let tangServer: ReturnType<typeof createAdaptorServer> | undefined
+  let tangAddr: AddressInfo | undefined
+  if (opts.tang !== undefined && tangAt !== undefined) {
+    const tangApp = createTangApp(deps, metrics, { rootHost: opts.tang.rootHost })
+    tangServer = createAdaptorServer({ fetch: tangApp.fetch, serverOptions: CONNECTION_LIMITS })
+    try {
+      tangAddr = await listenOn(tangServer, tangAt.host, tangAt.port)
+    } catch (err) {
+      await closeQuietly(server)
+      throw err
+    }
+    await warnUnlessTangHost(deps, opts.tang.rootHost)
+  }
+  const tangUrl = tangAddr && `http://${shownHost(tangAddr)}:${tangAddr.port}`
   const stopJobs = runMaintenance(deps)
   deps.log.log('info', 'listening', {
     url,
+    ...(tangUrl === undefined ? {} : { tang: tangUrl, tangRoot: opts.tang?.rootHost ?? null }),
     store: deps.store.kind,
     kek: deps.keystore.currentVersion,
   })
@@ -96,15 +157,11 @@ export async function startServer(deps: ServerDeps, opts: ListenOptions): Promis
   return {
     url,
     port: addr.port,
+    ...(tangAddr && tangUrl ? { tangUrl, tangPort: tangAddr.port } : {}),
     close() {
       closing ??= (async () => {
         stopJobs()
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve())
-          ;(server as HttpServer).closeIdleConnections?.()
-          // In-flight long-polls get a bounded grace period.
-          setTimeout(() => (server as HttpServer).closeAllConnections?.(), 3000).unref()
-        })
+        await Promise.all([closeQuietly(server), tangServer && closeQuietly(tangServer)])
         await flushAuthFailureAudit(deps, true)
         await closeDeps(deps)
         deps.log.log('info', 'stopped', {})

@@ -106,8 +106,11 @@ export const serverStart: Command = {
       listen,
       tlsCert: (values['tls-cert'] as string | undefined) ?? cfg.tlsCert,
       tlsKey: (values['tls-key'] as string | undefined) ?? cfg.tlsKey,
+      tang: cfg.tangListener,
     })
     io.stderr(`unlockd server listening on ${srv.url}\n`)
+    if (srv.tangUrl !== undefined)
+      io.stderr(`unlockd Tang listener (plain HTTP, Tang routes only) on ${srv.tangUrl}\n`)
     await new Promise<void>((resolveStop) => {
       const stop = (sig: string): void => {
         log.log('info', 'signal', { signal: sig })

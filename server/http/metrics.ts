@@ -23,6 +23,11 @@ export interface Metrics {
   registry: Registry
   /** Counts releases, denials and latency of the unlock routes. */
   middleware: MiddlewareHandler<AppEnv>
+  /**
+   * The same counters on the plain-HTTP Tang listener, where a root host's `/rec/KID` is a
+   * Tang recovery too.
+   */
+  tangListenerMiddleware: MiddlewareHandler<AppEnv>
   /** `GET /metrics`: checks the scrape token and renders the text format. */
   handler: MiddlewareHandler<AppEnv>
 }
@@ -34,6 +39,12 @@ function unlockRoute(method: string, path: string): 'unlock' | 'poll' | 'tang' |
   if (path === '/v1/approval/poll') return 'poll'
   if (/^\/tang\/[^/]+\/rec\/[^/]+$/.test(path)) return 'tang'
   return undefined
+}
+
+/** On the Tang listener: every Tang recovery, at /tang/NAME/rec/KID or the root /rec/KID. */
+function tangListenerRoute(method: string, path: string): 'tang' | undefined {
+  if (method !== 'POST') return undefined
+  return /^(?:\/tang\/[^/]+)?\/rec\/[^/]+$/.test(path) ? 'tang' : undefined
 }
 
 export function createMetrics(deps: ServerDeps): Metrics {
@@ -114,19 +125,23 @@ export function createMetrics(deps: ServerDeps): Metrics {
     kekAge.set(created === undefined ? 0 : Math.max(0, now - created))
   }
 
-  const middleware: MiddlewareHandler<AppEnv> = async (c, next) => {
-    const route = unlockRoute(c.req.method, c.req.path)
-    if (route === undefined) return next()
-    const end = route === 'poll' ? undefined : latency.startTimer({ route })
-    await next()
-    end?.()
-    const status = c.res.status
-    if (status === 200) releases.inc({ route })
-    else if (status === 202) pendingAnswers.inc({ route })
-    else if (status >= 400 && status < 500)
-      denials.inc({ route, code: c.get('errCode') ?? `http_${status}` })
-    return undefined
-  }
+  const counting =
+    (classify: typeof unlockRoute): MiddlewareHandler<AppEnv> =>
+    async (c, next) => {
+      const route = classify(c.req.method, c.req.path)
+      if (route === undefined) return next()
+      const end = route === 'poll' ? undefined : latency.startTimer({ route })
+      await next()
+      end?.()
+      const status = c.res.status
+      if (status === 200) releases.inc({ route })
+      else if (status === 202) pendingAnswers.inc({ route })
+      else if (status >= 400 && status < 500)
+        denials.inc({ route, code: c.get('errCode') ?? `http_${status}` })
+      return undefined
+    }
+  const middleware = counting(unlockRoute)
+  const tangListenerMiddleware = counting(tangListenerRoute)
 
   const handler: MiddlewareHandler<AppEnv> = async (c) => {
     const expected = deps.settings.metricsTokenHash
@@ -144,5 +159,5 @@ export function createMetrics(deps: ServerDeps): Metrics {
     return c.body(await registry.metrics(), 200, { 'Content-Type': registry.contentType })
   }
 
-  return { registry, middleware, handler }
+  return { registry, middleware, tangListenerMiddleware, handler }
 }

@@ -6,6 +6,10 @@
  * tangd serves: runs of slashes in the path are taken as one, as tangd does.
  * `?form=general` asks for the general JWS serialization even with one signature.
  * The per-address limiter guards the P-521 work like it guards the host routes.
+ *
+ * `tangRoutes(deps, { rootHost })` serves one host's endpoints at the mount point itself
+ * (`/adv`, `/adv/THP`, `/rec/KID`), the URLs a tangd being replaced had; the plain-HTTP Tang
+ * listener mounts it at its root. Both forms run the same handlers, limiter and policy path.
  */
 import { Hono } from 'hono'
 import { UnlockdError } from '../../shared/errors.ts'
@@ -29,23 +33,33 @@ function hostName(v: string): string {
   return v
 }
 
-export function tangRoutes(deps: ServerDeps): Hono<AppEnv> {
+export interface TangRoutesOptions {
+  /** Serve this host at the mount point instead of every host under `/NAME`. */
+  rootHost?: string | undefined
+}
+
+export function tangRoutes(deps: ServerDeps, opts: TangRoutesOptions = {}): Hono<AppEnv> {
   const r = new Hono<AppEnv>()
   const svc = tangService(deps)
-  r.use('*', hostRateLimiter(deps))
+  // On each route rather than '*': mounted at a listener's root, '*' would reach every path.
+  const limit = hostRateLimiter(deps)
+  const root = opts.rootHost
+  const prefix = root === undefined ? '/:host' : ''
+  const hostOf = (c: { req: { param(k: string): string | undefined } }): string =>
+    root ?? c.req.param('host') ?? ''
 
   const adv = async (name: string, form: string | undefined, thp?: string): Promise<Response> => {
     const f: AdvertisementForm = form === 'general' ? 'general' : 'tangd'
     const body = await svc.advertisement(hostName(name), thp, f)
     return new Response(body, { status: 200, headers: { 'Content-Type': ADV_CONTENT_TYPE } })
   }
-  r.get('/:host/adv', (c) => adv(c.req.param('host'), c.req.query('form')))
+  r.get(`${prefix}/adv`, limit, (c) => adv(hostOf(c), c.req.query('form')))
   // clevis asks for `$url/adv/$thp`, i.e. `/adv/` when no thp was given.
-  r.get('/:host/adv/', (c) => adv(c.req.param('host'), c.req.query('form')))
-  r.get('/:host/adv/:thp', (c) => adv(c.req.param('host'), c.req.query('form'), c.req.param('thp')))
+  r.get(`${prefix}/adv/`, limit, (c) => adv(hostOf(c), c.req.query('form')))
+  r.get(`${prefix}/adv/:thp`, limit, (c) => adv(hostOf(c), c.req.query('form'), c.req.param('thp')))
 
-  r.post('/:host/rec/:kid', async (c) => {
-    const name = hostName(c.req.param('host'))
+  r.post(`${prefix}/rec/:kid`, limit, async (c) => {
+    const name = hostName(hostOf(c))
     const buf = await readBoundedBody(c, MAX_REC_BODY)
     let text: string
     try {

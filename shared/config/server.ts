@@ -3,7 +3,7 @@
  */
 import * as v from 'valibot'
 import { UnlockdError } from '../errors.ts'
-import { cidr, parseWith } from '../protocol/validate.ts'
+import { cidr, NAME_RE, parseWith } from '../protocol/validate.ts'
 import { parseDuration } from '../util/duration.ts'
 
 const dur = v.pipe(
@@ -12,14 +12,38 @@ const dur = v.pipe(
   v.transform((s) => parseDuration(s) as number),
 )
 
+const HOST_PORT_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/
+
+const TANG_LISTENER_SHAPE =
+  'must be { "listen": "HOST:PORT", "rootHost": "NAME" } (rootHost optional), e.g. { "listen": "0.0.0.0:80" }'
+
+/**
+ * The optional plain-HTTP Tang listener: only the Tang routes, on any address (the exchange is
+ * blinded); `rootHost` also serves that Tang host at the root, as tangd's URLs have it.
+ */
+const TangListener = v.strictObject(
+  {
+    listen: v.pipe(
+      v.string(TANG_LISTENER_SHAPE),
+      v.regex(HOST_PORT_RE, 'must be HOST:PORT, e.g. "0.0.0.0:80" (the port tangd usually has)'),
+      v.check((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be 0-65535'),
+    ),
+    rootHost: v.optional(
+      v.pipe(
+        v.string('must be the name of a Tang host (`unlockd host add NAME --tang`)'),
+        v.regex(
+          NAME_RE,
+          'must be the name of a Tang host: 1-64 chars of a-z 0-9 _ . - starting with a letter or digit',
+        ),
+      ),
+    ),
+  },
+  TANG_LISTENER_SHAPE,
+)
+
 const Schema = v.strictObject({
   db: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(1000))),
-  listen: v.optional(
-    v.pipe(
-      v.string(),
-      v.regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT'),
-    ),
-  ),
+  listen: v.optional(v.pipe(v.string(), v.regex(HOST_PORT_RE, 'must be HOST:PORT'))),
   tlsCert: v.optional(v.string()),
   tlsKey: v.optional(v.string()),
   publicUrl: v.optional(v.pipe(v.string(), v.url('must be a URL'))),
@@ -54,6 +78,8 @@ const Schema = v.strictObject({
       every: v.optional(dur),
     }),
   ),
+  /** Absent: off. Plain HTTP serving only /tang/* (and rootHost at the root). */
+  tangListener: v.optional(TangListener),
   webhook: v.optional(
     v.strictObject({
       url: v.pipe(v.string(), v.url('must be a URL'), v.regex(/^https?:\/\//, 'must be http(s)')),
@@ -62,6 +88,13 @@ const Schema = v.strictObject({
   ),
 })
 
+export interface TangListenerConfig {
+  /** HOST:PORT of the plain-HTTP listener. */
+  listen: string
+  /** The Tang host also served at the root (`/adv`, `/adv/THP`, `/rec/KID`). */
+  rootHost?: string
+}
+
 export interface ServerConfig {
   db?: string
   listen?: string
@@ -69,6 +102,7 @@ export interface ServerConfig {
   tlsKey?: string
   webhook?: { url: string; secretFile?: string }
   metrics?: { tokenFile: string }
+  tangListener?: TangListenerConfig
   settings: {
     nonceTtl?: number
     iatSkew?: number
@@ -97,6 +131,15 @@ export function parseServerConfig(text: string, where = 'server.json'): ServerCo
   if (c.listen !== undefined) out.listen = c.listen
   if (c.tlsCert !== undefined) out.tlsCert = c.tlsCert
   if (c.tlsKey !== undefined) out.tlsKey = c.tlsKey
+  if (c.tangListener !== undefined) {
+    const { listen, rootHost } = c.tangListener
+    if (listen === c.listen)
+      throw new UnlockdError(
+        'config_invalid',
+        `${where}: tangListener.listen: ${listen} is already the main listener; give the Tang listener its own port (e.g. 0.0.0.0:80)`,
+      )
+    out.tangListener = rootHost === undefined ? { listen } : { listen, rootHost }
+  }
   if (c.metrics !== undefined) out.metrics = { tokenFile: c.metrics.tokenFile }
   if (c.webhook !== undefined)
     out.webhook =

@@ -13,6 +13,7 @@ import { memoryLogger } from '../../server/log.ts'
 import type { ServerDeps, ServerSettings } from '../../server/context.ts'
 import { fetchTransport, type Transport } from '../../shared/client/transport.ts'
 import { totpCodeAt } from '../../server/approvals/totp.ts'
+import type { TangListenerConfig } from '../../shared/config/server.ts'
 
 /** The base32 secret inside an otpauth:// URI. */
 export function secretOfUri(uri: string): string {
@@ -64,6 +65,8 @@ export async function startTestServer(
     now?: () => number
     listen?: string
     tls?: { cert: string; key: string }
+    /** The plain-HTTP Tang listener (server.json `tangListener`). */
+    tangListener?: TangListenerConfig
   } = {},
 ): Promise<TestServer> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'unlockd-srv-'))
@@ -85,6 +88,7 @@ export async function startTestServer(
   const server = await startServer(deps, {
     listen: opts.listen ?? '127.0.0.1:0',
     ...(opts.tls ? { tlsCert: opts.tls.cert, tlsKey: opts.tls.key } : {}),
+    tang: opts.tangListener,
   })
   const base = opts.tls
     ? nodeTransport(server.url, { ca: readFileSync(opts.tls.cert, 'utf8') })
