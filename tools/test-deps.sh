@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 packages=(
   # LUKS2, fscrypt, loop mounts, sd-notify checks
   cryptsetup-bin fscrypt e2fsprogs util-linux kmod socat systemd
-  # Tang peers and stock clevis clients (compatibility tests and benchmarks)
-  tang clevis clevis-luks jose curl jq
+  # Tang peers and stock clevis clients (compatibility tests and benchmarks); tang's own test
+  # scripts (fetched with apt-get source at test time) also need ss and the archive keyring
+  tang clevis clevis-luks jose curl jq iproute2 debian-archive-keyring
   # man pages and shell completion checks
   man-db zsh
   # xattr checks of the in-place encryption tests
