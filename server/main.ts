@@ -1,9 +1,9 @@
 /**
  * `unlockd server start`: the only place that listens. Plain HTTP is refused on anything but
  * loopback; TLS uses the given certificate and key. The optional Tang listener
- * (./tang-listener.ts) is plain HTTP on any address and serves only the Tang routes. SIGTERM/SIGINT close gracefully (stop
- * accepting, let in-flight requests finish, close the store); background jobs purge spent
- * nonces and rotate the KEK on schedule.
+ * (./tang-listener.ts) is plain HTTP on any address and serves only the Tang routes.
+ * SIGTERM/SIGINT close gracefully (stop accepting, let in-flight requests finish, close the
+ * store); background jobs purge spent nonces and rotate the KEK on schedule.
  */
 import { createAdaptorServer } from '@hono/node-server'
 import { createServer as createHttpsServer } from 'node:https'
@@ -132,16 +132,21 @@ export async function startServer(deps: ServerDeps, opts: ListenOptions): Promis
     : createAdaptorServer({ fetch: app.fetch, serverOptions: CONNECTION_LIMITS })
   const addr = await listenOn(server, host, port)
   const url = `${tls ? 'https' : 'http'}://${shownHost(addr)}:${addr.port}`
-  let tangServer: ReturnType<typeof createAdaptorServer> | undefined
+  let tangServer: AnyServer | undefined
   let tangAddr: AddressInfo | undefined
   if (opts.tang !== undefined && tangAt !== undefined) {
     const tangApp = createTangApp(deps, metrics, { rootHost: opts.tang.rootHost })
     tangServer = createAdaptorServer({ fetch: tangApp.fetch, serverOptions: CONNECTION_LIMITS })
     try {
       tangAddr = await listenOn(tangServer, tangAt.host, tangAt.port)
-    } catch (err) {
+    } catch (cause) {
       await closeQuietly(server)
-      throw err
+      const why = (cause as { code?: unknown }).code
+      throw new UnlockdError(
+        'config_invalid',
+        `the Tang listener cannot listen on ${opts.tang.listen}${typeof why === 'string' ? ` (${why})` : ''}: free that port or change tangListener.listen in server.json`,
+        { cause },
+      )
     }
     await warnUnlessTangHost(deps, opts.tang.rootHost)
   }

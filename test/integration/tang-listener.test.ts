@@ -17,7 +17,7 @@ import { verifyAdvertisement } from '../../shared/tang/adv.ts'
 import type { TangHostView } from '../../shared/protocol/tang.ts'
 import { startServer } from '../../server/main.ts'
 import { startTestServer, type TestServer } from '../helpers/server.ts'
-import { throwsWithCode } from '../helpers/errors.ts'
+import { rejectsWithCode, throwsWithCode } from '../helpers/errors.ts'
 import { run, type RunResult } from '../helpers/spawn.ts'
 import { tempDir } from '../helpers/tmp.ts'
 
@@ -260,6 +260,27 @@ test.serial(
     )
     t.is((err as { code?: string }).code, 'usage')
     t.regex(err?.message ?? '', /refusing plain HTTP on 0\.0\.0\.0/)
+  },
+)
+
+test.serial(
+  'a Tang listener that cannot bind stops the start with the setting to change',
+  async (t) => {
+    const srv = await startTestServer(t)
+    const taken = `127.0.0.1:${String(srv.server.port)}`
+    const err = await rejectsWithCode(
+      t,
+      startServer(srv.deps, { listen: '127.0.0.1:0', tang: { listen: taken } }),
+      'config_invalid',
+    )
+    t.regex(
+      err?.message ?? '',
+      new RegExp(
+        `cannot listen on ${taken} \\(EADDRINUSE\\): free that port or change tangListener\\.listen`,
+      ),
+    )
+    // The server that was running keeps running.
+    t.is((await fetch(`${srv.url}/healthz`)).status, 200)
   },
 )
 
