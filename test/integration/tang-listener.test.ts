@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url'
 import { parseServerConfig } from '../../shared/config/server.ts'
 import { verifyAdvertisement } from '../../shared/tang/adv.ts'
 import type { TangHostView } from '../../shared/protocol/tang.ts'
+import { hashToken } from '../../server/escrow/secrets.ts'
 import { startServer } from '../../server/main.ts'
 import { startTestServer, type TestServer } from '../helpers/server.ts'
 import { rejectsWithCode, throwsWithCode } from '../helpers/errors.ts'
@@ -287,8 +288,10 @@ test.serial(
 clevisTest(
   'root host: stock clevis with a tangd-style URL (no /tang/NAME) encrypts and decrypts; audited as a Tang release',
   async (t) => {
+    const scrape = 'scrape-token-of-the-tang-listener-test'
     const srv = await startTestServer(t, {
       tangListener: { listen: '127.0.0.1:0', rootHost: 'old-tangd' },
+      settings: { metricsTokenHash: await hashToken(scrape) },
     })
     const view = await addTangHost(srv, 'old-tangd')
     const root = tangUrlOf(srv)
@@ -309,6 +312,12 @@ clevisTest(
     )
     t.is(releases.length, 3)
     t.true(releases.every((e) => e.detail['via'] === 'tang'))
+    // The main listener's /metrics counts the root host's recoveries with the others.
+    const metrics = await fetch(`${srv.url}/metrics`, {
+      headers: { authorization: `Bearer ${scrape}` },
+    })
+    t.is(metrics.status, 200)
+    t.regex(await metrics.text(), /^unlockd_releases_total\{route="tang"\} 3$/m)
   },
 )
 
