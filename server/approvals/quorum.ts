@@ -391,8 +391,9 @@ export async function expireActions(deps: ServerDeps): Promise<number> {
   return deps.store.tx(async (t) => {
     const now = deps.now()
     let n = 0
-    for (const a of await t.listActions()) {
-      if ((a.state !== 'pending' && a.state !== 'approved') || a.expiresAt > now) continue
+    const open = [...(await t.listActions('pending')), ...(await t.listActions('approved'))]
+    for (const a of open) {
+      if (a.expiresAt > now) continue
       if (await t.moveAction(a.id, a.state, { state: 'expired', decidedAt: now })) {
         await audit(t, now, 'system', 'action.expire', a.host, { action: a.id, kind: a.kind })
         n++

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startTestServer, type TestServer } from '../helpers/server.ts'
 import { UNLOCKD, runCli } from '../helpers/cli.ts'
+import { expireActions } from '../../server/approvals/quorum.ts'
 import {
   addOperator,
   asOperator,
@@ -338,6 +339,19 @@ test('an expired or denied action cannot be approved', async (t) => {
   t.like(denied.body, { state: 'denied', reason: 'not today' })
   t.is((await approve(c, c.bob, again.body.action.id)).body.error, 'approval_denied')
   t.deepEqual((await c.srv.admin('GET', '/kek')).body.versions, [1])
+  // The maintenance job marks what nobody touched, and the list no longer shows it.
+  const third = await c.srv.admin('POST', '/kek/rotate', {}, { totp: true })
+  t.is((await c.srv.admin('GET', '/actions')).body.actions.length, 1)
+  c.clock.advance(3600)
+  // (The server's own maintenance tick may get there first; either way it is the same job.)
+  t.true((await expireActions(c.srv.deps)) <= 1)
+  t.is((await c.srv.admin('GET', `/actions/${third.body.action.id}`)).body.state, 'expired')
+  t.deepEqual((await c.srv.admin('GET', '/actions')).body.actions, [])
+  t.true(
+    (await entries(c.srv)).some(
+      (e) => e.action === 'action.expire' && e.detail.action === third.body.action.id,
+    ),
+  )
 })
 
 test('no deadlock: with fewer operators holding a factor than k, only adding operators works; shred stays one operator', async (t) => {
