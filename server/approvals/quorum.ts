@@ -12,7 +12,7 @@
  *   secrets) are collected by the requester asking again with the action id and a fresh code.
  * - A vote counts only if its operator held a factor when the action opened (so operators added
  *   later never count) and is not removed when it is decided (votes of removed operators stop
- *   counting). Actions expire (settings.actionTtl) and can be denied.
+ *   counting). Actions expire (ACTION_TTL_SECONDS) and can be denied.
  * - No deadlock: while fewer than k operators hold a factor, no action that needs k can open;
  *   only `operator add` stays possible, needing min(k, operators holding a factor) votes.
  *   Emergency shred never comes here: it only tightens.
