@@ -4,6 +4,7 @@
  */
 import type { ServerDeps } from './context.ts'
 import { livenessJob } from './approvals/liveness.ts'
+import { expireActions } from './approvals/quorum.ts'
 import { rotateIfDue } from './keys/rotation.ts'
 import { flushAuthFailureAudit } from './escrow/auth-failure-audit.ts'
 import { anchorAuditHead } from './escrow/audit-chain.ts'
@@ -17,6 +18,10 @@ const jobs: MaintenanceJob[] = [
   },
   // Liveness: suspend hosts unseen past policy.idleSuspendSeconds; expire stale approvals.
   livenessJob,
+  // Quorum actions past their expiry.
+  async (deps) => {
+    await expireActions(deps)
+  },
   // KEK rotation: finish a pending one (after a crash or a failed shred rotation), then rotate
   // every settings.kekRotationPeriod.
   async (deps) => {

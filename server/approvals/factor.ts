@@ -15,6 +15,30 @@ import { checkOperatorCode } from './totp.ts'
 
 export const TOTP_HEADER = 'x-unlockd-totp'
 
+const GRANT: unique symbol = Symbol('quorum grant')
+
+/**
+ * Proof that a quorum of distinct operators approved one action, each with their own factor
+ * (made only by ./quorum.ts once the k-th vote counted). It stands in for the requester's code
+ * when the approved action runs; nothing from a request can produce one.
+ */
+export interface QuorumGrant {
+  readonly [GRANT]: true
+  readonly action: string
+  readonly approvers: readonly string[]
+}
+
+export function quorumGrant(action: string, approvers: readonly string[]): QuorumGrant {
+  return Object.freeze({ [GRANT]: true as const, action, approvers: [...approvers] })
+}
+
+/** What authorizes a loosening action: the caller's own code, or a quorum's grant. */
+export type Authority = string | undefined | QuorumGrant
+
+function isGrant(a: Authority): a is QuorumGrant {
+  return typeof a === 'object' && a[GRANT] === true
+}
+
 /** The code from the request header, checked for shape; undefined when absent. */
 export function headerCode(value: string | undefined): string | undefined {
   if (value === undefined || value === '') return undefined
@@ -26,13 +50,14 @@ export function headerCode(value: string | undefined): string | undefined {
 /**
  * Inside a transaction: reload `caller` (a removed operator is refused), refuse an operator
  * without a factor, and check `code` (spending its step). Refusals are denials, so the failure
- * count and audit entry commit.
+ * count and audit entry commit. A quorum grant replaces the code: its voters (the caller among
+ * them) already proved their factors.
  */
 export async function requireFactor(
   deps: ServerDeps,
   t: StoreTx,
   caller: OperatorRow,
-  code: string | undefined,
+  code: Authority,
   now: number,
   action: string,
   host: string | null = null,
@@ -40,6 +65,7 @@ export async function requireFactor(
   const fresh = await t.getOperator(caller.id)
   if (!fresh || fresh.removedAt !== null)
     throw deny(new UnlockdError('unauthorized', 'this operator was removed'))
+  if (isGrant(code)) return fresh
   requireEnrolled(fresh, action)
   if (code === undefined)
     throw deny(
@@ -67,7 +93,7 @@ export function requireEnrolled(op: OperatorRow, action: string): void {
 export function verifyFactor(
   deps: ServerDeps,
   caller: OperatorRow,
-  code: string | undefined,
+  code: Authority,
   action: string,
   host: string | null = null,
 ): Promise<OperatorRow> {

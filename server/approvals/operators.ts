@@ -11,7 +11,7 @@ import { audit } from '../escrow/audit-log.ts'
 import { hashToken, newId, newToken } from '../escrow/secrets.ts'
 import { deny } from '../store/denial.ts'
 import type { OperatorRow } from '../store/store.ts'
-import { requireFactor } from './factor.ts'
+import { requireFactor, type Authority } from './factor.ts'
 import { newTotpSecret, otpauthUri } from './totp.ts'
 
 export function operatorView(o: OperatorRow): OperatorView {
@@ -26,7 +26,7 @@ export async function addOperator(
   deps: ServerDeps,
   caller: OperatorRow,
   name: string,
-  code: string | undefined,
+  code: Authority,
 ): Promise<OperatorSecrets> {
   const token = newToken('uo')
   const tokenHash = await hashToken(token)
@@ -51,7 +51,7 @@ export async function removeOperator(
   deps: ServerDeps,
   caller: OperatorRow,
   name: string,
-  code: string | undefined,
+  code: Authority,
 ): Promise<OperatorView> {
   return deps.store.tx(async (t) => {
     const now = deps.now()
@@ -82,7 +82,7 @@ export async function enrollTotp(
   deps: ServerDeps,
   caller: OperatorRow,
   name: string,
-  code: string | undefined,
+  code: Authority,
 ): Promise<OperatorSecrets> {
   return deps.store.tx(async (t) => {
     const now = deps.now()

@@ -24,8 +24,9 @@ import {
   type Command,
   type Values,
 } from '../../platform/cli.ts'
-import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
-import { approvalArg, operatorArg } from './positionals.ts'
+import { parseActionList, parseActionView, type ActionView } from '../../shared/protocol/actions.ts'
+import { ACTION_OPTION, CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
+import { decisionArg, operatorArg } from './positionals.ts'
 import { readTotpCode } from './totp-code.ts'
 
 function describe(a: ApprovalView): string {
@@ -41,23 +42,44 @@ function describe(a: ApprovalView): string {
   }
 }
 
+function describeAction(a: ActionView): string {
+  switch (a.state) {
+    case 'pending':
+      return `${a.id}: ${a.summary}: pending, ${a.approvedBy.length} of ${a.required} approvals (${a.approvedBy.join(', ')})\n`
+    case 'approved':
+      return `${a.id}: ${a.summary}: approved by ${a.approvedBy.join(', ')}; ${a.requestedBy} collects the result with --action ${a.id}\n`
+    case 'done':
+      return `${a.id}: ${a.summary}: done, approved by ${a.approvedBy.join(', ')}\n`
+    case 'failed':
+      return `${a.id}: ${a.summary}: approved by ${a.approvedBy.join(', ')} but failed: ${a.reason ?? 'unknown error'}\n`
+    case 'denied':
+      return `${a.id}: ${a.summary}: denied${a.reason ? ` (${a.reason})` : ''}\n`
+    default:
+      return `${a.id}: ${a.summary}: ${a.state}\n`
+  }
+}
+
+const isAction = (id: string): boolean => id.startsWith('qa_')
+
 export const approvalsList: Command = {
   name: 'approvals',
-  summary: 'List pending approval requests (host, volumes, source, boot id, rule, age).',
+  summary:
+    'List what waits for approval: unlock requests, and loosening actions that need a quorum.',
   usage: 'unlockd approvals [--all] [--json]',
   description:
-    'Pending requests that have not expired, oldest first. --all adds approved, denied, used and expired ones.',
+    'Pending unlock requests (ap_...: host, volumes, source, boot id, rule) and pending quorum actions (qa_...: a policy relaxation, resume, escrow export, operator or key change that needs k operators), oldest first; both are approved with `unlockd approve ID`. --all adds decided and expired ones. --json prints one array: unlock requests, then actions (which carry a `kind`).',
   examples: ['unlockd approvals', 'unlockd approvals --all --json'],
   options: { ...CLIENT_OPTIONS, all: { type: 'boolean' } },
   async run({ values, io }) {
-    const { approvals } = await operatorClient(values, io).call(
-      'GET',
-      `/approvals${values['all'] ? '?all=1' : ''}`,
-      parseApprovalList,
-    )
-    output(io, values, approvals, () =>
-      approvals.length === 0 && !values['all']
-        ? 'no pending approval requests\n'
+    const client = operatorClient(values, io)
+    const q = values['all'] ? '?all=1' : ''
+    const { approvals } = await client.call('GET', `/approvals${q}`, parseApprovalList)
+    const { actions } = await client.call('GET', `/actions${q}`, parseActionList)
+    const unlocks = (): string =>
+      approvals.length === 0
+        ? values['all']
+          ? ''
+          : 'no pending approval requests\n'
         : formatTable(
             ['ID', 'HOST', 'VOLUMES', 'SOURCE', 'BOOT ID', 'RULE', 'VOTES', 'AGE', 'STATE'],
             approvals.map((a) => [
@@ -71,27 +93,59 @@ export const approvalsList: Command = {
               formatDuration(a.ageSeconds),
               a.state,
             ]),
-          ),
-    )
+          )
+    const pending = (): string =>
+      actions.length === 0
+        ? values['all']
+          ? ''
+          : 'no pending actions\n'
+        : formatTable(
+            ['ID', 'ACTION', 'REQUESTED BY', 'VOTES', 'APPROVED BY', 'AGE', 'STATE'],
+            actions.map((a) => [
+              a.id,
+              a.summary,
+              a.requestedBy,
+              `${a.approvedBy.length}/${a.required}`,
+              a.approvedBy.join(','),
+              formatDuration(a.ageSeconds),
+              a.state,
+            ]),
+          )
+    output(io, values, [...approvals, ...actions], () => {
+      const u = unlocks()
+      const p = pending()
+      return u + (u && p ? '\n' : '') + p
+    })
     return EXIT.ok
   },
 }
 
 export const approveCommand: Command = {
   name: 'approve',
-  summary: 'Approve a pending unlock request with your TOTP code.',
+  summary: 'Approve a pending unlock request or quorum action with your TOTP code.',
   usage: 'unlockd approve ID [--json]',
   description:
-    'Your API token says who you are; the code proves you hold your authenticator. A code works once; it is asked for on the terminal, or read from the first line of stdin (never an argument). When the host policy needs k approvers, the request stays pending until k distinct operators approve.',
+    'Your API token says who you are; the code proves you hold your authenticator. A code works once; it is asked for on the terminal, or read from the first line of stdin (never an argument). When the host policy needs k approvers, the request stays pending until k distinct operators approve. An action (qa_...) runs at its k-th approval; only operators who held a second factor when it was opened can approve it, and votes of operators removed since do not count.',
   examples: [
     'unlockd approve ap_1a2b3c4d5e6f7g8h9i0j1k',
     'echo 123456 | unlockd approve ap_1a2b3c4d5e6f7g8h9i0j1k',
+    'unlockd approve qa_1a2b3c4d5e6f7g8h9i0j1k',
   ],
   options: { ...CLIENT_OPTIONS },
   positionals: true,
   async run({ values, positionals, io }) {
-    const id = approvalArg(positionals)
+    const id = decisionArg(positionals)
     const code = await readTotpCode(io)
+    if (isAction(id)) {
+      const a = await operatorClient(values, io).call(
+        'POST',
+        `/actions/${id}/approve`,
+        parseActionView,
+        { code },
+      )
+      output(io, values, a, () => describeAction(a))
+      return a.state === 'failed' ? EXIT.error : EXIT.ok
+    }
     const a = await operatorClient(values, io).call(
       'POST',
       `/approvals/${id}/approve`,
@@ -105,7 +159,7 @@ export const approveCommand: Command = {
 
 export const denyCommand: Command = {
   name: 'deny',
-  summary: 'Deny a pending unlock request; the waiting host gives up.',
+  summary: 'Deny a pending unlock request (the waiting host gives up) or quorum action.',
   usage: 'unlockd deny ID [--reason TEXT] [--json]',
   description:
     'The reason (at most 200 characters) is recorded in the audit log and shown to the host.',
@@ -113,11 +167,21 @@ export const denyCommand: Command = {
   options: { ...CLIENT_OPTIONS, reason: { type: 'string' } },
   positionals: true,
   async run({ values, positionals, io }) {
-    const id = approvalArg(positionals)
+    const id = decisionArg(positionals)
     const reason = values['reason'] as string | undefined
     if (reason !== undefined && reason.length > 200)
       usage('--reason must be at most 200 characters')
     const body = reason ? { reason } : {}
+    if (isAction(id)) {
+      const a = await operatorClient(values, io).call(
+        'POST',
+        `/actions/${id}/deny`,
+        parseActionView,
+        body,
+      )
+      output(io, values, a, () => describeAction(a))
+      return EXIT.ok
+    }
     const a = await operatorClient(values, io).call(
       'POST',
       `/approvals/${id}/deny`,
@@ -165,11 +229,15 @@ function showSecrets(io: CliIo, values: Values, r: OperatorSecrets, what: string
 export const operatorAdd: Command = {
   name: 'operator add',
   summary: 'Add an operator: a new API token and TOTP secret, each shown once.',
-  usage: 'unlockd operator add NAME [--no-qr] [--json]',
+  usage: 'unlockd operator add NAME [--no-qr] [--action ID] [--json]',
   description:
-    "Prints the new operator's API token and an otpauth:// URI with a terminal QR code for the authenticator app. Needs your own current TOTP code (a prompt, or the first line of stdin), so a stolen API token alone cannot mint operators.",
-  examples: ['unlockd operator add alice', 'echo 123456 | unlockd operator add bob --json'],
-  options: { ...CLIENT_OPTIONS, 'no-qr': { type: 'boolean' } },
+    "Prints the new operator's API token and an otpauth:// URI with a terminal QR code for the authenticator app. Needs your own current TOTP code (a prompt, or the first line of stdin), so a stolen API token alone cannot mint operators. When a host needs k > 1 approvers and k operators hold a factor, adding needs k operators: the command opens an action (exit status 'pending'), others approve it, and you run the command again with --action ID to get the result. While fewer than k operators hold a factor, adding is the one change that still works (it needs all of those who do).",
+  examples: [
+    'unlockd operator add alice',
+    'echo 123456 | unlockd operator add bob --json',
+    'unlockd operator add bob --action qa_1a2b3c4d5e6f7g8h9i0j1k',
+  ],
+  options: { ...CLIENT_OPTIONS, ...ACTION_OPTION, 'no-qr': { type: 'boolean' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
@@ -184,11 +252,11 @@ export const operatorAdd: Command = {
 export const operatorTotp: Command = {
   name: 'operator totp',
   summary: "Enroll (or replace) an operator's TOTP secret; the new one is shown once.",
-  usage: 'unlockd operator totp NAME [--no-qr] [--json]',
+  usage: 'unlockd operator totp NAME [--no-qr] [--action ID] [--json]',
   description:
-    "Replacing a secret (yours or another operator's) needs your own current code (a prompt, or the first line of stdin).",
+    "Replacing a secret (yours or another operator's) needs your own current code (a prompt, or the first line of stdin), and the fleet's quorum when a host needs k > 1 approvers (collect the result with --action ID once approved).",
   examples: ['unlockd operator totp alice'],
-  options: { ...CLIENT_OPTIONS, 'no-qr': { type: 'boolean' } },
+  options: { ...CLIENT_OPTIONS, ...ACTION_OPTION, 'no-qr': { type: 'boolean' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
@@ -226,7 +294,7 @@ export const operatorRemove: Command = {
   summary: 'Remove an operator: its API token and TOTP secret stop working.',
   usage: 'unlockd operator remove NAME [--json]',
   description:
-    'The last operator cannot be removed. Needs your own current TOTP code (a prompt, or the first line of stdin).',
+    'The last operator cannot be removed. Needs your own current TOTP code (a prompt, or the first line of stdin), and the fleet quorum when a host needs k > 1 approvers: the removal then runs at the k-th `unlockd approve`.',
   examples: ['unlockd operator remove bob'],
   options: { ...CLIENT_OPTIONS },
   positionals: true,

@@ -10,6 +10,12 @@ import * as v from 'valibot'
 import { UnlockdError } from '../../shared/errors.ts'
 import { parseWith } from '../../shared/protocol/validate.ts'
 import { errorFromResponse, type Transport } from '../../shared/client/transport.ts'
+import {
+  ACTION_HEADER,
+  ACTION_ID_RE,
+  parseActionPending,
+  type ActionView,
+} from '../../shared/protocol/actions.ts'
 import { nodeTransport } from '../../platform/node-transport.ts'
 import type { CliIo, Options, Values } from '../../platform/cli.ts'
 
@@ -18,6 +24,23 @@ export const CLIENT_OPTIONS: Options = {
   'token-file': { type: 'string' },
   ca: { type: 'string' },
   config: { type: 'string' },
+}
+
+/** `--action ID`: collect the result of an approved quorum action (commands whose result is yours). */
+export const ACTION_OPTION: Options = { action: { type: 'string' } }
+
+/**
+ * What the CLI says when the server opened a quorum action instead of running the command (the
+ * error `approval_pending` exits with the "pending" status).
+ */
+export function pendingError(a: ActionView): UnlockdError {
+  const then = a.collect
+    ? `; once approved, run this command again with --action ${a.id} (and a fresh code) to get the result`
+    : '; it runs when the last approval arrives'
+  return new UnlockdError(
+    'approval_pending',
+    `${a.summary}: needs ${a.required} approvers (${a.approvedBy.join(', ')} so far). Action ${a.id} waits until ${new Date(a.expiresAt * 1000).toISOString()}; another operator approves it with \`unlockd approve ${a.id}\`${then}`,
+  )
 }
 
 const ConfigSchema = v.strictObject({
@@ -84,6 +107,16 @@ export function operatorClient(values: Values, io: CliIo): OperatorClient {
     )
   const caPath = (values['ca'] as string | undefined) ?? io.env['UNLOCKD_CA'] ?? cfg.ca
   const t: Transport = nodeTransport(url, { ca: caPath ? readText(caPath, 'CA file') : undefined })
+  const action = values['action'] as string | undefined
+  if (action !== undefined && !ACTION_ID_RE.test(action))
+    throw new UnlockdError(
+      'usage',
+      '--action must be an action id (qa_..., see `unlockd approvals`)',
+    )
+  const headers = (totp: string | undefined): Record<string, string> => ({
+    ...(totp ? { 'x-unlockd-totp': totp } : {}),
+    ...(action ? { [ACTION_HEADER]: action } : {}),
+  })
   return {
     url,
     async call(method, path, reply, body, opts = {}) {
@@ -93,9 +126,17 @@ export function operatorClient(values: Values, io: CliIo): OperatorClient {
         bearer: token,
         ...(body === undefined ? {} : { body }),
         ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
-        ...(opts.totp ? { headers: { 'x-unlockd-totp': opts.totp } } : {}),
+        headers: headers(opts.totp),
       })
       if (res.status < 200 || res.status >= 300) throw errorFromResponse(res, `${method} ${path}`)
+      // 202 { action }: the server opened a quorum action instead of running the command.
+      if (
+        res.status === 202 &&
+        typeof res.body === 'object' &&
+        res.body !== null &&
+        'action' in res.body
+      )
+        throw pendingError(parseActionPending(res.body).action)
       return reply(res.body)
     },
   }

@@ -1,4 +1,5 @@
 /** Positional arguments of operator commands: exactly one host, approval or operator name. */
+import { ACTION_ID_RE } from '../../shared/protocol/actions.ts'
 import { APPROVAL_ID_RE } from '../../shared/protocol/messages.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import { usage } from '../../platform/cli.ts'
@@ -19,6 +20,15 @@ export const approvalArg = (p: string[]): string =>
     'approval ID',
     APPROVAL_ID_RE,
     'must look like ap_ followed by 22 characters (see `unlockd approvals`)',
+  )
+
+/** An unlock approval (ap_...) or a quorum action (qa_...). */
+export const decisionArg = (p: string[]): string =>
+  one(
+    p,
+    'approval or action ID',
+    new RegExp(`${APPROVAL_ID_RE.source}|${ACTION_ID_RE.source}`),
+    'must look like ap_ or qa_ followed by 22 characters (see `unlockd approvals`)',
   )
 
 export const operatorArg = (p: string[]): string =>

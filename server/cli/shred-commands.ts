@@ -24,7 +24,7 @@ import {
 import { writeNewPrivateFile } from '../../platform/private-file.ts'
 import { Keystore, backupPathOf } from '../keys/keystore.ts'
 import { KEYSTORE_FILE } from '../setup.ts'
-import { CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
+import { ACTION_OPTION, CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
 import { DEFAULT_DATA_DIR } from './server-commands.ts'
 import { readTotpCode } from './totp-code.ts'
 
@@ -213,11 +213,19 @@ export const escrowExportCommand: Command = {
   name: 'escrow export',
   summary:
     "Give the operator a host's escrow blobs (KEK layer removed; still sealed to the host and recovery keys).",
-  usage: 'unlockd escrow export --host NAME [--out FILE] [--json]',
+  usage: 'unlockd escrow export --host NAME [--out FILE] [--action ID] [--json]',
   description:
-    'For `unlockd recover --blob FILE --recovery-key KEY` on another machine. Needs your TOTP code (a prompt, or the first line of stdin). Audited. The file opens with the recovery key: keep it as carefully as the key, and destroy it when the host is shredded (shred cannot reach it).',
-  examples: ['unlockd escrow export --host web-1 --out web-1.escrow.json'],
-  options: { ...CLIENT_OPTIONS, host: { type: 'string' }, out: { type: 'string' } },
+    'For `unlockd recover --blob FILE --recovery-key KEY` on another machine. Needs your TOTP code (a prompt, or the first line of stdin), and the quorum of the host when its policy needs k > 1 approvers: the command then opens an action, others approve it with `unlockd approve ID`, and you run it again with --action ID and a fresh code to receive the blobs (only you can). Audited. The file opens with the recovery key: keep it as carefully as the key, and destroy it when the host is shredded (shred cannot reach it).',
+  examples: [
+    'unlockd escrow export --host web-1 --out web-1.escrow.json',
+    'unlockd escrow export --host web-1 --out web-1.escrow.json --action qa_1a2b3c4d5e6f7g8h9i0j1k',
+  ],
+  options: {
+    ...CLIENT_OPTIONS,
+    ...ACTION_OPTION,
+    host: { type: 'string' },
+    out: { type: 'string' },
+  },
   async run({ values, io }) {
     const host = values['host'] as string | undefined
     if (!host || !NAME_RE.test(host)) usage('--host NAME is required')

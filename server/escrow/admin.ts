@@ -10,7 +10,7 @@ import type {
   AuditEntry,
 } from '../../shared/protocol/messages.ts'
 import { parsePolicy } from '../../shared/protocol/policy.ts'
-import { requireFactor } from '../approvals/factor.ts'
+import { requireFactor, type Authority } from '../approvals/factor.ts'
 import type { ServerDeps } from '../context.ts'
 import { loosenedFields } from '../policy/loosening.ts'
 import type { HostRow, OperatorRow, StoreTx, TokenRow } from '../store/store.ts'
@@ -67,7 +67,7 @@ export function setHostState(
   name: string,
   state: 'active' | 'suspended',
   reason: string | null,
-  code?: string,
+  code?: Authority,
 ): Promise<HostView> {
   const actor: Actor = `operator:${caller.name}`
   return deps.store.tx(async (t) => {
@@ -97,6 +97,20 @@ export function setHostState(
   })
 }
 
+/** Whether `patch` would loosen host `name`'s current policy (a shredded host loosens nothing). */
+export function policyLoosens(
+  deps: ServerDeps,
+  name: string,
+  patch: PolicyPatch,
+): Promise<boolean> {
+  return deps.store.tx(async (t) => {
+    const h = await t.getHostByName(name)
+    if (!h || h.state === 'shredded') return false
+    const next = parsePolicy({ ...h.policy, ...patch })
+    return loosenedFields(h.policy, next).length > 0
+  })
+}
+
 /**
  * Change a host's policy. A change that loosens any field (see policy/loosening.ts) needs the
  * caller's own TOTP code; a stricter policy goes through with the token alone.
@@ -106,7 +120,7 @@ export function setHostPolicy(
   caller: OperatorRow,
   name: string,
   patch: PolicyPatch,
-  code?: string,
+  code?: Authority,
 ): Promise<HostView> {
   const actor: Actor = `operator:${caller.name}`
   return deps.store.tx(async (t) => {

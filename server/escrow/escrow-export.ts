@@ -9,7 +9,7 @@
 import { fromUtf8 } from '../../shared/crypto/bytes.ts'
 import { parseEscrowBlob } from '../../shared/crypto/blob.ts'
 import type { EscrowExport } from '../../shared/protocol/shred.ts'
-import { requireFactor } from '../approvals/factor.ts'
+import { requireFactor, type Authority } from '../approvals/factor.ts'
 import type { ServerDeps } from '../context.ts'
 import type { OperatorRow } from '../store/store.ts'
 import { blobAad, unwrap } from '../keys/kek-wrap.ts'
@@ -21,7 +21,7 @@ export function exportEscrow(
   deps: ServerDeps,
   caller: OperatorRow,
   hostName: string,
-  code: string | undefined,
+  code: Authority,
 ): Promise<EscrowExport> {
   const actor = `operator:${caller.name}` as const
   return deps.store.tx(async (t) => {

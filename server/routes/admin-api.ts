@@ -17,13 +17,17 @@ import {
   listAudit,
   listHosts,
   listTokens,
+  policyLoosens,
   revokeToken,
   setHostPolicy,
   setHostState,
   showHost,
 } from '../escrow/admin.ts'
 import { hostNameParam, jsonBody, operatorAuth, type AppEnv } from '../http/middleware.ts'
+import { ACTION_HEADER } from '../../shared/protocol/actions.ts'
+import { actionRoutes } from './action-api.ts'
 import { approvalAdminRoutes } from './approval-api.ts'
+import { gatedResponse } from './gate.ts'
 import { passkeyAdminRoutes } from './passkey-admin-api.ts'
 import { shredRoutes } from './shred-api.ts'
 import { tangAdminRoutes } from './tang-admin-api.ts'
@@ -58,29 +62,23 @@ export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
       ),
     )
   })
+  // Resuming and loosening a policy lift controls: the caller's own code, and the host's quorum.
   r.post('/hosts/:name/resume', async (c) =>
-    c.json(
-      await setHostState(
-        deps,
-        c.get('operator'),
-        hostNameParam(c.req.param('name')),
-        'active',
-        null,
-        headerCode(c.req.header(TOTP_HEADER)),
-      ),
+    gatedResponse(
+      deps,
+      c,
+      { kind: 'host.resume', host: hostNameParam(c.req.param('name')), payload: {} },
+      headerCode(c.req.header(TOTP_HEADER)),
     ),
   )
-  r.patch('/hosts/:name/policy', async (c) =>
-    c.json(
-      await setHostPolicy(
-        deps,
-        c.get('operator'),
-        hostNameParam(c.req.param('name')),
-        parsePolicyPatch(await jsonBody(c)),
-        headerCode(c.req.header(TOTP_HEADER)),
-      ),
-    ),
-  )
+  r.patch('/hosts/:name/policy', async (c) => {
+    const name = hostNameParam(c.req.param('name'))
+    const patch = parsePolicyPatch(await jsonBody(c))
+    const code = headerCode(c.req.header(TOTP_HEADER))
+    if (c.req.header(ACTION_HEADER) || (await policyLoosens(deps, name, patch)))
+      return gatedResponse(deps, c, { kind: 'host.policy', host: name, payload: { patch } }, code)
+    return c.json(await setHostPolicy(deps, c.get('operator'), name, patch, code))
+  })
 
   r.post('/tokens', async (c) =>
     c.json(await createEnrollToken(deps, actor(c), parseCreateToken(await jsonBody(c))), 201),
@@ -110,6 +108,7 @@ export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
   })
   // Human approval and operators; behind the bearer check above.
   r.route('/', approvalAdminRoutes(deps))
+  r.route('/', actionRoutes(deps))
   r.route('/', shredRoutes(deps))
   r.route('/', tangAdminRoutes(deps))
   r.route('/', passkeyAdminRoutes(deps))

@@ -8,7 +8,8 @@
  *   POST /operators                    { name, code? }     → token and otpauth URI, shown once
  *   POST /operators/:name/totp         { code? }           (re-)enroll TOTP → otpauth URI
  *   POST /operators/:name/remove       { code? }
- * `code` on operator changes is the caller's own, required once the caller has TOTP.
+ * `code` on operator changes is the caller's own (always required). Operator changes also need
+ * the fleet-wide quorum (../approvals/quorum.ts): with k > 1 they answer 202 `{ action }`.
  */
 import { Hono, type Context } from 'hono'
 import { UnlockdError } from '../../shared/errors.ts'
@@ -22,9 +23,10 @@ import {
 import { NAME_RE } from '../../shared/protocol/validate.ts'
 import type { ServerDeps } from '../context.ts'
 import { approveRequest, denyRequest, listApprovals, showApproval } from '../approvals/decide.ts'
-import { addOperator, enrollTotp, listOperators, removeOperator } from '../approvals/operators.ts'
+import { listOperators } from '../approvals/operators.ts'
 import { jsonBody, type AppEnv } from '../http/middleware.ts'
 import type { OperatorRow } from '../store/store.ts'
+import { gatedResponse } from './gate.ts'
 
 function approvalId(v: string): string {
   if (!APPROVAL_ID_RE.test(v))
@@ -81,22 +83,33 @@ export function approvalAdminRoutes(deps: ServerDeps): Hono<AppEnv> {
     operator(c)
     return c.json({ operators: await listOperators(deps) })
   })
+  // Operator changes decide who may vote: the caller's own code and the fleet-wide quorum.
   r.post('/operators', async (c) => {
-    const op = operator(c)
+    operator(c)
     const b = parseAddOperator(await jsonBody(c, 4096))
-    c.header('Cache-Control', 'no-store')
-    return c.json(await addOperator(deps, op, b.name, b.code), 201)
+    return gatedResponse(
+      deps,
+      c,
+      { kind: 'operator.add', host: null, payload: { name: b.name } },
+      b.code,
+    )
   })
   r.post('/operators/:name/totp', async (c) => {
-    const op = operator(c)
+    operator(c)
     const b = parseOperatorCode(await optionalBody(c))
-    c.header('Cache-Control', 'no-store')
-    return c.json(await enrollTotp(deps, op, operatorName(c.req.param('name')), b.code))
+    const name = operatorName(c.req.param('name'))
+    return gatedResponse(deps, c, { kind: 'operator.totp', host: null, payload: { name } }, b.code)
   })
   r.post('/operators/:name/remove', async (c) => {
-    const op = operator(c)
+    operator(c)
     const b = parseOperatorCode(await optionalBody(c))
-    return c.json(await removeOperator(deps, op, operatorName(c.req.param('name')), b.code))
+    const name = operatorName(c.req.param('name'))
+    return gatedResponse(
+      deps,
+      c,
+      { kind: 'operator.remove', host: null, payload: { name } },
+      b.code,
+    )
   })
   return r
 }

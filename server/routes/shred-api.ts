@@ -1,15 +1,16 @@
 /**
  * Operator routes of crypto-shred under /v1/admin: crypto-shred, KEK rotation and status, escrow
  * export. Mounted inside adminRoutes, behind its one operator-token check; shred (not its dry run)
- * needs the operator's TOTP code in the body, KEK rotation and escrow export in X-Unlockd-Totp.
+ * needs the operator's TOTP code in the body, KEK rotation and escrow export in X-Unlockd-Totp
+ * and the quorum (./gate.ts). Shred only tightens: one operator with a valid code, never a quorum.
  */
 import { Hono } from 'hono'
 import { parseShredRequest } from '../../shared/protocol/shred.ts'
-import { headerCode, TOTP_HEADER, verifyFactor } from '../approvals/factor.ts'
+import { headerCode, TOTP_HEADER } from '../approvals/factor.ts'
 import type { ServerDeps } from '../context.ts'
-import { exportEscrow } from '../escrow/escrow-export.ts'
 import { shred } from '../escrow/shred.ts'
-import { kekStatus, rotateKek } from '../keys/rotation.ts'
+import { kekStatus } from '../keys/rotation.ts'
+import { gatedResponse } from './gate.ts'
 import { hostNameParam, jsonBody, type AppEnv } from '../http/middleware.ts'
 
 export function shredRoutes(deps: ServerDeps): Hono<AppEnv> {
@@ -20,23 +21,23 @@ export function shredRoutes(deps: ServerDeps): Hono<AppEnv> {
   )
 
   r.get('/kek', async (c) => c.json(await kekStatus(deps)))
-  r.post('/kek/rotate', async (c) => {
-    // Not destructive (survivors are re-wrapped first), but it changes the key under every
-    // secret, so it needs the caller's own code like every fleet-wide change.
-    await verifyFactor(deps, c.get('operator'), headerCode(c.req.header(TOTP_HEADER)), 'kek rotate')
-    const rotated = await rotateKek(deps, `operator:${c.get('operator').name}`, 'operator')
-    return c.json({
-      ...(await kekStatus(deps)),
-      rotated: { destroyed: rotated.destroyed, rewrapped: rotated.rewrapped },
-    })
-  })
+  r.post('/kek/rotate', async (c) =>
+    gatedResponse(
+      deps,
+      c,
+      { kind: 'kek.rotate', host: null, payload: {} },
+      headerCode(c.req.header(TOTP_HEADER)),
+    ),
+  )
 
-  r.post('/hosts/:name/escrow-export', async (c) => {
-    const name = hostNameParam(c.req.param('name'))
-    c.header('Cache-Control', 'no-store')
-    return c.json(
-      await exportEscrow(deps, c.get('operator'), name, headerCode(c.req.header(TOTP_HEADER))),
-    )
-  })
+  // The result goes to the requester only: with a quorum, they collect it once approved.
+  r.post('/hosts/:name/escrow-export', async (c) =>
+    gatedResponse(
+      deps,
+      c,
+      { kind: 'escrow.export', host: hostNameParam(c.req.param('name')), payload: {} },
+      headerCode(c.req.header(TOTP_HEADER)),
+    ),
+  )
   return r
 }

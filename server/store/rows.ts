@@ -7,6 +7,7 @@ import { UnlockdError } from '../../shared/errors.ts'
 import { parsePolicy } from '../../shared/protocol/policy.ts'
 import type { AuditEntry } from '../../shared/protocol/messages.ts'
 import type {
+  ActionRow,
   ApprovalRow,
   EncryptionRow,
   HostRow,
@@ -133,6 +134,22 @@ export function approvalFromRow(r: Row): ApprovalRow {
     createdAt: num(r['created_at']),
     expiresAt: num(r['expires_at']),
     state: String(r['state']) as ApprovalRow['state'],
+    decidedAt: numOrNull(r['decided_at']),
+    reason: strOrNull(r['reason']),
+  }
+}
+export function actionFromRow(r: Row): ActionRow {
+  return {
+    id: String(r['id']),
+    kind: String(r['kind']),
+    host: strOrNull(r['host']),
+    payload: jsonCol<Record<string, unknown>>(r['payload'], 'action payload'),
+    requesterId: String(r['requester_id']),
+    required: num(r['required']),
+    eligible: jsonCol<string[]>(r['eligible'], 'action eligible operators'),
+    createdAt: num(r['created_at']),
+    expiresAt: num(r['expires_at']),
+    state: String(r['state']) as ActionRow['state'],
     decidedAt: numOrNull(r['decided_at']),
     reason: strOrNull(r['reason']),
   }

@@ -190,6 +190,36 @@ CREATE TABLE encryption_progress (
 );
 `
 
+/**
+ * v5, quorum actions: a loosening operator action (policy relaxation, resume, export, operator
+ * and key changes) that waits for k distinct operators. `payload` is the validated request as
+ * JSON, `eligible` the ids of the operators who held a factor when it opened (only they can vote),
+ * and each vote is one row keyed by (action, operator).
+ */
+const v5Quorum = (bigint: string): string => `
+CREATE TABLE quorum_actions (
+  id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  host TEXT,
+  payload TEXT NOT NULL,
+  requester_id TEXT NOT NULL,
+  required INTEGER NOT NULL,
+  eligible TEXT NOT NULL,
+  created_at ${bigint} NOT NULL,
+  expires_at ${bigint} NOT NULL,
+  state TEXT NOT NULL,
+  decided_at ${bigint},
+  reason TEXT
+);
+CREATE INDEX quorum_actions_state ON quorum_actions (state);
+CREATE TABLE quorum_votes (
+  action_id TEXT NOT NULL,
+  operator_id TEXT NOT NULL,
+  at ${bigint} NOT NULL,
+  PRIMARY KEY (action_id, operator_id)
+);
+`
+
 export const MIGRATIONS: readonly Migration[] = [
   { sqlite: v1Common('BLOB', 'INTEGER'), postgres: v1Common('BYTEA', 'BIGINT') },
   {
@@ -201,4 +231,5 @@ SELECT setval('audit_seq', COALESCE((SELECT max(seq) FROM audit), 0) + 1, false)
   },
   { sqlite: v3Passkeys('BLOB', 'INTEGER'), postgres: v3Passkeys('BYTEA', 'BIGINT') },
   { sqlite: v4Encryption('INTEGER', 'REAL'), postgres: v4Encryption('BIGINT', 'DOUBLE PRECISION') },
+  { sqlite: v5Quorum('INTEGER'), postgres: v5Quorum('BIGINT') },
 ]

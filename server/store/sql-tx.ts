@@ -11,6 +11,7 @@ import { AUDIT_GENESIS, auditEntryMac, auditLinkMac } from '../../shared/audit.t
 import type { AuditEntry } from '../../shared/protocol/messages.ts'
 import {
   APPROVAL_COLS,
+  actionFromRow,
   HOST_COLS,
   OPERATOR_COLS,
   approvalFromRow,
@@ -406,14 +407,72 @@ export function sqlStoreTx(
         [aid, oid, at],
       )) === 1,
     countApprovalVotes: (aid) =>
-      count('SELECT count(*) AS n FROM approval_votes WHERE approval_id = ?', [aid]),
+      count(
+        'SELECT count(*) AS n FROM approval_votes v JOIN operators o ON o.id = v.operator_id WHERE v.approval_id = ? AND o.removed_at IS NULL',
+        [aid],
+      ),
     approvalVoters: async (aid) =>
       (
         await rows(
-          'SELECT o.name FROM approval_votes v JOIN operators o ON o.id = v.operator_id WHERE v.approval_id = ? ORDER BY v.at, o.name',
+          'SELECT o.name FROM approval_votes v JOIN operators o ON o.id = v.operator_id WHERE v.approval_id = ? AND o.removed_at IS NULL ORDER BY v.at, o.name',
           [aid],
         )
       ).map((r) => String(r['name'])),
+
+    insertAction: (a) =>
+      exec(
+        'INSERT INTO quorum_actions (id, kind, host, payload, requester_id, required, eligible, created_at, expires_at, state, decided_at, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)',
+        [
+          a.id,
+          a.kind,
+          a.host,
+          JSON.stringify(a.payload),
+          a.requesterId,
+          a.required,
+          JSON.stringify(a.eligible),
+          a.createdAt,
+          a.expiresAt,
+          a.state,
+          a.decidedAt,
+          a.reason,
+        ],
+      ),
+    getAction: async (id) => {
+      const r = await one('SELECT * FROM quorum_actions WHERE id = ?', [id])
+      return r && actionFromRow(r)
+    },
+    listActions: async (state) =>
+      (state === undefined
+        ? await rows('SELECT * FROM quorum_actions ORDER BY created_at, id')
+        : await rows('SELECT * FROM quorum_actions WHERE state = ? ORDER BY created_at, id', [
+            state,
+          ])
+      ).map(actionFromRow),
+    moveAction: async (id, from, patch) =>
+      (await changes(
+        'UPDATE quorum_actions SET state = ?, decided_at = ?, reason = COALESCE(?, reason) WHERE id = ? AND state = ?',
+        [patch.state, patch.decidedAt, patch.reason ?? null, id, from],
+      )) === 1,
+    addActionVote: async (aid, oid, at) =>
+      (await changes(
+        'INSERT INTO quorum_votes (action_id, operator_id, at) VALUES (?,?,?) ON CONFLICT DO NOTHING',
+        [aid, oid, at],
+      )) === 1,
+    actionVotes: async (aid) =>
+      (
+        await rows(
+          'SELECT v.operator_id, v.at, o.name, o.removed_at FROM quorum_votes v JOIN operators o ON o.id = v.operator_id WHERE v.action_id = ? ORDER BY v.at, o.name, v.operator_id',
+          [aid],
+        )
+      ).map((r) => ({
+        operatorId: String(r['operator_id']),
+        name: String(r['name']),
+        at: Number(r['at']),
+        removedAt:
+          r['removed_at'] === null || r['removed_at'] === undefined
+            ? null
+            : Number(r['removed_at']),
+      })),
 
     appendAudit: async (e) => {
       live()

@@ -89,6 +89,37 @@ export interface ApprovalRow {
   reason: string | null
 }
 
+/**
+ * A loosening operator action waiting for a quorum (server/approvals/quorum.ts). `approved`
+ * waits for the requester to collect the result (escrow export, operator secrets); `done` and
+ * `failed` are final once it ran.
+ */
+export interface ActionRow {
+  id: string
+  kind: string
+  /** The affected host's name, or null for a fleet-wide action. */
+  host: string | null
+  /** The validated request, as JSON. */
+  payload: Record<string, unknown>
+  requesterId: string
+  required: number
+  /** Operators (ids) that held a factor when the action opened: the only ones who can vote. */
+  eligible: string[]
+  createdAt: number
+  expiresAt: number
+  state: 'pending' | 'approved' | 'denied' | 'expired' | 'done' | 'failed'
+  decidedAt: number | null
+  reason: string | null
+}
+
+/** One vote on a quorum action, with the voter as they stand now. */
+export interface ActionVoteRow {
+  operatorId: string
+  name: string
+  at: number
+  removedAt: number | null
+}
+
 /** A WebAuthn credential registered by an operator on the phone page. */
 export interface PasskeyRow {
   /** Credential id, base64url. */
@@ -227,8 +258,24 @@ export interface StoreTx {
   updateApproval(id: string, patch: Partial<Omit<ApprovalRow, 'id'>>): Promise<void>
   /** Record one operator's vote; false if this operator already voted. */
   addApprovalVote(approvalId: string, operatorId: string, at: number): Promise<boolean>
+  /** Votes of operators not removed: a removed operator's vote no longer counts. */
   countApprovalVotes(approvalId: string): Promise<number>
+  /** Names of the operators (not removed) who voted, in vote order. */
   approvalVoters(approvalId: string): Promise<string[]>
+  // quorum actions
+  insertAction(row: ActionRow): Promise<void>
+  getAction(id: string): Promise<ActionRow | undefined>
+  listActions(state?: ActionRow['state']): Promise<ActionRow[]>
+  /** Move `id` from state `from` (atomically); false when it is no longer in `from`. */
+  moveAction(
+    id: string,
+    from: ActionRow['state'],
+    patch: Pick<ActionRow, 'state' | 'decidedAt'> & { reason?: string | null },
+  ): Promise<boolean>
+  /** Record one operator's vote; false if this operator already voted. */
+  addActionVote(actionId: string, operatorId: string, at: number): Promise<boolean>
+  /** Every vote in vote order, removed voters included (the caller decides what counts). */
+  actionVotes(actionId: string): Promise<ActionVoteRow[]>
   // audit
   /** Append one entry, MAC'd with the store's audit key; chained later by `sealAudit`. */
   appendAudit(entry: NewAudit): Promise<AuditEntry>

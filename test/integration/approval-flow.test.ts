@@ -262,9 +262,10 @@ test('wrong codes, replayed codes and lockout are refused; an expired request ca
 test('approvers: 2 needs two distinct operators; one approval keeps the host waiting', async (t) => {
   const clock = testClock()
   const srv = await server(t, clock)
-  const host = await enrollHost(t, srv, 'vault-1', { approval: 'always', approvers: 2 })
+  // Operators first: once a host needs two approvers, adding one needs two operators too.
   const alice = await addOperator(t, srv, 'alice')
   const bob = await addOperator(t, srv, 'bob')
+  const host = await enrollHost(t, srv, 'vault-1', { approval: 'always', approvers: 2 })
   const r = await askUnlock(srv.transport, host, 'bootid-k2')
   if (r.status === 'released') return t.fail('expected 202')
 
@@ -683,6 +684,9 @@ test('host set / host show (CLI) end to end', async (t) => {
   t.regex(show.stdout, /max unlocks: 5\/1h/)
   t.regex(show.stdout, /idle suspend: 30d/)
   t.regex(show.stdout, /clone check: 10m/)
+  // web-7 now needs two approvers: relaxing it needs a second operator. While the admin is the
+  // only one holding a factor, adding operators is what still works (it needs just the admin).
+  const bob = await addOperator(t, srv, 'bob')
   const off = await runCli(
     [
       'host',
@@ -702,8 +706,16 @@ test('host set / host show (CLI) end to end', async (t) => {
     env,
     { stdin: `${await srv.adminCode()}\n` },
   )
-  t.is(off.code, 0, off.stderr)
-  t.like(off.json.policy, {
+  t.is(off.code, 5, off.stderr)
+  const actionId = /qa_[A-Za-z0-9_-]{22}/.exec(off.stderr)?.[0]
+  if (!actionId) return t.fail(off.stderr)
+  t.is((await srv.admin('GET', '/hosts/web-7')).body.policy.approvers, 2)
+  const approved = await runCli(['approve', actionId, '--json'], cliEnv(t, srv, bob.token), {
+    stdin: `${codeNow(srv, bob)}\n`,
+  })
+  t.is(approved.code, 0, approved.stderr)
+  t.like(approved.json, { state: 'done', approvedBy: ['admin', 'bob'] })
+  t.like((await srv.admin('GET', '/hosts/web-7')).body.policy, {
     approval: 'never',
     approvers: 1,
     cidrs: [],
@@ -734,13 +746,30 @@ test('k-of-n: an operator added after the request was opened does not count', as
   const r = await askUnlock(srv.transport, host, 'bootid-late')
   if (r.status === 'released') return t.fail('expected 202')
   clock.advance(5)
-  // alice (token + TOTP) mints a second operator and tries to complete the quorum alone.
+  // alice (token + TOTP) tries to mint a second operator to complete the quorum alone: with
+  // two operators holding a factor, adding one needs both, so she gets only a pending action.
   const made = await asOperator(srv, alice, 'POST', '/operators', {
     name: 'sock-puppet',
     code: codeNow(srv, alice),
   })
-  t.is(made.status, 201, JSON.stringify(made.body))
-  const sock = { token: made.body.token, secret: secretOf(made.body.otpauthUri) }
+  t.is(made.status, 202, JSON.stringify(made.body))
+  t.is(made.body.token, undefined)
+  // Even if the admin approves the addition, the new operator cannot count toward the request.
+  const ok = await srv.admin('POST', `/actions/${made.body.action.id}/approve`, {
+    code: await srv.adminCode(),
+  })
+  t.is(ok.body.state, 'approved')
+  clock.advance(30)
+  const got = await srv.transport({
+    method: 'POST',
+    path: '/v1/admin/operators',
+    bearer: alice.token,
+    body: { name: 'sock-puppet', code: codeNow(srv, alice) },
+    headers: { 'x-unlockd-action': made.body.action.id },
+  })
+  t.is(got.status, 201, JSON.stringify(got.body))
+  const body = got.body as { token: string; otpauthUri: string }
+  const sock = { token: body.token, secret: secretOf(body.otpauthUri) }
   clock.advance(30)
   t.is(
     (

@@ -84,25 +84,34 @@ test('a stolen token without a code cannot relax a policy, resume, export, rotat
   const actions = await auditActions(srv)
   t.false(actions.includes('escrow.export'))
   t.false(actions.includes('host.resume'))
-  // With the admin's own code each goes through.
-  const ok = await srv.admin(
+  // vault-1 needs 3 approvers and only the admin holds a factor: even with the admin's own
+  // code nothing loosens it (only adding operators stays possible; see quorum-actions.test.ts).
+  const alone = await srv.admin(
     'PATCH',
     '/hosts/vault-1/policy',
     { approval: 'never' },
     { totp: true },
   )
+  t.is(alone.status, 409, JSON.stringify(alone.body))
+  t.regex(alone.body.message, /needs 3 operators with a second factor/)
+  // On a host that needs one approver, the admin's own code is enough for each.
+  await enrollHost(t, srv, 'solo-1', { ...STRICT, approvers: 1 })
+  t.is((await srv.admin('POST', '/hosts/solo-1/suspend', {})).status, 200)
+  const ok = await srv.admin('PATCH', '/hosts/solo-1/policy', { approval: 'never' }, { totp: true })
   t.is(ok.status, 200, JSON.stringify(ok.body))
-  t.is((await srv.admin('POST', '/hosts/vault-1/resume', undefined, { totp: true })).status, 200)
-  const exp = await srv.admin('POST', '/hosts/vault-1/escrow-export', {}, { totp: true })
+  t.is((await srv.admin('POST', '/hosts/solo-1/resume', undefined, { totp: true })).status, 200)
+  const exp = await srv.admin('POST', '/hosts/solo-1/escrow-export', {}, { totp: true })
   t.is(exp.status, 200, JSON.stringify(exp.body))
   t.is(exp.body.volumes.length, 1)
   const policyEntry = (
     (await srv.admin('GET', '/audit?limit=10000')).body.entries as {
       action: string
+      host: string | null
       detail: { loosened?: string[] }
     }[]
-  ).findLast((e) => e.action === 'host.policy')
+  ).findLast((e) => e.action === 'host.policy' && e.host === 'solo-1')
   t.deepEqual(policyEntry?.detail.loosened, ['approval'])
+  t.is((await srv.admin('GET', '/hosts/vault-1')).body.policy.approval, 'always')
 })
 
 test('the init operator holds a factor from init; an operator without one is refused everything, approve and deny too', async (t) => {

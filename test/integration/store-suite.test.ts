@@ -33,6 +33,7 @@ import { deny } from '../../server/store/denial.ts'
 import { openStore } from '../../server/store/open.ts'
 import { SqliteStore } from '../../server/store/sqlite.ts'
 import type {
+  ActionRow,
   ApprovalRow,
   HostRow,
   OperatorRow,
@@ -794,6 +795,111 @@ function suite(b: Backend): void {
     ])
     t.is(r.filter(Boolean).length, 1)
     t.is(await store.tx((tx) => tx.countApprovalVotes(racing.id)), 1)
+  })
+
+  it("approvals: a removed operator's vote no longer counts", async (t, { store }) => {
+    const h = hostRow()
+    const a = approvalRow(h.id, { expiresAt: BIG })
+    const ops = [operatorRow({ name: 'op-a' }), operatorRow({ name: 'op-b' })] as const
+    await store.tx(async (tx) => {
+      await tx.insertHost(h)
+      await tx.insertApproval(a)
+      for (const o of ops) await tx.insertOperator(o)
+      await tx.addApprovalVote(a.id, ops[0].id, 300)
+      await tx.addApprovalVote(a.id, ops[1].id, 301)
+    })
+    t.is(await store.tx((tx) => tx.countApprovalVotes(a.id)), 2)
+    await store.tx((tx) => tx.updateOperator(ops[0].id, { removedAt: 302 }))
+    t.is(await store.tx((tx) => tx.countApprovalVotes(a.id)), 1)
+    t.deepEqual(await store.tx((tx) => tx.approvalVoters(a.id)), ['op-b'])
+  })
+
+  it('quorum actions: insert, list by state, move only from the expected state, one vote per operator', async (t, {
+    store,
+    peer,
+  }) => {
+    const ops = [operatorRow({ name: 'op-a' }), operatorRow({ name: 'op-b' })] as const
+    const act: ActionRow = {
+      id: uid('qa'),
+      kind: 'host.policy',
+      host: 'web-1',
+      payload: { patch: { approval: 'never', cidrs: [] } },
+      requesterId: ops[0].id,
+      required: 2,
+      eligible: ops.map((o) => o.id),
+      createdAt: 100,
+      expiresAt: BIG,
+      state: 'pending',
+      decidedAt: null,
+      reason: null,
+    }
+    const fleet: ActionRow = {
+      ...act,
+      id: uid('qa'),
+      kind: 'kek.rotate',
+      host: null,
+      payload: {},
+      createdAt: 200,
+      state: 'denied',
+      decidedAt: 201,
+      reason: 'no',
+    }
+    await store.tx(async (tx) => {
+      for (const o of ops) await tx.insertOperator(o)
+      await tx.insertAction(act)
+      await tx.insertAction(fleet)
+    })
+    t.deepEqual(await store.tx((tx) => tx.getAction(act.id)), act)
+    t.deepEqual(await store.tx((tx) => tx.getAction(fleet.id)), fleet)
+    t.is(await store.tx((tx) => tx.getAction('nope')), undefined)
+    t.deepEqual(
+      (await store.tx((tx) => tx.listActions())).map((x) => x.id),
+      [act.id, fleet.id],
+    )
+    t.deepEqual(
+      (await store.tx((tx) => tx.listActions('pending'))).map((x) => x.id),
+      [act.id],
+    )
+
+    t.true(await store.tx((tx) => tx.addActionVote(act.id, ops[0].id, 300)))
+    t.false(await store.tx((tx) => tx.addActionVote(act.id, ops[0].id, 301)))
+    t.true(await store.tx((tx) => tx.addActionVote(act.id, ops[1].id, 302)))
+    await store.tx((tx) => tx.updateOperator(ops[1].id, { removedAt: 303 }))
+    t.deepEqual(await store.tx((tx) => tx.actionVotes(act.id)), [
+      { operatorId: ops[0].id, name: 'op-a', at: 300, removedAt: null },
+      { operatorId: ops[1].id, name: 'op-b', at: 302, removedAt: 303 },
+    ])
+    t.deepEqual(await store.tx((tx) => tx.actionVotes(fleet.id)), [])
+
+    // Two instances deciding at once: exactly one moves it.
+    const other = await peer()
+    const r = await Promise.all([
+      store.tx((tx) => tx.moveAction(act.id, 'pending', { state: 'approved', decidedAt: 400 })),
+      other.tx((tx) => tx.moveAction(act.id, 'pending', { state: 'approved', decidedAt: 401 })),
+    ])
+    t.is(r.filter(Boolean).length, 1)
+    t.false(
+      await store.tx((tx) =>
+        tx.moveAction(act.id, 'pending', { state: 'denied', decidedAt: 402, reason: 'late' }),
+      ),
+    )
+    t.true(
+      await store.tx((tx) =>
+        tx.moveAction(act.id, 'approved', { state: 'failed', decidedAt: 403, reason: 'boom' }),
+      ),
+    )
+    t.like(await store.tx((tx) => tx.getAction(act.id)), {
+      state: 'failed',
+      decidedAt: 403,
+      reason: 'boom',
+    })
+    const racing = { ...act, id: uid('qa'), state: 'pending' as const }
+    await store.tx((tx) => tx.insertAction(racing))
+    const v = await Promise.all([
+      store.tx((tx) => tx.addActionVote(racing.id, ops[0].id, 500)),
+      other.tx((tx) => tx.addActionVote(racing.id, ops[0].id, 500)),
+    ])
+    t.is(v.filter(Boolean).length, 1)
   })
 
   it('audit: appends from two instances at once keep one verifiable chain', async (t, {
