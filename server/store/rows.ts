@@ -11,6 +11,7 @@ import type {
   EncryptionRow,
   HostRow,
   OperatorRow,
+  OperatorEnrollmentRow,
   PasskeyEnrollmentRow,
   PasskeyRow,
   TokenRow,
@@ -101,6 +102,17 @@ export function passkeyFromRow(r: Row): PasskeyRow {
     rpId: String(r['rp_id']),
     createdAt: num(r['created_at']),
     lastUsedAt: numOrNull(r['last_used_at']),
+  }
+}
+export function operatorEnrollmentFromRow(r: Row): OperatorEnrollmentRow {
+  return {
+    codeHash: String(r['code_hash']),
+    operatorId: String(r['operator_id']),
+    kind: String(r['kind']) as OperatorEnrollmentRow['kind'],
+    createdBy: String(r['created_by']),
+    createdAt: num(r['created_at']),
+    expiresAt: num(r['expires_at']),
+    usedAt: numOrNull(r['used_at']),
   }
 }
 export function passkeyEnrollmentFromRow(r: Row): PasskeyEnrollmentRow {
