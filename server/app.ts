@@ -13,6 +13,7 @@ import { accessLog, MAX_BODY, sourceAddress, type AppEnv } from './http/middlewa
 import { auditAuthFailure } from './escrow/auth-failure-audit.ts'
 import { adminRoutes } from './routes/admin-api.ts'
 import { hostRoutes } from './routes/host-api.ts'
+import { operatorEnrollRoutes } from './routes/operator-enroll-api.ts'
 import { approvePageRoutes } from './routes/approve-page.ts'
 import { installNotifier } from './approvals/notify.ts'
 import { watchRoutes } from './routes/watch-api.ts'
@@ -63,6 +64,7 @@ export function createApp(deps: ServerDeps, metrics: Metrics = createMetrics(dep
   app.get('/healthz', (c) => c.json({ status: 'ok' }))
   app.get('/metrics', metrics.handler)
   app.route('/v1', hostRoutes(deps))
+  app.route('/v1', operatorEnrollRoutes(deps))
   app.route('/v1/admin', adminRoutes(deps))
   app.route('/approve', approvePageRoutes(deps))
   installNotifier(deps) // webhook on every new approval request (listener only, no I/O here)

@@ -131,9 +131,14 @@ async function checkFactor(
   host: string | null,
   detail: Record<string, unknown>,
 ): Promise<void> {
+  // The operator as it is now: a factor reset or removal since the request began must count.
+  const fresh = await t.getOperator(op.id)
+  if (!fresh || fresh.removedAt !== null)
+    throw deny(new UnlockdError('unauthorized', 'this operator was removed'))
+  requireEnrolled(fresh, 'decide an approval request')
   if (typeof factor === 'string')
-    await checkOperatorCode(deps, t, op, factor, now, { host, detail })
-  else await factor(t, op, now, host)
+    await checkOperatorCode(deps, t, fresh, factor, now, { host, detail })
+  else await factor(t, fresh, now, host)
 }
 
 /**

@@ -114,6 +114,7 @@ export function pageTotpFactor(deps: ServerDeps, code: string, source: string) {
   return async (t: StoreTx, op: OperatorRow, now: number, host: string | null): Promise<void> => {
     await requireNoBackoff(t, operatorScope(op.id), now, 'operator')
     let step: number | undefined
+    // op is the fresh row (decide.ts reloads it), so a factor cleared since login is seen.
     if (op.totpCt !== null && op.totpIv !== null && op.totpKekVersion !== null) {
       const secret = unwrap(
         deps.keystore.kek(op.totpKekVersion),

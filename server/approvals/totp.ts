@@ -75,7 +75,7 @@ export async function checkOperatorCode(
     throw deny(
       new UnlockdError(
         'forbidden',
-        `operator ${op.name} has no TOTP enrolled; run \`unlockd operator totp ${op.name}\``,
+        `operator ${op.name} has no TOTP enrolled; redeem your enrollment code with \`unlockd operator enroll\` (another operator opens one with \`unlockd operator totp ${op.name}\`)`,
       ),
     )
   }

@@ -1,15 +1,20 @@
 /**
  * Operator commands for human approval: `approvals`, `approve`, `deny`, and operator
- * management (`operator add|list|remove|totp`). TOTP codes are one-time 6-digit values, read by
+ * management (`operator add|list|remove|totp`; `operator enroll` is ./operator-enroll-command.ts). TOTP codes are one-time 6-digit values, read by
  * ./totp-code.ts from a prompt or stdin (never argv); API tokens never go in argv (UNLOCKD_TOKEN / UNLOCKD_TOKEN_FILE).
  */
+import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { resolve } from 'node:path'
+import { writeFileAtomic } from '../../platform/atomic-file.ts'
 import {
   parseApprovalList,
   parseApprovalView,
+  parseOperatorEnrollment,
   parseOperatorList,
   parseOperatorSecrets,
   type ApprovalView,
+  type OperatorEnrollment,
   type OperatorSecrets,
 } from '../../shared/protocol/messages.ts'
 import { parseRemovedOperator } from '../../shared/protocol/admin-replies.ts'
@@ -28,6 +33,13 @@ import { parseActionList, parseActionView, type ActionView } from '../../shared/
 import { ACTION_OPTION, CLIENT_OPTIONS, operatorClient } from './operator-client.ts'
 import { decisionArg, operatorArg } from './positionals.ts'
 import { readTotpCode } from './totp-code.ts'
+
+/** Your own reset answers with secrets; another operator's with an enrollment code. */
+function parseFactorReset(x: unknown): OperatorSecrets | OperatorEnrollment {
+  return typeof x === 'object' && x !== null && 'enrollment' in x
+    ? parseOperatorEnrollment(x)
+    : parseOperatorSecrets(x)
+}
 
 function describe(a: ApprovalView): string {
   switch (a.state) {
@@ -207,17 +219,17 @@ function qrOf(text: string): string {
   return out
 }
 
-function showSecrets(io: CliIo, values: Values, r: OperatorSecrets, what: string): void {
+export function showSecrets(io: CliIo, values: Values, r: OperatorSecrets, what: string): void {
   output(io, values, r, () => {
     const lines = [`${what} ${r.operator.name}.`, '']
     if (r.token)
       lines.push(
-        `API token (shown once; give it to ${r.operator.name}, store it in a 0600 file):`,
+        'Your API token (shown once; store it in a 0600 file and point UNLOCKD_TOKEN_FILE at it):',
         `  ${r.token}`,
         '',
       )
     lines.push(
-      'TOTP secret (shown once): add it to an authenticator app by scanning the code or pasting the URI.',
+      'Your TOTP secret (shown once): add it to your authenticator app by scanning the code or pasting the URI.',
       `  ${r.otpauthUri}`,
       '',
     )
@@ -226,51 +238,87 @@ function showSecrets(io: CliIo, values: Values, r: OperatorSecrets, what: string
   })
 }
 
+/**
+ * Show (or, with --out, write to a new 0600 file) a one-time enrollment code for another
+ * operator. The code is that operator's to redeem; it is never a secret of theirs.
+ */
+function showEnrollment(io: CliIo, values: Values, r: OperatorEnrollment): void {
+  const out = values['out'] as string | undefined
+  const { code, ...rest } = r.enrollment
+  if (out !== undefined) writeFileAtomic(resolve(out), `${code}\n`, 0o600)
+  const shown = out === undefined ? r : { ...r, enrollment: { ...rest, file: out } }
+  const name = r.operator.name
+  output(io, values, shown, () => {
+    const lines: string[] = []
+    if (r.voidedVotes && r.voidedVotes.length > 0)
+      lines.push(`Voided ${name}'s votes on ${r.voidedVotes.join(', ')}.`)
+    lines.push(
+      r.enrollment.kind === 'add'
+        ? `${name} holds no token or factor yet. Give ${name} this one-time enrollment code (valid until ${fmtTime(r.enrollment.expiresAt)}); ${name} runs \`unlockd operator enroll\` and types it in:`
+        : `${name}'s factor was cleared. Give ${name} this one-time code (valid until ${fmtTime(r.enrollment.expiresAt)}); ${name} runs \`unlockd operator enroll\` with ${name}'s own API token and types it in:`,
+    )
+    lines.push(out === undefined ? `  ${code}` : `  written to ${out} (0600)`)
+    return lines.join('\n') + '\n'
+  })
+}
+
+const outOption = { out: { type: 'string' } } as const
+
+function refuseExistingOut(values: Values): void {
+  const out = values['out'] as string | undefined
+  if (out !== undefined && existsSync(out))
+    usage(`--out ${out} already exists; give a path for a new file`)
+}
+
 export const operatorAdd: Command = {
   name: 'operator add',
-  summary: 'Add an operator: a new API token and TOTP secret, each shown once.',
-  usage: 'unlockd operator add NAME [--no-qr] [--action ID] [--json]',
+  summary: 'Add an operator: prints only a one-time enrollment code for them to redeem.',
+  usage: 'unlockd operator add NAME [--out FILE] [--action ID] [--json]',
   description:
-    "Prints the new operator's API token and an otpauth:// URI with a terminal QR code for the authenticator app. Needs your own current TOTP code (a prompt, or the first line of stdin), so a stolen API token alone cannot mint operators. When a host needs k > 1 approvers and k operators hold a factor, adding needs k operators: the command opens an action (exit status 'pending'), others approve it, and you run the command again with --action ID to get the result. While fewer than k operators hold a factor, adding is the one change that still works (it needs all of those who do).",
+    "The new operator holds nothing until they run `unlockd operator enroll` with the code: that gives them, and only them, their API token and TOTP secret. You never see either. The code works once and expires after 24 hours; with --out it is written to that new 0600 file instead of shown. Needs your own current TOTP code (a prompt, or the first line of stdin), so a stolen API token alone cannot mint operators. When a host needs k > 1 approvers and k operators hold a factor, adding needs k operators: the command opens an action (exit status 'pending'), others approve it, and you run the command again with --action ID to get the code. While fewer than k operators hold a factor, adding is the one change that still works (it needs all of those who do).",
   examples: [
     'unlockd operator add alice',
-    'echo 123456 | unlockd operator add bob --json',
+    'echo 123456 | unlockd operator add bob --out bob.code',
     'unlockd operator add bob --action qa_1a2b3c4d5e6f7g8h9i0j1k',
   ],
-  options: { ...CLIENT_OPTIONS, ...ACTION_OPTION, 'no-qr': { type: 'boolean' } },
+  options: { ...CLIENT_OPTIONS, ...ACTION_OPTION, ...outOption },
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
+    refuseExistingOut(values)
     const client = operatorClient(values, io)
     const code = await readTotpCode(io)
-    const r = await client.call('POST', '/operators', parseOperatorSecrets, { name, code })
-    showSecrets(io, values, r, 'Added operator')
+    const r = await client.call('POST', '/operators', parseOperatorEnrollment, { name, code })
+    showEnrollment(io, values, r)
     return EXIT.ok
   },
 }
 
 export const operatorTotp: Command = {
   name: 'operator totp',
-  summary: "Enroll (or replace) an operator's TOTP secret; the new one is shown once.",
-  usage: 'unlockd operator totp NAME [--no-qr] [--action ID] [--json]',
+  summary:
+    "Reset an operator's second factor: yours shows a new secret; another's opens an enrollment.",
+  usage: 'unlockd operator totp NAME [--out FILE] [--no-qr] [--action ID] [--json]',
   description:
-    "Replacing a secret (yours or another operator's) needs your own current code (a prompt, or the first line of stdin), and the fleet's quorum when a host needs k > 1 approvers (collect the result with --action ID once approved).",
-  examples: ['unlockd operator totp alice'],
-  options: { ...CLIENT_OPTIONS, ...ACTION_OPTION, 'no-qr': { type: 'boolean' } },
+    "Needs your own current TOTP code (a prompt, or the first line of stdin), and the fleet's quorum when a host needs k > 1 approvers (collect the result with --action ID once approved). For yourself, the new secret is shown once. For another operator, no secret is shown to you: their TOTP and passkeys are cleared, their votes on pending requests are voided, and you get a one-time code (or, with --out, a new 0600 file) that they redeem with `unlockd operator enroll` and their own API token.",
+  examples: ['unlockd operator totp alice', 'unlockd operator totp bob --out bob.code'],
+  options: { ...CLIENT_OPTIONS, ...ACTION_OPTION, ...outOption, 'no-qr': { type: 'boolean' } },
   positionals: true,
   async run({ values, positionals, io }) {
     const name = operatorArg(positionals)
+    refuseExistingOut(values)
     const client = operatorClient(values, io)
     const code = await readTotpCode(io)
-    const r = await client.call('POST', `/operators/${name}/totp`, parseOperatorSecrets, { code })
-    showSecrets(io, values, r, 'New TOTP secret for')
+    const r = await client.call('POST', `/operators/${name}/totp`, parseFactorReset, { code })
+    if ('enrollment' in r) showEnrollment(io, values, r)
+    else showSecrets(io, values, r, 'New TOTP secret for')
     return EXIT.ok
   },
 }
 
 export const operatorList: Command = {
   name: 'operator list',
-  summary: 'List operators and whether each has TOTP enrolled.',
+  summary: 'List operators, whether each has TOTP enrolled, and open enrollments.',
   usage: 'unlockd operator list [--json]',
   options: { ...CLIENT_OPTIONS },
   async run({ values, io }) {
@@ -281,8 +329,13 @@ export const operatorList: Command = {
     )
     output(io, values, operators, () =>
       formatTable(
-        ['NAME', 'TOTP', 'CREATED'],
-        operators.map((o) => [o.name, o.totp ? 'yes' : 'no', fmtTime(o.createdAt)]),
+        ['NAME', 'TOTP', 'ENROLLMENT', 'CREATED'],
+        operators.map((o) => [
+          o.name,
+          o.totp ? 'yes' : 'no',
+          o.enrollmentExpiresAt ? `open until ${fmtTime(o.enrollmentExpiresAt)}` : '-',
+          fmtTime(o.createdAt),
+        ]),
       ),
     )
     return EXIT.ok

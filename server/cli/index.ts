@@ -2,6 +2,7 @@
 import type { Command } from '../../platform/cli.ts'
 import { serverInit, serverStart } from './server-commands.ts'
 import { operatorPasskey } from './passkey-commands.ts'
+import { operatorEnroll } from './operator-enroll-command.ts'
 import { hostAdd, hostRotateTang } from './tang-commands.ts'
 import {
   approvalsList,
@@ -51,6 +52,7 @@ export const serverCommands: Command[] = [
   approveCommand,
   denyCommand,
   operatorAdd,
+  operatorEnroll,
   operatorList,
   operatorRemove,
   operatorTotp,

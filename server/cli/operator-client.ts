@@ -75,7 +75,14 @@ function readText(path: string, what: string): string {
   }
 }
 
-export function operatorClient(values: Values, io: CliIo): OperatorClient {
+/** Where the server is and how to reach it: URL, CA, and the API token when one is configured. */
+export interface ServerTarget {
+  url: string
+  token: string | undefined
+  transport: Transport
+}
+
+export function serverTarget(values: Values, io: CliIo): ServerTarget {
   const cfgPath =
     (values['config'] as string | undefined) ??
     io.env['UNLOCKD_CONFIG'] ??
@@ -100,13 +107,18 @@ export function operatorClient(values: Values, io: CliIo): OperatorClient {
   const tokenFile =
     (values['token-file'] as string | undefined) ?? io.env['UNLOCKD_TOKEN_FILE'] ?? cfg.tokenFile
   const token = tokenFile ? readText(tokenFile, 'token file').trim() : io.env['UNLOCKD_TOKEN']
+  const caPath = (values['ca'] as string | undefined) ?? io.env['UNLOCKD_CA'] ?? cfg.ca
+  const transport = nodeTransport(url, { ca: caPath ? readText(caPath, 'CA file') : undefined })
+  return { url, token: token === '' ? undefined : token, transport }
+}
+
+export function operatorClient(values: Values, io: CliIo): OperatorClient {
+  const { url, token, transport: t } = serverTarget(values, io)
   if (!token)
     throw new UnlockdError(
       'unauthorized',
       'no operator token: set UNLOCKD_TOKEN or UNLOCKD_TOKEN_FILE (never pass tokens as arguments)',
     )
-  const caPath = (values['ca'] as string | undefined) ?? io.env['UNLOCKD_CA'] ?? cfg.ca
-  const t: Transport = nodeTransport(url, { ca: caPath ? readText(caPath, 'CA file') : undefined })
   const action = values['action'] as string | undefined
   if (action !== undefined && !ACTION_ID_RE.test(action))
     throw new UnlockdError(

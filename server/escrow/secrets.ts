@@ -1,7 +1,7 @@
 /**
- * Bearer secrets (enrollment tokens `ue_…`, operator API tokens `uo_…`) and ids. Tokens carry
- * 256 random bits, so a plain SHA-256 is a sufficient at-rest hash; lookups go by hash and a
- * constant-time compare confirms the match.
+ * Bearer secrets (enrollment tokens `ue_…`, operator API tokens `uo_…`, operator enrollment
+ * codes `oe_…`) and ids. Tokens carry 256 random bits, so a plain SHA-256 is a sufficient
+ * at-rest hash; lookups go by hash and a constant-time compare confirms the match.
  */
 import {
   b64uEncode,
@@ -11,10 +11,11 @@ import {
   utf8,
 } from '../../shared/crypto/bytes.ts'
 
-export type TokenKind = 'ue' | 'uo'
+export type TokenKind = 'ue' | 'uo' | 'oe'
 const FORMAT: Record<TokenKind, RegExp> = {
   ue: /^ue_[A-Za-z0-9_-]{43}$/,
   uo: /^uo_[A-Za-z0-9_-]{43}$/,
+  oe: /^oe_[A-Za-z0-9_-]{43}$/,
 }
 
 export function newToken(kind: TokenKind): string {

@@ -5,10 +5,12 @@
  *   POST /approvals/:id/approve        { code }            the caller's TOTP code
  *   POST /approvals/:id/deny           { reason?, code? }
  *   GET  /operators
- *   POST /operators                    { name, code? }     → token and otpauth URI, shown once
- *   POST /operators/:name/totp         { code? }           (re-)enroll TOTP → otpauth URI
- *   POST /operators/:name/remove       { code? }
- * `code` on operator changes is the caller's own (always required). Operator changes also need
+ *   POST /operators                    { name, code }      → a one-time enrollment code only
+ *   POST /operators/:name/totp         { code }            your own: new otpauth URI; another's:
+ *                                                          factor cleared, enrollment code only
+ *   POST /operators/:name/remove       { code }
+ * `code` on operator changes is the caller's own current TOTP code. No answer here ever carries
+ * another operator's token or secret (see approvals/operators.ts). Operator changes also need
  * the fleet-wide quorum (../approvals/quorum.ts): with k > 1 they answer 202 `{ action }`.
  */
 import { Hono, type Context } from 'hono'

@@ -12,6 +12,7 @@ import type {
   EncryptionRow,
   HostRow,
   OperatorRow,
+  OperatorEnrollmentRow,
   PasskeyEnrollmentRow,
   PasskeyRow,
   TokenRow,
@@ -102,6 +103,17 @@ export function passkeyFromRow(r: Row): PasskeyRow {
     rpId: String(r['rp_id']),
     createdAt: num(r['created_at']),
     lastUsedAt: numOrNull(r['last_used_at']),
+  }
+}
+export function operatorEnrollmentFromRow(r: Row): OperatorEnrollmentRow {
+  return {
+    codeHash: String(r['code_hash']),
+    operatorId: String(r['operator_id']),
+    kind: String(r['kind']) as OperatorEnrollmentRow['kind'],
+    createdBy: String(r['created_by']),
+    createdAt: num(r['created_at']),
+    expiresAt: num(r['expires_at']),
+    usedAt: numOrNull(r['used_at']),
   }
 }
 export function passkeyEnrollmentFromRow(r: Row): PasskeyEnrollmentRow {

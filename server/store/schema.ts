@@ -220,6 +220,25 @@ CREATE TABLE quorum_votes (
 );
 `
 
+/**
+ * v6, operator enrollments: a one-time code (stored hashed) that lets an operator obtain its own
+ * credentials. `add` (from `operator add`) gives the redeemer the new operator's API token and
+ * TOTP secret; `reset` (from `operator totp` by another operator) gives a new TOTP secret and
+ * needs the target's own API token as well. Nobody but the redeemer ever sees the secrets.
+ */
+const v6OperatorEnrollments = (bigint: string): string => `
+CREATE TABLE operator_enrollments (
+  code_hash TEXT PRIMARY KEY,
+  operator_id TEXT NOT NULL,
+  kind TEXT NOT NULL CHECK (kind IN ('add','reset')),
+  created_by TEXT NOT NULL,
+  created_at ${bigint} NOT NULL,
+  expires_at ${bigint} NOT NULL,
+  used_at ${bigint}
+);
+CREATE INDEX operator_enrollments_operator ON operator_enrollments (operator_id);
+`
+
 export const MIGRATIONS: readonly Migration[] = [
   { sqlite: v1Common('BLOB', 'INTEGER'), postgres: v1Common('BYTEA', 'BIGINT') },
   {
@@ -232,4 +251,5 @@ SELECT setval('audit_seq', COALESCE((SELECT max(seq) FROM audit), 0) + 1, false)
   { sqlite: v3Passkeys('BLOB', 'INTEGER'), postgres: v3Passkeys('BYTEA', 'BIGINT') },
   { sqlite: v4Encryption('INTEGER', 'REAL'), postgres: v4Encryption('BIGINT', 'DOUBLE PRECISION') },
   { sqlite: v5Quorum('INTEGER'), postgres: v5Quorum('BIGINT') },
+  { sqlite: v6OperatorEnrollments('INTEGER'), postgres: v6OperatorEnrollments('BIGINT') },
 ]

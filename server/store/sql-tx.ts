@@ -18,6 +18,7 @@ import {
   auditFromRow,
   encryptionFromRow,
   hostFromRow,
+  operatorEnrollmentFromRow,
   operatorFromRow,
   passkeyEnrollmentFromRow,
   passkeyFromRow,
@@ -302,6 +303,43 @@ export function sqlStoreTx(
         )
       ).map(operatorFromRow),
 
+    insertOperatorEnrollment: (e) =>
+      exec(
+        'INSERT INTO operator_enrollments (code_hash, operator_id, kind, created_by, created_at, expires_at, used_at) VALUES (?,?,?,?,?,?,?)',
+        [e.codeHash, e.operatorId, e.kind, e.createdBy, e.createdAt, e.expiresAt, e.usedAt],
+      ),
+    getOperatorEnrollment: async (h) => {
+      const r = await one('SELECT * FROM operator_enrollments WHERE code_hash = ?', [h])
+      return r && operatorEnrollmentFromRow(r)
+    },
+    useOperatorEnrollment: async (h, now) =>
+      (await changes(
+        'UPDATE operator_enrollments SET used_at = ? WHERE code_hash = ? AND used_at IS NULL',
+        [now, h],
+      )) === 1,
+    openOperatorEnrollment: async (oid, now) => {
+      const r = await one(
+        'SELECT * FROM operator_enrollments WHERE operator_id = ? AND used_at IS NULL AND expires_at > ? ORDER BY created_at DESC, code_hash LIMIT 1',
+        [oid, now],
+      )
+      return r && operatorEnrollmentFromRow(r)
+    },
+    dropOperatorEnrollments: (oid) =>
+      changes('DELETE FROM operator_enrollments WHERE operator_id = ? AND used_at IS NULL', [oid]),
+    deletePendingApprovalVotes: async (oid) => {
+      const ids = (
+        await rows(
+          "SELECT v.approval_id FROM approval_votes v JOIN approvals a ON a.id = v.approval_id WHERE v.operator_id = ? AND a.state = 'pending' ORDER BY v.approval_id",
+          [oid],
+        )
+      ).map((r) => String(r['approval_id']))
+      for (const id of ids)
+        await exec('DELETE FROM approval_votes WHERE approval_id = ? AND operator_id = ?', [
+          id,
+          oid,
+        ])
+      return ids
+    },
     insertPasskey: (p) =>
       exec(
         'INSERT INTO passkeys (id, operator_id, public_key, counter, transports, rp_id, created_at, last_used_at) VALUES (?,?,?,?,?,?,?,?)',
@@ -345,6 +383,10 @@ export function sqlStoreTx(
         'UPDATE passkey_enrollments SET used_at = ? WHERE token_hash = ? AND used_at IS NULL',
         [now, h],
       )) === 1,
+    deleteOperatorPasskeys: async (oid) => {
+      await exec('DELETE FROM passkey_enrollments WHERE operator_id = ? AND used_at IS NULL', [oid])
+      return changes('DELETE FROM passkeys WHERE operator_id = ?', [oid])
+    },
     insertWebauthnChallenge: (c) =>
       exec(
         'INSERT INTO webauthn_challenges (challenge, purpose, binding, operator_id, expires_at) VALUES (?,?,?,?,?)',

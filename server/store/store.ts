@@ -120,6 +120,22 @@ export interface ActionVoteRow {
   removedAt: number | null
 }
 
+/**
+ * A one-time operator enrollment code, stored by hash. `add`: the redeemer becomes the new
+ * operator (API token and TOTP secret). `reset`: the redeemer, authenticated with the
+ * operator's own API token, gets a new TOTP secret.
+ */
+export interface OperatorEnrollmentRow {
+  codeHash: string
+  operatorId: string
+  kind: 'add' | 'reset'
+  /** Name of the operator who opened it. */
+  createdBy: string
+  createdAt: number
+  expiresAt: number
+  usedAt: number | null
+}
+
 /** A WebAuthn credential registered by an operator on the phone page. */
 export interface PasskeyRow {
   /** Credential id, base64url. */
@@ -230,6 +246,23 @@ export interface StoreTx {
   recordTotpFailure(operatorId: string, at: number): Promise<void>
   countTotpFailures(operatorId: string, since: number): Promise<number>
   listOperatorsWithTotpKekBelow(version: number): Promise<OperatorRow[]>
+  // operator enrollments (one-time codes for an operator's own credentials)
+  insertOperatorEnrollment(row: OperatorEnrollmentRow): Promise<void>
+  getOperatorEnrollment(codeHash: string): Promise<OperatorEnrollmentRow | undefined>
+  /** Atomically mark an enrollment used; false when it was already used. */
+  useOperatorEnrollment(codeHash: string, now: number): Promise<boolean>
+  /** The operator's unused, unexpired enrollment, if any (the newest). */
+  openOperatorEnrollment(
+    operatorId: string,
+    now: number,
+  ): Promise<OperatorEnrollmentRow | undefined>
+  /** Drop the operator's unused enrollments (a new one replaces them); returns how many. */
+  dropOperatorEnrollments(operatorId: string): Promise<number>
+  /**
+   * Delete the operator's votes on approval requests that are still pending; returns the ids
+   * of the requests that lost a vote.
+   */
+  deletePendingApprovalVotes(operatorId: string): Promise<string[]>
   // passkeys (phone page)
   insertPasskey(row: PasskeyRow): Promise<void>
   getPasskey(id: string): Promise<PasskeyRow | undefined>
@@ -243,6 +276,8 @@ export interface StoreTx {
   getPasskeyEnrollment(tokenHash: string): Promise<PasskeyEnrollmentRow | undefined>
   /** Atomically mark a registration link used; false when it was already used. */
   usePasskeyEnrollment(tokenHash: string, now: number): Promise<boolean>
+  /** Delete the operator's passkeys and unused registration links; returns the passkeys deleted. */
+  deleteOperatorPasskeys(operatorId: string): Promise<number>
   insertWebauthnChallenge(row: WebauthnChallengeRow): Promise<void>
   /** Take (delete) a challenge; undefined when unknown or already taken. Expiry is the caller's. */
   takeWebauthnChallenge(challenge: string): Promise<WebauthnChallengeRow | undefined>

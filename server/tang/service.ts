@@ -10,9 +10,10 @@
  * "answered the exchange".
  *
  * Approval rules: clevis cannot wait for a 202, but its boot-time loops retry. So a /rec that
- * needs approval opens an approval request (one at a time per host) and is refused with
- * `approval_pending`; once an operator approves it, the next /rec within `approvalTtl` spends
- * it. Tang hosts have no boot id; their events carry the fixed boot id `tang-clevis`.
+ * needs approval opens an approval request (one at a time per host and source address) and is
+ * refused with `approval_pending`; once an operator approves it, the next /rec from the same
+ * source address within `approvalTtl` spends it (the operator approved what it saw, including
+ * the source). A /rec from elsewhere does not spend it. Tang hosts have no boot id; their events carry the fixed boot id `tang-clevis`.
  *
  * The ECMR step runs on the system libcrypto when it can (./ecmr-libcrypto.ts: one nistp521
  * multiplication, ~20x less CPU than Node's bundled OpenSSL), else on node:crypto
@@ -46,6 +47,7 @@ import { suspendIdle } from '../approvals/liveness.ts'
 import { openApproval } from '../escrow/approval-seam.ts'
 import { decide, historyRow, PolicyDenied, recordDenial, recordRelease } from '../escrow/release.ts'
 import { IDLE_SUSPEND_RULE } from '../policy/idle.ts'
+import { audit } from '../escrow/audit-log.ts'
 import { deny } from '../store/denial.ts'
 import type { HostRow, StoreTx, VolumeRow } from '../store/store.ts'
 import { createFastEcmrServer } from './ecmr-libcrypto.ts'
@@ -343,9 +345,11 @@ export class TangService {
   }
 
   /**
-   * The approval branch: spend an approved request of this host (returns the rule to audit), or
-   * refuse with `approval_pending` after opening one (unless one is already waiting); the
-   * refusal is a denial, so the opened request commits.
+   * The approval branch: spend an approved request of this host from this same source address
+   * (returns the rule to audit), or refuse with `approval_pending` after opening one for this
+   * source (unless one is already waiting). An approval for another source is neither spent nor
+   * shown to this requester; the attempt is audited. The refusal is a denial, so the opened
+   * request and the audit entries commit.
    */
   async #approval(
     t: StoreTx,
@@ -355,16 +359,27 @@ export class TangService {
     now: number,
   ): Promise<string> {
     const ttl = this.#deps.settings.approvalTtl
-    const mine = (await t.listApprovals('approved')).filter(
+    const approved = (await t.listApprovals('approved')).filter(
       (a) => a.hostId === host.id && a.bootId === TANG_BOOT_ID && (a.decidedAt ?? 0) + ttl > now,
     )
-    const ready = mine[0]
+    // The operator approved a request from one source address: only a /rec from there spends it.
+    const ready = approved.find((a) => a.source === source)
     if (ready !== undefined) {
       await t.updateApproval(ready.id, { state: 'used' })
       return `${ready.rule} (approval ${ready.id})`
     }
+    for (const other of approved)
+      await audit(t, now, 'anonymous', 'approval.source_mismatch', host.name, {
+        approval: other.id,
+        approvedSource: other.source,
+        source,
+      })
     const waiting = (await t.listApprovals('pending')).find(
-      (a) => a.hostId === host.id && a.bootId === TANG_BOOT_ID && a.expiresAt > now,
+      (a) =>
+        a.hostId === host.id &&
+        a.bootId === TANG_BOOT_ID &&
+        a.source === source &&
+        a.expiresAt > now,
     )
     if (waiting === undefined) {
       if (rule === IDLE_SUSPEND_RULE && host.state === 'active') await suspendIdle(t, host, now)

@@ -480,6 +480,8 @@ export const OperatorViewSchema = v.object({
   name,
   createdAt: epochSeconds,
   totp: v.boolean(),
+  /** Expiry of the operator's open enrollment (not yet redeemed), if any. */
+  enrollmentExpiresAt: v.optional(v.nullable(epochSeconds)),
 })
 export type OperatorView = v.InferOutput<typeof OperatorViewSchema>
 export const parseOperatorList = (x: unknown): { operators: OperatorView[] } =>
@@ -489,6 +491,37 @@ export const parseOperatorList = (x: unknown): { operators: OperatorView[] } =>
     'operator list',
     'protocol_invalid',
   )
+
+/** A one-time operator enrollment code: `oe_` and 43 base64url characters (256 random bits). */
+export const OPERATOR_ENROLL_CODE_RE = /^oe_[A-Za-z0-9_-]{43}$/
+
+/**
+ * Answer to `operator add` and to a factor reset by another operator: no secret of the
+ * operator, only the one-time code it redeems with `unlockd operator enroll`.
+ */
+export const OperatorEnrollmentSchema = v.object({
+  operator: OperatorViewSchema,
+  enrollment: v.object({
+    kind: v.picklist(['add', 'reset']),
+    code: v.pipe(v.string(), v.regex(OPERATOR_ENROLL_CODE_RE)),
+    expiresAt: epochSeconds,
+  }),
+  /** Pending approval requests whose vote by this operator was voided (reset only). */
+  voidedVotes: v.optional(v.array(v.string())),
+})
+export type OperatorEnrollment = v.InferOutput<typeof OperatorEnrollmentSchema>
+export const parseOperatorEnrollment = (x: unknown): OperatorEnrollment =>
+  parseWith(OperatorEnrollmentSchema, x, 'operator enrollment', 'protocol_invalid')
+
+/** POST /v1/operator/enroll: the one-time code (a reset's also needs the operator's token). */
+export const RedeemEnrollmentSchema = v.strictObject({
+  code: v.pipe(
+    v.string('must be a string'),
+    v.regex(OPERATOR_ENROLL_CODE_RE, 'must be an enrollment code oe_…'),
+  ),
+})
+export const parseRedeemEnrollment = (x: unknown): { code: string } =>
+  parseWith(RedeemEnrollmentSchema, x, 'body')
 
 /** Answer to operator add / TOTP enrollment: secrets shown once (token only on add). */
 export const OperatorSecretsSchema = v.object({

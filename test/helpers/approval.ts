@@ -84,15 +84,42 @@ export interface TestOperator {
 
 export const secretOf = secretOfUri
 
-/** Add an operator through the admin API as the init operator, with the admin's fresh code. */
+/**
+ * Redeem a one-time operator enrollment code over POST /v1/operator/enroll, as the operator it
+ * was made for would (`bearer`: that operator's own token, which a reset enrollment needs).
+ */
+export function redeemEnrollment(
+  srv: Pick<TestServer, 'transport'>,
+  code: string,
+  bearer?: string,
+): Promise<{ status: number; body: any }> {
+  return srv.transport({
+    method: 'POST',
+    path: '/v1/operator/enroll',
+    body: { code },
+    ...(bearer === undefined ? {} : { bearer }),
+  }) as Promise<{ status: number; body: any }>
+}
+
+/**
+ * Add an operator as `by` (default: the init operator, with its fresh code), then redeem its
+ * enrollment code as the new operator: the adder only ever sees the code.
+ */
 export async function addOperator(
   t: ExecutionContext,
   srv: TestServer,
   name: string,
+  by?: TestOperator,
 ): Promise<TestOperator> {
-  const r = await srv.admin('POST', '/operators', { name, code: await srv.adminCode() })
+  const r = by
+    ? await asOperator(srv, by, 'POST', '/operators', { name, code: codeNow(srv, by) })
+    : await srv.admin('POST', '/operators', { name, code: await srv.adminCode() })
   t.is(r.status, 201, JSON.stringify(r.body))
-  return { name, token: r.body.token, secret: secretOf(r.body.otpauthUri) }
+  t.is(r.body.token, undefined, 'operator add never returns the new operator token')
+  t.is(r.body.otpauthUri, undefined, 'operator add never returns the new operator secret')
+  const e = await redeemEnrollment(srv, r.body.enrollment.code)
+  t.is(e.status, 201, JSON.stringify(e.body))
+  return { name, token: e.body.token, secret: secretOf(e.body.otpauthUri) }
 }
 
 /** The operator's code at the server's current time. */

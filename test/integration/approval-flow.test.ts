@@ -27,6 +27,7 @@ import {
   asOperator,
   codeNow,
   enrollHost,
+  redeemEnrollment,
   secretOf,
   testClock,
   waitForRelease,
@@ -55,6 +56,15 @@ function cliEnv(
   return { UNLOCKD_URL: srv.url, UNLOCKD_TOKEN: token, HOME: home }
 }
 
+/** A CLI environment with the server URL and no operator token (a new operator enrolling). */
+function noTokenEnv(
+  t: { teardown(fn: () => void): void },
+  srv: TestServer,
+): Record<string, string> {
+  const { UNLOCKD_TOKEN: _none, ...env } = cliEnv(t, srv, '')
+  return env
+}
+
 async function auditActions(
   srv: TestServer,
 ): Promise<{ actor: string; action: string; detail: Record<string, unknown> }[]> {
@@ -72,28 +82,46 @@ test('approval always: 202, an operator approves with the CLI, the waiting host 
   const host = await enrollHost(t, srv, 'web-1', { approval: 'always' })
   const adminEnv = cliEnv(t, srv, srv.token)
 
-  // operator add over the CLI; capture the TOTP secret from the otpauth URI
+  // operator add over the CLI: the adder gets only a one-time enrollment code
   const add = await runCli(['operator', 'add', 'alice', '--json'], adminEnv, {
     stdin: `${await srv.adminCode()}\n`,
   })
   t.is(add.code, 0, add.stderr)
   t.is(add.json.operator.name, 'alice')
-  t.true(add.json.operator.totp)
-  t.regex(add.json.token, /^uo_/)
-  t.regex(add.json.otpauthUri, /^otpauth:\/\/totp\/unlockd:alice\?secret=[A-Z2-7]+/)
+  t.false(add.json.operator.totp)
+  t.is(add.json.token, undefined)
+  t.is(add.json.otpauthUri, undefined)
+  t.regex(add.json.enrollment.code, /^oe_[A-Za-z0-9_-]{43}$/)
+  t.false(add.stdout.includes('otpauth://'))
+  // alice redeems it with `operator enroll` (no token of her own yet; the code on stdin)
+  const aliceIn = await runCli(['operator', 'enroll', '--json'], noTokenEnv(t, srv), {
+    stdin: `${add.json.enrollment.code}\n`,
+  })
+  t.is(aliceIn.code, 0, aliceIn.stderr)
+  t.regex(aliceIn.json.token, /^uo_/)
+  t.regex(aliceIn.json.otpauthUri, /^otpauth:\/\/totp\/unlockd:alice\?secret=[A-Z2-7]+/)
   const alice = {
     name: 'alice',
-    token: add.json.token as string,
-    secret: secretOf(add.json.otpauthUri),
+    token: aliceIn.json.token as string,
+    secret: secretOf(aliceIn.json.otpauthUri),
   }
-  // the human form shows the URI and a terminal QR code
+  // the human forms: the adder sees the code and no secret; the redeemer sees a QR code
   const add2 = await runCli(['operator', 'add', 'bob'], adminEnv, {
     stdin: `${await srv.adminCode()}\n`,
   })
   t.is(add2.code, 0, add2.stderr)
-  t.regex(add2.stdout, /otpauth:\/\/totp\/unlockd:bob\?secret=/)
-  t.regex(add2.stdout, /API token \(shown once/)
-  t.true(add2.stdout.includes('█'), 'a QR code is drawn with block characters')
+  const bobCode = /oe_[A-Za-z0-9_-]{43}/.exec(add2.stdout)?.[0] ?? ''
+  t.truthy(bobCode, add2.stdout)
+  t.false(add2.stdout.includes('otpauth://'))
+  t.false(/uo_[A-Za-z0-9_-]{43}/.test(add2.stdout))
+  const bobIn = await runCli(['operator', 'enroll'], noTokenEnv(t, srv), { stdin: `${bobCode}\n` })
+  t.is(bobIn.code, 0, bobIn.stderr)
+  t.regex(bobIn.stdout, /otpauth:\/\/totp\/unlockd:bob\?secret=/)
+  t.regex(bobIn.stdout, /API token \(shown once/)
+  t.true(bobIn.stdout.includes('█'), 'a QR code is drawn with block characters')
+  // the code worked once
+  const twice = await runCli(['operator', 'enroll'], noTokenEnv(t, srv), { stdin: `${bobCode}\n` })
+  t.not(twice.code, 0)
 
   const r = await askUnlock(srv.transport, host, 'bootid-0001')
   t.is(r.status, 'approval_required')
@@ -386,17 +414,33 @@ test('operators (CLI): the init operator holds TOTP from init; every operator ch
   // no code on stdin: refused before anything is sent
   const noCode = await runCli(['operator', 'add', 'carol', '--json'], env, { stdin: '' })
   t.is(noCode.code, 2)
-  const withCode = await runCli(['operator', 'add', 'carol', '--json', '--no-qr'], env, {
+  const withCode = await runCli(['operator', 'add', 'carol', '--json'], env, {
     stdin: `${codeNow(srv, admin)}\n`,
   })
   t.is(withCode.code, 0, withCode.stderr)
-  // a TOTP reset needs a code too, and the old secret stops working
+  const carolIn = await runCli(['operator', 'enroll', '--json', '--no-qr'], noTokenEnv(t, srv), {
+    stdin: `${withCode.json.enrollment.code}\n`,
+  })
+  t.is(carolIn.code, 0, carolIn.stderr)
+  const carol = { token: carolIn.json.token as string, secret: secretOf(carolIn.json.otpauthUri) }
+  // a reset of carol's factor by the admin needs a code too and shows the admin no secret
   clock.advance(30)
   const reset = await runCli(['operator', 'totp', 'carol', '--json'], env, {
     stdin: `${codeNow(srv, admin)}\n`,
   })
   t.is(reset.code, 0, reset.stderr)
-  t.not(secretOf(reset.json.otpauthUri), secretOf(withCode.json.otpauthUri))
+  t.is(reset.json.enrollment.kind, 'reset')
+  t.is(reset.json.otpauthUri, undefined)
+  t.false(reset.json.operator.totp)
+  // carol completes it with her own token; her new secret replaces the old one
+  const again = await runCli(
+    ['operator', 'enroll', '--json', '--no-qr'],
+    cliEnv(t, srv, carol.token),
+    { stdin: `${reset.json.enrollment.code}\n` },
+  )
+  t.is(again.code, 0, again.stderr)
+  t.is(again.json.token, undefined, 'a reset keeps the token')
+  t.not(secretOf(again.json.otpauthUri), carol.secret)
   // the same code twice is a replay, whatever the action
   const replay = await runCli(['operator', 'add', 'dave'], env, {
     stdin: `${codeNow(srv, admin)}\n`,
@@ -429,8 +473,7 @@ test('operators (CLI): the init operator holds TOTP from init; every operator ch
     [['admin', true]],
   )
   // carol's token is dead
-  const carolToken = withCode.json.token as string
-  t.is((await asOperator(srv, { token: carolToken }, 'GET', '/approvals')).status, 401)
+  t.is((await asOperator(srv, carol, 'GET', '/approvals')).status, 401)
   // the last operator cannot be removed
   clock.advance(30)
   const last = await runCli(['operator', 'remove', 'admin'], env, {
@@ -768,8 +811,11 @@ test('k-of-n: an operator added after the request was opened does not count', as
     headers: { 'x-unlockd-action': made.body.action.id },
   })
   t.is(got.status, 201, JSON.stringify(got.body))
-  const body = got.body as { token: string; otpauthUri: string }
-  const sock = { token: body.token, secret: secretOf(body.otpauthUri) }
+  const collected = got.body as { token?: unknown; enrollment: { code: string } }
+  t.is(collected.token, undefined)
+  const redeemed = await redeemEnrollment(srv, collected.enrollment.code)
+  t.is(redeemed.status, 201, JSON.stringify(redeemed.body))
+  const sock = { token: redeemed.body.token, secret: secretOf(redeemed.body.otpauthUri) }
   clock.advance(30)
   t.is(
     (

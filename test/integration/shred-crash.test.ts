@@ -31,7 +31,7 @@ import { totpCodeAt } from '../../server/approvals/totp.ts'
 import { Keystore, backupPathOf } from '../../server/keys/keystore.ts'
 import { SqliteStore } from '../../server/store/sqlite.ts'
 import { initDataDirCli, startCliServer, type DataDir } from '../helpers/cli-server.ts'
-import { secretOf } from '../helpers/approval.ts'
+import { redeemEnrollment, secretOf } from '../helpers/approval.ts'
 import { tempDir } from '../helpers/tmp.ts'
 import { rejectsWithCode } from '../helpers/errors.ts'
 
@@ -103,7 +103,12 @@ async function world(t: ExecutionContext): Promise<World> {
     code: totpCodeAt(d.secret, nowSec()),
   })
   if (op.status !== 201) throw new Error(JSON.stringify(op.body))
-  const alice = { token: op.body.token as string, secret: secretOf(op.body.otpauthUri) }
+  const enrolled = await redeemEnrollment({ transport: tr }, op.body.enrollment.code)
+  if (enrolled.status !== 201) throw new Error(JSON.stringify(enrolled.body))
+  const alice = {
+    token: enrolled.body.token as string,
+    secret: secretOf(enrolled.body.otpauthUri),
+  }
   const victim = await enrollOne(tr, d.token, 'web-1')
   const survivors = [await enrollOne(tr, d.token, 'web-2'), await enrollOne(tr, d.token, 'web-3')]
   const kekBefore = parseKekStatus((await admin(tr, d.token, 'GET', '/kek')).body).current

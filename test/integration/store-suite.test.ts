@@ -902,6 +902,78 @@ function suite(b: Backend): void {
     t.is(v.filter(Boolean).length, 1)
   })
 
+  it('operator enrollments: single use, open lookup, drop; voiding pending votes; passkey removal', async (t, {
+    store,
+  }) => {
+    const h = hostRow()
+    const op = operatorRow({ name: 'op-e' })
+    const other = operatorRow({ name: 'op-f' })
+    const pending = approvalRow(h.id, { expiresAt: BIG })
+    const decided = approvalRow(h.id, { createdAt: 200, state: 'approved', decidedAt: 250 })
+    const e = {
+      codeHash: uid('ch'),
+      operatorId: op.id,
+      kind: 'add' as const,
+      createdBy: 'root',
+      createdAt: 100,
+      expiresAt: BIG,
+      usedAt: null,
+    }
+    await store.tx(async (tx) => {
+      await tx.insertHost(h)
+      await tx.insertOperator(op)
+      await tx.insertOperator(other)
+      await tx.insertApproval(pending)
+      await tx.insertApproval(decided)
+      for (const a of [pending, decided])
+        for (const o of [op, other]) await tx.addApprovalVote(a.id, o.id, 300)
+      await tx.insertOperatorEnrollment(e)
+    })
+    t.deepEqual(await store.tx((tx) => tx.getOperatorEnrollment(e.codeHash)), e)
+    t.deepEqual(await store.tx((tx) => tx.openOperatorEnrollment(op.id, 500)), e)
+    t.is(await store.tx((tx) => tx.openOperatorEnrollment(op.id, BIG)), undefined, 'expired')
+    t.is(await store.tx((tx) => tx.openOperatorEnrollment(other.id, 500)), undefined)
+    t.true(await store.tx((tx) => tx.useOperatorEnrollment(e.codeHash, 600)))
+    t.false(await store.tx((tx) => tx.useOperatorEnrollment(e.codeHash, 601)))
+    t.like(await store.tx((tx) => tx.getOperatorEnrollment(e.codeHash)), { usedAt: 600 })
+    t.is(await store.tx((tx) => tx.openOperatorEnrollment(op.id, 500)), undefined, 'used')
+    const e2 = { ...e, codeHash: uid('ch'), kind: 'reset' as const, usedAt: null }
+    await store.tx((tx) => tx.insertOperatorEnrollment(e2))
+    t.is(await store.tx((tx) => tx.dropOperatorEnrollments(op.id)), 1, 'only the unused one')
+    t.is(await store.tx((tx) => tx.getOperatorEnrollment(e2.codeHash)), undefined)
+    t.truthy(await store.tx((tx) => tx.getOperatorEnrollment(e.codeHash)))
+
+    t.deepEqual(await store.tx((tx) => tx.deletePendingApprovalVotes(op.id)), [pending.id])
+    t.deepEqual(await store.tx((tx) => tx.approvalVoters(pending.id)), ['op-f'])
+    t.deepEqual(await store.tx((tx) => tx.approvalVoters(decided.id)), ['op-e', 'op-f'])
+    t.deepEqual(await store.tx((tx) => tx.deletePendingApprovalVotes(op.id)), [])
+
+    const pk = {
+      id: uid('cred'),
+      operatorId: op.id,
+      publicKey: new Uint8Array([1, 2, 3]),
+      counter: 0,
+      transports: [],
+      rpId: 'localhost',
+      createdAt: 100,
+      lastUsedAt: null,
+    }
+    await store.tx(async (tx) => {
+      await tx.insertPasskey(pk)
+      await tx.insertPasskey({ ...pk, id: uid('cred'), operatorId: other.id })
+      await tx.insertPasskeyEnrollment({
+        tokenHash: uid('pth'),
+        operatorId: op.id,
+        createdAt: 100,
+        expiresAt: BIG,
+        usedAt: null,
+      })
+    })
+    t.is(await store.tx((tx) => tx.deleteOperatorPasskeys(op.id)), 1)
+    t.deepEqual(await store.tx((tx) => tx.listPasskeys(op.id)), [])
+    t.is((await store.tx((tx) => tx.listPasskeys(other.id))).length, 1)
+  })
+
   it('audit: appends from two instances at once keep one verifiable chain', async (t, {
     store,
     peer,
