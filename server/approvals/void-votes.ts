@@ -8,8 +8,9 @@ import { audit, type Actor } from '../escrow/audit-log.ts'
 import type { OperatorRow, StoreTx } from '../store/store.ts'
 
 /**
- * Inside the caller's transaction: delete `op`'s votes on pending approval requests and audit
- * each one. Returns the ids of the requests that lost a vote.
+ * Inside the caller's transaction: delete `op`'s votes on pending approval requests and on
+ * pending quorum actions, and audit each one. Returns the ids of the requests and actions that
+ * lost a vote.
  */
 export async function voidVotesOf(
   t: StoreTx,
@@ -28,5 +29,14 @@ export async function voidVotesOf(
       reason,
     })
   }
-  return ids
+  const actions = await t.deletePendingActionVotes(op.id)
+  for (const id of actions) {
+    const a = await t.getAction(id)
+    await audit(t, now, actor, 'action.vote_void', a?.host ?? null, {
+      action: id,
+      operator: op.name,
+      reason,
+    })
+  }
+  return [...ids, ...actions]
 }

@@ -495,6 +495,17 @@ export function sqlStoreTx(
         'UPDATE quorum_actions SET state = ?, decided_at = ?, reason = COALESCE(?, reason) WHERE id = ? AND state = ?',
         [patch.state, patch.decidedAt, patch.reason ?? null, id, from],
       )) === 1,
+    deletePendingActionVotes: async (oid) => {
+      const ids = (
+        await rows(
+          "SELECT v.action_id FROM quorum_votes v JOIN quorum_actions a ON a.id = v.action_id WHERE v.operator_id = ? AND a.state = 'pending' ORDER BY v.action_id",
+          [oid],
+        )
+      ).map((r) => String(r['action_id']))
+      for (const id of ids)
+        await exec('DELETE FROM quorum_votes WHERE action_id = ? AND operator_id = ?', [id, oid])
+      return ids
+    },
     addActionVote: async (aid, oid, at) =>
       (await changes(
         'INSERT INTO quorum_votes (action_id, operator_id, at) VALUES (?,?,?) ON CONFLICT DO NOTHING',

@@ -309,6 +309,11 @@ export interface StoreTx {
   ): Promise<boolean>
   /** Record one operator's vote; false if this operator already voted. */
   addActionVote(actionId: string, operatorId: string, at: number): Promise<boolean>
+  /**
+   * Delete the operator's votes on quorum actions that are still pending; returns the ids of
+   * the actions that lost a vote.
+   */
+  deletePendingActionVotes(operatorId: string): Promise<string[]>
   /** Every vote in vote order, removed voters included (the caller decides what counts). */
   actionVotes(actionId: string): Promise<ActionVoteRow[]>
   // audit

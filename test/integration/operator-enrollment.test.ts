@@ -112,9 +112,10 @@ test('wrong enrollment codes are refused and slowed per source, never locking ou
 test('a reset by alice gives her no secret, voids bob’s open votes, and needs bob’s own token to complete', async (t) => {
   const clock = testClock()
   const srv = await server(t, clock)
-  const host = await enrollHost(t, srv, 'vault-1', { approval: 'always', approvers: 2 })
+  // Operators first: once a host needs two approvers, adding them needs the quorum as well.
   const alice = await addOperator(t, srv, 'alice')
   const bob = await addOperator(t, srv, 'bob')
+  const host = await enrollHost(t, srv, 'vault-1', { approval: 'always', approvers: 2 })
   const bobId = (await srv.admin('GET', '/operators')).body.operators.find(
     (o: { name: string }) => o.name === 'bob',
   ).id as string
@@ -140,11 +141,25 @@ test('a reset by alice gives her no secret, voids bob’s open votes, and needs 
   })
   t.deepEqual(vote.body.approvedBy, ['bob'])
 
-  // alice resets bob's factor: no secret for her, bob's vote is voided, passkeys gone.
+  // alice resets bob's factor (the fleet needs two, so the admin approves and alice collects):
+  // no secret for her, bob's vote is voided, passkeys gone.
   clock.advance(30)
-  const reset = await asOperator(srv, alice, 'POST', '/operators/bob/totp', {
+  const opened = await asOperator(srv, alice, 'POST', '/operators/bob/totp', {
     code: codeNow(srv, alice),
   })
+  t.is(opened.status, 202, JSON.stringify(opened.body))
+  const approved = await srv.admin('POST', `/actions/${opened.body.action.id}/approve`, {
+    code: await srv.adminCode(),
+  })
+  t.is(approved.body.state, 'approved', JSON.stringify(approved.body))
+  clock.advance(30)
+  const reset = (await srv.transport({
+    method: 'POST',
+    path: '/v1/admin/operators/bob/totp',
+    bearer: alice.token,
+    body: { code: codeNow(srv, alice) },
+    headers: { 'x-unlockd-action': opened.body.action.id },
+  })) as { status: number; body: any }
   t.is(reset.status, 200, JSON.stringify(reset.body))
   t.false(JSON.stringify(reset.body).includes('otpauth'))
   for (const s of secretsOf(bob)) t.false(JSON.stringify(reset.body).includes(s))

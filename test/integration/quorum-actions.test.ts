@@ -20,6 +20,7 @@ import {
   askUnlock,
   codeNow,
   enrollHost,
+  redeemEnrollment,
   secretOf,
   testClock,
   type TestClock,
@@ -247,8 +248,9 @@ test('an operator added after an action opened cannot vote on it; adding needs t
     headers: { 'x-unlockd-action': add.body.action.id },
   })
   t.is(got.status, 201, JSON.stringify(got.body))
-  const body = got.body as { token: string; otpauthUri: string }
-  const carol = { name: 'carol', token: body.token, secret: secretOf(body.otpauthUri) }
+  const body = got.body as { token?: string; enrollment: { code: string } }
+  t.is(body.token, undefined, 'the requester gets an enrollment code, never a token')
+  const carol = await redeemed(t, c, 'carol', body.enrollment.code)
   const late = await approve(c, carol, relax.body.action.id)
   t.is(late.status, 403)
   t.regex(late.body.message, /did not hold a second factor when action/)
@@ -259,7 +261,7 @@ test('an operator added after an action opened cannot vote on it; adding needs t
 
 test("a removed operator's vote stops counting, on actions and on unlock approvals", async (t) => {
   const c = await crew(t)
-  const carol = await addOperatorDirect(c, 'carol')
+  const carol = await addOperatorDirect(t, c, 'carol')
   // bob votes on an unlock approval and approves the admin's export, then is removed.
   const vault = await enrollHost(t, c.srv, 'vault-2', { approval: 'always', approvers: 2 })
   const ask = await askUnlock(c.srv.transport, vault, 'bootid-removed-1')
@@ -305,10 +307,13 @@ test("a removed operator's vote stops counting, on actions and on unlock approva
 })
 
 /** Add an operator while the fleet needs only one approver (before vault-1 exists, or via quorum). */
-async function addOperatorDirect(c: Crew, name: string): Promise<TestOperator> {
+async function addOperatorDirect(
+  t: Parameters<typeof enrollHost>[0],
+  c: Crew,
+  name: string,
+): Promise<TestOperator> {
   const add = await c.srv.admin('POST', '/operators', { name, code: await c.srv.adminCode() })
-  if (add.status === 201)
-    return { name, token: add.body.token, secret: secretOf(add.body.otpauthUri) }
+  if (add.status === 201) return redeemed(t, c, name, add.body.enrollment.code)
   const id = add.body.action.id as string
   await approve(c, c.bob, id)
   const got = (await c.srv.transport({
@@ -318,7 +323,19 @@ async function addOperatorDirect(c: Crew, name: string): Promise<TestOperator> {
     body: { name, code: await c.srv.adminCode() },
     headers: { 'x-unlockd-action': id },
   })) as Call
-  return { name, token: got.body.token, secret: secretOf(got.body.otpauthUri) }
+  return redeemed(t, c, name, got.body.enrollment.code)
+}
+
+/** Redeem an enrollment code as the new operator would. */
+async function redeemed(
+  t: Parameters<typeof enrollHost>[0],
+  c: Crew,
+  name: string,
+  code: string,
+): Promise<TestOperator> {
+  const e = await redeemEnrollment(c.srv, code)
+  t.is(e.status, 201, JSON.stringify(e.body))
+  return { name, token: e.body.token, secret: secretOf(e.body.otpauthUri) }
 }
 
 test('an expired or denied action cannot be approved', async (t) => {
@@ -430,4 +447,42 @@ test('the CLI lists both kinds, approves an action, and says how to collect', as
   t.is(got.code, 0, got.stderr)
   t.is(got.json.host, 'vault-1')
   t.is(got.json.volumes.length, 1)
+})
+
+test("resetting an operator's factor voids their votes on pending actions", async (t) => {
+  const clock = testClock()
+  const srv = await startTestServer(t, { now: clock.now })
+  const bob = await addOperator(t, srv, 'bob')
+  const carol = await addOperator(t, srv, 'carol')
+  const dave = await addOperator(t, srv, 'dave')
+  await enrollHost(t, srv, 'vault-3', { ...TWO, approvers: 3 })
+  const c: Crew = {
+    srv,
+    clock,
+    admin: { name: 'admin', token: srv.token, secret: srv.adminSecret },
+    bob,
+  }
+  const relax = await srv.admin('PATCH', '/hosts/vault-3/policy', { cidrs: [] }, { totp: true })
+  t.is(relax.status, 202, JSON.stringify(relax.body))
+  t.like((await approve(c, bob, relax.body.action.id)).body, { approvedBy: ['admin', 'bob'] })
+  // The admin resets bob's factor, with carol and dave (the fleet needs three).
+  const reset = await srv.admin('POST', '/operators/bob/totp', { code: await srv.adminCode() })
+  t.is(reset.status, 202, JSON.stringify(reset.body))
+  await approve(c, carol, reset.body.action.id)
+  t.like((await approve(c, dave, reset.body.action.id)).body, { state: 'approved' })
+  const done = (await srv.transport({
+    method: 'POST',
+    path: '/v1/admin/operators/bob/totp',
+    bearer: srv.token,
+    body: { code: await srv.adminCode() },
+    headers: { 'x-unlockd-action': reset.body.action.id },
+  })) as Call
+  t.is(done.status, 200, JSON.stringify(done.body))
+  t.true(done.body.voidedVotes.includes(relax.body.action.id))
+  // bob's vote is gone: carol's makes two of three, and the policy is unchanged.
+  const show = await srv.admin('GET', `/actions/${relax.body.action.id}`)
+  t.like(show.body, { state: 'pending', approvedBy: ['admin'] })
+  t.like((await approve(c, carol, relax.body.action.id)).body, { state: 'pending' })
+  t.deepEqual((await srv.admin('GET', '/hosts/vault-3')).body.policy.cidrs, ['10.0.0.0/8'])
+  t.true((await entries(srv)).some((e) => e.action === 'action.vote_void'))
 })
