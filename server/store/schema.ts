@@ -190,6 +190,14 @@ CREATE TABLE encryption_progress (
 );
 `
 
+/**
+ * v5: an approval remembers the ephemeral key of the unlock attempt that asked for it, so that
+ * only a poll of that attempt collects it (server/escrow/poll.ts). Null for v1 requests.
+ */
+const v5ApprovalEpk = `
+ALTER TABLE approvals ADD COLUMN epk TEXT;
+`
+
 export const MIGRATIONS: readonly Migration[] = [
   { sqlite: v1Common('BLOB', 'INTEGER'), postgres: v1Common('BYTEA', 'BIGINT') },
   {
@@ -201,4 +209,5 @@ SELECT setval('audit_seq', COALESCE((SELECT max(seq) FROM audit), 0) + 1, false)
   },
   { sqlite: v3Passkeys('BLOB', 'INTEGER'), postgres: v3Passkeys('BYTEA', 'BIGINT') },
   { sqlite: v4Encryption('INTEGER', 'REAL'), postgres: v4Encryption('BIGINT', 'DOUBLE PRECISION') },
+  { sqlite: v5ApprovalEpk, postgres: v5ApprovalEpk },
 ]

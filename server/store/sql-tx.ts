@@ -372,7 +372,7 @@ export function sqlStoreTx(
 
     insertApproval: (a) =>
       exec(
-        'INSERT INTO approvals (id, host_id, volumes, boot_id, source, rule, required, created_at, expires_at, state, decided_at, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)',
+        'INSERT INTO approvals (id, host_id, volumes, boot_id, source, rule, required, created_at, expires_at, state, decided_at, reason, epk) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)',
         [
           a.id,
           a.hostId,
@@ -386,6 +386,7 @@ export function sqlStoreTx(
           a.state,
           a.decidedAt,
           a.reason,
+          a.epk,
         ],
       ),
     getApproval: async (id) => {
