@@ -212,10 +212,10 @@ export const kekRotateCommand: Command = {
 export const escrowExportCommand: Command = {
   name: 'escrow export',
   summary:
-    "Give the operator a host's escrow blobs (KEK layer removed; still sealed to the host and recovery keys).",
+    "Give the operator a host's escrow blobs, sealed only to the recovery key (KEK layer and host recipient removed).",
   usage: 'unlockd escrow export --host NAME [--out FILE] [--json]',
   description:
-    'For `unlockd recover --blob FILE --recovery-key KEY` on another machine. Needs your TOTP code (a prompt, or the first line of stdin). Audited. The file opens with the recovery key: keep it as carefully as the key, and destroy it when the host is shredded (shred cannot reach it).',
+    'For `unlockd recover --blob FILE --recovery-key KEY` on another machine. Needs your TOTP code (a prompt, or the first line of stdin). Audited. The file opens with the recovery key only (not with the host keys): keep it as carefully as the key, and destroy it when the host is shredded (shred cannot reach it).',
   examples: ['unlockd escrow export --host web-1 --out web-1.escrow.json'],
   options: { ...CLIENT_OPTIONS, host: { type: 'string' }, out: { type: 'string' } },
   async run({ values, io }) {
@@ -243,9 +243,9 @@ export const escrowExportCommand: Command = {
     } else {
       io.stdout(text)
     }
-    if (!values['json'] && x.volumes.some((v) => v.recipients.length < 2)) {
+    if (!values['json'] && x.notExported && x.notExported.length > 0) {
       io.stderr(
-        'note: some blobs have only the host as recipient (enrolled without a recovery key); only the host keys open them\n',
+        `note: not exported (enrolled without a recovery key; only the host keys open them): ${x.notExported.join(', ')}\n`,
       )
     }
     return EXIT.ok
