@@ -11,6 +11,7 @@ import { zeroize } from '../shared/crypto/bytes.ts'
 import { requireEnrolled, type ConfigDir } from './config-dir.ts'
 import { sleep, watchOnce } from './escrow.ts'
 import { executeShred } from './kill-switch.ts'
+import { refreshInitramfs } from './initramfs-refresh.ts'
 import { askDir, matchVolume, pendingAsks, replyPassword } from './ask-password.ts'
 import { fetchVolumeKey, unlockVolumes } from './unlock.ts'
 import * as sd from './sd-notify.ts'
@@ -55,9 +56,10 @@ async function unlockUntilDone(o: AgentOptions): Promise<boolean> {
         progress: (e) => {
           if (e.kind === 'approval')
             void say(o.log, `waiting for approval ${e.approvalId} at ${e.server} (rule ${e.rule})`)
-          else if (e.kind === 'pinned')
+          else if (e.kind === 'pinned') {
             o.log(`pinned the verdict key ${e.thumbprint} of ${e.server} (first use)`)
-          else if (e.error.code === 'verdict_unsigned') o.log(e.error.message)
+            void refreshInitramfs('agent.json changed (pinned server key)', o.log)
+          } else if (e.error.code === 'verdict_unsigned') o.log(e.error.message)
           else if (e.error.code === 'server_unreachable')
             void say(
               o.log,

@@ -49,6 +49,7 @@ export const ERROR_CODES = [
   'approval_expired',
   'approval_unknown',
   'approval_used',
+  'approval_key_mismatch',
   'totp_invalid',
   'totp_required',
   'totp_replayed',
@@ -178,6 +179,14 @@ export const ERRORS = {
   approval_expired: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
   approval_unknown: { status: 404, exit: 'error', retry: false, rank: 3, remedy: null },
   approval_used: { status: 409, exit: 'error', retry: false, rank: 3, remedy: null },
+  approval_key_mismatch: {
+    status: 403,
+    exit: 'refused',
+    retry: false,
+    rank: 3,
+    remedy:
+      'Only the unlock attempt that asked can collect this approval: poll with the same agent run, or ask for a new unlock (and approval).',
+  },
   totp_invalid: { status: 403, exit: 'refused', retry: false, rank: 3, remedy: null },
   totp_required: {
     status: 403,

@@ -11,6 +11,7 @@ import type { Progress } from '../escrow.ts'
 import { DEFAULT_STATE_DIR } from '../encrypt/journal.ts'
 import { conversionsInProgress } from '../encrypt/status.ts'
 import { CONFIG_OPTION, cfgDir } from './common.ts'
+import { refreshInitramfs } from '../initramfs-refresh.ts'
 
 export const unlockCommand: Command = {
   name: 'unlock',
@@ -43,12 +44,16 @@ export const unlockCommand: Command = {
       waitSeconds = parseDuration(values['wait'] as string)
       if (waitSeconds === undefined) usage('--wait must be a duration such as 30s or 5m')
     }
+    const refreshes: Promise<unknown>[] = []
     const progress: Progress = (e) => {
       if (e.kind === 'approval')
         io.stderr(`waiting for approval ${e.approvalId} (rule ${e.rule}) at ${e.server}\n`)
-      else if (e.kind === 'pinned')
+      else if (e.kind === 'pinned') {
         io.stderr(`pinned the verdict key ${e.thumbprint} of ${e.server} (first use)\n`)
-      else io.stderr(`${e.server}: ${e.error.message}\n`)
+        refreshes.push(
+          refreshInitramfs('agent.json changed (pinned server key)', (l) => io.stderr(`${l}\n`)),
+        )
+      } else io.stderr(`${e.server}: ${e.error.message}\n`)
     }
     if (values['key-stdout']) {
       if (names.length !== 1) usage('--key-stdout needs exactly one --volume')
@@ -67,6 +72,7 @@ export const unlockCommand: Command = {
       } finally {
         zeroize(key)
       }
+      await Promise.all(refreshes)
       return EXIT.ok
     }
     const r = await unlockVolumes(c, config, keys, {
@@ -82,6 +88,7 @@ export const unlockCommand: Command = {
       () =>
         `${r.unlocked.length ? `unlocked: ${r.unlocked.join(', ')}\n` : ''}${r.already.length ? `already unlocked: ${r.already.join(', ')}\n` : ''}${!r.unlocked.length && !r.already.length ? 'nothing to unlock\n' : ''}`,
     )
+    await Promise.all(refreshes)
     return EXIT.ok
   },
 }

@@ -212,10 +212,10 @@ export const kekRotateCommand: Command = {
 export const escrowExportCommand: Command = {
   name: 'escrow export',
   summary:
-    "Give the operator a host's escrow blobs (KEK layer removed; still sealed to the host and recovery keys).",
+    "Give the operator a host's escrow blobs, sealed only to the recovery key (KEK layer and host recipient removed).",
   usage: 'unlockd escrow export --host NAME [--out FILE] [--action ID] [--json]',
   description:
-    'For `unlockd recover --blob FILE --recovery-key KEY` on another machine. Needs your TOTP code (a prompt, or the first line of stdin), and the quorum of the host when its policy needs k > 1 approvers: the command then opens an action, others approve it with `unlockd approve ID`, and you run it again with --action ID and a fresh code to receive the blobs (only you can). Audited. The file opens with the recovery key: keep it as carefully as the key, and destroy it when the host is shredded (shred cannot reach it).',
+    'For `unlockd recover --blob FILE --recovery-key KEY` on another machine. Needs your TOTP code (a prompt, or the first line of stdin), and the quorum of the host when its policy needs k > 1 approvers: the command then opens an action, others approve it with `unlockd approve ID`, and you run it again with --action ID and a fresh code to receive the blobs (only you can). Audited. The file opens with the recovery key only (not with the host keys): keep it as carefully as the key, and destroy it when the host is shredded (shred cannot reach it).',
   examples: [
     'unlockd escrow export --host web-1 --out web-1.escrow.json',
     'unlockd escrow export --host web-1 --out web-1.escrow.json --action qa_1a2b3c4d5e6f7g8h9i0j1k',
@@ -251,9 +251,9 @@ export const escrowExportCommand: Command = {
     } else {
       io.stdout(text)
     }
-    if (!values['json'] && x.volumes.some((v) => v.recipients.length < 2)) {
+    if (!values['json'] && x.notExported && x.notExported.length > 0) {
       io.stderr(
-        'note: some blobs have only the host as recipient (enrolled without a recovery key); only the host keys open them\n',
+        `note: not exported (enrolled without a recovery key; only the host keys open them): ${x.notExported.join(', ')}\n`,
       )
     }
     return EXIT.ok

@@ -32,6 +32,7 @@ export async function openApproval(
     state: 'pending',
     decidedAt: null,
     reason: null,
+    epk: req.epk?.x ?? null,
   })
   await audit(t, now, `host:${host.name}`, 'approval.request', host.name, {
     approval: id,

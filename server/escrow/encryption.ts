@@ -11,6 +11,7 @@ import type { ServerDeps } from '../context.ts'
 import type { EncryptionRow, HostRow } from '../store/store.ts'
 import { audit } from './audit-log.ts'
 import { consumeNonceOrThrow, type HostRequest } from './host-auth.ts'
+import { reopenIfNamed } from './shred.ts'
 
 /** Emitted on `deps.events` after the report committed (not for plain progress). */
 export const ENCRYPTION_EVENT = 'encryption:event'
@@ -47,6 +48,8 @@ export async function recordEncryption(
       const now = deps.now()
       await consumeNonceOrThrow(t, p.nonce, now)
       const host = (await t.getHost(signer.id)) as HostRow
+      // A volume under a closed shred order that still reports is not gone (./shred.ts).
+      if (await reopenIfNamed(t, host, [p.volume], now)) deps.events.emit(`shred:${host.id}`)
       const prev = await t.getEncryption(host.id, p.volume)
       // A new run starts the clock again; any other report keeps the start of the running one
       // (a progress report that arrives first, its start lost, starts it).

@@ -33,6 +33,24 @@ async function settle(
       if (a.bootId !== bootId)
         throw new UnlockdError('forbidden', 'this approval was requested by another boot')
       const host = (await t.getHost(hostId)) as HostRow
+      // Bound to the attempt that asked: a poll must be signed with the same ephemeral key, so
+      // a stolen boot id and approval id (or a v1 poll) cannot collect a v2 approval.
+      if (a.epk !== null && p.epk?.x !== a.epk) {
+        await audit(t, now, `host:${host.name}`, 'approval.key_mismatch', host.name, {
+          approval: a.id,
+          source,
+          bootId,
+          v: p.v,
+        })
+        throw deny(
+          new UnlockdError(
+            'approval_key_mismatch',
+            p.epk
+              ? 'this approval belongs to another unlock attempt (another ephemeral key)'
+              : 'this approval was asked with an ephemeral key: a v1 poll cannot collect it',
+          ),
+        )
+      }
       // Refusals are denials: an approval found expired is marked so (and audited) on the way.
       if (host.state === 'shredded')
         throw deny(new PolicyDenied('host_shredded', 'this host was shredded', 'state'))

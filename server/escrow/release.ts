@@ -21,6 +21,7 @@ import { releasedAnswer } from './release-answer.ts'
 import { openApproval } from './approval-seam.ts'
 import { IDLE_SUSPEND_RULE } from '../policy/idle.ts'
 import { suspendIdle } from '../approvals/liveness.ts'
+import { reopenIfNamed } from './shred.ts'
 
 /** Denial carrying the rule that decided, for the 403 body and the agent's diagnostics. */
 export class PolicyDenied extends UnlockdError {
@@ -151,6 +152,15 @@ export async function unlock(
 ): Promise<UnlockResponse> {
   const { signer, payload } = req
   const now = deps.now()
+  // Its own transaction: the unlock below may roll back (an unknown volume), the reopening not.
+  if (payload.volumes.length > 0)
+    await deps.store.tx(
+      async (t) => {
+        const host = (await t.getHost(signer.id)) as HostRow
+        if (await reopenIfNamed(t, host, payload.volumes, now)) deps.events.emit(`shred:${host.id}`)
+      },
+      { host: signer.id },
+    )
 
   return deps.store.tx(
     async (t): Promise<UnlockResponse> => {

@@ -75,6 +75,32 @@ export function orderOutstanding(
   return order !== undefined && (order.doneAt === null || host.state === 'shredded')
 }
 
+/**
+ * A closed per-volume order comes back when the host names one of its volumes again (an unlock
+ * asking for it, an encryption report about it): `shred_done` is only the reporter's word, and a
+ * copy of the host keys can send it without erasing anything on the real host. So the order
+ * stays outstanding as long as any report channel still sees the volume. Returns whether it
+ * reopened the order.
+ */
+export async function reopenIfNamed(
+  t: StoreTx,
+  host: HostRow,
+  names: readonly string[],
+  now: number,
+): Promise<boolean> {
+  const order = await getShredOrder(t, host.id)
+  if (order === undefined || order.doneAt === null || order.wholeHost) return false
+  const named = names.filter((n) => order.volumes.includes(n))
+  if (named.length === 0) return false
+  await setShredOrder(t, host.id, { ...order, sentAt: null, doneAt: null })
+  await audit(t, now, 'system', 'shred.order_reopened', host.name, {
+    hostId: host.id,
+    volumes: named,
+    reportedDoneAt: order.doneAt,
+  })
+  return true
+}
+
 interface Planned {
   host: HostRow
   target: ShredTarget

@@ -148,6 +148,7 @@ export function approvalFromRow(r: Row): ApprovalRow {
     state: String(r['state']) as ApprovalRow['state'],
     decidedAt: numOrNull(r['decided_at']),
     reason: strOrNull(r['reason']),
+    epk: strOrNull(r['epk']),
   }
 }
 export function actionFromRow(r: Row): ActionRow {

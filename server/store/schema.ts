@@ -239,6 +239,14 @@ CREATE TABLE operator_enrollments (
 CREATE INDEX operator_enrollments_operator ON operator_enrollments (operator_id);
 `
 
+/**
+ * v7: an approval remembers the ephemeral key of the unlock attempt that asked for it, so that
+ * only a poll of that attempt collects it (server/escrow/poll.ts). Null for v1 requests.
+ */
+const v7ApprovalEpk = `
+ALTER TABLE approvals ADD COLUMN epk TEXT;
+`
+
 export const MIGRATIONS: readonly Migration[] = [
   { sqlite: v1Common('BLOB', 'INTEGER'), postgres: v1Common('BYTEA', 'BIGINT') },
   {
@@ -252,4 +260,5 @@ SELECT setval('audit_seq', COALESCE((SELECT max(seq) FROM audit), 0) + 1, false)
   { sqlite: v4Encryption('INTEGER', 'REAL'), postgres: v4Encryption('BIGINT', 'DOUBLE PRECISION') },
   { sqlite: v5Quorum('INTEGER'), postgres: v5Quorum('BIGINT') },
   { sqlite: v6OperatorEnrollments('INTEGER'), postgres: v6OperatorEnrollments('BIGINT') },
+  { sqlite: v7ApprovalEpk, postgres: v7ApprovalEpk },
 ]

@@ -415,7 +415,7 @@ export function sqlStoreTx(
 
     insertApproval: (a) =>
       exec(
-        'INSERT INTO approvals (id, host_id, volumes, boot_id, source, rule, required, created_at, expires_at, state, decided_at, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)',
+        'INSERT INTO approvals (id, host_id, volumes, boot_id, source, rule, required, created_at, expires_at, state, decided_at, reason, epk) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)',
         [
           a.id,
           a.hostId,
@@ -429,6 +429,7 @@ export function sqlStoreTx(
           a.state,
           a.decidedAt,
           a.reason,
+          a.epk,
         ],
       ),
     getApproval: async (id) => {

@@ -87,6 +87,11 @@ export interface ApprovalRow {
   state: 'pending' | 'approved' | 'denied' | 'expired' | 'used'
   decidedAt: number | null
   reason: string | null
+  /**
+   * The public X25519 key (`x`, base64url) of the unlock attempt that asked (v2); only a poll
+   * signed with the same key collects the approval. Null for a v1 request.
+   */
+  epk: string | null
 }
 
 /**

@@ -232,74 +232,40 @@ async function openUnlock(
   return out
 }
 
-export interface UnlockAsk {
+/** What every request of an unlock attempt (unlock, its approval polls) is signed with. */
+interface AttemptAsk {
   keys: HostKeys
   hostId: string
   bootId: string
-  /** Volume names; empty asks for all. */
-  volumes: string[]
   /** v2 (ephemeral key, pinned server keys); omitted: a v1 request. */
   attempt?: Attempt
   signal?: AbortSignal
-  timeoutMs?: number
-}
-
-/** Signed unlock request. Resolves `released` or `approval_required`; denials throw with the server's code. */
-export async function requestUnlock(t: Transport, o: UnlockAsk): Promise<OpenedUnlock> {
-  const nonce = await fetchNonce(t, o.signal)
-  const challenge = challengeFor(o.attempt)
-  const jws = await signHostRequest(
-    'unlock',
-    {
-      v: o.attempt ? PROTOCOL_VERSION : 1,
-      host: o.hostId,
-      volumes: o.volumes,
-      nonce,
-      bootId: o.bootId,
-      iat: nowSec(),
-      ...v2Members(o.attempt, challenge),
-    },
-    o.keys.signing,
-    o.hostId,
-  )
-  const res = await t({
-    method: 'POST',
-    path: '/v1/unlock',
-    body: { jws },
-    ...(o.signal ? { signal: o.signal } : {}),
-    ...(o.timeoutMs ? { timeoutMs: o.timeoutMs } : {}),
-  })
-  const bind = { host: o.hostId, nonce, challenge }
-  if (res.status !== 200 && res.status !== 202)
-    throw await refusal(res, 'unlock', o.attempt?.serverKeys, bind)
-  return openUnlock(parseUnlockResponse(res.body), o.attempt, bind)
 }
 
 /**
- * One long-poll for an approval. Resolves `released` or `pending` (ask again); denial throws.
- * A v2 poll should use the attempt that asked, so the release is wrapped to its one-time key
- * (the server does not yet bind the approval itself to that key).
+ * One signed request of an unlock attempt: a fresh nonce, and for v2 a fresh challenge and the
+ * attempt's ephemeral key in the payload; the answer opened (unwrapped, verdicts checked) for
+ * this very request.
  */
-export async function pollApproval(
+async function attemptRequest(
   t: Transport,
-  o: {
-    keys: HostKeys
-    hostId: string
-    bootId: string
-    approvalId: string
-    attempt?: Attempt
-    signal?: AbortSignal
-    holdMs?: number
+  o: AttemptAsk,
+  r: {
+    purpose: 'unlock' | 'poll'
+    path: string
+    what: string
+    members: Record<string, unknown>
+    timeoutMs?: number | undefined
   },
 ): Promise<OpenedUnlock> {
   const nonce = await fetchNonce(t, o.signal)
   const challenge = challengeFor(o.attempt)
   const jws = await signHostRequest(
-    'poll',
+    r.purpose,
     {
       v: o.attempt ? PROTOCOL_VERSION : 1,
       host: o.hostId,
-      approval: o.approvalId,
+      ...r.members,
       nonce,
       bootId: o.bootId,
       iat: nowSec(),
@@ -310,15 +276,50 @@ export async function pollApproval(
   )
   const res = await t({
     method: 'POST',
-    path: '/v1/approval/poll',
+    path: r.path,
     body: { jws },
-    timeoutMs: (o.holdMs ?? 25_000) + 15_000,
     ...(o.signal ? { signal: o.signal } : {}),
+    ...(r.timeoutMs ? { timeoutMs: r.timeoutMs } : {}),
   })
   const bind = { host: o.hostId, nonce, challenge }
   if (res.status !== 200 && res.status !== 202)
-    throw await refusal(res, 'approval poll', o.attempt?.serverKeys, bind)
+    throw await refusal(res, r.what, o.attempt?.serverKeys, bind)
   return openUnlock(parseUnlockResponse(res.body), o.attempt, bind)
+}
+
+export interface UnlockAsk extends AttemptAsk {
+  /** Volume names; empty asks for all. */
+  volumes: string[]
+  timeoutMs?: number
+}
+
+/** Signed unlock request. Resolves `released` or `approval_required`; denials throw with the server's code. */
+export async function requestUnlock(t: Transport, o: UnlockAsk): Promise<OpenedUnlock> {
+  return attemptRequest(t, o, {
+    purpose: 'unlock',
+    path: '/v1/unlock',
+    what: 'unlock',
+    members: { volumes: o.volumes },
+    timeoutMs: o.timeoutMs,
+  })
+}
+
+/**
+ * One long-poll for an approval. Resolves `released` or `pending` (ask again); denial throws.
+ * A v2 poll must use the attempt that asked: the server binds the approval to that attempt's
+ * ephemeral key (`approval_key_mismatch` otherwise), and wraps the release to it.
+ */
+export async function pollApproval(
+  t: Transport,
+  o: AttemptAsk & { approvalId: string; holdMs?: number },
+): Promise<OpenedUnlock> {
+  return attemptRequest(t, o, {
+    purpose: 'poll',
+    path: '/v1/approval/poll',
+    what: 'approval poll',
+    members: { approval: o.approvalId },
+    timeoutMs: (o.holdMs ?? 25_000) + 15_000,
+  })
 }
 
 /**

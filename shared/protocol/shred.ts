@@ -112,9 +112,9 @@ const blob = v.pipe(
 )
 
 /**
- * POST /v1/admin/hosts/:name/escrow-export: a host's escrow blobs with the KEK layer removed
- * (still sealed to the host key and, when enrolled with one, the recovery key). It is also the
- * file format `unlockd recover --blob` reads.
+ * POST /v1/admin/hosts/:name/escrow-export: a host's escrow blobs with the KEK layer and the
+ * host's own recipient removed, so sealed only to the recovery key. It is also the file format
+ * `unlockd recover --blob` reads.
  */
 export const EscrowExportSchema = v.object({
   format: v.literal('unlockd-escrow-export/v1'),
@@ -126,11 +126,13 @@ export const EscrowExportSchema = v.object({
       name,
       kind: v.picklist(['luks', 'fscrypt']),
       ref: v.nullable(v.string()),
-      /** `kid`s of the blob's recipients: the host sealing key and, if any, the recovery key. */
+      /** `kid`s of the blob's recipients: the recovery key(s) only (never the host key). */
       recipients: v.array(v.string()),
       blob,
     }),
   ),
+  /** Volumes enrolled without a recovery key: only the host keys open them, so not exported. */
+  notExported: v.optional(v.array(name)),
 })
 export interface EscrowExport {
   format: 'unlockd-escrow-export/v1'
@@ -144,6 +146,7 @@ export interface EscrowExport {
     recipients: string[]
     blob: EscrowBlob
   }[]
+  notExported?: string[]
 }
 export const parseEscrowExport = (x: unknown): EscrowExport =>
   parseWith(EscrowExportSchema, x, 'escrow export', 'protocol_invalid') as EscrowExport

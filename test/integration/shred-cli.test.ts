@@ -5,7 +5,7 @@
  * with the new one, data intact, and a running server does not undo the change).
  */
 import test from 'ava'
-import { copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import {
   enroll,
@@ -128,6 +128,12 @@ test('recovery-key create + escrow export + recover: offline round trip to the e
     volumes: [
       { name: 'data', kind: 'luks', blob: await sealVolumeKey(vkData, recipients) },
       { name: 'home', kind: 'fscrypt', blob: await sealVolumeKey(vkHome, recipients) },
+      // Enrolled without a recovery key: only the host keys open it, so it is never exported.
+      {
+        name: 'scratch',
+        kind: 'luks',
+        blob: await sealVolumeKey(randomBytes(64), [publicOf(keys.sealing)]),
+      },
     ],
   })
 
@@ -145,12 +151,40 @@ test('recovery-key create + escrow export + recover: offline round trip to the e
     doc.volumes.map((v) => v.name),
     ['data', 'home'],
   )
-  t.is(doc.volumes[0]!.recipients.length, 2)
-  t.deepEqual(
-    await openEscrowBlob(doc.volumes[0]!.blob, keys.sealing),
-    vkData,
-    'the host key opens it too: only the KEK layer was removed',
-  )
+  t.deepEqual(doc.notExported, ['scratch'])
+  const recoveryKid = created.json.kid as string
+  for (const v of doc.volumes) {
+    t.deepEqual(v.recipients, [recoveryKid], 'sealed to the recovery key only')
+    t.deepEqual(
+      v.blob.recipients.map((r) => r.header.kid),
+      [recoveryKid],
+    )
+    // Every host key file (a disk image of the host) opens nothing in the export.
+    for (const k of [keys.sealing, keys.signing])
+      await rejectsWithCode(t, openEscrowBlob(v.blob, k), 'decryption_failed')
+  }
+  const hostKeyFiles = [
+    [join(dir, 'host-sealing.jwk'), keys.sealing],
+    [join(dir, 'host-signing.jwk'), keys.signing],
+  ] as const
+  for (const [file, key] of hostKeyFiles) {
+    writeFileSync(file, JSON.stringify(key), { mode: 0o600 })
+    for (const volume of ['data', 'home']) {
+      const r = await runCli([
+        'recover',
+        '--blob',
+        exportFile,
+        '--volume',
+        volume,
+        '--recovery-key',
+        file,
+        '--out',
+        join(dir, `host-${volume}.bin`),
+      ])
+      t.not(r.code, 0, `${file} must not open ${volume}`)
+      t.false(existsSync(join(dir, `host-${volume}.bin`)))
+    }
+  }
   const entries = (await srv.admin('GET', '/audit?limit=10000')).body.entries as AuditEntry[]
   t.true(entries.some((e) => e.action === 'escrow.export' && e.actor === 'operator:admin'))
 

@@ -276,6 +276,37 @@ test('shred --volume removes only that volume; the host and its other volumes st
     holdMs: 2000,
   })
   t.deepEqual(w2, { order: 'none', volumes: [] }, 'a live host that reported is not told again')
+
+  // That report may have come from a copy of the host keys. A host that still asks for the
+  // volume has not erased it: the order is outstanding again, and its next watch gets it.
+  await rejectsWithCode(
+    t,
+    requestUnlock(srv.transport, {
+      keys,
+      hostId: e.hostId,
+      bootId: 'boot-0002',
+      volumes: ['backups'],
+    }),
+    'volume_unknown',
+  )
+  const w3 = await watch(srv.transport, { keys, hostId: e.hostId, bootId: 'boot-0002' })
+  t.deepEqual(w3, { order: 'shred', volumes: ['backups'] }, 'the order is outstanding again')
+  const reopened = (await auditActions(srv)).filter((x) => x.action === 'shred.order_reopened')
+  t.is(reopened.length, 1)
+  t.deepEqual(reopened[0]!.detail['volumes'], ['backups'])
+  // Asking only for the surviving volume does not reopen anything.
+  await report(srv.transport, { keys, hostId: e.hostId, event: 'shred_done', actions: [] })
+  const ok = await requestUnlock(srv.transport, {
+    keys,
+    hostId: e.hostId,
+    bootId: 'boot-0003',
+    volumes: ['data'],
+  })
+  t.is(ok.status, 'released')
+  t.deepEqual(
+    await watch(srv.transport, { keys, hostId: e.hostId, bootId: 'boot-0003', holdMs: 2000 }),
+    { order: 'none', volumes: [] },
+  )
 })
 
 test('watch: none before; a waiting host is woken by the shred; a host that connects later (after a restart) learns it; report closes it', async (t) => {

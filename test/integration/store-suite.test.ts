@@ -15,7 +15,7 @@ import { verifyAuditChain } from '../../shared/audit.ts'
 import { auditHead, verifyAudit } from '../../server/escrow/audit-chain.ts'
 import { generateHostKeys, hostIdOf, publicOf } from '../../shared/client/host-client.ts'
 import { signHostRequest } from '../../shared/crypto/jws.ts'
-import type { HostKeys } from '../../shared/crypto/keys.ts'
+import { generateRecoveryKey, type HostKeys } from '../../shared/crypto/keys.ts'
 import { UnlockdError } from '../../shared/errors.ts'
 import { DEFAULT_POLICY, type Policy } from '../../shared/protocol/policy.ts'
 import { approveRequest, denyRequest } from '../../server/approvals/decide.ts'
@@ -32,6 +32,7 @@ import { memoryLogger } from '../../server/log.ts'
 import { deny } from '../../server/store/denial.ts'
 import { openStore } from '../../server/store/open.ts'
 import { SqliteStore } from '../../server/store/sqlite.ts'
+import { MIGRATIONS } from '../../server/store/schema.ts'
 import type {
   ActionRow,
   ApprovalRow,
@@ -207,6 +208,7 @@ function approvalRow(hostId: string, o: Partial<ApprovalRow> = {}): ApprovalRow 
     state: 'pending',
     decidedAt: null,
     reason: null,
+    epk: null,
     ...o,
   }
 }
@@ -972,6 +974,65 @@ function suite(b: Backend): void {
     t.is(await store.tx((tx) => tx.deleteOperatorPasskeys(op.id)), 1)
     t.deepEqual(await store.tx((tx) => tx.listPasskeys(op.id)), [])
     t.is((await store.tx((tx) => tx.listPasskeys(other.id))).length, 1)
+  })
+
+  it('approvals: the asking attempt key round-trips; the migration adds it as null to older rows', async (t, db) => {
+    const h = hostRow()
+    const a = approvalRow(h.id, { epk: 'k'.repeat(43) })
+    await db.store.tx(async (tx) => {
+      await tx.insertHost(h)
+      await tx.insertApproval(a)
+    })
+    t.deepEqual(await db.store.tx((tx) => tx.getApproval(a.id)), a)
+    // The database as the release before the column left it, with a row of its own.
+    const before = MIGRATIONS.findIndex((m) => /ADD COLUMN epk/.test(m.sqlite))
+    t.true(before > 0)
+    await db.raw(
+      `DELETE FROM approvals; ALTER TABLE approvals DROP COLUMN epk; UPDATE schema_version SET version = ${before}`,
+    )
+    await db.raw(
+      `INSERT INTO approvals (id, host_id, volumes, boot_id, source, rule, required, created_at, expires_at, state) VALUES ('ap-old', '${h.id}', '[]', 'boot-1', '10.0.0.5', 'always', 1, 100, 700, 'pending')`,
+    )
+    const store = await db.reopen()
+    t.like(await store.tx((tx) => tx.getApproval('ap-old')), { id: 'ap-old', epk: null })
+    await store.tx((tx) => tx.insertApproval(a))
+    t.deepEqual(await store.tx((tx) => tx.getApproval(a.id)), a)
+  })
+
+  it('approvals: only a poll signed with the asking attempt key collects a v2 approval', async (t, {
+    store,
+  }) => {
+    const deps = await depsOn(t, store)
+    const { keys, host } = await signingHost(deps, DEFAULT_POLICY)
+    const asking = publicOf(await generateRecoveryKey())
+    const other = publicOf(await generateRecoveryKey())
+    const a = approvalRow(host.id, {
+      id: newId('ap'),
+      bootId: 'boot-aaaa',
+      volumes: [],
+      state: 'approved',
+      expiresAt: BIG,
+      epk: asking.x,
+    })
+    await store.tx((tx) => tx.insertApproval(a))
+    const poll = async (epk: typeof asking | undefined) => {
+      const { nonce } = await issueNonce(deps)
+      const v2 = epk ? { v: 2, challenge: nonce, epk } : { v: 1 }
+      const payload = { host: host.id, approval: a.id, nonce, bootId: 'boot-aaaa', iat: NOW, ...v2 }
+      return hostPoll(
+        deps,
+        await signHostRequest('poll', payload, keys.signing, host.id),
+        '10.0.0.5',
+      )
+    }
+    t.is(code(await t.throwsAsync(poll(other))), 'approval_key_mismatch')
+    t.is(code(await t.throwsAsync(poll(undefined))), 'approval_key_mismatch')
+    // The refusals committed their audit entries and left the approval as it was.
+    t.deepEqual(await actions(store), ['approval.key_mismatch', 'approval.key_mismatch'])
+    t.like(await store.tx((tx) => tx.getApproval(a.id)), { state: 'approved' })
+    const r = await poll(asking)
+    t.is(r.status, 'released')
+    t.like(await store.tx((tx) => tx.getApproval(a.id)), { state: 'used' })
   })
 
   it('audit: appends from two instances at once keep one verifiable chain', async (t, {
