@@ -95,7 +95,7 @@ export async function runLogged(
 }
 
 /** A crude cross-process lock (mkdir is atomic); stale locks of dead processes are taken over. */
-async function withLock<T>(path: string, fn: () => Promise<T>): Promise<T> {
+export async function withLock<T>(path: string, fn: () => Promise<T>): Promise<T> {
   const deadline = Date.now() + 15 * 60_000
   for (;;) {
     try {
@@ -303,4 +303,105 @@ export async function stageFile(
   await mkdir(dirname(dest), { recursive: true })
   await copyFile(source, dest)
   if (mode !== undefined) await mustRun('chmod', [mode.toString(8), dest])
+}
+
+/** Sizes in bytes of the images a packaged build measured. */
+export interface InitramfsSizes {
+  /** cryptsetup-initramfs alone: the image before any unlock tool is installed. */
+  baseline: number
+  /** With Debian's clevis-initramfs installed (the hook copies clevis, jose, curl ...). */
+  clevis: number
+  /** With the unlockd-agent package (and Debian's nodejs it depends on). */
+  unlockd: number
+}
+
+export interface PackagedInitramfsBuild extends InitramfsBuild {
+  sizes: InitramfsSizes
+}
+
+/**
+ * Build an initramfs the way a Debian host gets one: in an overlay of `chroot` with `stage`
+ * (config, crypttab, fstab) copied over it, `apt-get install ./unlockd-agent_*.deb` pulls
+ * Debian's own nodejs (18) from Debian's archive, and the package's update-initramfs trigger runs
+ * its hook. Before that, the same overlay measures the image without any unlock tool and with
+ * Debian's clevis-initramfs (installed, built, purged), so the growth can be compared.
+ */
+export async function buildPackagedInitramfs(
+  chroot: Chroot,
+  work: string,
+  stage: string,
+  agentDeb: string,
+): Promise<PackagedInitramfsBuild> {
+  const upper = join(work, 'upper')
+  const ovlWork = join(work, 'ovl-work')
+  const merged = join(work, 'merged')
+  for (const d of [upper, ovlWork, merged]) await mkdir(d, { recursive: true })
+  await mustRun('cp', ['-a', `${stage}/.`, upper])
+  const out = join(work, 'initrd.img')
+  const script = [
+    'set -eu',
+    'l=$1; u=$2; w=$3; m=$4; k=$5; o=$6; deb=$7',
+    'mount -t overlay overlay -o "lowerdir=$l,upperdir=$u,workdir=$w" "$m"',
+    'mount --rbind /dev "$m/dev"; mount -t proc proc "$m/proc"; mount -t sysfs sys "$m/sys"; mount -t tmpfs tmp "$m/tmp"',
+    'cp "$deb" "$m/tmp/unlockd-agent.deb"',
+    // The stage's /etc/unlockd/initramfs.conf predates the package: keep it, as dpkg asks.
+    'apt() { chroot "$m" env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef "$@"; }',
+    'size() { stat -c %s "$m/boot/initrd.img-$k" > "$o.$1.size"; }',
+    'apt update',
+    'echo "== baseline: cryptsetup-initramfs alone"',
+    'chroot "$m" update-initramfs -c -k "$k"',
+    'size baseline',
+    'echo "== clevis-initramfs"',
+    // Each package's initramfs-tools trigger rebuilds the image (update-initramfs -u).
+    'apt install --no-install-recommends clevis-initramfs',
+    'size clevis',
+    'apt purge --autoremove clevis-initramfs clevis-luks clevis',
+    'echo "== unlockd-agent"',
+    'apt install --no-install-recommends /tmp/unlockd-agent.deb',
+    'chroot "$m" node --version',
+    'size unlockd',
+    'cp "$m/boot/initrd.img-$k" "$o"',
+    'chroot "$m" lsinitramfs "/boot/initrd.img-$k" > "$o.list"',
+  ].join('\n')
+  const log = join(work, 'build.log')
+  const t0 = Date.now()
+  await runLogged(
+    'unshare',
+    [
+      '--mount',
+      '--propagation',
+      'private',
+      '/bin/sh',
+      '-c',
+      script,
+      'sh',
+      chroot.rootfs,
+      upper,
+      ovlWork,
+      merged,
+      chroot.kver,
+      out,
+      agentDeb,
+    ],
+    log,
+    { timeoutMs: 20 * 60_000 },
+  )
+  const seconds = (Date.now() - t0) / 1000
+  const size = async (name: string): Promise<number> =>
+    Number((await readFile(`${out}.${name}.size`, 'utf8')).trim())
+  const contents = (await readFile(`${out}.list`, 'utf8'))
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '')
+  return {
+    initrd: out,
+    seconds,
+    log,
+    contents,
+    sizes: {
+      baseline: await size('baseline'),
+      clevis: await size('clevis'),
+      unlockd: await size('unlockd'),
+    },
+  }
 }

@@ -258,6 +258,8 @@ export async function bootGuest(
     append: string
     hostPort: number | undefined
     memoryMiB?: number
+    /** When QEMU is killed (default BOOT_LIMIT_MS). */
+    limitMs?: number
   },
 ): Promise<Vm> {
   const n = ++bootCount
@@ -269,7 +271,7 @@ export async function bootGuest(
     initrd: o.initrd,
     disk,
     logFile,
-    timeoutMs: BOOT_LIMIT_MS,
+    timeoutMs: o.limitMs ?? BOOT_LIMIT_MS,
     append: o.append,
     forwards: [{ guestPort: GUEST_PORT, hostPort: o.hostPort ?? (await freePort()) }],
     ...(o.memoryMiB ? { memoryMiB: o.memoryMiB } : {}),

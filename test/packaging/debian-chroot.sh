@@ -19,8 +19,10 @@ command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get instal
 mkdir -p "$out"
 
 # The packages' Depends and Recommends (nodejs, cryptsetup-bin, e2fsprogs, adduser,
-# initramfs-tools) plus what the test runs inside: systemd-analyze, man, bash-completion.
-pkgs=nodejs,systemd,cryptsetup-bin,e2fsprogs,adduser,initramfs-tools,man-db,bash-completion,ca-certificates,strace
+# initramfs-tools) plus what the tests run inside: systemd-analyze, man, bash-completion; python3
+# and python3-apt for Ansible's chroot connection (test/provisioning/ansible-role.test.ts), curl
+# for the cloud-init first-boot script (cloud-init.test.ts).
+pkgs=nodejs,systemd,cryptsetup-bin,e2fsprogs,adduser,initramfs-tools,man-db,bash-completion,ca-certificates,strace,python3,python3-apt,curl
 
 t0=$(date +%s)
 debootstrap --variant=minbase --include="$pkgs" bookworm "$root" "$mirror" > "$out/debootstrap.log" 2>&1 \

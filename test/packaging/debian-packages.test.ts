@@ -6,66 +6,32 @@
  * loads from /usr/share/nodejs, units that pass `systemd-analyze verify`, and a clean removal.
  *
  * The chroot (debootstrap with every dependency preinstalled, test/packaging/debian-chroot.sh)
- * is cached in .tmp/packaging-cache/ keyed by a hash of that script, so only the first run pays
- * for debootstrap (about 4 min); each run installs into an overlay over it inside a private
- * mount namespace (test/packaging/in-chroot.sh). The packages are built without compression
- * here (the release build uses xz), so lintian's two compression tags are suppressed.
+ * and the packages are built once and cached (test/helpers/debs.ts, shared with the
+ * provisioning and boot tests), so only the first run pays for debootstrap (about 4 min); each
+ * run installs into an overlay over it inside a private mount namespace
+ * (test/packaging/in-chroot.sh). The packages are built without compression here (the release
+ * build uses xz), so lintian's two compression tags are suppressed.
  */
-import type { ExecutionContext } from 'ava'
-import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync } from 'node:fs'
-import { mkdir, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { readFileSync } from 'node:fs'
+import { copyFile, mkdir, writeFile } from 'node:fs/promises'
+import { basename, join } from 'node:path'
 import { REPO, runLogged } from '../boot/env.ts'
 import { initDataDirCli, startCliServer } from '../helpers/cli-server.ts'
 import { runCli, UNLOCKD_AGENT } from '../helpers/cli.ts'
+import { builtDebs, packagingChroot } from '../helpers/debs.ts'
 import { makeLuksImage } from '../helpers/luks.ts'
 import { rootTest } from '../helpers/root.ts'
 import { tempDir } from '../helpers/tmp.ts'
 
-const CHROOT_SCRIPT = join(REPO, 'test/packaging/debian-chroot.sh')
 const IN_CHROOT = join(REPO, 'test/packaging/in-chroot.sh')
-const CACHE = join(REPO, '.tmp/packaging-cache')
 const NEEDS = { bins: ['debootstrap', 'dpkg-deb', 'lintian', 'unshare', 'chroot', 'cryptsetup'] }
 const LONG = { timeoutMs: 20 * 60_000 }
 /** How Node prints a process warning, e.g. `(node:42) ExperimentalWarning: ...`. */
 const NODE_WARNING = /\(node:\d+\)|Warning:/
 
-/** The cached chroot for this version of debian-chroot.sh, built once. */
-async function cachedChroot(): Promise<string> {
-  const key = createHash('sha256').update(readFileSync(CHROOT_SCRIPT)).digest('hex').slice(0, 12)
-  const dir = join(CACHE, key)
-  if (existsSync(join(dir, 'rootfs'))) return join(dir, 'rootfs')
-  mkdirSync(CACHE, { recursive: true })
-  const building = `${dir}.building-${process.pid}`
-  rmSync(building, { recursive: true, force: true })
-  await runLogged(CHROOT_SCRIPT, [building], join(CACHE, `${key}.log`), LONG)
-  try {
-    renameSync(building, dir)
-  } catch {
-    // Another run finished first: use its copy.
-    rmSync(building, { recursive: true, force: true })
-  }
-  return join(dir, 'rootfs')
-}
-
 function step(out: string, name: string): { rc: number; out: string; err: string } {
   const read = (ext: string): string => readFileSync(join(out, `${name}.${ext}`), 'utf8')
   return { rc: Number(read('rc').trim()), out: read('out'), err: read('err') }
-}
-
-async function buildPackages(t: ExecutionContext, debs: string): Promise<string[]> {
-  await runLogged(join(REPO, 'tools/package-deb.sh'), [debs], join(debs, 'package-deb.log'), {
-    ...LONG,
-    env: { ...process.env, UNLOCKD_DEB_COMPRESSION: 'none' },
-  })
-  const files = readdirSync(debs).filter((f) => f.endsWith('.deb'))
-  t.deepEqual(
-    files.map((f) => f.split('_')[0]).sort(),
-    ['unlockd-agent', 'unlockd-server'],
-    'both packages are built',
-  )
-  return files.map((f) => join(debs, f))
 }
 
 rootTest(
@@ -74,7 +40,12 @@ rootTest(
     const work = await tempDir(t)
     const debs = join(work, 'debs')
     await mkdir(debs)
-    const [lower, files] = await Promise.all([cachedChroot(), buildPackages(t, debs)])
+    const [lower, built] = await Promise.all([packagingChroot(), builtDebs()])
+    const files: string[] = []
+    for (const f of [built.agent, built.server]) {
+      files.push(join(debs, basename(f)))
+      await copyFile(f, join(debs, basename(f)))
+    }
 
     const lintLog = join(work, 'lintian.log')
     // lintian exits non-zero on errors; the tags are read from its log either way.

@@ -1,13 +1,16 @@
 /**
- * The Ansible roles, run for real by Debian's ansible-playbook with `connection: local` into a
- * temporary prefix (no systemd as PID 1 here, so units are installed and checked with
- * systemd-analyze, not started):
- *   unlockd_server installs the packed server, initializes it once and writes its unit; the
- *   test starts that installed server over TLS; unlockd_agent then installs the agent, enrolls a
- *   LUKS2 image and an fscrypt directory with a one-time token, and `unlockd unlock --test`
- *   works; unlockd_agent_encrypt converts a plaintext ext4 image to LUKS2 in place. Check mode
- *   changes nothing (it runs `unlockd encrypt --dry-run`), and a second run of each role reports
- *   changed=0.
+ * The Ansible roles, run for real by Debian's ansible-playbook through its
+ * community.general.chroot connection into two Debian 12 chroots, an escrow server and a host
+ * (overlays over the cached packaging chroot, see test/helpers/debs.ts; no systemd as PID 1
+ * there, so units are checked with systemd-analyze, not started):
+ *   unlockd_server installs the unlockd-server package built from this tree with apt,
+ *   initializes it once and writes its drop-in; the test starts that installed server over TLS
+ *   in its chroot; unlockd_agent then installs the unlockd-agent package (on Debian's nodejs
+ *   18), enrolls a LUKS2 image and an fscrypt directory with a one-time token, and
+ *   `unlockd unlock --test` works; its encrypt list converts a plaintext ext4 image to LUKS2 in
+ *   place. Check mode changes nothing (it runs `unlockd encrypt --dry-run`), and a second run of
+ *   each role reports changed=0. The fixtures (images, the loop-mounted ext4) are made on the
+ *   host and bound into the host's chroot at /srv/t.
  */
 import test, { type ExecutionContext } from 'ava'
 import { existsSync, statSync } from 'node:fs'
@@ -16,7 +19,15 @@ import { join } from 'node:path'
 import { FIXTURE_PBKDF } from '../helpers/luks.ts'
 import { findBin, mustRun, rootTest, tool } from '../helpers/root.ts'
 import { tempDir } from '../helpers/tmp.ts'
-import { REPO, cli, requireBuild, run, startCliServer, type RunResult } from './support.ts'
+import {
+  builtDebs,
+  chrootArgv,
+  chrootRoot,
+  inChroot,
+  packagingChroot,
+  withChroot,
+} from '../helpers/debs.ts'
+import { REPO, cli, requireBuild, run, startServerProcess, type RunResult } from './support.ts'
 
 const NEEDS = {
   bins: [
@@ -27,7 +38,11 @@ const NEEDS = {
     'umount',
     'losetup',
     'openssl',
-    'systemd-analyze',
+    'unshare',
+    'nsenter',
+    'chroot',
+    'debootstrap',
+    'dpkg-deb',
   ],
   serial: true,
 }
@@ -40,9 +55,7 @@ interface Recap {
 }
 
 function recap(r: RunResult): Recap {
-  const m = /^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)/m.exec(
-    r.stdout,
-  )
+  const m = /^\S+\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)/m.exec(r.stdout)
   if (!m) throw new Error(`no PLAY RECAP in ansible-playbook output:\n${r.stdout}\n${r.stderr}`)
   return {
     ok: Number(m[1]),
@@ -52,17 +65,33 @@ function recap(r: RunResult): Recap {
   }
 }
 
+interface Chroots {
+  lower: string
+  binds: Record<string, string>
+}
+
+/** ansible-playbook on the host, with the chroot of `state` mounted for its chroot connection. */
 async function playbook(
   t: ExecutionContext,
+  c: Chroots,
+  state: string,
   w: string,
   play: string,
   vars: string,
   extra: string[] = [],
 ): Promise<{ r: RunResult; recap: Recap }> {
-  const r = await run(
-    'ansible-playbook',
-    ['-i', join(w, 'inventory.ini'), join(w, play), '-e', `@${vars}`, ...extra],
+  const inventory = `${state}.ini`
+  await writeFile(
+    inventory,
+    `target ansible_connection=community.general.chroot ansible_host=${chrootRoot(state)} ansible_python_interpreter=/usr/bin/python3\n`,
+  )
+  const r = await withChroot(
+    c.lower,
+    state,
+    ['ansible-playbook', '-i', inventory, join(w, play), '-e', `@${vars}`, ...extra],
     {
+      binds: c.binds,
+      cwd: REPO,
       env: {
         ANSIBLE_ROLES_PATH: join(REPO, 'provisioning/ansible/roles'),
         ANSIBLE_NOCOLOR: '1',
@@ -70,7 +99,6 @@ async function playbook(
         ANSIBLE_LOCALHOST_WARNING: 'false',
         ANSIBLE_HOME: join(w, 'ansible-home'),
         ANSIBLE_LOCAL_TEMP: join(w, 'ansible-tmp'),
-        ANSIBLE_REMOTE_TMP: join(w, 'ansible-tmp'),
         ANSIBLE_RETRY_FILES_ENABLED: 'false',
         ANSIBLE_CONFIG: join(w, 'no-ansible.cfg'),
       },
@@ -85,26 +113,32 @@ async function playbook(
 /** Unit files plus their drop-ins must load cleanly (ExecStart binaries exist, no unknown keys). */
 async function verifyUnits(
   t: ExecutionContext,
-  systemdDir: string,
+  c: Chroots,
+  state: string,
   units: string[],
 ): Promise<void> {
-  const r = await run('systemd-analyze', ['verify', ...units.map((u) => join(systemdDir, u))], {
-    env: { SYSTEMD_UNIT_PATH: `${systemdDir}:` },
-  })
-  t.is(r.code, 0, r.stderr)
-  t.false(/ansible\.conf/.test(r.stderr), r.stderr)
+  const r = await inChroot(
+    c.lower,
+    state,
+    `systemd-analyze verify ${units.map((u) => `/lib/systemd/system/${u}`).join(' ')}`,
+  )
+  t.is(r.code, 0, r.stdout + r.stderr)
+  t.false(/ansible\.conf|Unknown|not found/.test(r.stderr), r.stderr)
 }
 
 rootTest(
-  'the server and agent roles install, enroll a LUKS2 image and an fscrypt directory, and change nothing on a second run',
+  'the server and agent roles install the packages, enroll a LUKS2 image and an fscrypt directory, and change nothing on a second run',
   async (t) => {
-    t.timeout(15 * 60_000)
+    t.timeout(20 * 60_000)
     if (!requireBuild(t)) return
     const w = await tempDir(t, 'unlockd-ansible-')
-
-    // --- release archives, as an operator makes them ---
-    const packed = await run('bash', [join(REPO, 'provisioning/pack.sh'), join(w, 'dist')])
-    t.is(packed.code, 0, packed.stderr)
+    const [lower, debs] = await Promise.all([packagingChroot(), builtDebs()])
+    const IN = '/srv/t'
+    const c: Chroots = { lower, binds: { [w]: IN } }
+    // Two machines: the escrow server and a host (each an overlay with its own upper layer).
+    const sp = join(w, 'escrow-host')
+    const ap = join(w, 'web-host')
+    const upper = (state: string, path: string): string => join(state, 'upper', path)
 
     // --- fixtures: TLS certificate, LUKS2 image with a key file, ext4 (encrypt) loop mount ---
     await mustRun('openssl', [
@@ -151,8 +185,7 @@ rootTest(
     t.teardown(async () => {
       if ((await tool('umount', [mnt])).code !== 0) await tool('umount', ['-l', mnt])
     })
-    const secrets = join(mnt, 'secrets')
-    // A plaintext ext4 image with a file on it, for unlockd_agent_encrypt.
+    // A plaintext ext4 image with a file on it, for the agent role's encrypt list.
     const plainImg = join(w, 'plain.img')
     await writeFile(plainImg, '', { mode: 0o600 })
     await truncate(plainImg, 80 * 1024 * 1024)
@@ -164,36 +197,21 @@ rootTest(
     await mustRun('umount', [plainMnt])
     const fallbackPassphrase = 'fallback passphrase of the converted volume'
 
-    await writeFile(
-      join(w, 'inventory.ini'),
-      'localhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n',
-    )
     await writeFile(join(w, 'no-ansible.cfg'), '')
     for (const role of ['unlockd_server', 'unlockd_agent']) {
       await writeFile(
         join(w, `${role}.yml`),
-        `- hosts: localhost\n  gather_facts: false\n  roles: [${role}]\n`,
+        `- hosts: all\n  gather_facts: false\n  roles: [${role}]\n`,
       )
     }
 
     // --- the escrow server role ---
-    const sp = join(w, 'server-root')
     const passphrase = 'escrow keystore passphrase for the role test'
     const serverVars = join(w, 'server-vars.json')
     await writeFile(
       serverVars,
       JSON.stringify({
-        unlockd_server_archive: join(w, 'dist/unlockd-server.tar.gz'),
-        unlockd_server_install_node: false,
-        unlockd_server_node: process.execPath,
-        unlockd_server_install_dir: `${sp}/usr/lib/unlockd`,
-        unlockd_server_bin_dir: `${sp}/usr/local/bin`,
-        unlockd_server_config_dir: `${sp}/etc/unlockd`,
-        unlockd_server_data_dir: `${sp}/var/lib/unlockd`,
-        unlockd_server_systemd_dir: `${sp}/etc/systemd/system`,
-        unlockd_server_user: 'root',
-        unlockd_server_group: 'root',
-        unlockd_server_create_user: false,
+        unlockd_server_package: debs.server,
         unlockd_server_manage_service: false,
         unlockd_server_passphrase: passphrase,
         unlockd_server_listen: '127.0.0.1:8443',
@@ -201,22 +219,26 @@ rootTest(
         unlockd_server_tls_key_pem: await readFile(join(w, 'tls.key'), 'utf8'),
         unlockd_server_settings: { approvalTtl: '15m' },
         unlockd_server_cli_env: {
-          UNLOCKD_TOKEN_FILE: `${sp}/etc/unlockd/operator-token`,
-          UNLOCKD_CA: `${sp}/etc/unlockd/tls.crt`,
+          UNLOCKD_TOKEN_FILE: '/etc/unlockd/operator-token',
+          UNLOCKD_CA: '/etc/unlockd/tls.crt',
         },
       }),
       { mode: 0o600 },
     )
 
-    const sCheck = await playbook(t, w, 'unlockd_server.yml', serverVars, ['--check'])
+    const sCheck = await playbook(t, c, sp, w, 'unlockd_server.yml', serverVars, ['--check'])
     t.is(sCheck.r.code, 0, 'server role, check mode')
     t.true(sCheck.recap.changed > 0)
-    t.false(existsSync(`${sp}/var/lib/unlockd/keystore.json`), 'check mode initialized nothing')
+    t.false(existsSync(upper(sp, 'usr/bin/unlockd-server')), 'check mode installed nothing')
+    t.false(
+      existsSync(upper(sp, 'var/lib/unlockd/keystore.json')),
+      'check mode initialized nothing',
+    )
 
-    const s1 = await playbook(t, w, 'unlockd_server.yml', serverVars, ['-v', '--diff'])
+    const s1 = await playbook(t, c, sp, w, 'unlockd_server.yml', serverVars, ['-v', '--diff'])
     t.is(s1.r.code, 0, 'server role, first run')
     t.true(s1.recap.changed > 0)
-    const operatorToken = (await readFile(`${sp}/etc/unlockd/operator-token`, 'utf8')).trim()
+    const operatorToken = (await readFile(upper(sp, 'etc/unlockd/operator-token'), 'utf8')).trim()
     t.regex(operatorToken, /^uo_/)
     for (const [secret, what] of [
       [passphrase, 'passphrase'],
@@ -229,85 +251,120 @@ rootTest(
       )
     }
     for (const [path, mode] of [
-      [`${sp}/etc/unlockd/server-passphrase`, 0o600],
-      [`${sp}/etc/unlockd/operator-token`, 0o600],
-      [`${sp}/etc/unlockd/tls.key`, 0o600],
-      [`${sp}/var/lib/unlockd/server.json`, 0o600],
-      [`${sp}/var/lib/unlockd`, 0o700],
+      ['etc/unlockd/server-passphrase', 0o600],
+      ['etc/unlockd/operator-token', 0o600],
+      ['etc/unlockd/tls.key', 0o600],
+      ['var/lib/unlockd/server.json', 0o600],
+      ['var/lib/unlockd', 0o700],
     ] as const) {
-      t.is(statSync(path).mode & 0o777, mode, path)
+      t.is(statSync(upper(sp, path)).mode & 0o777, mode, path)
     }
-    t.is(await readFile(`${sp}/etc/unlockd/server-passphrase`, 'utf8'), passphrase)
+    t.is(await readFile(upper(sp, 'etc/unlockd/server-passphrase'), 'utf8'), passphrase)
+    const owner = await inChroot(lower, sp, 'stat -c %U /var/lib/unlockd/keystore.json')
+    t.is(owner.stdout.trim(), 'unlockd', "the data belongs to the package's service account")
 
-    const s2 = await playbook(t, w, 'unlockd_server.yml', serverVars)
+    const s2 = await playbook(t, c, sp, w, 'unlockd_server.yml', serverVars)
     t.is(s2.r.code, 0, 'server role, second run')
     t.is(s2.recap.changed, 0, 'second run of unlockd_server changes nothing')
-    await verifyUnits(t, `${sp}/etc/systemd/system`, ['unlockd-server.service'])
+    await verifyUnits(t, c, sp, ['unlockd-server.service'])
+    t.true(existsSync(upper(sp, 'etc/systemd/system/unlockd-server.service.d/zz-ansible.conf')))
 
-    // --- start the installed server (TLS from the server.json the role wrote) ---
-    const srv = await startCliServer(t, `${sp}/usr/lib/unlockd/unlockd.mjs`, [
-      '--data',
-      `${sp}/var/lib/unlockd`,
-      '--passphrase-file',
-      `${sp}/etc/unlockd/server-passphrase`,
-    ])
-    t.regex(srv.url, /^https:\/\/127\.0\.0\.1:\d+$/)
-    const operatorCli = `${sp}/usr/local/bin/unlockd`
-    const made = await run(
-      operatorCli,
-      ['token', 'create', '--host', 'web-1', '--ttl', '15m', '--cidr', '127.0.0.0/8', '--json'],
-      { env: { UNLOCKD_URL: srv.url } },
+    // --- start the installed server in its chroot (TLS from the server.json the role wrote) ---
+    const srv = await startServerProcess(
+      t,
+      'unshare',
+      chrootArgv(
+        lower,
+        sp,
+        [
+          'chroot',
+          chrootRoot(sp),
+          '/usr/bin/unlockd-server',
+          'server',
+          'start',
+          '--data',
+          '/var/lib/unlockd',
+          '--passphrase-file',
+          '/etc/unlockd/server-passphrase',
+          '--listen',
+          '127.0.0.1:0',
+        ],
+        c.binds,
+      ),
     )
+    t.regex(srv.url, /^https:\/\/127\.0\.0\.1:\d+$/)
+    // The operator command the role wrote, run in the running server's mount namespace and root.
+    const operator = (args: string[]): Promise<RunResult> =>
+      run('nsenter', [
+        '--target',
+        String(srv.pid),
+        '--mount',
+        '--root',
+        '--wd=/',
+        '/usr/bin/env',
+        '-i',
+        'PATH=/usr/local/bin:/usr/bin:/bin',
+        `UNLOCKD_URL=${srv.url}`,
+        '/usr/local/bin/unlockd',
+        ...args,
+      ])
+    const made = await operator([
+      'token',
+      'create',
+      '--host',
+      'web-1',
+      '--ttl',
+      '15m',
+      '--cidr',
+      '127.0.0.0/8',
+      '--json',
+    ])
     t.is(made.code, 0, made.stderr)
     const enrollToken = (JSON.parse(made.stdout) as { token: string; id: string }).token
     const tokenId = (JSON.parse(made.stdout) as { id: string }).id
 
     // --- the agent role ---
-    const ap = join(w, 'host-root')
     const agentVars = join(w, 'agent-vars.json')
     await writeFile(
       agentVars,
       JSON.stringify({
-        unlockd_agent_archive: join(w, 'dist/unlockd-agent.tar.gz'),
-        unlockd_agent_install_node: false,
-        unlockd_agent_node: process.execPath,
-        unlockd_agent_install_dir: `${ap}/usr/lib/unlockd`,
-        unlockd_agent_bin_dir: `${ap}/usr/local/bin`,
-        unlockd_agent_config_dir: `${ap}/etc/unlockd`,
-        unlockd_agent_systemd_dir: `${ap}/etc/systemd/system`,
+        unlockd_agent_package: debs.agent,
         unlockd_agent_manage_service: false,
         unlockd_agent_servers: [srv.url],
         unlockd_agent_ca_pem: await readFile(join(w, 'tls.crt'), 'utf8'),
         unlockd_agent_name: 'web-1',
         unlockd_agent_enroll_token: enrollToken,
         unlockd_agent_volumes: [
-          { name: 'data', kind: 'luks', device: img, existing_key_file: luksKey },
-          { name: 'secrets', kind: 'fscrypt', path: secrets },
+          {
+            name: 'data',
+            kind: 'luks',
+            device: `${IN}/data.img`,
+            existing_key_file: `${IN}/luks.key`,
+          },
+          { name: 'secrets', kind: 'fscrypt', path: `${IN}/mnt/secrets` },
         ],
-        unlockd_agent_encrypt: [{ luks: plainImg, name: 'plain' }],
+        unlockd_agent_encrypt: [{ luks: `${IN}/plain.img`, name: 'plain' }],
         unlockd_agent_encrypt_fallback_passphrase: fallbackPassphrase,
-        unlockd_agent_encrypt_state_dir: `${ap}/var/lib/unlockd/encrypt`,
         // Test-only: a fast PBKDF for the new keyslot (the fixture image uses one too).
         unlockd_agent_enroll_environment: { UNLOCKD_LUKS_PBKDF: 'fast' },
       }),
       { mode: 0o600 },
     )
 
-    const aCheck = await playbook(t, w, 'unlockd_agent.yml', agentVars, ['--check'])
+    const aCheck = await playbook(t, c, ap, w, 'unlockd_agent.yml', agentVars, ['--check'])
     t.is(aCheck.r.code, 0, 'agent role, check mode')
     t.true(aCheck.recap.changed > 0)
     t.regex(aCheck.r.stdout, /would enroll data, secrets/)
     t.regex(aCheck.r.stdout, /would encrypt plain/)
-    t.false(existsSync(`${ap}/etc/unlockd/agent.json`), 'check mode enrolled nothing')
-    const unused = await run(operatorCli, ['token', 'list', '--json'], {
-      env: { UNLOCKD_URL: srv.url },
-    })
+    t.false(existsSync(upper(ap, 'etc/unlockd/agent.json')), 'check mode enrolled nothing')
+    t.false(existsSync(upper(ap, 'usr/bin/unlockd')), 'check mode installed nothing')
+    const unused = await operator(['token', 'list', '--json'])
     t.like(
       (JSON.parse(unused.stdout) as { id: string }[]).find((x) => x.id === tokenId),
       { state: 'unused' },
     )
 
-    const a1 = await playbook(t, w, 'unlockd_agent.yml', agentVars, ['-v', '--diff'])
+    const a1 = await playbook(t, c, ap, w, 'unlockd_agent.yml', agentVars, ['-v', '--diff'])
     t.is(a1.r.code, 0, 'agent role, first run')
     t.true(a1.recap.changed > 0)
     t.false(
@@ -320,15 +377,16 @@ rootTest(
     )
     t.regex(
       a1.r.stdout,
-      /TASK \[unlockd_agent : Encrypt in place\][^\n]*\nchanged: \[localhost\] => \(item=plain: /,
+      /TASK \[unlockd_agent : Encrypt in place\][^\n]*\nchanged: \[target\] => \(item=plain: /,
     )
     t.is(
       (await tool('cryptsetup', ['isLuks', '--type', 'luks2', plainImg])).code,
       0,
       'the plaintext image is LUKS2 now',
     )
-    t.is(statSync(`${ap}/etc/unlockd/encrypt-fallback`).mode & 0o777, 0o600)
-    const agentJson = JSON.parse(await readFile(`${ap}/etc/unlockd/agent.json`, 'utf8')) as {
+    t.regex((await inChroot(lower, ap, 'node --version')).stdout, /^v18\./, 'on nodejs 18')
+    t.is(statSync(upper(ap, 'etc/unlockd/encrypt-fallback')).mode & 0o777, 0o600)
+    const agentJson = JSON.parse(await readFile(upper(ap, 'etc/unlockd/agent.json'), 'utf8')) as {
       name: string
       servers: { url: string; ca: string | null }[]
       volumes: { name: string; kind: string }[]
@@ -344,13 +402,13 @@ rootTest(
       'plain:luks',
       'secrets:fscrypt',
     ])
-    t.is(statSync(`${ap}/etc/unlockd`).mode & 0o777, 0o700)
-    t.is(statSync(`${ap}/etc/unlockd/agent.json`).mode & 0o777, 0o600)
+    t.is(statSync(upper(ap, 'etc/unlockd')).mode & 0o777, 0o700)
+    t.is(statSync(upper(ap, 'etc/unlockd/agent.json')).mode & 0o777, 0o600)
 
-    const a2 = await playbook(t, w, 'unlockd_agent.yml', agentVars)
+    const a2 = await playbook(t, c, ap, w, 'unlockd_agent.yml', agentVars)
     t.is(a2.r.code, 0, 'agent role, second run')
     t.is(a2.recap.changed, 0, 'second run of unlockd_agent changes nothing')
-    const a3 = await playbook(t, w, 'unlockd_agent.yml', agentVars, ['--check'])
+    const a3 = await playbook(t, c, ap, w, 'unlockd_agent.yml', agentVars, ['--check'])
     t.is(a3.r.code, 0)
     t.is(a3.recap.changed, 0, 'check mode on an enrolled host changes nothing')
     t.regex(
@@ -358,10 +416,13 @@ rootTest(
       /plain: unchanged/,
       'check mode asks the command (--dry-run), which finds it converted',
     )
-    await verifyUnits(t, `${ap}/etc/systemd/system`, [
-      'unlockd-agent.service',
-      'unlockd-agent.path',
-    ])
+    await verifyUnits(t, c, ap, ['unlockd-agent.service', 'unlockd-agent.path'])
+    const enabled = await inChroot(
+      lower,
+      ap,
+      'systemctl is-enabled unlockd-agent.service unlockd-agent.path',
+    )
+    t.is(enabled.code, 0, `the package enabled the units: ${enabled.stdout}${enabled.stderr}`)
 
     // A volume added to the list later enrolls alone, without a token (the host is enrolled).
     const moreVars = join(w, 'agent-vars-more.json')
@@ -372,22 +433,21 @@ rootTest(
     more.unlockd_agent_volumes.push({
       name: 'secrets2',
       kind: 'fscrypt',
-      path: join(mnt, 'secrets2'),
+      path: `${IN}/mnt/secrets2`,
       mode: '0750',
     })
     await writeFile(moreVars, JSON.stringify(more), { mode: 0o600 })
-    const a4 = await playbook(t, w, 'unlockd_agent.yml', moreVars)
+    const a4 = await playbook(t, c, ap, w, 'unlockd_agent.yml', moreVars)
     t.is(a4.r.code, 0, 'agent role, one more volume')
     t.regex(a4.r.stdout, /TASK \[unlockd_agent : Enroll secrets2\][^\n]*\nchanged:/)
     t.is(statSync(join(mnt, 'secrets2')).mode & 0o777, 0o750)
-    const a5 = await playbook(t, w, 'unlockd_agent.yml', moreVars)
+    const a5 = await playbook(t, c, ap, w, 'unlockd_agent.yml', moreVars)
     t.is(a5.recap.changed, 0, 'and then nothing changes')
 
     // --- the installed command unlocks with keys from the escrow server ---
-    const hostCli = `${ap}/usr/local/bin/unlockd`
-    const unlock = await run(hostCli, ['unlock', '--test', '--json'])
+    const unlock = await inChroot(lower, ap, 'unlockd unlock --test --json', { binds: c.binds })
     t.is(unlock.code, 0, unlock.stderr)
-    const status = await run(hostCli, ['status', '--json'])
+    const status = await inChroot(lower, ap, 'unlockd status --json', { binds: c.binds })
     t.is(status.code, 0, status.stderr)
     t.deepEqual(
       (JSON.parse(status.stdout) as { volumes: { name: string }[] }).volumes
@@ -395,9 +455,7 @@ rootTest(
         .sort(),
       ['data', 'plain', 'secrets', 'secrets2'],
     )
-    const used = await run(operatorCli, ['token', 'list', '--json'], {
-      env: { UNLOCKD_URL: srv.url },
-    })
+    const used = await operator(['token', 'list', '--json'])
     t.like(
       (JSON.parse(used.stdout) as { id: string }[]).find((x) => x.id === tokenId),
       { state: 'used' },

@@ -1,16 +1,19 @@
 /**
  * The Terraform module's cloud-init user-data, rendered by the real terraform binary (the
  * module's provider-free user-data sub-module), checked with `terraform fmt`, validated with
- * Debian's `cloud-init schema`, and its first-boot script run with bash against a real escrow
- * server on loopback, with every path pointed into a temporary prefix.
+ * Debian's `cloud-init schema`, and its first-boot script run with bash, as root in a Debian 12
+ * chroot (an overlay over the cached packaging chroot), against a real escrow server on the
+ * host's loopback: it downloads the unlockd-agent package this tree builds, installs it with
+ * apt on Debian's nodejs 18, and enrolls.
  */
 import test, { type ExecutionContext } from 'ava'
 import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, truncate, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, readFile, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { FIXTURE_PBKDF } from '../helpers/luks.ts'
 import { findBin, mustRun, rootTest, tool } from '../helpers/root.ts'
+import { builtDebs, inChroot, packagingChroot } from '../helpers/debs.ts'
 import { startTestServer } from '../helpers/server.ts'
 import { tempDir } from '../helpers/tmp.ts'
 import { REPO, renderUserData, requireBuild, run, type UserDataInputs } from './support.ts'
@@ -40,8 +43,8 @@ function moduleInputs(o: Partial<UserDataInputs> = {}): UserDataInputs {
     host_name: 'web-1',
     enroll_token: 'ue_' + 'A'.repeat(43),
     ca_pem: '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n',
-    agent_archive_url: 'https://downloads.example.net/unlockd/unlockd-agent.tar.gz',
-    agent_archive_sha256: 'a'.repeat(64),
+    agent_package_url: 'https://downloads.example.net/unlockd/unlockd-agent_0.1.0_amd64.deb',
+    agent_package_sha256: 'a'.repeat(64),
     luks_volumes: [
       { device: '/dev/vdb', name: 'data' },
       { device: 'UUID=0b5e7a2c-1111-2222-3333-444455556666', name: 'logs' },
@@ -49,7 +52,6 @@ function moduleInputs(o: Partial<UserDataInputs> = {}): UserDataInputs {
     luks_existing_key_file: '/root/luks.key',
     fscrypt_dirs: [{ path: '/srv/secrets', name: 'secrets' }],
     fscrypt_enable_ext4_encrypt: true,
-    install_node: true,
     manage_service: true,
     ...o,
   }
@@ -83,7 +85,8 @@ terraformTest(
       "LUKS_VOLUMES='/dev/vdb:data UUID=0b5e7a2c-1111-2222-3333-444455556666:logs'",
       "FSCRYPT_DIRS='/srv/secrets:secrets'",
       "FSCRYPT_ENABLE_EXT4_ENCRYPT='true'",
-      "INSTALL_DIR='/usr/lib/unlockd'",
+      "AGENT_PACKAGE_URL='https://downloads.example.net/unlockd/unlockd-agent_0.1.0_amd64.deb'",
+      `AGENT_PACKAGE_SHA256='${'a'.repeat(64)}'`,
     ]) {
       t.true(text.includes(line), `rendered user-data has ${line}`)
     }
@@ -208,18 +211,19 @@ async function fixtures(
 }
 
 rootTest(
-  'the first-boot script installs the agent, enrolls a LUKS2 image and an fscrypt directory, and the token cannot be used again',
+  'the first-boot script installs the agent package, enrolls a LUKS2 image and an fscrypt directory, and the token cannot be used again',
   async (t) => {
-    t.timeout(10 * 60_000)
+    t.timeout(15 * 60_000)
     if (!requireBuild(t)) return
     const w = await tempDir(t, 'unlockd-cloudinit-')
-    const packed = await run('bash', [join(REPO, 'provisioning/pack.sh'), join(w, 'dist')])
-    t.is(packed.code, 0, packed.stderr)
-    const archive = join(w, 'dist/unlockd-agent.tar.gz')
+    const [lower, debs] = await Promise.all([packagingChroot(), builtDebs()])
+    // The host sees the fixtures and the package at /srv/t (a bind of the scratch directory).
+    const IN = '/srv/t'
+    const binds = { [w]: IN }
+    await copyFile(debs.agent, join(w, 'unlockd-agent.deb'))
     const sha256 = createHash('sha256')
-      .update(await readFile(archive))
+      .update(await readFile(debs.agent))
       .digest('hex')
-    t.is((await readFile(`${archive}.sha256`, 'utf8')).split(/\s+/)[0], sha256)
 
     const srv = await startTestServer(t)
     const tok = await srv.admin('POST', '/tokens', {
@@ -228,48 +232,45 @@ rootTest(
       cidrs: ['127.0.0.0/8'],
     })
     t.is(tok.status, 201)
-    const { img, luksKey, mnt } = await fixtures(t, w)
+    await fixtures(t, w)
 
+    let n = 0
     async function firstBoot(
-      prefix: string,
+      state: string,
       o: Partial<UserDataInputs> = {},
     ): Promise<{ code: number | null; stdout: string; stderr: string; script: string }> {
       const inputs = moduleInputs({
         server_url: srv.url,
         enroll_token: tok.body.token,
         ca_pem: '',
-        agent_archive_url: `file://${archive}`,
-        agent_archive_sha256: sha256,
-        luks_volumes: [{ device: img, name: 'data' }],
-        luks_existing_key_file: luksKey,
-        fscrypt_dirs: [{ path: `${mnt}/secrets`, name: 'secrets' }],
+        agent_package_url: `file://${IN}/unlockd-agent.deb`,
+        agent_package_sha256: sha256,
+        luks_volumes: [{ device: `${IN}/data.img`, name: 'data' }],
+        luks_existing_key_file: `${IN}/luks.key`,
+        fscrypt_dirs: [{ path: `${IN}/mnt/secrets`, name: 'secrets' }],
         fscrypt_enable_ext4_encrypt: true,
-        install_node: false,
-        paths: {
-          node_bin: process.execPath,
-          install_dir: `${prefix}/usr/lib/unlockd`,
-          bin_dir: `${prefix}/usr/local/bin`,
-          config_dir: `${prefix}/etc/unlockd`,
-          systemd_dir: `${prefix}/etc/systemd/system`,
-        },
+        // No systemd runs as PID 1 in the chroot: the package's units are checked, not started.
         manage_service: false,
         ...o,
       })
-      await mkdir(prefix, { recursive: true })
-      const userData = join(prefix, 'user-data.yaml')
+      const userData = join(w, `user-data-${++n}.yaml`)
       await writeFile(userData, await renderUserData(t, inputs), { mode: 0o600 })
-      const script = join(prefix, 'enroll.sh')
-      await writeFile(script, (await parseYaml(userData)).write_files[0]!.content, { mode: 0o700 })
-      // Test-only: a fast PBKDF for the new keyslot (the fixture image uses one too).
-      const r = await run('bash', [script], {
-        env: { UNLOCKD_LUKS_PBKDF: 'fast' },
-        timeoutMs: 5 * 60_000,
+      const script = `enroll-${n}.sh`
+      await writeFile(join(w, script), (await parseYaml(userData)).write_files[0]!.content, {
+        mode: 0o700,
       })
-      return { ...r, script }
+      // Test-only: a fast PBKDF for the new keyslot (the fixture image uses one too).
+      const r = await inChroot(lower, state, `bash ${IN}/${script}`, {
+        binds,
+        env: { UNLOCKD_LUKS_PBKDF: 'fast' },
+      })
+      return { ...r, script: join(w, script) }
     }
+    const inHost = (state: string, cmd: string): ReturnType<typeof inChroot> =>
+      inChroot(lower, state, cmd, { binds })
 
-    const p1 = join(w, 'host-1')
-    const boot = await firstBoot(p1)
+    const h1 = join(w, 'host-1')
+    const boot = await firstBoot(h1)
     t.is(boot.code, 0, boot.stderr)
     t.false(existsSync(boot.script), 'the script deleted itself (it holds the token)')
     t.like(JSON.parse(boot.stdout), { name: 'web-1', changed: true })
@@ -277,28 +278,29 @@ rootTest(
       boot.stdout.includes(tok.body.token) || boot.stderr.includes(tok.body.token),
       'the token leaked into the output',
     )
-    const agentJson = JSON.parse(await readFile(`${p1}/etc/unlockd/agent.json`, 'utf8')) as {
-      volumes: { name: string; kind: string }[]
-    }
+    const agentJson = JSON.parse(
+      await readFile(join(h1, 'upper/etc/unlockd/agent.json'), 'utf8'),
+    ) as { volumes: { name: string; kind: string }[] }
     t.deepEqual(agentJson.volumes.map((v) => `${v.name}:${v.kind}`).sort(), [
       'data:luks',
       'secrets:fscrypt',
     ])
     t.regex(await mustRun('dumpe2fs', ['-h', join(w, 'fs.img')]), /features:.*\bencrypt\b/)
 
-    const unlock = await run(`${p1}/usr/local/bin/unlockd`, ['unlock', '--test', '--json'])
+    const pkg = await inHost(h1, "dpkg-query -W -f '${Status} ${Version}' unlockd-agent")
+    t.regex(pkg.stdout, /^install ok installed \d/, 'the package is installed')
+    t.regex((await inHost(h1, 'node --version')).stdout, /^v18\./, "on Debian's nodejs 18")
+    const unlock = await inHost(h1, 'unlockd unlock --test --json')
     t.is(unlock.code, 0, unlock.stderr)
-    const units = await run(
-      'systemd-analyze',
-      [
-        'verify',
-        `${p1}/etc/systemd/system/unlockd-agent.service`,
-        `${p1}/etc/systemd/system/unlockd-agent.path`,
-      ],
-      { env: { SYSTEMD_UNIT_PATH: `${p1}/etc/systemd/system:` } },
+    t.true(
+      (JSON.parse(unlock.stdout) as { unlocked: string[] }).unlocked.includes('data'),
+      unlock.stdout,
     )
-    t.is(units.code, 0, units.stderr)
-    t.false(/first-boot\.conf/.test(units.stderr), units.stderr)
+    const units = await inHost(
+      h1,
+      'systemctl is-enabled unlockd-agent.service unlockd-agent.path && systemd-analyze verify /lib/systemd/system/unlockd-agent.service /lib/systemd/system/unlockd-agent.path',
+    )
+    t.is(units.code, 0, units.stdout + units.stderr)
     t.like(
       (await srv.admin('GET', '/tokens')).body.tokens.find(
         (x: { id: string }) => x.id === tok.body.id,
@@ -308,19 +310,20 @@ rootTest(
 
     // Running the same script again (cloud-init re-run, an operator retry) changes nothing and
     // needs no token.
-    const again = await firstBoot(p1, { enroll_token: '' })
+    const again = await firstBoot(h1, { enroll_token: '' })
     t.is(again.code, 0, again.stderr)
     t.like(JSON.parse(again.stdout), { changed: false })
 
     // A copy of the user-data (leaked, or a clone booting) cannot enroll: the token is spent.
-    const clone = await firstBoot(join(w, 'host-2'), {
+    const h2 = join(w, 'host-2')
+    const clone = await firstBoot(h2, {
       luks_volumes: [],
       luks_existing_key_file: '',
       fscrypt_dirs: [],
     })
     t.is(clone.code, 3, clone.stderr)
     t.like(JSON.parse(clone.stdout), { error: 'token_used' })
-    t.false(existsSync(`${join(w, 'host-2')}/etc/unlockd/agent.json`))
+    t.false(existsSync(join(h2, 'upper/etc/unlockd/agent.json')))
   },
   {
     bins: [
@@ -329,12 +332,11 @@ rootTest(
       'mount',
       'umount',
       'losetup',
-      'curl',
-      'findmnt',
-      'tune2fs',
       'dumpe2fs',
       'python3',
-      'systemd-analyze',
+      'unshare',
+      'chroot',
+      'debootstrap',
     ],
     serial: true,
   },

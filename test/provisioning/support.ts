@@ -36,6 +36,8 @@ export function requireBuild(t: ExecutionContext): boolean {
 
 export interface CliServer {
   url: string
+  /** The server's process (after the wrappers exec'd it). */
+  pid: number
   stderr(): string
 }
 
@@ -43,21 +45,36 @@ export interface CliServer {
  * Start `node BUNDLE server start ... --listen 127.0.0.1:0` and wait (bounded) for the line that
  * names its URL. The process is stopped with SIGTERM (then SIGKILL) in teardown.
  */
-export async function startCliServer(
+export function startCliServer(
   t: ExecutionContext,
   bundle: string,
   args: readonly string[],
   env: Record<string, string> = {},
 ): Promise<CliServer> {
-  const child = spawn(
+  return startServerProcess(
+    t,
     process.execPath,
     [bundle, 'server', 'start', ...args, '--listen', '127.0.0.1:0'],
-    {
-      cwd: REPO,
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
+    env,
   )
+}
+
+/**
+ * Start a program that runs `unlockd server start` (directly, or through a wrapper that execs
+ * it) and wait (bounded) for the line that names its URL. Stopped with SIGTERM (then SIGKILL)
+ * in teardown.
+ */
+export async function startServerProcess(
+  t: ExecutionContext,
+  cmd: string,
+  args: readonly string[],
+  env: Record<string, string> = {},
+): Promise<CliServer> {
+  const child = spawn(cmd, [...args], {
+    cwd: REPO,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
   let err = ''
   const exited = new Promise<void>((r) => child.once('exit', () => r()))
   t.teardown(async () => {
@@ -85,7 +102,7 @@ export async function startCliServer(
       reject(new Error(`server exited with ${code}: ${err}`))
     })
   })
-  return { url, stderr: () => err }
+  return { url, pid: child.pid ?? 0, stderr: () => err }
 }
 
 /** Inputs of provisioning/terraform/modules/unlockd-enrollment/user-data (its variables). */
@@ -94,16 +111,12 @@ export interface UserDataInputs {
   host_name: string
   enroll_token: string
   ca_pem?: string
-  agent_archive_url: string
-  agent_archive_sha256: string
+  agent_package_url: string
+  agent_package_sha256: string
   luks_volumes?: { device: string; name: string }[]
   luks_existing_key_file?: string
   fscrypt_dirs?: { path: string; name: string }[]
   fscrypt_enable_ext4_encrypt?: boolean
-  install_node?: boolean
-  paths?: Partial<
-    Record<'node_bin' | 'install_dir' | 'bin_dir' | 'config_dir' | 'systemd_dir', string>
-  >
   manage_service?: boolean
 }
 

@@ -11,8 +11,8 @@ module "unlockd" {
   host_name            = var.name
   token_ttl_seconds    = 1800
   enroll_cidrs         = var.enroll_cidrs
-  agent_archive_url    = var.agent_archive_url
-  agent_archive_sha256 = var.agent_archive_sha256
+  agent_package_url    = var.agent_package_url
+  agent_package_sha256 = var.agent_package_sha256
 
   fscrypt_dirs = [{ path = "/srv/secrets", name = "secrets" }]
   # The root filesystem of the stock image is ext4 without the 'encrypt' feature.

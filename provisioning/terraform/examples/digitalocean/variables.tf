@@ -15,7 +15,7 @@ variable "size" {
 }
 
 variable "image" {
-  description = "A Debian 13 image: it ships Node.js 20, which the agent needs."
+  description = "A Debian 12 or 13 image: the agent package runs on its nodejs (18.19 or newer)."
   type        = string
   default     = "debian-13-x64"
 }
@@ -42,13 +42,13 @@ variable "operator_token" {
   sensitive   = true
 }
 
-variable "agent_archive_url" {
-  description = "Where the droplet downloads dist/unlockd-agent.tar.gz (object storage, a release page...)."
+variable "agent_package_url" {
+  description = "Where the droplet downloads dist/deb/unlockd-agent_VERSION_amd64.deb (object storage, a release page...)."
   type        = string
 }
 
-variable "agent_archive_sha256" {
-  description = "Content of dist/unlockd-agent.tar.gz.sha256 (first field)."
+variable "agent_package_sha256" {
+  description = "SHA-256 of that package (sha256sum dist/deb/unlockd-agent_*.deb, first field)."
   type        = string
 }
 

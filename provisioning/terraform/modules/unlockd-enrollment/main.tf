@@ -1,5 +1,5 @@
 # One-time enrollment token from the escrow server's admin API, and cloud-init user-data that
-# installs the agent and spends the token at first boot.
+# installs the agent package and spends the token at first boot.
 #
 # A data source is read at every plan: before the host enrolls, each plan mints a fresh token
 # (the unused ones expire after token_ttl_seconds); once the host is enrolled the server answers
@@ -21,13 +21,12 @@ module "user_data" {
   host_name                   = var.host_name
   enroll_token                = local.token_created ? try(local.response.token, "") : ""
   ca_pem                      = var.ca_pem
-  agent_archive_url           = var.agent_archive_url
-  agent_archive_sha256        = var.agent_archive_sha256
+  agent_package_url           = var.agent_package_url
+  agent_package_sha256        = var.agent_package_sha256
   luks_volumes                = var.luks_volumes
   luks_existing_key_file      = var.luks_existing_key_file
   fscrypt_dirs                = var.fscrypt_dirs
   fscrypt_enable_ext4_encrypt = var.fscrypt_enable_ext4_encrypt
-  install_node                = var.install_node
 }
 
 data "http" "enroll_token" {

@@ -58,21 +58,21 @@ variable "enroll_cidrs" {
   }
 }
 
-variable "agent_archive_url" {
-  description = "Where the host downloads unlockd-agent.tar.gz (made by provisioning/pack.sh)."
+variable "agent_package_url" {
+  description = "Where the host downloads the unlockd-agent Debian package (npm run package:deb makes dist/deb/unlockd-agent_VERSION_ARCH.deb)."
   type        = string
   validation {
-    condition     = can(regex("^(https?|file)://[^\\s'\"]+$", var.agent_archive_url))
-    error_message = "agent_archive_url must be an http(s) or file URL without quotes or spaces."
+    condition     = can(regex("^(https?|file)://[^\\s'\"]+$", var.agent_package_url))
+    error_message = "agent_package_url must be an http(s) or file URL without quotes or spaces."
   }
 }
 
-variable "agent_archive_sha256" {
-  description = "SHA-256 of that archive (dist/unlockd-agent.tar.gz.sha256); the host refuses anything else."
+variable "agent_package_sha256" {
+  description = "SHA-256 of that package (sha256sum dist/deb/unlockd-agent_*.deb); the host refuses anything else."
   type        = string
   validation {
-    condition     = can(regex("^[0-9a-f]{64}$", var.agent_archive_sha256))
-    error_message = "agent_archive_sha256 must be 64 lowercase hex digits."
+    condition     = can(regex("^[0-9a-f]{64}$", var.agent_package_sha256))
+    error_message = "agent_package_sha256 must be 64 lowercase hex digits."
   }
 }
 
@@ -112,8 +112,3 @@ variable "fscrypt_enable_ext4_encrypt" {
   default     = false
 }
 
-variable "install_node" {
-  description = "apt-get install nodejs at first boot (Debian 13 ships Node 20). false when the image has Node 20.19+."
-  type        = bool
-  default     = true
-}

@@ -25,11 +25,11 @@ variable "ca_pem" {
   default = ""
 }
 
-variable "agent_archive_url" {
+variable "agent_package_url" {
   type = string
 }
 
-variable "agent_archive_sha256" {
+variable "agent_package_sha256" {
   type = string
 }
 
@@ -53,24 +53,6 @@ variable "fscrypt_enable_ext4_encrypt" {
   default = false
 }
 
-variable "install_node" {
-  type    = bool
-  default = true
-}
-
-# Where the first-boot script installs things. The parent module keeps the defaults; the tests
-# point them into a temporary prefix.
-variable "paths" {
-  type = object({
-    node_bin    = optional(string, "/usr/bin/node")
-    install_dir = optional(string, "/usr/lib/unlockd")
-    bin_dir     = optional(string, "/usr/local/bin")
-    config_dir  = optional(string, "/etc/unlockd")
-    systemd_dir = optional(string, "/etc/systemd/system")
-  })
-  default = {}
-}
-
 variable "manage_service" {
   type    = bool
   default = true
@@ -87,18 +69,12 @@ output "user_data" {
     host_name                   = var.host_name
     enroll_token                = var.enroll_token
     ca_pem_b64                  = var.ca_pem == "" ? "" : base64encode(var.ca_pem)
-    agent_archive_url           = var.agent_archive_url
-    agent_archive_sha256        = var.agent_archive_sha256
+    agent_package_url           = var.agent_package_url
+    agent_package_sha256        = var.agent_package_sha256
     luks_volumes                = join(" ", [for v in var.luks_volumes : "${v.device}:${v.name}"])
     luks_existing_key_file      = var.luks_existing_key_file
     fscrypt_dirs                = join(" ", [for d in var.fscrypt_dirs : "${d.path}:${d.name}"])
     fscrypt_enable_ext4_encrypt = var.fscrypt_enable_ext4_encrypt
-    install_node                = var.install_node
-    node_bin                    = var.paths.node_bin
-    install_dir                 = var.paths.install_dir
-    bin_dir                     = var.paths.bin_dir
-    config_dir                  = var.paths.config_dir
-    systemd_dir                 = var.paths.systemd_dir
     manage_service              = var.manage_service
   })
 }
