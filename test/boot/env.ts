@@ -95,7 +95,7 @@ export async function runLogged(
 }
 
 /** A crude cross-process lock (mkdir is atomic); stale locks of dead processes are taken over. */
-async function withLock<T>(path: string, fn: () => Promise<T>): Promise<T> {
+export async function withLock<T>(path: string, fn: () => Promise<T>): Promise<T> {
   const deadline = Date.now() + 15 * 60_000
   for (;;) {
     try {
