@@ -15,8 +15,8 @@ export interface VmOptions {
   initrd?: string
   disk: string
   append?: string
-  /** Further raw disks after `disk` (virtio: /dev/vdb, /dev/vdc ...). */
-  drives?: string[]
+  /** Further raw disks after `disk` (virtio: /dev/vdb, /dev/vdc ...), with extra -drive options. */
+  drives?: { file: string; options?: string }[]
   /** QEMU fw_cfg files (the guest reads /sys/firmware/qemu_fw_cfg/by_name/NAME/raw). */
   fwCfg?: { name: string; file: string }[]
   /** guest 10.0.2.100:guestPort -> host 127.0.0.1:hostPort */
@@ -85,7 +85,10 @@ export async function bootVm(t: ExecutionContext, o: VmOptions): Promise<Vm> {
     ...(o.append === undefined ? [] : ['-append', o.append]),
     '-drive',
     `file=${o.disk},if=virtio,format=raw,cache=unsafe`,
-    ...(o.drives ?? []).flatMap((d) => ['-drive', `file=${d},if=virtio,format=raw,cache=unsafe`]),
+    ...(o.drives ?? []).flatMap((d) => [
+      '-drive',
+      `file=${d.file},if=virtio,format=raw,cache=unsafe${d.options ? `,${d.options}` : ''}`,
+    ]),
     ...(o.fwCfg ?? []).flatMap((f) => ['-fw_cfg', `name=${f.name},file=${f.file}`]),
     '-netdev',
     netdev,

@@ -28,6 +28,8 @@ if (!analyze && !process.env['CI']) {
     for (const line of [
       'Type=notify',
       'Before=cryptsetup.target',
+      'Before=cryptsetup-pre.target',
+      'StateDirectory=unlockd',
       'ProtectSystem=strict',
       'PrivateTmp=yes',
       'NoNewPrivileges=yes',

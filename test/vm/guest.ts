@@ -17,7 +17,8 @@
  *   a `unlockd` command in /usr/local/bin and the project's unlockd-agent.service into `stage`
  *   (the config in /etc/unlockd is the test's business).
  * - `bootGuestVm(t, o)`: boot a disk (`viaGrub: true` through SeaBIOS and GRUB, else
- *   -kernel/-initrd with `base.cmdline`), with extra raw drives (/dev/vdb, /dev/vdc ...),
+ *   -kernel/-initrd with `base.cmdline`), with extra raw drives (/dev/vdb, /dev/vdc ...; each
+ *   with optional -drive options such as I/O throttling),
  *   fw_cfg files (`opt/vm/task` is run by vm-task.service once the system is up), and the
  *   guestfwd forwards of test/boot/qemu.ts. Returns its Vm (console, waitFor, kill = SIGKILL).
  *
@@ -146,8 +147,11 @@ export interface GuestBootOptions {
   viaGrub?: boolean
   /** Appended to base.cmdline (-kernel boots only). */
   append?: string
-  /** Further raw disks: /dev/vdb, /dev/vdc ... in this order. */
-  drives?: string[]
+  /**
+   * Further raw disks: /dev/vdb, /dev/vdc ... in this order; `options` are added to -drive
+   * (e.g. `throttling.bps-total=N` to make a long disk job last long enough to interrupt it).
+   */
+  drives?: { file: string; options?: string }[]
   fwCfg?: { name: string; file: string }[]
   forwards?: { guestPort: number; hostPort: number }[]
   memoryMiB?: number
