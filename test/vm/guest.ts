@@ -13,8 +13,9 @@
  * - `guestDisk(base, dest, stage?)`: a private sparse copy of the base disk at `dest`, with the
  *   directory tree `stage` copied over its root filesystem (owners and modes kept).
  * - `injectFiles(disk, stage)`: the same onto an existing (powered-off) copy.
- * - `stageAgent(stage)`: puts the agent bundle from dist/ at /usr/lib/unlockd/unlockd-agent.mjs,
- *   a `unlockd` command in /usr/local/bin and the project's unlockd-agent.service into `stage`
+ * - `stageAgent(stage)`: puts the agent bundle from dist/ at /usr/lib/unlockd/unlockd-agent.mjs
+ *   (with koffi in /usr/lib/unlockd/node_modules, as the Debian package installs it), a
+ *   `unlockd` command in /usr/local/bin and the project's unlockd-agent.service into `stage`
  *   (the config in /etc/unlockd is the test's business).
  * - `bootGuestVm(t, o)`: boot a disk (`viaGrub: true` through SeaBIOS and GRUB, else
  *   -kernel/-initrd with `base.cmdline`), with extra raw drives (/dev/vdb, /dev/vdc ...; each
@@ -127,6 +128,14 @@ export async function stageAgent(stage: string): Promise<void> {
   const lib = join(stage, 'usr/lib/unlockd')
   await mkdir(lib, { recursive: true })
   await copyFile(join(REPO, 'dist/unlockd-agent.mjs'), join(lib, 'unlockd-agent.mjs'))
+  // koffi (native FFI: sd-notify READY=1, ioctls) beside the bundle, as the Debian package has
+  // it; without it a Type=notify agent never reports ready and `systemctl start` waits forever.
+  const koffi = join(REPO, 'node_modules/koffi')
+  const dest = join(lib, 'node_modules/koffi')
+  await mkdir(join(dest, 'build/koffi'), { recursive: true })
+  for (const f of ['package.json', 'index.js', 'indirect.js', 'LICENSE.txt'])
+    await copyFile(join(koffi, f), join(dest, f))
+  await mustRun('cp', ['-a', join(koffi, 'build/koffi/linux_x64'), join(dest, 'build/koffi/')])
   await stageText(
     stage,
     'usr/local/bin/unlockd',
