@@ -3,8 +3,10 @@
  *  1. Unlock every configured volume, waiting for the network and the server with capped
  *     exponential backoff and jitter; every wait is visible in sd-notify STATUS= and the log.
  *  2. READY=1 once the volumes are unlocked (so mounts ordered after us find them).
- *  3. Keep running: answer systemd ask-password requests for our LUKS volumes, and hold the
- *     watch connection on which the server delivers shred orders (kill switch).
+ *  3. Keep running: answer systemd ask-password requests for our LUKS volumes, hold the
+ *     watch connection on which the server delivers shred orders (kill switch), and finish
+ *     online `unlockd encrypt` conversions whose command died in the data phase
+ *     (encrypt/background.ts).
  */
 import { UnlockdError } from '../shared/errors.ts'
 import { zeroize } from '../shared/crypto/bytes.ts'
@@ -16,6 +18,8 @@ import { askDir, matchVolume, pendingAsks, replyPassword } from './ask-password.
 import { fetchVolumeKey, unlockVolumes } from './unlock.ts'
 import * as sd from './sd-notify.ts'
 import { isLuksVolume } from './volumes/registry.ts'
+import { resumeInBackground } from './encrypt/background.ts'
+import { DEFAULT_STATE_DIR } from './encrypt/journal.ts'
 
 export interface AgentOptions {
   configDir: ConfigDir
@@ -26,6 +30,8 @@ export interface AgentOptions {
   /** Backoff bounds in ms (tests shorten them). */
   backoff?: { baseMs: number; capMs: number }
   env?: Record<string, string | undefined>
+  /** Where `unlockd encrypt` keeps its journals (default /var/lib/unlockd/encrypt). */
+  encryptStateDir?: string
 }
 
 export function backoffMs(
@@ -198,6 +204,15 @@ export async function runAgent(o: AgentOptions): Promise<void> {
   o.signal.addEventListener('abort', () => stop.abort(), { once: true })
   await Promise.all([
     answerAsks({ ...o, signal: stop.signal }),
+    o.test
+      ? Promise.resolve()
+      : resumeInBackground({
+          configDir: o.configDir,
+          stateDir: o.encryptStateDir ?? DEFAULT_STATE_DIR,
+          log: o.log,
+          signal: stop.signal,
+          status: sd.status,
+        }),
     watchLoop({ ...o, signal: stop.signal }).then(() => {
       // After a full shred there is nothing left to serve.
       if (!o.signal.aborted) stop.abort()

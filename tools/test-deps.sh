@@ -25,6 +25,8 @@ packages=(
   chromium
   # boot tests: QEMU (TCG), debootstrap chroot with initramfs-tools, shellcheck
   qemu-system-x86 debootstrap cpio busybox-static shellcheck xz-utils
+  # the systemd guest disk of the VM tests (test/vm/build-guest.sh): GPT partitions
+  gdisk
   # provisioning tests
   ansible ansible-lint cloud-init openssl
 )

@@ -5,11 +5,17 @@
  * before it starts and moved to `completed` once it has finished; a step found in `current` on
  * the next run was interrupted, and its resume logic knows how to finish or undo it.
  */
-import { readFileSync } from 'node:fs'
+import { readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { UnlockdError } from '../../shared/errors.ts'
 import { NAME_RE } from '../../shared/protocol/validate.ts'
-import { ensurePrivateDir, readFileIfExists, writeFileAtomic } from '../../platform/atomic-file.ts'
+import {
+  ensurePrivateDir,
+  readFileIfExists,
+  writeExclusive,
+  writeFileAtomic,
+} from '../../platform/atomic-file.ts'
+import { bootId } from '../boot-id.ts'
 
 export const DEFAULT_STATE_DIR = '/var/lib/unlockd/encrypt'
 
@@ -90,4 +96,53 @@ export async function runSteps<Step extends string, J extends JournalBase<Step>>
   j.finished = true
   j.finishedAt = new Date().toISOString()
   saveJournal(path, j)
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/** The pid holding the run lock of `journal`, when a live process of this boot holds it. */
+export function runLockHolder(journal: string): number | undefined {
+  const [pid, boot] = (readFileIfExists(`${journal}.lock`)?.toString('utf8') ?? '')
+    .trim()
+    .split(' ')
+  const n = Number(pid)
+  if (!Number.isInteger(n) || n <= 0 || boot !== bootId()) return undefined
+  return n !== process.pid && alive(n) ? n : undefined
+}
+
+/**
+ * Only one process runs the steps of a journal: the `unlockd encrypt` command, or the agent that
+ * resumes a conversion in the background. The lock file beside the journal holds the pid and the
+ * boot id; one left by a dead process or an earlier boot is taken over. Returns the release.
+ */
+export function acquireRunLock(journal: string): () => void {
+  const path = `${journal}.lock`
+  const mine = `${process.pid} ${bootId()}\n`
+  ensurePrivateDir(join(journal, '..'))
+  for (let attempt = 0; ; attempt++) {
+    try {
+      writeExclusive(path, mine, 0o600)
+      break
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw err
+      const holder = runLockHolder(journal)
+      if (holder !== undefined)
+        throw new UnlockdError(
+          'conflict',
+          `another process (pid ${holder}) is running this conversion: wait for it (\`unlockd status\` shows its progress)`,
+          { details: { pid: holder } },
+        )
+      rmSync(path, { force: true })
+    }
+  }
+  return () => {
+    if (readFileIfExists(path)?.toString('utf8') === mine) rmSync(path, { force: true })
+  }
 }

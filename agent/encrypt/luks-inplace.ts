@@ -13,9 +13,15 @@
  *
  * Without device-mapper (containers, this project's CI) the data moves offline with
  * --force-offline-reencrypt; after a crash mid-way, `cryptsetup repair` replays the LUKS2
- * reencryption hotzone and --resume-only continues. With device-mapper the volume is opened,
- * grown, remounted and put back to work while the data moves online: that path is exercised only
- * where device-mapper exists (QEMU guests), not by the host tests.
+ * reencryption hotzone and --resume-only continues. With device-mapper (ONLINE_STEPS in plan.ts)
+ * --init-only also opens the mapping; the conversion key is escrowed as the volume's key (no
+ * keyslot can be added during a reencryption), crypttab/fstab point at the mapping, the
+ * filesystem is grown into it, remounted and its units started, and the data moves while the
+ * volume is in use. After a crash or reboot in that phase the agent unlocks the volume from
+ * escrow at boot and finishes the run (./background.ts); `cryptsetup open` replays the hotzone.
+ * The online path is tested in a QEMU guest (test/boot/encrypt-online.test.ts).
+ *
+ * One process at a time runs a journal (acquireRunLock): the command, or the agent.
  */
 import { chmodSync, existsSync, rmSync, statSync, truncateSync } from 'node:fs'
 import { join } from 'node:path'
@@ -38,9 +44,16 @@ import {
   testKey,
 } from '../volumes/luks.ts'
 import { crashRequested, crashWithChild, trackChild, withSpawnCrash } from './crash-hook.ts'
-import { journalPath, loadJournal, runSteps, saveJournal, type JournalBase } from './journal.ts'
+import {
+  acquireRunLock,
+  journalPath,
+  loadJournal,
+  runSteps,
+  saveJournal,
+  type JournalBase,
+} from './journal.ts'
 import { planLuks, refusalError, HEADER_ROOM_BYTES, type LuksPlan, type LuksStep } from './plan.ts'
-import { ext4Facts, lastLine, mountsOf, deviceFacts, tool, usersOf } from './probe.ts'
+import { ext4Facts, lastLine, mountsOf, mountTable, deviceFacts, tool, usersOf } from './probe.ts'
 import { lineSplitter, parseProgressJson, parseProgressText, type Reporter } from './progress.ts'
 import { updateSystemFiles } from './system-files.ts'
 
@@ -58,6 +71,12 @@ export interface LuksJournal extends JournalBase<LuksStep> {
   units: string[]
   /** The conversion key, sealed to this host; dropped when the run finishes. */
   sealedKey: EscrowBlob | null
+  /** The second way in the run was started with (absent in journals of older versions). */
+  secondWay?: 'recovery-key' | 'fallback-passphrase'
+  /** The fallback passphrase, sealed to this host, until its keyslot is added. */
+  sealedFallback?: EscrowBlob | null
+  /** The recovery key's public half (public: it only seals). */
+  recoveryKey?: PublicOkpJwk | null
   convSlot: number | null
   luksUuid: string | null
 }
@@ -136,7 +155,7 @@ export async function encryptLuks(o: LuksEncryptOptions): Promise<LuksEncryptRes
   const config = loadConfig(c)
   const keys = loadKeys(c)
   const enrolled = config !== undefined && keys !== undefined
-  let j = loadJournal<LuksJournal>(jpath)
+  const j = loadJournal<LuksJournal>(jpath)
   const base = { name: o.name, device: o.device, journal: jpath }
 
   if (j?.finished === true) {
@@ -174,10 +193,62 @@ export async function encryptLuks(o: LuksEncryptOptions): Promise<LuksEncryptRes
   }
   if (!enrolled || keys === undefined || config === undefined)
     throw new UnlockdError('not_enrolled', 'this host is not enrolled: run `unlockd enroll` first')
-  if (secondWay === null)
+  // A resumed run finds the second way in its journal (the agent resumes without options).
+  let fallback = o.fallbackPassphrase
+  const recoveryKey = o.recoveryKey ?? j?.recoveryKey ?? undefined
+  if (fallback === undefined && j?.sealedFallback)
+    fallback = await openEscrowBlob(j.sealedFallback, keys.sealing)
+  const stillNeeded =
+    j === undefined ||
+    (j.secondWay === 'fallback-passphrase' && !j.completed.includes('fallback-key')) ||
+    (j.secondWay === 'recovery-key' && !j.completed.includes('enroll')) ||
+    (j.secondWay === undefined && !j.finished)
+  if (stillNeeded && fallback === undefined && recoveryKey === undefined)
     throw new UnlockdError(
       'usage',
       'give the same --recovery-key or --fallback-passphrase-file as the first run to finish it',
+    )
+  const release = acquireRunLock(jpath)
+  try {
+    return await convert(o, {
+      c,
+      jpath,
+      keys,
+      config,
+      journal: j,
+      plan,
+      fallback,
+      recoveryKey,
+      secondWay: secondWay ?? j?.secondWay ?? 'recovery-key',
+    })
+  } finally {
+    release()
+    if (fallback !== o.fallbackPassphrase) fallback?.fill(0)
+  }
+}
+
+interface ConvertContext {
+  c: ReturnType<typeof configDir>
+  jpath: string
+  keys: NonNullable<ReturnType<typeof loadKeys>>
+  config: NonNullable<ReturnType<typeof loadConfig>>
+  journal: LuksJournal | undefined
+  plan: LuksPlan | null
+  fallback: Uint8Array | undefined
+  recoveryKey: PublicOkpJwk | undefined
+  secondWay: 'recovery-key' | 'fallback-passphrase'
+}
+
+async function convert(o: LuksEncryptOptions, x: ConvertContext): Promise<LuksEncryptResult> {
+  const { c, jpath, keys, config, plan } = x
+  const base = { name: o.name, device: o.device, journal: jpath }
+  // Read again under the lock: another process may have moved the run on meanwhile.
+  let j = loadJournal<LuksJournal>(jpath)
+  if (j?.finished === true) return { ...base, status: 'unchanged', resumed: false, plan: null }
+  if (x.journal === undefined && j !== undefined)
+    throw new UnlockdError(
+      'conflict',
+      `another run started converting ${o.device} meanwhile: run the same command again to finish it`,
     )
 
   const resumed = j !== undefined
@@ -200,6 +271,10 @@ export async function encryptLuks(o: LuksEncryptOptions): Promise<LuksEncryptRes
       mountpoints: plan.mountpoints,
       units: o.units,
       sealedKey: await sealVolumeKey(key, [publicOf(keys.sealing)]),
+      secondWay: x.secondWay,
+      sealedFallback:
+        x.fallback === undefined ? null : await sealVolumeKey(x.fallback, [publicOf(keys.sealing)]),
+      recoveryKey: x.recoveryKey ?? null,
       convSlot: null,
       luksUuid: null,
       steps: plan.steps,
@@ -318,11 +393,21 @@ export async function encryptLuks(o: LuksEncryptOptions): Promise<LuksEncryptRes
     // ---- online only (device-mapper hosts; not exercised by the host tests) ----
     grow: async () => {
       if (!existsSync(mapper(o.name))) await openVolume(dev, o.name, key, { test: false })
+      // Fills the mapping (offline, or online when the volume was mounted meanwhile).
       await mustTool('resize2fs', [mapper(o.name)], 'resize2fs (grow)')
     },
     remount: async () => {
-      for (const mp of journal.mountpoints)
+      const mapped = await deviceFacts(mapper(o.name))
+      const mounted = new Set(mountsOf(mapped).map((m) => m.mountpoint))
+      for (const mp of journal.mountpoints) {
+        if (mounted.has(mp)) continue
+        if (mountTable().some((m) => m.mountpoint === mp))
+          throw new UnlockdError(
+            'volume_busy',
+            `something else is mounted on ${mp}: unmount it, then run the same command again`,
+          )
         await mustTool('mount', [mapper(o.name), mp], `mount ${mp}`)
+      }
     },
     'start-units': async () => {
       for (const u of journal.units)
@@ -350,17 +435,27 @@ export async function encryptLuks(o: LuksEncryptOptions): Promise<LuksEncryptRes
         )
     },
     'fallback-key': async () => {
-      if (o.fallbackPassphrase === undefined) return
-      if (await testKey(dev, o.fallbackPassphrase)) return
-      await addKeyslot(dev, key, o.fallbackPassphrase, { backupDir: o.stateDir })
+      const fb = x.fallback
+      if (fb === undefined) return
+      if (!(await testKey(dev, fb))) await addKeyslot(dev, key, fb, { backupDir: o.stateDir })
+      journal.sealedFallback = null
     },
     enroll: async () => {
       await enrollHost({
         configDir: c.dir,
         servers: [],
         name: config.name,
-        volumes: [{ kind: 'luks', device: dev, name: o.name, existingKey: key }],
-        recoveryKey: o.recoveryKey,
+        volumes: [
+          {
+            kind: 'luks',
+            device: dev,
+            name: o.name,
+            existingKey: key,
+            // Online: the data still moves, and cryptsetup adds no keyslot until it is done.
+            adopt: journal.mode === 'online',
+          },
+        ],
+        recoveryKey: x.recoveryKey,
         log: o.log,
       })
     },
@@ -382,6 +477,15 @@ export async function encryptLuks(o: LuksEncryptOptions): Promise<LuksEncryptRes
       })
       if (r.crypttab) o.log(`added ${o.name} to ${o.crypttabPath ?? '/etc/crypttab'}`)
       if (r.fstab) o.log(`${o.fstabPath ?? '/etc/fstab'} now mounts /dev/mapper/${o.name}`)
+      // systemd reads both files into units: let the running one see the new lines now.
+      if (
+        (r.crypttab || r.fstab) &&
+        o.crypttabPath === undefined &&
+        existsSync('/run/systemd/system')
+      ) {
+        const reload = await tool('systemctl', ['daemon-reload'])
+        if (reload.code !== 0) o.log(`warning: systemctl daemon-reload: ${lastLine(reload)}`)
+      }
     },
     cleanup: async () => {
       shredFile(headerFile)

@@ -50,7 +50,13 @@ export const OFFLINE_STEPS: LuksStep[] = [
   'cleanup',
 ]
 
-/** With device-mapper the volume is back in use while the data moves (VM-tested only). */
+/**
+ * With device-mapper the volume is back in use while the data moves. cryptsetup adds no keyslot
+ * while a LUKS2 reencryption is in progress, so the conversion key itself is escrowed (enroll)
+ * and crypttab/fstab are written before the volume goes back to work: after a crash or reboot in
+ * the data phase the agent unlocks it from escrow at boot and resumes the data conversion. The
+ * fallback passphrase keyslot is added once the data is encrypted.
+ */
 export const ONLINE_STEPS: LuksStep[] = [
   'stop-units',
   'unmount',
@@ -59,16 +65,18 @@ export const ONLINE_STEPS: LuksStep[] = [
   'fsck-after-shrink',
   'reencrypt-init',
   'header-backup',
+  'enroll',
+  'system-files',
   'grow',
   'remount',
   'start-units',
   'reencrypt-data',
   'fallback-key',
-  'enroll',
-  'drop-conversion-key',
-  'system-files',
   'cleanup',
 ]
+
+/** Steps after which an online run has the volume back in use: the agent may finish the rest. */
+export const ONLINE_BACKGROUND_FROM: LuksStep = 'reencrypt-data'
 
 /** Stable reasons, in `details.reason` of the error and in the plan. */
 export type RefusalReason =

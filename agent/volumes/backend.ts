@@ -19,6 +19,12 @@ export interface LuksRequest {
   device: string
   name: string
   existingKey: Uint8Array
+  /**
+   * Escrow `existingKey` itself, in the keyslot it already has, instead of adding one. For a
+   * volume in LUKS2 reencryption (cryptsetup adds no keyslot then), whose key was made by
+   * unlockd for this purpose.
+   */
+  adopt?: boolean
 }
 /** Enroll an empty, unencrypted directory on a filesystem with the encrypt feature. */
 export interface FscryptRequest {

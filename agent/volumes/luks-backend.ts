@@ -57,6 +57,21 @@ export const luksBackend: VolumeBackend<'luks'> = {
 
   async prepare(req, recipients) {
     const info = await inspectLuks(req.device)
+    if (req.adopt === true) {
+      let slot: number | undefined
+      for (const s of info.keyslots)
+        if (await testKey(req.device, req.existingKey, s)) {
+          slot = s
+          break
+        }
+      if (slot === undefined)
+        throw new UnlockdError('luks_failed', `the existing key does not open ${req.device}`)
+      return sealedBinding(req, req.existingKey, recipients, {
+        record: { device: req.device, uuid: info.uuid, keyslot: slot },
+        ref: info.uuid,
+        rollback: async () => {}, // nothing was added
+      })
+    }
     const key = newLuksKey()
     try {
       const slot = await addKeyslot(req.device, req.existingKey, key)

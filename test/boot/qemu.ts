@@ -10,10 +10,15 @@ import { createWriteStream } from 'node:fs'
 import type { ExecutionContext } from 'ava'
 
 export interface VmOptions {
-  kernel: string
-  initrd: string
+  /** Without a kernel the firmware (SeaBIOS) boots the disk's own boot loader. */
+  kernel?: string
+  initrd?: string
   disk: string
-  append: string
+  append?: string
+  /** Further raw disks after `disk` (virtio: /dev/vdb, /dev/vdc ...), with extra -drive options. */
+  drives?: { file: string; options?: string }[]
+  /** QEMU fw_cfg files (the guest reads /sys/firmware/qemu_fw_cfg/by_name/NAME/raw). */
+  fwCfg?: { name: string; file: string }[]
   /** guest 10.0.2.100:guestPort -> host 127.0.0.1:hostPort */
   forwards: { guestPort: number; hostPort: number }[]
   memoryMiB?: number
@@ -75,14 +80,16 @@ export async function bootVm(t: ExecutionContext, o: VmOptions): Promise<Vm> {
     '-serial',
     'stdio',
     '-no-reboot',
-    '-kernel',
-    o.kernel,
-    '-initrd',
-    o.initrd,
-    '-append',
-    o.append,
+    ...(o.kernel === undefined ? [] : ['-kernel', o.kernel]),
+    ...(o.initrd === undefined ? [] : ['-initrd', o.initrd]),
+    ...(o.append === undefined ? [] : ['-append', o.append]),
     '-drive',
     `file=${o.disk},if=virtio,format=raw,cache=unsafe`,
+    ...(o.drives ?? []).flatMap((d) => [
+      '-drive',
+      `file=${d.file},if=virtio,format=raw,cache=unsafe${d.options ? `,${d.options}` : ''}`,
+    ]),
+    ...(o.fwCfg ?? []).flatMap((f) => ['-fw_cfg', `name=${f.name},file=${f.file}`]),
     '-netdev',
     netdev,
     '-device',

@@ -28,10 +28,13 @@ if (!analyze && !process.env['CI']) {
     for (const line of [
       'Type=notify',
       'Before=cryptsetup.target',
+      'Before=cryptsetup-pre.target',
+      'StateDirectory=unlockd',
       'ProtectSystem=strict',
-      'PrivateTmp=yes',
       'NoNewPrivileges=yes',
     ])
       t.true(r.stdout.includes(line), line)
+    // PrivateTmp= adds After=systemd-tmpfiles-setup.service (after local-fs.target): a cycle.
+    t.false(/^PrivateTmp=/m.test(r.stdout), 'no PrivateTmp= in a unit ordered before local-fs-pre')
   })
 }
