@@ -73,12 +73,13 @@ export type RootStep =
   | 'grub-config'
   | 'update-initramfs'
   // the initramfs, the boot that encrypts
-  | 'fetch-key'
+  | 'unseal-key'
   | 'reencrypt-init'
   | 'fallback-keyslot'
   | 'header-backup'
   | 'open'
   // the running system, in the background, across reboots
+  | 'enroll'
   | 'reencrypt-data'
   | 'cleanup'
 
@@ -140,9 +141,10 @@ export const STEP_INFO: Record<RootStep, StepInfo> = {
     does: 'update-initramfs -u with cryptsetup and the encryption job',
     rollback: 'the job in the image checks the journal and does nothing when it was aborted',
   },
-  'fetch-key': {
-    does: 'bring the network up and fetch the escrowed key of the root volume',
-    rollback: 'no key: nothing is changed, the system boots plaintext and the agent says why',
+  'unseal-key': {
+    does: 'unseal the root key and the fallback passphrase sealed to this host at staging',
+    rollback:
+      'cannot: nothing is changed, the root line leaves the initramfs crypttab, the system boots plaintext',
   },
   'reencrypt-init': {
     does: 'e2fsck, then cryptsetup reencrypt --encrypt --init-only --reduce-device-size 32M --uuid with the key',
@@ -159,6 +161,10 @@ export const STEP_INFO: Record<RootStep, StepInfo> = {
   open: {
     does: 'open the volume and continue booting from /dev/mapper/root',
     rollback: 'the typed passphrase or recovery key opens it at the prompt',
+  },
+  enroll: {
+    does: 'escrow the root key with the server (as `unlockd enroll`); later boots unlock from escrow',
+    rollback: 'until it is escrowed the fallback passphrase opens the volume at the prompt',
   },
   'reencrypt-data': {
     does: 'cryptsetup reencrypt --resume-only in the background, resuming after every reboot, reporting progress',
@@ -508,7 +514,7 @@ export function planRoot(i: RootPlanInput): RootPlan {
           where: 'initramfs',
           boot: 1,
           steps: [
-            'fetch-key',
+            'unseal-key',
             'fsck',
             'shrink-fs',
             'reencrypt-init',
@@ -517,7 +523,7 @@ export function planRoot(i: RootPlanInput): RootPlan {
             'open',
           ],
         },
-        { where: 'system', boot: 1, steps: ['reencrypt-data', 'cleanup'] },
+        { where: 'system', boot: 1, steps: ['enroll', 'reencrypt-data', 'cleanup'] },
       ]
     : [
         { where: 'now', boot: 0, steps: ['partition-table-backup', 'stage'] },
@@ -542,7 +548,7 @@ export function planRoot(i: RootPlanInput): RootPlan {
           where: 'initramfs',
           boot: 2,
           steps: [
-            'fetch-key',
+            'unseal-key',
             'fsck',
             'reencrypt-init',
             'fallback-keyslot',
@@ -550,7 +556,7 @@ export function planRoot(i: RootPlanInput): RootPlan {
             'open',
           ],
         },
-        { where: 'system', boot: 2, steps: ['reencrypt-data', 'cleanup'] },
+        { where: 'system', boot: 2, steps: ['enroll', 'reencrypt-data', 'cleanup'] },
       ]
   return plan
 }
