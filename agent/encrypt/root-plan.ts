@@ -142,16 +142,16 @@ export const STEP_INFO: Record<RootStep, StepInfo> = {
     rollback: 'the job in the image checks the journal and does nothing when it was aborted',
   },
   'unseal-key': {
-    does: 'unseal the root key and the fallback passphrase sealed to this host at staging',
+    does: 'unseal the fallback passphrase sealed to this host at staging',
     rollback:
       'cannot: nothing is changed, the root line leaves the initramfs crypttab, the system boots plaintext',
   },
   'reencrypt-init': {
-    does: 'e2fsck, then cryptsetup reencrypt --encrypt --init-only --reduce-device-size 32M --uuid with the key',
+    does: 'e2fsck, then cryptsetup reencrypt --encrypt --init-only --reduce-device-size 32M --uuid PLANNED, keyslot 0 the fallback passphrase',
     rollback: 'before the first sector moved: cryptsetup reencrypt --decrypt restores plaintext',
   },
   'fallback-keyslot': {
-    does: 'add the fallback passphrase as its own keyslot',
+    does: 'check that the fallback passphrase opens it (cryptsetup adds no keyslot while it reencrypts)',
     rollback: 'the typed passphrase opens the volume from here on',
   },
   'header-backup': {
@@ -163,8 +163,9 @@ export const STEP_INFO: Record<RootStep, StepInfo> = {
     rollback: 'the typed passphrase or recovery key opens it at the prompt',
   },
   enroll: {
-    does: 'escrow the root key with the server (as `unlockd enroll`); later boots unlock from escrow',
-    rollback: 'until it is escrowed the fallback passphrase opens the volume at the prompt',
+    does: 'once the data is encrypted: a new key in its own keyslot, escrowed (as `unlockd enroll`); later boots unlock from escrow',
+    rollback:
+      'until then the agent in the initramfs answers the prompt with the sealed fallback passphrase, and a person can type it',
   },
   'reencrypt-data': {
     does: 'cryptsetup reencrypt --resume-only in the background, resuming after every reboot, reporting progress',
@@ -523,7 +524,7 @@ export function planRoot(i: RootPlanInput): RootPlan {
             'open',
           ],
         },
-        { where: 'system', boot: 1, steps: ['enroll', 'reencrypt-data', 'cleanup'] },
+        { where: 'system', boot: 1, steps: ['reencrypt-data', 'enroll', 'cleanup'] },
       ]
     : [
         { where: 'now', boot: 0, steps: ['partition-table-backup', 'stage'] },
@@ -556,7 +557,7 @@ export function planRoot(i: RootPlanInput): RootPlan {
             'open',
           ],
         },
-        { where: 'system', boot: 2, steps: ['enroll', 'reencrypt-data', 'cleanup'] },
+        { where: 'system', boot: 2, steps: ['reencrypt-data', 'enroll', 'cleanup'] },
       ]
   return plan
 }

@@ -1,8 +1,7 @@
 /**
  * Staging `unlockd encrypt --root`: nothing on the disk changes now. The journal (0600, in the
  * state directory on the root filesystem) records the plan, the facts it was made from, the
- * partition table as it is, and the root key and the fallback passphrase sealed to this host's
- * sealing key; the job file tells the initramfs script that a conversion is staged. The next
+ * partition table as it is, and the fallback passphrase sealed to this host's sealing key; the job file tells the initramfs script that a conversion is staged. The next
  * boot's initramfs reads the journal (mounting / read-only), does its steps and records them.
  */
 import { join } from 'node:path'
@@ -12,7 +11,6 @@ import { openEscrowBlob, sealVolumeKey, type EscrowBlob } from '../../shared/cry
 import { publicOf, type HostKeys } from '../../shared/crypto/keys.ts'
 import { zeroize } from '../../shared/crypto/bytes.ts'
 import { readFileIfExists, writeFileAtomic, ensurePrivateDir } from '../../platform/atomic-file.ts'
-import { newLuksKey } from '../volumes/luks-backend.ts'
 import { journalPath, loadJournal, saveJournal, type JournalBase } from './journal.ts'
 import type { RootPlan, RootStep } from './root-plan.ts'
 
@@ -30,7 +28,7 @@ export interface RootJournal extends JournalBase<RootStep> {
   /** `sfdisk --dump` of the disk before anything changed; restored by every rollback. */
   partitionTable: string
   tableBackupPath: string
-  sealedKey: EscrowBlob | null
+  /** The fallback passphrase, sealed to this host: the conversion's keyslot until the data is encrypted. */
   sealedFallback: EscrowBlob | null
   /** Outcome of each boot, appended by the initramfs and the agent. */
   boots: { at: string; stage: number; ok: boolean; message: string }[]
@@ -107,30 +105,23 @@ export async function stageRoot(o: StageOptions): Promise<StageResult> {
   if (g === null || o.plan.refusals.length > 0)
     throw new TypeError('stageRoot needs an accepted plan')
   const steps = o.plan.stages.flatMap((s) => s.steps)
-  const key = newLuksKey()
-  let j: RootJournal
-  try {
-    j = {
-      version: 1,
-      kind: 'root',
-      name: ROOT_NAME,
-      steps,
-      completed: [],
-      current: null,
-      finished: false,
-      startedAt: new Date().toISOString(),
-      finishedAt: null,
-      plan: o.plan,
-      facts: o.record,
-      partitionTable: '',
-      tableBackupPath: join(o.stateDir, 'root.sfdisk'),
-      sealedKey: await sealVolumeKey(key, [publicOf(o.keys.sealing)]),
-      sealedFallback: await sealFallback(o.fallback, o.keys),
-      boots: [],
-      aborted: false,
-    }
-  } finally {
-    zeroize(key)
+  const j: RootJournal = {
+    version: 1,
+    kind: 'root',
+    name: ROOT_NAME,
+    steps,
+    completed: [],
+    current: null,
+    finished: false,
+    startedAt: new Date().toISOString(),
+    finishedAt: null,
+    plan: o.plan,
+    facts: o.record,
+    partitionTable: '',
+    tableBackupPath: join(o.stateDir, 'root.sfdisk'),
+    sealedFallback: await sealFallback(o.fallback, o.keys),
+    boots: [],
+    aborted: false,
   }
   const mark = (s: RootStep): void => {
     j.current = null

@@ -74,7 +74,7 @@ for (const name of [
     t.deepEqual(p.stages[1]?.steps.slice(0, 2), ['fsck', 'shrink-fs'])
     t.true(p.stages[3]?.steps.includes('reencrypt-init'))
     t.is(p.stages[3]?.steps[0], 'unseal-key', 'no key, nothing changes')
-    t.deepEqual(p.stages[4]?.steps, ['enroll', 'reencrypt-data', 'cleanup'])
+    t.deepEqual(p.stages[4]?.steps, ['reencrypt-data', 'enroll', 'cleanup'])
     const text = rootPlanText(p)
     t.regex(text, /boot 1, in the initramfs/)
     t.regex(text, /rollback: /)
