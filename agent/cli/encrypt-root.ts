@@ -16,8 +16,14 @@ import { writeGrubDefaults, writeRootCrypttab, type SystemRunner } from '../encr
 import { loadConfig, loadKeys } from '../config-dir.ts'
 import { cfgDir } from './common.ts'
 
-/** Where the initramfs-tools integration puts the boot-time part; staging needs it installed. */
-export const INITRAMFS_ROOT_SCRIPT = '/usr/share/initramfs-tools/scripts/init-premount/unlockd-root'
+/**
+ * Where the initramfs-tools integration puts the boot-time part (install.sh: /etc, the Debian
+ * package: /usr/share); staging needs it installed.
+ */
+export const INITRAMFS_ROOT_SCRIPTS = [
+  '/etc/initramfs-tools/scripts/init-premount/unlockd-root',
+  '/usr/share/initramfs-tools/scripts/init-premount/unlockd-root',
+]
 
 const runner: SystemRunner = {
   async run(cmd, args) {
@@ -38,6 +44,22 @@ export async function runEncryptRoot(
 ): Promise<number> {
   const dryRun = values['dry-run'] === true
   const c = cfgDir(values, io.env)
+  if (values['boot-stage'] === true) {
+    const keys = loadKeys(c)
+    if (keys === undefined)
+      throw new UnlockdError(
+        'not_enrolled',
+        `no host keys in ${c.dir}: the image was built before enrollment`,
+      )
+    const { runBootStage } = await import('../encrypt/root-initramfs.ts')
+    const r = await runBootStage({
+      jobPath: join(c.dir, ROOT_JOB_FILE),
+      keys,
+      log: (l) => io.stderr(`${l}\n`),
+    })
+    io.stdout(`${r}\n`)
+    return EXIT.ok
+  }
   const stateDir = (values['state-dir'] as string | undefined) ?? DEFAULT_STATE_DIR
   const factsFile = values['facts'] as string | undefined
   if (factsFile !== undefined && !dryRun)
@@ -83,10 +105,10 @@ export async function runEncryptRoot(
     const first = plan.refusals[0]
     if (first !== undefined)
       throw new UnlockdError(first.code, first.message, { details: { reason: first.reason } })
-    if (!existsSync(INITRAMFS_ROOT_SCRIPT))
+    if (!INITRAMFS_ROOT_SCRIPTS.some((p) => existsSync(p)))
       throw new UnlockdError(
         'config_invalid',
-        `${INITRAMFS_ROOT_SCRIPT} is missing: install the initramfs integration first (initramfs-hooks/install.sh, or the unlockd package)`,
+        `${INITRAMFS_ROOT_SCRIPTS.join(' or ')} is missing: install the initramfs integration first (initramfs-hooks/install.sh, or the unlockd package)`,
       )
     if (keys === undefined || fallback === undefined) throw new Error('unreachable')
     const log = (l: string): void => io.stderr(`${l}\n`)

@@ -96,7 +96,7 @@ export const encryptCommand: Command = {
     'Every step is journaled (0600, in --state-dir, default /var/lib/unlockd/encrypt): if the run is killed, run the same command again and it finishes. Running it on a converted volume changes nothing.',
     'A second way in is required before any data is touched: the recovery key (sealed copy of the escrowed key) or a fallback passphrase keyslot.',
     '--dry-run prints the plan (filesystem, sizes, mounts and their users, device-mapper) and what would be refused.',
-    '--root encrypts the root filesystem (ext4 on a GPT or MBR partition, booted by GRUB for BIOS or UEFI) in place, from the initramfs: when /boot is on the root filesystem, the first boot shrinks it and its partition and gives /boot a plaintext partition of its own, the system then reinstalls GRUB for it; the next boot initializes LUKS2 (cryptsetup reencrypt --encrypt --init-only --reduce-device-size 32M) with a key sealed to this host and the fallback passphrase (prompted, or a 0600 file) as its own keyslot, and boots from the mapping while the data is encrypted online, resuming after every reboot. It needs an enrolled host. Nothing changes until the next boot; --dry-run prints the boots and steps, each with its rollback, or the reason the layout is refused (LVM, btrfs, XFS, a whole disk, too little free space, no GRUB, already encrypted). --facts RECORD plans from a recorded layout instead of this machine. --reboot reboots once the conversion is staged.',
+    '--root encrypts the root filesystem (ext4 on a GPT or MBR partition, booted by GRUB for BIOS or UEFI) in place, from the initramfs: when /boot is on the root filesystem, the first boot shrinks it and its partition and gives /boot a plaintext partition of its own, the system then reinstalls GRUB for it; the next boot initializes LUKS2 (cryptsetup reencrypt --encrypt --init-only --reduce-device-size 32M) with a key sealed to this host and the fallback passphrase (prompted, or a 0600 file) as its own keyslot, and boots from the mapping while the data is encrypted online, resuming after every reboot. It needs an enrolled host. Nothing changes until the next boot; --dry-run prints the boots and steps, each with its rollback, or the reason the layout is refused (LVM, btrfs, XFS, a whole disk, too little free space, no GRUB, already encrypted). --facts RECORD plans from a recorded layout instead of this machine. --reboot reboots once the conversion is staged. --boot-stage is what the initramfs script runs before / is mounted.',
     'Progress: one updating line on a terminal; with --json, one JSON line per second on stderr; STATUS= for systemd when run by a unit; `unlockd status` shows runs in progress. An enrolled host also reports start, progress (every few seconds), completion and failure to the escrow server (signed); a report that fails never stops the conversion.',
   ].join('\n'),
   examples: [
@@ -119,6 +119,7 @@ export const encryptCommand: Command = {
     root: { type: 'boolean' },
     facts: { type: 'string' },
     reboot: { type: 'boolean' },
+    'boot-stage': { type: 'boolean' },
   },
   async run({ values, io }) {
     const json = values['json'] === true
