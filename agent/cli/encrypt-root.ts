@@ -33,6 +33,9 @@ const runner: SystemRunner = {
   },
 }
 
+/** Development switch: allow staging although the later boots are not automated yet. */
+export const STAGING_ENV = 'UNLOCKD_ROOT_ENCRYPT_STAGING'
+
 export interface RootCliDeps {
   readFallback: (path: string) => Uint8Array
 }
@@ -105,6 +108,14 @@ export async function runEncryptRoot(
     const first = plan.refusals[0]
     if (first !== undefined)
       throw new UnlockdError(first.code, first.message, { details: { reason: first.reason } })
+    // The running system's part after the first boot (GRUB for the new /boot, crypttab, the
+    // online data conversion and the escrow of the final key) is not wired yet: staging a
+    // conversion that stops half-way is refused unless asked for explicitly (development).
+    if (io.env[STAGING_ENV] !== '1')
+      throw new UnlockdError(
+        'usage',
+        `the plan is accepted, but this version only stages a root conversion for development (${STAGING_ENV}=1): the steps after the first boot are not automated yet; use --dry-run to check the layout`,
+      )
     if (!INITRAMFS_ROOT_SCRIPTS.some((p) => existsSync(p)))
       throw new UnlockdError(
         'config_invalid',
