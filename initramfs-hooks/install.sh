@@ -41,6 +41,7 @@ initramfs-tools)
 	src="$here/initramfs-tools"
 	put 0755 "$src/hooks/unlockd" /etc/initramfs-tools/hooks/unlockd
 	put 0755 "$src/scripts/local-top/unlockd" /etc/initramfs-tools/scripts/local-top/unlockd
+	put 0755 "$src/scripts/init-premount/unlockd-root" /etc/initramfs-tools/scripts/init-premount/unlockd-root
 	put 0755 "$src/scripts/local-bottom/unlockd" /etc/initramfs-tools/scripts/local-bottom/unlockd
 	put 0644 "$src/conf.d/unlockd" /etc/initramfs-tools/conf.d/unlockd
 	;;

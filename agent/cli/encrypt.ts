@@ -13,7 +13,7 @@ import { reportEncryptionTo } from '../escrow.ts'
 import { status as sdStatus } from '../sd-notify.ts'
 import { CONFIG_OPTION, cfgDir, readKeyFile } from './common.ts'
 
-function readFallback(path: string): Uint8Array {
+export function readFallback(path: string): Uint8Array {
   let mode: number
   try {
     mode = statSync(path).mode & 0o777
@@ -89,19 +89,22 @@ export const encryptCommand: Command = {
   summary:
     'Encrypt existing data in place: an ext4 volume to LUKS2 (--luks) or a directory to fscrypt (--fscrypt); resumable.',
   usage:
-    'unlockd encrypt (--luks DEVICE_OR_IMAGE[:NAME] | --fscrypt DIR[:NAME]) [--stop UNIT ...] (--recovery-key PUBLIC_JWK | --fallback-passphrase-file F) [--dry-run] [--config DIR] [--state-dir DIR] [--enable-encrypt-feature] [--json]',
+    'unlockd encrypt (--luks DEVICE_OR_IMAGE[:NAME] | --fscrypt DIR[:NAME]) [--stop UNIT ...] (--recovery-key PUBLIC_JWK | --fallback-passphrase-file F) [--dry-run] [--config DIR] [--state-dir DIR] [--enable-encrypt-feature] [--json]\n       unlockd encrypt --root [--fallback-passphrase-file F] [--dry-run [--facts RECORD]] [--reboot] [--config DIR] [--state-dir DIR] [--json]',
   description: [
     '--luks shrinks the ext4 filesystem by 32 MiB (resize2fs, with an undo file), then converts the device to LUKS2 in place (cryptsetup reencrypt --encrypt --reduce-device-size 32M), adds the fallback passphrase as its own keyslot and escrows a new key like `enroll`. Without device-mapper the data moves offline; with it, the volume is reopened and back in use (crypttab/fstab updated, units restarted) while the data moves, and if the command dies then (crash, reboot) the agent service unlocks the volume from escrow and finishes the data conversion in the background.',
     '--fscrypt copies a non-empty directory into an encrypted sibling on the same filesystem, verifies every file, swaps the two with one atomic rename and removes the plaintext copy.',
     'Every step is journaled (0600, in --state-dir, default /var/lib/unlockd/encrypt): if the run is killed, run the same command again and it finishes. Running it on a converted volume changes nothing.',
     'A second way in is required before any data is touched: the recovery key (sealed copy of the escrowed key) or a fallback passphrase keyslot.',
     '--dry-run prints the plan (filesystem, sizes, mounts and their users, device-mapper) and what would be refused.',
+    '--root encrypts the root filesystem (ext4 on a GPT or MBR partition, booted by GRUB for BIOS or UEFI) in place, from the initramfs: when /boot is on the root filesystem, the first boot shrinks it and its partition and gives /boot a plaintext partition of its own, the system then reinstalls GRUB for it; the next boot initializes LUKS2 (cryptsetup reencrypt --encrypt --init-only --reduce-device-size 32M) with a key sealed to this host and the fallback passphrase (prompted, or a 0600 file) as its own keyslot, and boots from the mapping while the data is encrypted online, resuming after every reboot. It needs an enrolled host. Nothing changes until the next boot; --dry-run prints the boots and steps, each with its rollback, or the reason the layout is refused (LVM, btrfs, XFS, a whole disk, too little free space, no GRUB, already encrypted). --facts RECORD plans from a recorded layout instead of this machine. --reboot reboots once the conversion is staged. --boot-stage is what the initramfs script runs before / is mounted.',
     'Progress: one updating line on a terminal; with --json, one JSON line per second on stderr; STATUS= for systemd when run by a unit; `unlockd status` shows runs in progress. An enrolled host also reports start, progress (every few seconds), completion and failure to the escrow server (signed); a report that fails never stops the conversion.',
   ].join('\n'),
   examples: [
     'unlockd encrypt --luks /dev/vdb:data --stop postgresql.service --fallback-passphrase-file /root/fallback --dry-run',
     'unlockd encrypt --luks /dev/disk/by-path/pci-0000:00:05.0:data --recovery-key /root/recovery.pub.jwk',
     'unlockd encrypt --fscrypt /srv/secrets:secrets --recovery-key /root/recovery.pub.jwk',
+    'unlockd encrypt --root --dry-run',
+    'unlockd encrypt --root --fallback-passphrase-file /root/fallback --reboot',
   ],
   options: {
     ...CONFIG_OPTION,
@@ -114,16 +117,20 @@ export const encryptCommand: Command = {
     'fallback-passphrase-file': { type: 'string' },
     'enable-encrypt-feature': { type: 'boolean' },
     root: { type: 'boolean' },
+    facts: { type: 'string' },
+    reboot: { type: 'boolean' },
+    'boot-stage': { type: 'boolean' },
   },
   async run({ values, io }) {
     const json = values['json'] === true
     const luksSpec = values['luks'] as string | undefined
     const fscryptSpec = values['fscrypt'] as string | undefined
-    if (values['root'] === true)
-      throw new UnlockdError(
-        'usage',
-        'converting the root filesystem from the initramfs (--root) is not available in this version; convert data volumes with --luks DEVICE',
-      )
+    if (values['root'] === true) {
+      if (luksSpec !== undefined || fscryptSpec !== undefined)
+        usage('--root converts the root filesystem; give it without --luks or --fscrypt')
+      const { runEncryptRoot } = await import('./encrypt-root.ts')
+      return runEncryptRoot(values, io, { readFallback })
+    }
     if ((luksSpec === undefined) === (fscryptSpec === undefined))
       usage('give exactly one of --luks DEVICE[:NAME] or --fscrypt DIR[:NAME]')
     const c = cfgDir(values, io.env)

@@ -32,7 +32,11 @@ export interface JournalBase<Step extends string> {
   finishedAt: string | null
 }
 
-export function journalPath(stateDir: string, name: string, kind: 'luks' | 'fscrypt'): string {
+export function journalPath(
+  stateDir: string,
+  name: string,
+  kind: 'luks' | 'fscrypt' | 'root',
+): string {
   if (!NAME_RE.test(name)) throw new TypeError('journal name must be a volume name')
   return join(stateDir, `${name}.${kind}.json`)
 }
