@@ -22,7 +22,7 @@ import { commitDenials } from './denial.ts'
 import type { Row } from './rows.ts'
 import { MIGRATIONS } from './schema.ts'
 import { sqlStoreTx, type AuditKeySource, type SqlDriver } from './sql-tx.ts'
-import type { Store, StoreTx, TxOptions } from './store.ts'
+import type { CommitStats, Store, StoreTx, TxOptions } from './store.ts'
 
 /** A queued transaction (or an exclusive job such as scrub) waiting for the writer. */
 interface Job {
@@ -108,8 +108,8 @@ export class SqliteStore implements Store {
   }
 
   /** Transactions run, commits made, and commits that synced the WAL (fsync), since opening. */
-  commitStats(): { transactions: number; commits: number; syncedCommits: number } {
-    return { ...this.#stats }
+  commitStats(): CommitStats {
+    return { ...this.#stats, roundTrips: 0 }
   }
 
   #enqueue<T>(fn: (t: StoreTx) => Promise<T>, durable: boolean): Promise<T> {
