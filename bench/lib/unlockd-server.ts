@@ -66,7 +66,9 @@ function runCli(args: readonly string[], env: Record<string, string> = {}): Prom
 }
 
 /** `unlockd server init` in a fresh directory, with the load-test settings in server.json. */
-export async function initDataDir(opts: { db?: string } = {}): Promise<DataDir> {
+export async function initDataDir(
+  opts: { db?: string; metricsToken?: string } = {},
+): Promise<DataDir> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'unlockd-bench-srv-'))
   const passFile = path.join(dir, 'passphrase')
   writeFileSync(passFile, BENCH_PASSPHRASE, { mode: 0o600 })
@@ -83,6 +85,11 @@ export async function initDataDir(opts: { db?: string } = {}): Promise<DataDir> 
   const { token } = JSON.parse(out) as { token: string }
   const cfgPath = path.join(dir, 'server.json')
   const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>
+  if (opts.metricsToken !== undefined) {
+    const tokenFile = path.join(dir, 'metrics.token')
+    writeFileSync(tokenFile, opts.metricsToken, { mode: 0o600 })
+    cfg['metrics'] = { tokenFile }
+  }
   writeFileSync(
     cfgPath,
     JSON.stringify({ ...cfg, hostRateLimit: 'off', kekRotation: 'off' }, null, 2),
