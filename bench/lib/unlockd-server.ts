@@ -19,6 +19,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { freshRequest } from './tang-peer.ts'
+import { totpCodeAt } from '../../server/approvals/totp.ts'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 export const CLI = path.join(ROOT, 'dist/unlockd.mjs')
@@ -32,6 +33,8 @@ export interface DataDir {
   token: string
   /** Store location (SQLite file or postgres URL). */
   db: string
+  /** The admin's TOTP secret (base32), for the calls that need a second factor. */
+  totpSecret: string
   remove(): Promise<void>
 }
 
@@ -71,6 +74,7 @@ export async function initDataDir(
 ): Promise<DataDir> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'unlockd-bench-srv-'))
   const passFile = path.join(dir, 'passphrase')
+  const totpFile = path.join(dir, 'admin.totp')
   writeFileSync(passFile, BENCH_PASSPHRASE, { mode: 0o600 })
   const out = await runCli([
     'server',
@@ -79,6 +83,8 @@ export async function initDataDir(
     dir,
     '--passphrase-file',
     passFile,
+    '--totp-file',
+    totpFile,
     '--json',
     ...(opts.db ? ['--db', opts.db] : []),
   ])
@@ -99,6 +105,7 @@ export async function initDataDir(
     dir,
     passFile,
     token,
+    totpSecret: new URL(readFileSync(totpFile, 'utf8').trim()).searchParams.get('secret') ?? '',
     db: opts.db ?? path.join(dir, 'unlockd.db'),
     remove: () => rm(dir, { recursive: true, force: true }),
   }
@@ -182,11 +189,14 @@ export function adminCall(
   method: 'GET' | 'POST',
   p: string,
   body?: unknown,
+  opts: { totp?: boolean } = {},
 ): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
     const u = new URL(`${server.url}/v1/admin${p}`)
     const headers: Record<string, string> = { authorization: `Bearer ${server.data.token}` }
+    if (opts.totp)
+      headers['x-unlockd-totp'] = totpCodeAt(server.data.totpSecret, Math.floor(Date.now() / 1000))
     if (payload) {
       headers['content-type'] = 'application/json'
       headers['content-length'] = String(payload.length)

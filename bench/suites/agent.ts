@@ -206,7 +206,7 @@ export async function agentSuite(ctx: SuiteContext): Promise<void> {
   log(`agent enrolled ${img}; the released passphrase opens it (cryptsetup --test-passphrase)`)
 
   // clevis bindings: to tangd and to an unlockd Tang host.
-  await adminCall(server, 'POST', '/hosts', { name: 'bench-clevis', tang: true })
+  await adminCall(server, 'POST', '/hosts', { name: 'bench-clevis', tang: true }, { totp: true })
   const secret = readFileSync(keyPath, 'utf8')
   const jweTangd = (
     await mustRun('clevis', ['encrypt', 'tang', JSON.stringify({ url: tang.url }), '-y'], {

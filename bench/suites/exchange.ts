@@ -83,7 +83,7 @@ export async function exchangeSuite(ctx: SuiteContext): Promise<void> {
   log(`unlockd up at ${server.url} (pid ${server.pid}, SQLite ${data.db})`)
   const hosts = await enrollHosts(server, 8)
   log(`enrolled ${hosts.length} agent hosts through the API`)
-  await adminCall(server, 'POST', '/hosts', { name: 'bench-tang', tang: true })
+  await adminCall(server, 'POST', '/hosts', { name: 'bench-tang', tang: true }, { totp: true })
   const oursTangUrl = `${server.url}/tang/bench-tang`
   const oursRec = tangRecExchange(oursTangUrl, await fetchAdv(oursTangUrl))
   tang = await startTangPeer()
