@@ -2,13 +2,21 @@
  * The Transport used by the agent and the operator CLI: node:http/https with the server's CA
  * (or self-signed certificate) pinned from a file, optional SPKI pin, no redirects, bounded
  * time and size, and errors that say what went wrong (refused, timeout, TLS pin mismatch).
+ *
+ * One transport keeps one connection: its requests (the agent's nonce, unlock and approval
+ * polls to one server) go over a single keep-alive socket, so an exchange pays one TCP and one
+ * TLS handshake instead of one per request, and a later connection resumes the TLS session.
+ * The idle socket is unref'd (it never holds the process open) and dropped after IDLE_MS, below
+ * the server's keep-alive timeout. A request that fails because the server closed the idle
+ * socket just as it was reused (reset before any answer byte) is sent again (twice at most): the server never read it, and a signed request carries its single-use nonce, so
+ * replay protection is the server's as before.
  */
-import { request as httpRequest, type IncomingMessage } from 'node:http'
-import { request as httpsRequest, type RequestOptions } from 'node:https'
+import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http'
+import { Agent as HttpsAgent, request as httpsRequest, type RequestOptions } from 'node:https'
 import { createHash, X509Certificate } from 'node:crypto'
 import type { PeerCertificate } from 'node:tls'
 import { UnlockdError } from '../shared/errors.ts'
-import type { Transport, TransportResponse } from '../shared/client/transport.ts'
+import type { Transport, TransportRequest, TransportResponse } from '../shared/client/transport.ts'
 
 export interface NodeTransportOptions {
   /** PEM of the CA or self-signed server certificate to trust (instead of the system store). */
@@ -19,6 +27,8 @@ export interface NodeTransportOptions {
 }
 
 const MAX_RESPONSE = 1024 * 1024
+/** An idle kept-alive socket closes after this long (the server's keepAliveTimeout is 5 s). */
+const IDLE_MS = 2000
 
 function spkiOf(cert: PeerCertificate): string | undefined {
   try {
@@ -36,7 +46,9 @@ export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}):
   if (base.protocol !== 'http:' && base.protocol !== 'https:')
     throw new UnlockdError('config_invalid', `server URL must be http(s): ${baseUrl}`)
   const prefix = base.pathname.replace(/\/+$/, '')
-  return (req) =>
+  const pool = { keepAlive: true, maxFreeSockets: 1, timeout: IDLE_MS, scheduling: 'lifo' as const }
+  const agent = base.protocol === 'https:' ? new HttpsAgent(pool) : new HttpAgent(pool)
+  const send = (req: TransportRequest, retries: number): Promise<TransportResponse> =>
     new Promise<TransportResponse>((settle, fail) => {
       // Listeners and timers go when the request settles (its 'close' may come a tick later).
       let cleanup = (): void => undefined
@@ -52,7 +64,6 @@ export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}):
       const headers: Record<string, string> = {
         ...req.headers,
         accept: 'application/json',
-        connection: 'close',
       }
       if (body) {
         headers['content-type'] = 'application/json'
@@ -66,7 +77,7 @@ export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}):
         path: prefix + req.path,
         method: req.method,
         headers,
-        agent: false,
+        agent,
       }
       if (base.protocol === 'https:') {
         if (opts.ca) options.ca = opts.ca
@@ -85,9 +96,11 @@ export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}):
         }
       }
       const timeout = req.timeoutMs ?? opts.timeoutMs ?? 10_000
+      let answered = false
       const r = (base.protocol === 'https:' ? httpsRequest : httpRequest)(
         options,
         (res: IncomingMessage) => {
+          answered = true
           const chunks: Buffer[] = []
           let size = 0
           res.on('data', (c: Buffer) => {
@@ -131,7 +144,19 @@ export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}):
           ),
         timeout,
       )
-      r.on('error', (e) => reject(classify(e, baseUrl)))
+      r.on('error', (e: Error & { code?: string }) => {
+        if (
+          retries > 0 &&
+          r.reusedSocket &&
+          !answered &&
+          (e.code === 'ECONNRESET' || e.code === 'EPIPE')
+        ) {
+          cleanup()
+          settle(send(req, retries - 1))
+          return
+        }
+        reject(classify(e, baseUrl))
+      })
       // One long-lived signal (the agent's) spans many requests: each request's listener goes
       // away with the request, or they pile up on the signal.
       const signal = req.signal
@@ -148,6 +173,7 @@ export function nodeTransport(baseUrl: string, opts: NodeTransportOptions = {}):
       }
       r.end(body)
     })
+  return (req) => send(req, 2)
 }
 
 function classify(e: Error & { code?: string }, url: string): UnlockdError {

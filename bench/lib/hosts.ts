@@ -2,13 +2,15 @@
  * Simulated agent hosts for benchmarks: enrolled through the real API (a few, with
  * shared/client/host-client.ts) or written straight into the store (thousands, for storms:
  * enrollment is not what a storm measures), and the full unlock exchange a booting agent does:
- * `GET /v1/nonce`, then `POST /v1/unlock` with an Ed25519-signed compact JWS, each on a fresh
- * TCP connection (`agent: false`, `Connection: close`), exactly like the agent's transport.
+ * `GET /v1/nonce`, then `POST /v1/unlock` with an Ed25519-signed compact JWS, both on one
+ * keep-alive TCP connection opened for the exchange and closed after it, exactly like the
+ * agent's transport (platform/node-transport.ts).
  *
  * The load generator keeps its own CPU small: the signing key is imported once per host
  * (node:crypto KeyObject) and the released blob is checked for presence, not opened (the
  * agent's X25519 unsealing is client work, measured by the `agent` suite instead).
  */
+import http from 'node:http'
 import { createPrivateKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto'
 import { JWS_TYP, SIGNING_ALG } from '../../shared/crypto/algorithms.ts'
 import { randomBytes } from '../../shared/crypto/bytes.ts'
@@ -145,9 +147,18 @@ export class RetryableStatus extends Error {
   }
 }
 
-/** One full unlock exchange (nonce + signed unlock) for `host` against `url`. */
+/** One full unlock exchange (nonce + signed unlock) for `host` against `url`, on one connection. */
 export async function unlockExchange(url: string, host: BenchHost): Promise<void> {
-  const n = await freshRequest(`${url}/v1/nonce`, 'GET')
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
+  try {
+    await exchangeOn(agent, url, host)
+  } finally {
+    agent.destroy()
+  }
+}
+
+async function exchangeOn(agent: http.Agent, url: string, host: BenchHost): Promise<void> {
+  const n = await freshRequest(`${url}/v1/nonce`, 'GET', undefined, undefined, 10_000, agent)
   if (n.status === 429 || n.status === 503) throw new RetryableStatus(n.status, 'nonce')
   if (n.status !== 200) throw new Error(`nonce: HTTP ${n.status} ${n.body.slice(0, 200)}`)
   const { nonce } = JSON.parse(n.body) as { nonce: string }
@@ -168,6 +179,8 @@ export async function unlockExchange(url: string, host: BenchHost): Promise<void
     'POST',
     Buffer.from(JSON.stringify({ jws })),
     'application/json',
+    10_000,
+    agent,
   )
   if (r.status === 429 || r.status === 503) throw new RetryableStatus(r.status, 'unlock')
   if (

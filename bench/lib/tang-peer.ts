@@ -104,6 +104,8 @@ export function freshRequest(
   body?: Buffer,
   contentType?: string,
   timeoutMs = 10_000,
+  /** A keep-alive agent to share one connection between requests; default a new connection. */
+  agent: http.Agent | false = false,
 ): Promise<HttpReply> {
   return new Promise((resolve, reject) => {
     const u = new URL(url)
@@ -120,7 +122,7 @@ export function freshRequest(
         port: Number(u.port),
         path: `${u.pathname}${u.search}`,
         method,
-        agent: false,
+        agent,
         headers,
         timeout: timeoutMs,
       },

@@ -19,6 +19,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { freshRequest } from './tang-peer.ts'
+import { totpCodeAt } from '../../server/approvals/totp.ts'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 export const CLI = path.join(ROOT, 'dist/unlockd.mjs')
@@ -32,6 +33,8 @@ export interface DataDir {
   token: string
   /** Store location (SQLite file or postgres URL). */
   db: string
+  /** The admin's TOTP secret (base32), for the calls that need a second factor. */
+  totpSecret: string
   remove(): Promise<void>
 }
 
@@ -66,9 +69,12 @@ function runCli(args: readonly string[], env: Record<string, string> = {}): Prom
 }
 
 /** `unlockd server init` in a fresh directory, with the load-test settings in server.json. */
-export async function initDataDir(opts: { db?: string } = {}): Promise<DataDir> {
+export async function initDataDir(
+  opts: { db?: string; metricsToken?: string } = {},
+): Promise<DataDir> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'unlockd-bench-srv-'))
   const passFile = path.join(dir, 'passphrase')
+  const totpFile = path.join(dir, 'admin.totp')
   writeFileSync(passFile, BENCH_PASSPHRASE, { mode: 0o600 })
   const out = await runCli([
     'server',
@@ -77,12 +83,19 @@ export async function initDataDir(opts: { db?: string } = {}): Promise<DataDir> 
     dir,
     '--passphrase-file',
     passFile,
+    '--totp-file',
+    totpFile,
     '--json',
     ...(opts.db ? ['--db', opts.db] : []),
   ])
   const { token } = JSON.parse(out) as { token: string }
   const cfgPath = path.join(dir, 'server.json')
   const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>
+  if (opts.metricsToken !== undefined) {
+    const tokenFile = path.join(dir, 'metrics.token')
+    writeFileSync(tokenFile, opts.metricsToken, { mode: 0o600 })
+    cfg['metrics'] = { tokenFile }
+  }
   writeFileSync(
     cfgPath,
     JSON.stringify({ ...cfg, hostRateLimit: 'off', kekRotation: 'off' }, null, 2),
@@ -92,6 +105,7 @@ export async function initDataDir(opts: { db?: string } = {}): Promise<DataDir> 
     dir,
     passFile,
     token,
+    totpSecret: new URL(readFileSync(totpFile, 'utf8').trim()).searchParams.get('secret') ?? '',
     db: opts.db ?? path.join(dir, 'unlockd.db'),
     remove: () => rm(dir, { recursive: true, force: true }),
   }
@@ -175,11 +189,14 @@ export function adminCall(
   method: 'GET' | 'POST',
   p: string,
   body?: unknown,
+  opts: { totp?: boolean } = {},
 ): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
     const u = new URL(`${server.url}/v1/admin${p}`)
     const headers: Record<string, string> = { authorization: `Bearer ${server.data.token}` }
+    if (opts.totp)
+      headers['x-unlockd-totp'] = totpCodeAt(server.data.totpSecret, Math.floor(Date.now() / 1000))
     if (payload) {
       headers['content-type'] = 'application/json'
       headers['content-length'] = String(payload.length)

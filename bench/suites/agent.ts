@@ -206,7 +206,7 @@ export async function agentSuite(ctx: SuiteContext): Promise<void> {
   log(`agent enrolled ${img}; the released passphrase opens it (cryptsetup --test-passphrase)`)
 
   // clevis bindings: to tangd and to an unlockd Tang host.
-  await adminCall(server, 'POST', '/hosts', { name: 'bench-clevis', tang: true })
+  await adminCall(server, 'POST', '/hosts', { name: 'bench-clevis', tang: true }, { totp: true })
   const secret = readFileSync(keyPath, 'utf8')
   const jweTangd = (
     await mustRun('clevis', ['encrypt', 'tang', JSON.stringify({ url: tang.url }), '-y'], {
@@ -244,6 +244,22 @@ export async function agentSuite(ctx: SuiteContext): Promise<void> {
   clevisTangd.rss = await peakRss('clevis', ['decrypt'], jweTangd)
   clevisOurs.rss = await peakRss('clevis', ['decrypt'], jweOurs)
   nodeFloor.rss = await peakRss(process.execPath, ['-e', '0'], undefined)
+  const ours = median(agent.times)
+  const theirs = median(clevisTangd.times)
+  ctx.targets.push(
+    {
+      suite: 'agent',
+      target: `start to key <= clevis decrypt's median (node ${process.version})`,
+      measured: `${ours.toFixed(0)} vs ${theirs.toFixed(0)} ms (${(ours / theirs).toFixed(2)}x)`,
+      pass: ours <= theirs,
+    },
+    {
+      suite: 'agent',
+      target: 'agent peak RSS <= 60 MiB',
+      measured: agent.rss === undefined ? 'not measured' : `${agent.rss.toFixed(1)} MiB`,
+      pass: agent.rss === undefined ? undefined : agent.rss <= 60,
+    },
+  )
 
   const title = `agent: process start to volume key in hand, median of ${runs} (ms), loopback`
   process.stdout.write(

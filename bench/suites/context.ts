@@ -1,3 +1,5 @@
+import type { Target } from '../lib/targets.ts'
+
 /** What bench/run.ts hands to each suite. */
 export interface SuiteContext {
   log: (line: string) => void
@@ -13,6 +15,8 @@ export interface SuiteContext {
   runs?: number
   /** Image size in MiB for the encrypt suite. */
   sizeMiB?: number
+  /** Where suites record the targets they checked (printed at the end of the run). */
+  targets: Target[]
   /** Register cleanup; run in reverse order when the suite ends, fails or is interrupted. */
   onCleanup(fn: () => Promise<void>): void
 }

@@ -15,6 +15,7 @@ import os from 'node:os'
 import { ensureDebianPackages } from '../lib/apt.ts'
 import { RetryableStatus, seedHosts, unlockExchange, type BenchHost } from '../lib/hosts.ts'
 import { runLoad, type LoadResult } from '../lib/load.ts'
+import { SCRAPE_TOKEN, scrape, sum } from '../lib/metrics-scrape.ts'
 import { benchPostgres, type BenchPg } from '../lib/pg.ts'
 import { cpuMs, memMiB, sampleRss } from '../lib/proc.ts'
 import { fmtNum, formatTable, ratio } from '../lib/report.ts'
@@ -46,6 +47,9 @@ interface StormResult {
   rssPeak: number | undefined
   serverCpuMsPerUnlock: number | undefined
   note?: string
+  /** From /metrics: synced commits (fsyncs on SQLite) and PostgreSQL round trips per unlock. */
+  fsyncsPerUnlock?: number
+  roundTripsPerUnlock?: number
 }
 
 /** Drain `count` one-shot exchanges with `inflight` workers; `attempt(i)` throws RetryableStatus to retry. */
@@ -96,11 +100,36 @@ async function stormUnlockd(
 ): Promise<StormResult> {
   const pids = servers.map((s) => s.pid)
   const samplers = pids.map((p) => sampleRss(p))
+  const before = await Promise.all(servers.map((s) => scrape(s.url)))
+  // Scrapes during the storm, as Prometheus would: each must parse.
+  let scrapes = 0
+  let scrapeError: unknown
+  let scraping = true
+  const scraper = (async () => {
+    while (scraping) {
+      await new Promise((r) => setTimeout(r, 1000))
+      if (!scraping) break
+      try {
+        await Promise.all(servers.map((s) => scrape(s.url)))
+        scrapes++
+      } catch (e) {
+        scrapeError ??= e
+      }
+    }
+  })()
   const c0 = cpuOf(pids, false)
   const { result, retries } = await storm(hosts.length, inflight, (i) =>
     unlockExchange((servers[i % servers.length] as UnlockdServer).url, hosts[i] as BenchHost),
   )
   const c1 = cpuOf(pids, false)
+  scraping = false
+  await scraper
+  if (scrapeError !== undefined) throw scrapeError
+  const after = await Promise.all(servers.map((s) => scrape(s.url)))
+  const delta = (key: string): number => sum(after, key) - sum(before, key)
+  const released = delta('unlockd_releases_total{route="unlock"}')
+  const acked = result.requests - result.errors
+  const metricsNote = `/metrics: ${scrapes} scrapes during the storm parsed (prometheus_client); releases counted ${released} ${released === acked ? '=' : 'DIFFER FROM'} the bench's ${acked}`
   const peaks = samplers.map((s, k) => Math.max(s.stop() ?? 0, memMiB(pids[k] as number) ?? 0))
   const ok = Math.max(1, result.requests - result.errors)
   return {
@@ -109,11 +138,12 @@ async function stormUnlockd(
     retries,
     rssPeak: peaks.reduce((a, b) => a + b, 0),
     serverCpuMsPerUnlock: c0 === undefined || c1 === undefined ? undefined : (c1 - c0) / ok,
-    ...(servers.length > 1
-      ? {
-          note: `RSS is the sum of ${servers.length} instances (${peaks.map((p) => fmtNum(p, 0)).join(' + ')} MiB)`,
-        }
-      : {}),
+    fsyncsPerUnlock: delta('unlockd_store_commits_total{synced="true"}') / ok,
+    roundTripsPerUnlock: delta('unlockd_store_round_trips_total{}') / ok,
+    note:
+      servers.length > 1
+        ? `RSS is the sum of ${servers.length} instances (${peaks.map((p) => fmtNum(p, 0)).join(' + ')} MiB); ${metricsNote}`
+        : metricsNote,
   }
 }
 
@@ -142,7 +172,7 @@ export async function stormSuite(ctx: SuiteContext): Promise<void> {
 
   // 1. One unlockd on SQLite.
   {
-    const data = await initDataDir()
+    const data = await initDataDir({ metricsToken: SCRAPE_TOKEN })
     let server: UnlockdServer | undefined
     ctx.onCleanup(async () => {
       await server?.stop()
@@ -169,7 +199,7 @@ export async function stormSuite(ctx: SuiteContext): Promise<void> {
       notRun.push(`2 instances on PostgreSQL: not run (${pgdb.unavailable})`)
     } else {
       const db: BenchPg = pgdb
-      const data = await initDataDir({ db: db.url })
+      const data = await initDataDir({ db: db.url, metricsToken: SCRAPE_TOKEN })
       const servers: UnlockdServer[] = []
       ctx.onCleanup(async () => {
         for (const s of servers) await s.stop()
@@ -234,6 +264,8 @@ export async function stormSuite(ctx: SuiteContext): Promise<void> {
       'errors',
       'retries',
       'srv CPU ms/unlock',
+      'synced commits/unlock',
+      'PG round trips/unlock',
       'server RSS MiB',
     ],
     results.map((r) => [
@@ -248,6 +280,8 @@ export async function stormSuite(ctx: SuiteContext): Promise<void> {
       String(r.result.errors),
       String(r.retries),
       fmtNum(r.serverCpuMsPerUnlock, 2),
+      fmtNum(r.fsyncsPerUnlock, 3),
+      r.name.includes('PostgreSQL') ? fmtNum(r.roundTripsPerUnlock, 1) : '-',
       fmtNum(r.rssPeak, 0),
     ]),
   )
@@ -257,11 +291,12 @@ export async function stormSuite(ctx: SuiteContext): Promise<void> {
   process.stdout.write(
     [
       "x tangd = time to all unlocked / tangd's (<1 is faster). Latency per host from its first attempt (retries included).",
-      'unlockd: full agent exchange per host (GET /v1/nonce + signed POST /v1/unlock, 2 HTTP requests, fresh connection each);',
+      'unlockd: full agent exchange per host (GET /v1/nonce + signed POST /v1/unlock, 2 HTTP requests on one new keep-alive connection);',
       '  tangd: one blinded /rec per host (fresh connection). Servers run with hostRateLimit "off": every request comes from',
       '  127.0.0.1, and the default per-address limiter (200/s, burst 400) would otherwise throttle the storm on purpose.',
-      'SQLite: WAL, synchronous=FULL (one fsync per unlock). PostgreSQL: the .ci/pg.sh test cluster (fsync=off,',
-      '  synchronous_commit=off), both instances sharing one keystore; every store transaction takes a global advisory lock.',
+      'SQLite: WAL, synchronous=FULL, group commit (synced commits/unlock = WAL fsyncs per unlock, from /metrics).',
+      '  PostgreSQL: the .ci/pg.sh test cluster (fsync=off, synchronous_commit=off), both instances sharing one keystore;',
+      '  no global lock on the unlock path; round trips = statements or statement batches sent, per unlock.',
       `Client and servers share ${os.cpus().length} vCPUs (${os.cpus()[0]?.model ?? 'unknown'}); node ${process.version}.`,
       ...results.filter((r) => r.note).map((r) => `${r.name}: ${r.note ?? ''}`),
       ...results
@@ -271,6 +306,39 @@ export async function stormSuite(ctx: SuiteContext): Promise<void> {
       '',
     ].join('\n'),
   )
+  const sq = results.find((r) => r.name.includes('SQLite'))
+  const pgr = results.find((r) => r.name.includes('PostgreSQL'))
+  const tangS = peer ? peer.result.elapsedMs / 1000 : undefined
+  if (sq) {
+    const s = sq.result.elapsedMs / 1000
+    ctx.targets.push({
+      suite: 'storm',
+      target: `${n} hosts on one SQLite instance <= 8 s and >= 8x faster than tangd`,
+      measured: `${s.toFixed(1)} s, ${tangS ? (tangS / s).toFixed(2) : '?'}x faster (tangd ${tangS?.toFixed(1) ?? '?'} s)`,
+      pass: tangS === undefined ? undefined : s <= 8 && tangS / s >= 8,
+    })
+  }
+  ctx.targets.push({
+    suite: 'storm',
+    target: 'two PostgreSQL instances >= 2x faster than tangd',
+    measured: pgr
+      ? `${(pgr.result.elapsedMs / 1000).toFixed(1)} s, ${tangS ? (tangS / (pgr.result.elapsedMs / 1000)).toFixed(2) : '?'}x faster`
+      : 'not run',
+    pass: pgr && tangS ? tangS / (pgr.result.elapsedMs / 1000) >= 2 : undefined,
+  })
+  const cpuRatio =
+    pgr?.serverCpuMsPerUnlock !== undefined && sq?.serverCpuMsPerUnlock
+      ? pgr.serverCpuMsPerUnlock / sq.serverCpuMsPerUnlock
+      : undefined
+  ctx.targets.push({
+    suite: 'storm',
+    target: 'server CPU per unlock on PostgreSQL <= 1.3x SQLite',
+    measured:
+      cpuRatio === undefined
+        ? 'not measured'
+        : `${cpuRatio.toFixed(2)}x (${fmtNum(pgr?.serverCpuMsPerUnlock, 2)} vs ${fmtNum(sq?.serverCpuMsPerUnlock, 2)} ms)`,
+    pass: cpuRatio === undefined ? undefined : cpuRatio <= 1.3,
+  })
   const errors = results.reduce((a, r) => a + r.result.errors, 0)
   if (errors > 0) problems.push(`${errors} failed exchanges`)
   if (problems.length > 0) throw new Error(`storm: ${problems.join('; ')}`)

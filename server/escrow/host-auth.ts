@@ -26,7 +26,7 @@ async function authenticateHost(
   purpose: JwsPurpose,
 ): Promise<{ host: HostRow; payload: unknown }> {
   const kid = peekJwsKid(jws, purpose)
-  const host = await deps.store.tx((t) => t.getHost(kid), { host: kid })
+  const host = await deps.store.tx((t) => t.getHost(kid), { readOnly: true })
   if (!host) throw new UnlockdError('host_unknown', 'no host is enrolled with this key')
   // node:crypto with a per-host KeyObject (./jws-verify.ts); same checks as verifyHostRequest.
   const payload = verifyHostJws(jws as string, host.signingJwk)

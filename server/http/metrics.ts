@@ -103,6 +103,39 @@ export function createMetrics(deps: ServerDeps): Metrics {
     registers: [registry],
   })
 
+  // Read from the store's own counters at scrape time (this instance, since it opened).
+  const stats = (): ReturnType<ServerDeps['store']['commitStats']> => deps.store.commitStats()
+  new Counter({
+    name: 'unlockd_store_transactions_total',
+    help: 'Store transactions run by this instance.',
+    registers: [registry],
+    collect() {
+      this.reset()
+      this.inc(stats().transactions)
+    },
+  })
+  new Counter({
+    name: 'unlockd_store_commits_total',
+    help: 'Store commits by this instance, by whether they waited for durability (SQLite: one WAL fsync each; group commit makes them fewer than transactions).',
+    labelNames: ['synced'],
+    registers: [registry],
+    collect() {
+      const s = stats()
+      this.reset()
+      this.inc({ synced: 'true' }, s.syncedCommits)
+      this.inc({ synced: 'false' }, s.commits - s.syncedCommits)
+    },
+  })
+  new Counter({
+    name: 'unlockd_store_round_trips_total',
+    help: 'Statements (or statement batches) this instance sent to PostgreSQL (0 on SQLite).',
+    registers: [registry],
+    collect() {
+      this.reset()
+      this.inc(stats().roundTrips)
+    },
+  })
+
   async function readGauges(): Promise<void> {
     const now = deps.now()
     const { rows, pending, conversions } = await deps.store.tx(async (t) => ({

@@ -1,9 +1,9 @@
 /**
  * PostgreSQL store (`pg`): several stateless server instances share one database.
  *
- * Isolation: READ COMMITTED, and every transaction first takes one transaction-scoped advisory
- * lock (STORE_LOCK), so transactions from all instances run one at a time, exactly like the
- * SQLite store's single writer. Why not SERIALIZABLE with retries:
+ * Isolation: READ COMMITTED. Transactions of the whole store (admin changes, shred, KEK
+ * rotation, the audit sealer) take `LOCK TABLE hosts IN EXCLUSIVE MODE`, so they run one at a
+ * time, exactly like the SQLite store's single writer. Why not SERIALIZABLE with retries:
  *  - the use cases are read-check-write sequences written against that single writer (an
  *    approved request releases once in poll.ts, `maxUnlocks` counts then inserts, votes are
  *    counted after they are cast); with plain READ COMMITTED two instances could both pass a
@@ -11,17 +11,26 @@
  *  - a rerun repeats effects outside the database (approval-seam.ts emits an event inside the
  *    transaction);
  *  - waiting on a lock never reruns `fn`, never livelocks, and needs no retry bound.
- * The hot path is narrowed: a transaction that declares `{ host }` (unlock, approval poll,
- * watch) takes STORE_LOCK shared plus an exclusive lock for that host, so the checks above stay
- * race-free per host while instances serve different hosts in parallel. The audit append takes
- * no lock at all: it numbers its entry from a sequence and MACs the entry alone; the sealer
+ * The hot path has no global lock: a transaction that declares `{ host }` (unlock, approval
+ * poll, watch) takes `hosts` in ROW SHARE mode (a weak relation lock, which PostgreSQL keeps in
+ * each backend's fast-path slots: host transactions never queue on one another for it, while
+ * EXCLUSIVE still waits for them and holds them off) plus an exclusive advisory lock for that
+ * host, so the checks above stay race-free per host while instances serve different hosts in
+ * parallel. BEGIN and both locks travel in one round trip. The audit append takes no lock at
+ * all: it numbers its entry from a sequence and MACs the entry alone; the sealer
  * (server/escrow/audit-chain.ts) chains committed entries later in a short transaction of its
- * own (AUDIT_LOCK), so no lock is held through any other transaction's COMMIT. The lock waits at
- * most `lock_timeout`, and a stalled instance cannot keep it past
- * `idle_in_transaction_session_timeout`.
+ * own (AUDIT_LOCK), so no lock is held through any other transaction's COMMIT. Concurrent
+ * commits group in the WAL by themselves (one flush covers every commit record written before
+ * it), which is what PostgreSQL's group commit is; nothing here serializes them.
+ *
+ * Fewer round trips: `{ readOnly: true }` work (reading the signer before its signature is
+ * checked) runs as autocommit statements with no BEGIN, lock or COMMIT; non-durable work (a
+ * nonce) runs as one autocommit statement on a small second pool whose sessions have
+ * synchronous_commit off. Each lock waits at most `lock_timeout`, and a stalled instance cannot
+ * keep one past `idle_in_transaction_session_timeout`.
  *
  * The single-use operations (consumeNonce, useToken, revokeToken, claimTotpStep,
- * addApprovalVote) and the audit chain do not rely on STORE_LOCK: each is one conditional
+ * addApprovalVote) and the audit chain do not rely on the store lock: each is one conditional
  * UPDATE / INSERT ... ON CONFLICT DO NOTHING, appendAudit is one insert numbered by a sequence,
  * and the sealer takes its own advisory lock before reading the head, so they stay correct if
  * the store lock is ever narrowed.
@@ -37,12 +46,11 @@ import { commitDenials } from './denial.ts'
 import type { Row } from './rows.ts'
 import { MIGRATIONS } from './schema.ts'
 import { sqlStoreTx, type AuditKeySource, type SqlDriver } from './sql-tx.ts'
-import type { Store, StoreTx, TxOptions } from './store.ts'
+import type { CommitStats, Store, StoreTx, TxOptions } from './store.ts'
 
 // Advisory lock keys: 0x756e6c6b ("unlk") << 32 | n. Advisory locks are scoped to the current
 // database, so unlockd databases sharing one cluster do not contend.
 const MIGRATE_LOCK = '8461819956693041153'
-const STORE_LOCK = '8461819956693041154'
 const AUDIT_LOCK = '8461819956693041155'
 
 /** A stable 63-bit advisory lock key per host id (SHA-256 prefix; collisions only over-serialize). */
@@ -80,31 +88,43 @@ const noop = (): void => {}
 export class PostgresStore implements Store {
   readonly kind = 'postgres' as const
   readonly #pool: pg.Pool
+  /** Sessions with synchronous_commit off, for `{ durable: false }` work. */
+  readonly #volatile: pg.Pool
+  #stats = { transactions: 0, commits: 0, syncedCommits: 0, roundTrips: 0 }
   #closing: Promise<void> | undefined
   #auditKey: AuditKeySource = () => undefined
 
-  private constructor(pool: pg.Pool) {
+  private constructor(pool: pg.Pool, volatile: pg.Pool) {
     this.#pool = pool
+    this.#volatile = volatile
+  }
+
+  /** Transactions, commits, synced commits and database round trips, since connecting. */
+  commitStats(): CommitStats {
+    return { ...this.#stats }
   }
 
   /** Connect, then bring the schema up to date (two instances starting at once take turns). */
   static async connect(url: string): Promise<PostgresStore> {
-    const pool = new pg.Pool({
+    const base = {
       connectionString: url,
-      max: 10,
       connectionTimeoutMillis: 10_000,
       lock_timeout: LOCK_TIMEOUT_MS,
       idle_in_transaction_session_timeout: IDLE_IN_TX_TIMEOUT_MS,
       application_name: 'unlockd',
-    })
+    }
+    const pool = new pg.Pool({ ...base, max: 10 })
+    const volatile = new pg.Pool({ ...base, max: 4, options: '-c synchronous_commit=off' })
     // An idle pooled connection that dies (server restart, network) emits 'error'; without a
     // listener that would kill the process. The pool drops it; the next checkout reconnects.
     pool.on('error', noop)
-    const store = new PostgresStore(pool)
+    volatile.on('error', noop)
+    const store = new PostgresStore(pool, volatile)
     try {
       await store.#migrate()
     } catch (err) {
       await pool.end().catch(noop)
+      await volatile.end().catch(noop)
       if (err instanceof UnlockdError) throw err
       throw new UnlockdError(
         'store_failed',
@@ -159,6 +179,7 @@ export class PostgresStore implements Store {
   }
 
   async #tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions): Promise<T> {
+    if (opts.readOnly === true || opts.durable === false) return this.#autocommit(fn, opts)
     let c: pg.PoolClient
     try {
       c = await this.#pool.connect()
@@ -167,31 +188,30 @@ export class PostgresStore implements Store {
     }
     // A checked-out connection that dies between queries emits 'error'; the failed query reports it.
     c.on('error', noop)
-    const api = sqlStoreTx(driverOn(c), this.#auditKey)
+    const stats = this.#stats
+    const api = sqlStoreTx(driverOn(c, stats), this.#auditKey)
     let broken = false
+    stats.transactions++
     try {
-      await run(c, 'BEGIN ISOLATION LEVEL READ COMMITTED')
-      if (opts.durable === false) {
-        // Non-durable work (issuing a random nonce) is one independent insert: it needs neither
-        // the one-writer lock nor a synchronous commit, and taking them made storms lock-bound.
-        await run(c, 'SET LOCAL synchronous_commit = off')
-      } else if (opts.host !== undefined) {
-        // Reader-writer scheme: host transactions share STORE_LOCK (whole-store transactions
-        // such as shred or KEK rotation hold it exclusively) and exclude each other per host.
-        // Lock order is always STORE_LOCK → host (→ AUDIT_LOCK, sealer only): no deadlock.
-        await run(c, `SELECT pg_advisory_xact_lock_shared(${STORE_LOCK})`)
-        await run(c, 'SELECT pg_advisory_xact_lock($1::bigint)', [hostLockKey(opts.host)])
-      } else {
-        await run(c, `SELECT pg_advisory_xact_lock(${STORE_LOCK})`)
-      }
+      // One round trip (simple protocol, several statements; the keys are numeric literals).
+      // Lock order is always hosts → host (→ AUDIT_LOCK, sealer only): no deadlock.
+      await run(
+        c,
+        stats,
+        opts.host !== undefined
+          ? `BEGIN ISOLATION LEVEL READ COMMITTED; LOCK TABLE hosts IN ROW SHARE MODE; SELECT pg_advisory_xact_lock(${hostLockKey(opts.host)})`
+          : 'BEGIN ISOLATION LEVEL READ COMMITTED; LOCK TABLE hosts IN EXCLUSIVE MODE',
+      )
       const out = await fn(api.tx)
-      const res = await run(c, 'COMMIT')
+      const res = await run(c, stats, 'COMMIT')
       // COMMIT of a transaction that already failed (fn swallowed an error) answers ROLLBACK.
       if (res.command !== 'COMMIT')
         throw new UnlockdError(
           'store_failed',
           'transaction was rolled back by the database after an earlier error',
         )
+      stats.commits++
+      stats.syncedCommits++
       return out
     } catch (err) {
       await c.query('ROLLBACK').catch(() => {
@@ -202,6 +222,34 @@ export class PostgresStore implements Store {
       api.end()
       c.removeListener('error', noop)
       c.release(broken)
+    }
+  }
+
+  /**
+   * Work of one statement (or independent reads) with no transaction around it: each statement
+   * commits on its own. Non-durable work runs on the synchronous_commit=off pool.
+   */
+  async #autocommit<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions): Promise<T> {
+    const pool = opts.durable === false ? this.#volatile : this.#pool
+    let c: pg.PoolClient
+    try {
+      c = await pool.connect()
+    } catch (err) {
+      throw dbError(err, 'cannot reach PostgreSQL')
+    }
+    c.on('error', noop)
+    const stats = this.#stats
+    const api = sqlStoreTx(driverOn(c, stats), this.#auditKey)
+    stats.transactions++
+    try {
+      const out = await fn(api.tx)
+      if (opts.durable !== false) stats.syncedCommits++
+      stats.commits++
+      return out
+    } finally {
+      api.end()
+      c.removeListener('error', noop)
+      c.release()
     }
   }
 
@@ -232,7 +280,7 @@ export class PostgresStore implements Store {
   }
 
   close(): Promise<void> {
-    this.#closing ??= this.#pool.end()
+    this.#closing ??= Promise.all([this.#pool.end(), this.#volatile.end()]).then(noop)
     return this.#closing
   }
 }
@@ -240,31 +288,36 @@ export class PostgresStore implements Store {
 /** Every statement of a transaction: database errors become `store_failed`. */
 async function run(
   c: pg.PoolClient,
+  stats: { roundTrips: number },
   sql: string,
   params: readonly unknown[] = [],
 ): Promise<pg.QueryResult<Row>> {
+  stats.roundTrips++
   try {
-    return await c.query<Row>(sql, params as unknown[])
+    // Several statements in one string go by the simple protocol, which takes no parameters;
+    // their result is an array, of which the last one is the answer.
+    const res = await c.query<Row>(sql, params.length > 0 ? (params as unknown[]) : undefined)
+    return Array.isArray(res) ? (res[res.length - 1] as pg.QueryResult<Row>) : res
   } catch (err) {
     throw dbError(err, 'query failed')
   }
 }
 
-function driverOn(c: pg.PoolClient): SqlDriver {
+function driverOn(c: pg.PoolClient, stats: { roundTrips: number }): SqlDriver {
   return {
     placeholders: '$n',
-    rows: async (sql, params) => (await run(c, sql, params)).rows,
-    one: async (sql, params) => (await run(c, sql, params)).rows[0],
-    changes: async (sql, params) => (await run(c, sql, params)).rowCount ?? 0,
+    rows: async (sql, params) => (await run(c, stats, sql, params)).rows,
+    one: async (sql, params) => (await run(c, stats, sql, params)).rows[0],
+    changes: async (sql, params) => (await run(c, stats, sql, params)).rowCount ?? 0,
     oneOf: (values) => ({ sql: '= ANY(?::text[])', params: [[...values]] }),
     // Not transactional and never waited on: a rolled-back append leaves a gap in seq, which
     // is why the chain order is the sealer's position, not seq.
     nextAuditSeq: async () =>
-      Number((await run(c, "SELECT nextval('audit_seq') AS n")).rows[0]?.['n']),
+      Number((await run(c, stats, "SELECT nextval('audit_seq') AS n")).rows[0]?.['n']),
     // Sealer only: held until its short transaction ends; under READ COMMITTED the next
     // statement then sees the head committed by the previous sealer, so the chain stays linear.
     lockAuditHead: async () => {
-      await run(c, `SELECT pg_advisory_xact_lock(${AUDIT_LOCK})`)
+      await run(c, stats, `SELECT pg_advisory_xact_lock(${AUDIT_LOCK})`)
     },
   }
 }

@@ -3,8 +3,17 @@
  * (a committed unlock, enrollment or shred survives power loss) and secure_delete=ON (deleted
  * blobs are overwritten with zeros in the page, which shred relies on).
  *
- * better-sqlite3 is synchronous; `tx` serializes transactions with an async mutex so an
- * `await` inside one transaction can never interleave another's statements.
+ * better-sqlite3 is synchronous; transactions queue for the one writer, so an `await` inside
+ * one can never interleave another's statements.
+ *
+ * Group commit: the writer runs queued transactions back to back inside ONE SQLite transaction,
+ * each in a SAVEPOINT of its own (a member that throws rolls back to its savepoint and leaves
+ * the others intact), and commits them with one COMMIT, hence one WAL fsync for the batch. The
+ * batch takes whatever is queued when a member finishes, after one event-loop turn (the short
+ * window in which requests already read off the sockets join); with nothing queued it commits
+ * at once, so a lone transaction pays one turn. No member's result, return value or error, is
+ * handed back before the COMMIT returned: a caller never acknowledges work that is not durable.
+ * If the COMMIT fails, every member fails with it.
  */
 import Database from 'better-sqlite3'
 import { chmodSync, existsSync } from 'node:fs'
@@ -13,25 +22,33 @@ import { commitDenials } from './denial.ts'
 import type { Row } from './rows.ts'
 import { MIGRATIONS } from './schema.ts'
 import { sqlStoreTx, type AuditKeySource, type SqlDriver } from './sql-tx.ts'
-import type { Store, StoreTx, TxOptions } from './store.ts'
+import type { CommitStats, Store, StoreTx, TxOptions } from './store.ts'
 
-class Mutex {
-  #tail: Promise<void> = Promise.resolve()
-  run<T>(fn: () => Promise<T>): Promise<T> {
-    const result = this.#tail.then(fn)
-    this.#tail = result.then(
-      () => undefined,
-      () => undefined,
-    )
-    return result
-  }
+/** A queued transaction (or an exclusive job such as scrub) waiting for the writer. */
+interface Job {
+  /** undefined: an exclusive job run outside any transaction. */
+  fn: ((t: StoreTx) => Promise<unknown>) | undefined
+  exclusive?: () => void
+  durable: boolean
+  resolve: (v: unknown) => void
+  reject: (e: unknown) => void
 }
+
+/** A member's outcome, settled only once the batch's COMMIT returned. */
+type Settle = { job: Job; ok: true; value: unknown } | { job: Job; ok: false; err: unknown }
+
+/** At most this many transactions share one commit, so one batch cannot starve the event loop. */
+const MAX_BATCH = 256
+/** ... and a batch stops taking members after this long (ms), bounding the first one's wait. */
+const MAX_BATCH_MS = 20
 
 export class SqliteStore implements Store {
   readonly kind = 'sqlite' as const
   readonly path: string
   #db: Database.Database
-  #mutex = new Mutex()
+  #queue: Job[] = []
+  #draining = false
+  #stats = { transactions: 0, commits: 0, syncedCommits: 0 }
   #stmts = new Map<string, Database.Statement>()
   #auditKey: AuditKeySource = () => undefined
 
@@ -87,39 +104,157 @@ export class SqliteStore implements Store {
   }
 
   tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions = {}): Promise<T> {
-    return commitDenials((body) => this.#tx(body, opts), fn)
+    return commitDenials((body) => this.#enqueue(body, opts.durable !== false), fn)
   }
 
-  #tx<T>(fn: (t: StoreTx) => Promise<T>, opts: TxOptions): Promise<T> {
-    const volatile = opts.durable === false
-    return this.#mutex.run(async () => {
-      // In WAL mode NORMAL skips this commit's fsync; the next FULL commit syncs the WAL up to
-      // and including it, so order is kept and nothing is ever torn.
-      if (volatile) this.#db.pragma('synchronous = NORMAL')
-      try {
-        this.#db.exec('BEGIN IMMEDIATE')
-        const api = sqlStoreTx(this.#driver, this.#auditKey)
-        try {
-          const out = await fn(api.tx)
-          this.#db.exec('COMMIT')
-          return out
-        } catch (err) {
-          if (this.#db.inTransaction) this.#db.exec('ROLLBACK')
-          // Database failures become one typed error (like the PostgreSQL store); ours pass through.
-          if (err instanceof Database.SqliteError)
-            throw new UnlockdError('store_failed', `database error (${err.code})`, { cause: err })
-          throw err
-        } finally {
-          api.end()
-        }
-      } finally {
-        if (volatile) this.#db.pragma('synchronous = FULL')
-      }
+  /** Transactions run, commits made, and commits that synced the WAL (fsync), since opening. */
+  commitStats(): CommitStats {
+    return { ...this.#stats, roundTrips: 0 }
+  }
+
+  #enqueue<T>(fn: (t: StoreTx) => Promise<T>, durable: boolean): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.#queue.push({
+        fn: fn as (t: StoreTx) => Promise<unknown>,
+        durable,
+        resolve: resolve as (v: unknown) => void,
+        reject,
+      })
+      this.#kick()
     })
   }
 
+  /** Run `job` alone, with no transaction open (scrub, close). */
+  #exclusive(job: () => void): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#queue.push({
+        fn: undefined,
+        exclusive: job,
+        durable: true,
+        resolve: resolve as (v: unknown) => void,
+        reject,
+      })
+      this.#kick()
+    })
+  }
+
+  #kick(): void {
+    if (this.#draining) return
+    this.#draining = true
+    void this.#drain()
+      .catch((err: unknown) => {
+        // Only a broken connection gets here (a failed ROLLBACK); whatever still waits fails.
+        for (const j of this.#queue.splice(0)) j.reject(storeError(err))
+      })
+      .finally(() => {
+        this.#draining = false
+        if (this.#queue.length > 0) this.#kick()
+      })
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#queue.length > 0) {
+      const head = this.#queue[0] as Job
+      if (head.fn === undefined) {
+        this.#queue.shift()
+        try {
+          head.exclusive?.()
+          head.resolve(undefined)
+        } catch (err) {
+          head.reject(err)
+        }
+        continue
+      }
+      await this.#batch()
+    }
+  }
+
+  /** One SQLite transaction for every transaction queued while it runs (up to MAX_BATCH). */
+  async #batch(): Promise<void> {
+    const done: Settle[] = []
+    let aborted: unknown
+    // The safety level cannot change inside a transaction: a batch headed by a non-durable
+    // transaction takes only non-durable members; a durable batch takes both kinds.
+    const synced = (this.#queue[0] as Job).durable
+    try {
+      // In WAL mode NORMAL skips this commit's fsync; the next FULL commit syncs the WAL up to
+      // and including it, so order is kept and nothing is ever torn.
+      if (!synced) this.#db.pragma('synchronous = NORMAL')
+      this.#db.exec('BEGIN IMMEDIATE')
+    } catch (err) {
+      this.#fullSync(synced)
+      // Nothing ran: the head fails with it (the others stay queued and try again).
+      ;(this.#queue.shift() as Job).reject(storeError(err))
+      return
+    }
+    const t0 = performance.now()
+    while (done.length < MAX_BATCH && performance.now() - t0 < MAX_BATCH_MS) {
+      let job = this.#queue[0]
+      if (job?.fn === undefined && done.length > 0) {
+        // The window: requests already read off their sockets get to queue before the commit.
+        await new Promise<void>((r) => setImmediate(r))
+        job = this.#queue[0]
+      }
+      if (job?.fn === undefined || (job.durable && !synced)) break
+      this.#queue.shift()
+      const outcome = await this.#member(job)
+      if (!this.#db.inTransaction) {
+        // SQLite rolled the whole transaction back (I/O error, disk full): every member is lost.
+        aborted = outcome.ok
+          ? new UnlockdError('store_failed', 'database transaction was rolled back')
+          : outcome.err
+        for (const d of done) if (d.ok) Object.assign(d, { ok: false, err: aborted })
+        done.push({ job, ok: false, err: aborted })
+        break
+      }
+      done.push(outcome)
+    }
+    if (aborted === undefined) {
+      try {
+        this.#db.exec('COMMIT')
+        this.#stats.commits++
+        if (synced) this.#stats.syncedCommits++
+      } catch (err) {
+        aborted = storeError(err)
+        if (this.#db.inTransaction) this.#db.exec('ROLLBACK')
+      }
+    } else if (this.#db.inTransaction) this.#db.exec('ROLLBACK')
+    this.#fullSync(synced)
+    this.#stats.transactions += done.length
+    for (const d of done) {
+      if (aborted !== undefined) d.job.reject(aborted)
+      else if (d.ok) d.job.resolve(d.value)
+      else d.job.reject(d.err)
+    }
+  }
+
+  /** Back to synchronous=FULL after a non-durable batch (not on a closed database). */
+  #fullSync(synced: boolean): void {
+    if (!synced && this.#db.open) this.#db.pragma('synchronous = FULL')
+  }
+
+  /** One member in its own savepoint; nothing is settled here. */
+  async #member(job: Job): Promise<Settle> {
+    const fn = job.fn as (t: StoreTx) => Promise<unknown>
+    this.#db.exec('SAVEPOINT member')
+    const api = sqlStoreTx(this.#driver, this.#auditKey)
+    try {
+      const value = await fn(api.tx)
+      this.#db.exec('RELEASE member')
+      return { job, ok: true, value }
+    } catch (err) {
+      if (this.#db.inTransaction) {
+        this.#db.exec('ROLLBACK TO member')
+        this.#db.exec('RELEASE member')
+      }
+      return { job, ok: false, err: storeError(err) }
+    } finally {
+      api.end()
+    }
+  }
+
   async scrub(): Promise<void> {
-    await this.#mutex.run(async () => {
+    await this.#exclusive(() => {
       // secure_delete already zeroed the cells; the WAL may still hold old page images.
       this.#db.pragma('wal_checkpoint(TRUNCATE)')
       this.#db.exec('VACUUM')
@@ -128,7 +263,7 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
-    await this.#mutex.run(async () => {
+    await this.#exclusive(() => {
       if (this.#db.open) {
         this.#db.pragma('wal_checkpoint(TRUNCATE)')
         this.#db.close()
@@ -149,4 +284,13 @@ export class SqliteStore implements Store {
       ),
     lockAuditHead: async () => {},
   }
+}
+
+/** Database failures become one typed error (like the PostgreSQL store); ours pass through. */
+function storeError(err: unknown): unknown {
+  if (err instanceof Database.SqliteError)
+    return new UnlockdError('store_failed', `database error (${err.code}) ${err.message}`, {
+      cause: err,
+    })
+  return err
 }

@@ -354,6 +354,13 @@ export interface TxOptions {
    * parallel. SQLite has one writer anyway and ignores it.
    */
   host?: string
+  /**
+   * The work only reads, and needs no snapshot across its statements (one lookup). PostgreSQL
+   * runs it as autocommit statements: no BEGIN, lock or COMMIT round trip. SQLite runs it on
+   * the writer like any other (it may read what a batch member wrote, so it waits for that
+   * batch's commit before it answers).
+   */
+  readOnly?: boolean
 }
 
 export interface Store {
@@ -368,4 +375,14 @@ export interface Store {
   /** Make deleted rows unrecoverable from the database files (SQLite: checkpoint + vacuum). */
   scrub(): Promise<void>
   close(): Promise<void>
+  /** Counters since opening: transactions, commits, commits that synced, database round trips. */
+  commitStats(): CommitStats
+}
+
+export interface CommitStats {
+  transactions: number
+  commits: number
+  syncedCommits: number
+  /** PostgreSQL only: statements (and statement batches) sent; 0 on SQLite. */
+  roundTrips: number
 }
