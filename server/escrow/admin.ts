@@ -10,7 +10,7 @@ import type {
   AuditEntry,
 } from '../../shared/protocol/messages.ts'
 import { parsePolicy } from '../../shared/protocol/policy.ts'
-import { requireFactor, type Authority } from '../approvals/factor.ts'
+import { requireEnrolled, requireFactor, type Authority } from '../approvals/factor.ts'
 import type { ServerDeps } from '../context.ts'
 import { loosenedFields } from '../policy/loosening.ts'
 import type { HostRow, OperatorRow, StoreTx, TokenRow } from '../store/store.ts'
@@ -178,12 +178,19 @@ export function tokenView(r: TokenRow, now: number): TokenView {
 
 export async function createEnrollToken(
   deps: ServerDeps,
-  actor: Actor,
+  caller: OperatorRow,
   req: CreateTokenRequest,
 ): Promise<TokenView & { token: string }> {
   const token = newToken('ue')
   const hash = await hashToken(token)
+  const actor: Actor = `operator:${caller.name}`
   return deps.store.tx(async (t) => {
+    // Minting a way onto the fleet is security-relevant: an operator whose factor was reset (or
+    // never redeemed) cannot, even with its API token.
+    const fresh = await t.getOperator(caller.id)
+    if (!fresh || fresh.removedAt !== null)
+      throw new UnlockdError('unauthorized', 'this operator was removed')
+    requireEnrolled(fresh, 'create host enrollment tokens')
     const live = await t.getHostByName(req.host)
     if (live && live.state !== 'shredded')
       throw new UnlockdError(

@@ -81,7 +81,10 @@ export function adminRoutes(deps: ServerDeps): Hono<AppEnv> {
   })
 
   r.post('/tokens', async (c) =>
-    c.json(await createEnrollToken(deps, actor(c), parseCreateToken(await jsonBody(c))), 201),
+    c.json(
+      await createEnrollToken(deps, c.get('operator'), parseCreateToken(await jsonBody(c))),
+      201,
+    ),
   )
   r.get('/tokens', async (c) => c.json({ tokens: await listTokens(deps) }))
   r.delete('/tokens/:id', async (c) => {

@@ -193,6 +193,11 @@ test('a reset by alice gives her no secret, voids bob’s open votes, and needs 
   t.is(self.status, 403)
   t.is(self.body.otpauthUri, undefined)
 
+  // Nor can he, without a factor, mint a way onto the fleet with his token alone.
+  const mint = await asOperator(srv, bob, 'POST', '/tokens', { host: 'sneaky-1' })
+  t.is(mint.status, 403, JSON.stringify(mint.body))
+  t.is(mint.body.token, undefined)
+
   // alice's vote alone does not release a 2-of-2 host.
   const a1 = await asOperator(srv, alice, 'POST', `/approvals/${id}/approve`, {
     code: codeNow(srv, alice),
