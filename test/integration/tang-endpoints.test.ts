@@ -9,7 +9,8 @@
  * CI is set, in which case that is a failure. All traffic goes to 127.0.0.1.
  */
 import test, { type ExecutionContext } from 'ava'
-import { accessSync, constants as fsConstants, existsSync } from 'node:fs'
+import { existsSync } from 'node:fs'
+import { findBin } from '../helpers/root.ts'
 import { readFile, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -23,20 +24,6 @@ import { tempDir } from '../helpers/tmp.ts'
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const CLI = path.join(ROOT, 'dist/unlockd.mjs')
 
-function onPath(bin: string): boolean {
-  return [...(process.env['PATH'] ?? '').split(path.delimiter), '/usr/sbin', '/sbin'].some(
-    (dir) => {
-      if (dir === '') return false
-      try {
-        accessSync(path.join(dir, bin), fsConstants.X_OK)
-        return true
-      } catch {
-        return false
-      }
-    },
-  )
-}
-
 const missing = [
   'clevis',
   'clevis-luks-bind',
@@ -44,7 +31,7 @@ const missing = [
   'jose',
   'curl',
   'cryptsetup',
-].filter((b) => !onPath(b))
+].filter((b) => findBin(b) === undefined)
 const inCi = Boolean(process.env['CI'])
 const toolTest = missing.length === 0 ? test.serial : test.skip
 

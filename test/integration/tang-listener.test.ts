@@ -9,7 +9,8 @@
  * goes to 127.0.0.1.
  */
 import test from 'ava'
-import { accessSync, constants as fsConstants, existsSync, writeFileSync } from 'node:fs'
+import { existsSync, writeFileSync } from 'node:fs'
+import { findBin } from '../helpers/root.ts'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseServerConfig } from '../../shared/config/server.ts'
@@ -25,19 +26,7 @@ import { tempDir } from '../helpers/tmp.ts'
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const CLI = path.join(ROOT, 'dist/unlockd.mjs')
 
-function onPath(bin: string): boolean {
-  return (process.env['PATH'] ?? '').split(path.delimiter).some((dir) => {
-    if (dir === '') return false
-    try {
-      accessSync(path.join(dir, bin), fsConstants.X_OK)
-      return true
-    } catch {
-      return false
-    }
-  })
-}
-
-const missing = ['clevis', 'jose', 'curl'].filter((b) => !onPath(b))
+const missing = ['clevis', 'jose', 'curl'].filter((b) => findBin(b) === undefined)
 const clevisTest = missing.length === 0 ? test.serial : test.skip
 if (missing.length > 0) {
   const msg = `tang-listener: missing ${missing.join(', ')} (apt-get install -y clevis jose curl)`
