@@ -7,6 +7,7 @@
  * loudly, unless CI is set, in which case that is a failure.
  * All traffic goes to 127.0.0.1.
  */
+import { findBin } from '../helpers/root.ts'
 import { freePort } from '../helpers/net.ts'
 import { mustRun, run } from '../helpers/spawn.ts'
 import { throwsWithCode } from '../helpers/errors.ts'
@@ -69,15 +70,9 @@ function executable(file: string): boolean {
   }
 }
 
-function onPath(bin: string): boolean {
-  return (process.env['PATH'] ?? '')
-    .split(path.delimiter)
-    .some((dir) => dir !== '' && executable(path.join(dir, bin)))
-}
-
 const missing = [
   ...[TANGD, TANGD_KEYGEN].filter((f) => !executable(f)),
-  ...['clevis', 'jose', 'socat', 'curl'].filter((b) => !onPath(b)),
+  ...['clevis', 'jose', 'socat', 'curl'].filter((b) => findBin(b) === undefined),
 ]
 const inCi = Boolean(process.env['CI'])
 const toolTest = missing.length === 0 ? test.serial : test.skip
